@@ -1,0 +1,96 @@
+"""CASA set-up that works offline, out of the box.
+
+casatools looks for its measures data (leap seconds, IERS tables, observatory positions) through
+``casaconfig``. On a fresh machine with no network the default configuration tries to download
+them and fails. The ``casadata`` package ships a snapshot of that data, so before casatools is
+first imported we point casaconfig at it with auto-updates off, through a *site* config file
+named by ``CASASITECONFIG``.
+
+Precedence (nothing the user set is overridden):
+
+1. ``CASASITECONFIG`` already set, or a standard site config (``/opt/casa/casasiteconfig.py``,
+   ``/home/casa/casasiteconfig.py``) exists: left alone.
+2. Otherwise dsacont writes ``~/.cache/dsacont/casasiteconfig.py`` (or under
+   ``$XDG_CACHE_HOME``) and sets ``CASASITECONFIG`` to it.
+3. casaconfig loads the user's own ``~/.casa/config.py`` *after* the site config, so a user's
+   own ``measurespath`` always wins.
+
+Every dsacont module that needs CASA calls :func:`ensure_casa` (or imports ``casatools`` only
+after it has run); importing ``dsacont`` itself never imports casatools.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+_STANDARD_SITE_CONFIGS = ("/opt/casa/casasiteconfig.py", "/home/casa/casasiteconfig.py")
+
+_SITE_CONFIG_TEXT = """\
+# Written by dsacont: CASA measures data from the casadata package, no network updates.
+# Delete this file or set CASASITECONFIG to use another configuration.
+measurespath = {datapath!r}
+datapath = [{datapath!r}]
+measures_auto_update = False
+data_auto_update = False
+nologger = True
+log2term = False
+logfile = {logfile!r}
+"""
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dsacont"
+
+
+def site_config_path() -> str | None:
+    """Return the CASA site config file dsacont will use, writing it if needed.
+
+    Returns None when the user already has a site config (env var or standard location).
+    """
+    if os.environ.get("CASASITECONFIG"):
+        return None
+    if any(os.path.isfile(p) for p in _STANDARD_SITE_CONFIGS):
+        return None
+    import casadata  # the data package; small import, no casatools
+
+    datapath = os.path.abspath(casadata.datapath)
+    path = _cache_dir() / "casasiteconfig.py"
+    logfile = str(_cache_dir() / "casa.log")
+    text = _SITE_CONFIG_TEXT.format(datapath=datapath, logfile=logfile)
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return str(path)
+
+
+def configure() -> None:
+    """Set ``CASASITECONFIG`` so that casatools finds casadata's measures offline.
+
+    Must run before ``casatools`` is first imported in this process; calling it later is
+    harmless but has no effect (a warning is logged).
+    """
+    if "casatools" in sys.modules:
+        return
+    path = site_config_path()
+    if path is not None:
+        os.environ["CASASITECONFIG"] = path
+
+
+def ensure_casa():
+    """Configure CASA for offline use and return the imported ``casatools`` module."""
+    configure()
+    import casatools
+
+    return casatools
+
+
+def casatasks():
+    """Return the imported ``casatasks`` module, configured for offline use."""
+    ensure_casa()
+    import casatasks as ct
+
+    return ct

@@ -1,0 +1,65 @@
+"""The ``dsacont`` command. Each subcommand lives in the module of its stage.
+
+A stage module exposes ``cli(argv: list[str]) -> int`` which builds its own argparse parser
+(``prog="dsacont <name>"``). This table is the only shared piece, so stages never collide;
+modules are imported only when their subcommand runs, so ``dsacont --help`` is instant.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "simulate": ("dsacont.simulator.cli", "write simulated DSA-110 subband files with recorded truth"),
+    "groups": ("dsacont.groups", "list complete/incomplete 16-subband groups in a directory"),
+    "convert": ("dsacont.convert", "convert a subband group to a CASA Measurement Set"),
+    "flag": ("dsacont.flagging", "flag RFI in an existing Measurement Set (FLAG column)"),
+    "calibrate": ("dsacont.calibration", "solve bandpass and gains on a calibrator MS, register tables"),
+    "applycal": ("dsacont.calibration", "apply the registered calibration to a target MS"),
+    "image": ("dsacont.imaging", "image a calibrated MS with tclean, PB-corrected FITS"),
+    "mosaic": ("dsacont.mosaic", "combine tile images into a primary-beam-weighted mosaic"),
+    "products": ("dsacont.products", "query the products database"),
+    "stream": ("dsacont.streaming", "run the streaming service on an incoming directory"),
+    "replay": ("dsacont.replay", "feed archived subband files into an incoming directory in time order"),
+    "status": ("dsacont.streaming", "queue and products at a glance"),
+    "demo": ("dsacont.demo", "simulate the 0834+555 transit and run it through the streaming path"),
+}
+
+# modules with more than one subcommand expose cli_<name> for the others
+_FUNC = {"applycal": "cli_applycal", "status": "cli_status"}
+
+
+def _usage() -> str:
+    lines = ["usage: dsacont <command> [options]", "", "commands:"]
+    for name, (_, text) in COMMANDS.items():
+        lines.append(f"  {name:<10} {text}")
+    lines += ["", "dsacont <command> --help for the options of each command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from dsacont import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"dsacont: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    module = importlib.import_module(COMMANDS[name][0])
+    func = getattr(module, _FUNC.get(name, "cli"))
+    return int(func(rest) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

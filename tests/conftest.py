@@ -1,0 +1,41 @@
+"""Shared fixtures: real simulated HDF5 groups written once per test session.
+
+Fixtures here are used by every stage's tests; each stage's own fixtures live in its test file.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# keep the machine's 2 cores from being oversubscribed by numba x BLAS x dask threads
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+# 0834+555 transits OVRO at 13:55:26 UTC on 2025-10-29; one 309 s group around it
+TRANSIT = "2025-10-29T13:55:26"
+GROUP_START = "2025-10-29T13:52:51"  # transit - ~154.6 s: transit at the group's mid-time
+
+
+@pytest.fixture(scope="session")
+def sim_small(tmp_path_factory):
+    """One complete small-preset group with every corruption (noise, gains, RFI), with truth.
+
+    Returns (directory, list of 16 paths sb00..sb15).
+    """
+    from dsacont import simulate
+
+    out = tmp_path_factory.mktemp("sim_small")
+    paths = simulate(out, GROUP_START, 5, preset="small", seed=1)
+    return out, sorted(str(p) for p in paths)
+
+
+@pytest.fixture(scope="session")
+def sim_clean(tmp_path_factory):
+    """One small-preset group with no noise, no gains, no RFI (sky only), with truth."""
+    from dsacont import simulate
+
+    out = tmp_path_factory.mktemp("sim_clean")
+    paths = simulate(out, GROUP_START, 5, preset="small", seed=2, rfi=False, noise=False, gains=False)
+    return out, sorted(str(p) for p in paths)
