@@ -1,0 +1,337 @@
+"""Calibration registry: every caltable with its validity window, in one SQLite file.
+
+The registry lives in the state directory (``get_paths().registry_db``). Each row is one
+calibration table::
+
+    id           integer, assigned by register_begin
+    kind         'B' (bandpass) or 'G' (complex gains), or 'K' (delays; reserved)
+    calibrator   calibrator name, e.g. '0834+555'
+    solve_mjd    MJD (UTC) of the data the table was solved on (mid-time of the solve)
+    valid_start  MJD (UTC) from which the table may be applied
+    valid_end    MJD (UTC) until which the table may be applied
+    status       'writing' -> 'valid' | 'rejected'
+    metrics      JSON text (quality metrics of the solve)
+    source_ms    the calibrator Measurement Set the table was solved on
+    path         the caltable directory
+    depends_on   id of the table that was applied while solving this one (G -> its B), or NULL
+    reason       why a table was rejected
+    created, updated   unix seconds
+
+Validity is two-sided: a table solved at ``T`` is valid in ``[T - before, T + after]``
+(defaults: bandpass 24 h, gains 1 h each side; see :data:`DEFAULT_VALIDITY_H`), so a group
+observed *before* the calibrator transit is calibrated as well as one observed after it (the
+old pipeline's windows were forward-only). :meth:`Registry.lookup` returns the valid table
+whose window contains the time and whose solve time is nearest to it; a table still being
+written ('writing') or rejected is never returned.
+
+Concurrency: the database runs in WAL mode with a busy timeout; every write is one short
+``BEGIN IMMEDIATE`` transaction, so several processes (the streaming service, a notebook, a
+manual ``dsacont calibrate``) may register and look up at the same time. SQL is always
+parameterised.
+
+Example::
+
+    >>> reg = Registry(get_paths().registry_db)
+    >>> rid = reg.register_begin("B", "0834+555", "2025-10-29T13:55:26", path, source_ms=ms)
+    >>> reg.mark_valid(rid, {"flagged_fraction": 0.01})
+    >>> reg.lookup("B", "2025-10-29T20:00:00").path
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time as _time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+KINDS = ("B", "G", "K")
+STATUSES = ("writing", "valid", "rejected")
+#: default half-width (hours) of the validity window on each side of the solve time
+DEFAULT_VALIDITY_H = {"B": 24.0, "G": 1.0, "K": 24.0}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS caltables (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind        TEXT NOT NULL CHECK (kind IN ('B', 'G', 'K')),
+    calibrator  TEXT,
+    solve_mjd   REAL NOT NULL,
+    valid_start REAL NOT NULL,
+    valid_end   REAL NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('writing', 'valid', 'rejected')),
+    metrics     TEXT,
+    source_ms   TEXT,
+    path        TEXT NOT NULL,
+    depends_on  INTEGER REFERENCES caltables(id),
+    reason      TEXT,
+    created     REAL NOT NULL,
+    updated     REAL NOT NULL,
+    CHECK (valid_start <= valid_end)
+);
+CREATE INDEX IF NOT EXISTS caltables_lookup ON caltables (kind, status, valid_start, valid_end);
+"""
+
+
+def to_mjd(t) -> float:
+    """MJD (UTC) of ``t``: astropy Time, datetime, ISO string, or a number already in MJD."""
+    if isinstance(t, (int, float)):
+        return float(t)
+    from astropy.time import Time
+
+    if not isinstance(t, Time):
+        t = Time(t, scale="utc")
+    return float(t.utc.mjd)
+
+
+def mjd_to_iso(mjd: float) -> str:
+    from astropy.time import Time
+
+    return Time(mjd, format="mjd", scale="utc").isot
+
+
+@dataclass(frozen=True)
+class CalRecord:
+    """One registry row. Times are MJD (UTC); ``metrics`` is a dict."""
+
+    id: int
+    kind: str
+    calibrator: str | None
+    solve_mjd: float
+    valid_start: float
+    valid_end: float
+    status: str
+    metrics: dict
+    source_ms: str | None
+    path: str
+    depends_on: int | None
+    reason: str | None
+    created: float
+    updated: float
+
+    @property
+    def solve_iso(self) -> str:
+        return mjd_to_iso(self.solve_mjd)
+
+    def covers(self, mjd: float) -> bool:
+        return self.valid_start <= mjd <= self.valid_end
+
+
+_COLS = ("id, kind, calibrator, solve_mjd, valid_start, valid_end, status, metrics, source_ms, path, "
+         "depends_on, reason, created, updated")
+
+
+def _row(r) -> CalRecord:
+    vals = list(r)
+    vals[7] = json.loads(vals[7]) if vals[7] else {}
+    return CalRecord(*vals)
+
+
+class Registry:
+    """The calibration registry in the SQLite file ``db_path`` (created on first use).
+
+    Connections are opened per call, so a ``Registry`` can be pickled to Dask workers or
+    shared by threads; the file can be used by several processes at once.
+    """
+
+    def __init__(self, db_path, timeout_s: float = 60.0):
+        self.db_path = Path(db_path)
+        self.timeout_s = float(timeout_s)
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.execute("PRAGMA journal_mode=WAL")
+            self._write(con, lambda c: [c.execute(stmt) for stmt in _SCHEMA.split(";") if stmt.strip()])
+
+    def __repr__(self) -> str:
+        return f"Registry({str(self.db_path)!r})"
+
+    # -- connections -------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.db_path, timeout=self.timeout_s, isolation_level=None)
+        con.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
+        con.execute("PRAGMA foreign_keys=ON")
+        return _Closing(con)
+
+    def _write(self, con, func):
+        """Run ``func(con)`` inside one ``BEGIN IMMEDIATE`` transaction (retried when busy)."""
+        deadline = _time.monotonic() + self.timeout_s
+        while True:
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:  # database is locked beyond busy_timeout
+                if "locked" not in str(exc) or _time.monotonic() > deadline:
+                    raise
+                _time.sleep(0.05)
+        try:
+            out = func(con)
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+        return out
+
+    # -- writing -----------------------------------------------------------------------------
+    def register_begin(self, kind: str, calibrator: str | None, solve_time, path, *, source_ms=None,
+                       valid_before_h: float | None = None, valid_after_h: float | None = None,
+                       depends_on: int | None = None) -> int:
+        """Record a table about to be written; returns its id (status 'writing').
+
+        Parameters
+        ----------
+        kind : 'B' | 'G' | 'K'
+        calibrator : str or None
+        solve_time : astropy Time, datetime, ISO string or MJD
+            Time of the data the table is solved on (mid-time).
+        path : path of the caltable
+        valid_before_h, valid_after_h : float, optional
+            Half-widths (hours) of the validity window before and after the solve time;
+            default :data:`DEFAULT_VALIDITY_H` of the kind on both sides.
+        depends_on : int, optional
+            Registry id of a table applied while solving this one (the bandpass under a G).
+        """
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        solve = to_mjd(solve_time)
+        before = DEFAULT_VALIDITY_H[kind] if valid_before_h is None else float(valid_before_h)
+        after = DEFAULT_VALIDITY_H[kind] if valid_after_h is None else float(valid_after_h)
+        if before < 0 or after < 0:
+            raise ValueError("validity half-widths must be >= 0 hours")
+        now = _time.time()
+        params = (kind, calibrator, solve, solve - before / 24.0, solve + after / 24.0, "writing",
+                  str(source_ms) if source_ms is not None else None, str(path), depends_on, now, now)
+        with self._connect() as con:
+            rid = self._write(con, lambda c: c.execute(
+                "INSERT INTO caltables (kind, calibrator, solve_mjd, valid_start, valid_end, status, "
+                "source_ms, path, depends_on, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                params).lastrowid)
+        log.info("registry: %s table %d (%s) registered as writing: %s", kind, rid, calibrator, path)
+        return int(rid)
+
+    def _set_status(self, rid: int, status: str, *, metrics=None, reason=None) -> None:
+        def tx(c):
+            row = c.execute("SELECT status FROM caltables WHERE id=?", (int(rid),)).fetchone()
+            if row is None:
+                raise KeyError(f"no calibration table with id {rid} in {self.db_path}")
+            sets, vals = ["status=?", "updated=?"], [status, _time.time()]
+            if metrics is not None:
+                sets.append("metrics=?")
+                vals.append(json.dumps(metrics, default=_json_default))
+            if reason is not None:
+                sets.append("reason=?")
+                vals.append(str(reason))
+            c.execute(f"UPDATE caltables SET {', '.join(sets)} WHERE id=?", (*vals, int(rid)))
+
+        with self._connect() as con:
+            self._write(con, tx)
+
+    def mark_valid(self, rid: int, metrics: dict | None = None) -> None:
+        """The table ``rid`` is complete and good: it may now be returned by :meth:`lookup`."""
+        self._set_status(rid, "valid", metrics=metrics or {})
+        log.info("registry: table %d valid", rid)
+
+    def reject(self, rid: int, why: str, metrics: dict | None = None) -> None:
+        """The table ``rid`` failed (solve error, bad quality): never applied."""
+        self._set_status(rid, "rejected", metrics=metrics, reason=why)
+        log.warning("registry: table %d rejected: %s", rid, why)
+
+    def reap_stale(self, older_than_s: float = 3600.0) -> int:
+        """Reject tables left in 'writing' for more than ``older_than_s`` (a crashed solver)."""
+        cutoff = _time.time() - older_than_s
+        with self._connect() as con:
+            n = self._write(con, lambda c: c.execute(
+                "UPDATE caltables SET status='rejected', reason=?, updated=? "
+                "WHERE status='writing' AND updated < ?",
+                ("left in 'writing' state (solver died?)", _time.time(), cutoff)).rowcount)
+        return int(n)
+
+    # -- reading -----------------------------------------------------------------------------
+    def get(self, rid: int) -> CalRecord:
+        with self._connect() as con:
+            r = con.execute(f"SELECT {_COLS} FROM caltables WHERE id=?", (int(rid),)).fetchone()
+        if r is None:
+            raise KeyError(f"no calibration table with id {rid} in {self.db_path}")
+        return _row(r)
+
+    def lookup(self, kind: str, time) -> CalRecord | None:
+        """The valid ``kind`` table whose window contains ``time`` and was solved nearest to it.
+
+        ``time``: astropy Time, datetime, ISO string or MJD. Returns None when nothing valid
+        covers the time. Tables in 'writing' or 'rejected' state are never returned. Ties
+        (equal distance) go to the most recently registered table.
+        """
+        mjd = to_mjd(time)
+        with self._connect() as con:
+            r = con.execute(
+                f"SELECT {_COLS} FROM caltables WHERE kind=? AND status='valid' "
+                "AND valid_start <= ? AND valid_end >= ? ORDER BY ABS(solve_mjd - ?) ASC, id DESC LIMIT 1",
+                (kind, mjd, mjd, mjd)).fetchone()
+        return _row(r) if r is not None else None
+
+    def lookup_set(self, time) -> list[CalRecord]:
+        """The tables to apply at ``time``, in apply order: [bandpass, gains].
+
+        The gain table nearest in time is taken with the bandpass it was solved on (when
+        that one is still valid and covers the time), so B and G always belong together;
+        otherwise the nearest valid bandpass. Returns [] when no gain table covers the time
+        and [B] alone when only a bandpass does.
+        """
+        g = self.lookup("G", time)
+        b = None
+        if g is not None and g.depends_on is not None:
+            dep = self.get(g.depends_on)
+            if dep.status == "valid" and dep.covers(to_mjd(time)):
+                b = dep
+        if b is None:
+            b = self.lookup("B", time)
+        return [r for r in (b, g) if r is not None]
+
+    def list(self, kind: str | None = None, status: str | None = None) -> list[CalRecord]:
+        """All rows (optionally of one kind/status), oldest solve first."""
+        q, args = f"SELECT {_COLS} FROM caltables", []
+        conds = []
+        if kind is not None:
+            conds.append("kind=?")
+            args.append(kind)
+        if status is not None:
+            conds.append("status=?")
+            args.append(status)
+        if conds:
+            q += " WHERE " + " AND ".join(conds)
+        q += " ORDER BY solve_mjd, id"
+        with self._connect() as con:
+            return [_row(r) for r in con.execute(q, args).fetchall()]
+
+
+class _Closing:
+    """sqlite3 connection usable as a context manager that *closes* on exit."""
+
+    def __init__(self, con):
+        self._con = con
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+    def __enter__(self):
+        return self._con
+
+    def __exit__(self, *exc):
+        self._con.close()
+        return False
+
+
+def _json_default(obj):
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
