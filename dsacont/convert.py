@@ -1,0 +1,545 @@
+"""Conversion: a subband group (the lazy Dataset of :func:`dsacont.loader.open_group`) to a
+CASA Measurement Set, computed with Dask and numba, written by one writer.
+
+Decisions
+---------
+**16 spectral windows of 48 channels** (one per subband), ascending: SPW 0 is the lowest
+subband (sb15), SPW 15 the highest (sb00); channels ascend inside each SPW.
+CASA's ``bandpass`` solves and normalises (``solnorm``) per SPW, which is exactly the per-subband
+solution the operators want (each subband passes through its own correlator node and
+digital filter; solutions must not be combined across subbands). ``gaincal`` can still solve
+one gain across all SPWs (``combine='spw'``) or per SPW; ``tclean`` images all SPWs together
+(``specmode='mfs'``) with no penalty; per-subband flagging and selection are ``spw='3'``.
+A single 768-channel SPW would force a band-wide ``solnorm`` and lose the subband boundaries.
+All SPWs share one POLARIZATION row (XX, YY) and have one DATA_DESCRIPTION each.
+
+**One common phase centre** (``phase="common"``, the default): the meridian ``HADEC(0, dec)``
+at the group's mid-time (mean of the integration centres), converted to ICRS; every
+integration is phase-rotated to it (numba kernel, float64 phases) and its UVW recomputed, so a
+5-minute MS images as 5 minutes (the old pipeline imaged one 13-s field of 24). The FIELD
+table has one row named after the group timestamp. ``phase="per_integration"`` keeps the
+correlator's layout: one field per integration, each the meridian at that integration's time
+(FIELD names ``<timestamp>_NN``), SCAN_NUMBER = field + 1.
+
+**Rows** are ordered (time, spw, baseline): sorted by TIME, and one (time, spw) is a
+contiguous run of ``nbl`` rows, so each computed block is written with a few ``putcol``
+calls. **ANTENNA** has all 117 pads (row = antenna number, names '1'..'117', ECEF from the
+files' ``antenna_positions`` + array centre, 4.65 m, ALT-AZ), so antenna IDs are the same in
+every MS whatever subset is active, and calibration tables transfer between groups.
+**WEIGHT** is the channel-mean nsamples per polarisation, **SIGMA** = 1/sqrt(WEIGHT); samples
+with nsamples == 0 are flagged.
+
+Execution
+---------
+The MS is created in a temporary directory (tmpfs ``/dev/shm`` when it has room for it plus
+1 GiB, else ``<stage>/tmp``), filled, then moved into place atomically
+(:func:`dsacont.msio.move_into_place`): a copy into ``<stage>/tmp`` on the target filesystem
+and an ``os.replace``. Blocks of (``time`` chunk, one subband) are computed ahead in a bounded
+window while this process writes the previous ones; memory is about ``window`` blocks.
+With a ``distributed`` client as the current scheduler (LocalCluster or a ``dask-scheduler``
+address) the blocks are computed on the workers and the client writes; otherwise a local
+thread pool computes them (numba kernels release the GIL).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time as _time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from dsacont import msio, phasing
+
+log = logging.getLogger(__name__)
+
+__all__ = ["convert_group", "to_zarr", "phase_centre", "phase_dataset", "cli"]
+
+PHASE_MODES = ("common", "per_integration")
+TMPFS = "/dev/shm"
+TMPFS_MARGIN_BYTES = 1 << 30
+# seconds spent in each phase of the last convert_group call in this process (benchmarks read it)
+LAST_PROFILE: dict = {}
+
+
+# ----------------------------------------------------------------------------- phase centre
+def phase_centre(ds, phase: str = "common") -> dict:
+    """The phase centre(s) a group is rotated to.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset   the loader's Dataset (uses ``time`` and ``attrs['phase_center_dec']``)
+    phase : 'common' | 'per_integration'
+
+    Returns
+    -------
+    dict with ``ra``, ``dec`` (nfield,) radians ICRS; ``names`` (nfield,) str;
+    ``field_of_time`` (ntime,) int field index of each integration; ``jd_mid`` float.
+    """
+    if phase not in PHASE_MODES:
+        raise ValueError(f"phase must be one of {PHASE_MODES}, got {phase!r}")
+    times = np.asarray(ds["time"].values, dtype=float)
+    dec0 = float(ds.attrs["phase_center_dec"])
+    ts = str(ds.attrs.get("group_timestamp", "group"))
+    jd_mid = float(0.5 * (times.min() + times.max()))
+    if phase == "common":
+        ra, dec = phasing.meridian_icrs(jd_mid, dec0)
+        return dict(ra=np.array([ra]), dec=np.array([dec]), names=[ts], field_of_time=np.zeros(times.size, int),
+                    jd_mid=jd_mid)
+    ra, dec = phasing.hadec_to_icrs(0.0, dec0, times)
+    return dict(ra=ra, dec=dec, names=[f"{ts}_{i:02d}" for i in range(times.size)],
+                field_of_time=np.arange(times.size), jd_mid=jd_mid)
+
+
+def _geometry(ds, centre) -> dict:
+    """Per-integration geometry: new uvw (ntime, nbl, 3) and w_new - w_old (ntime, nbl)."""
+    times = np.asarray(ds["time"].values, dtype=float)
+    f = centre["field_of_time"]
+    rot = phasing.uvw_rotation(times, centre["ra"][f], centre["dec"][f])
+    antpos = np.asarray(ds["antenna_position"].values, dtype=float)
+    a1 = np.asarray(ds["antenna1"].values)
+    a2 = np.asarray(ds["antenna2"].values)
+    s_old = phasing.hadec_direction_ecef(float(ds.attrs["phase_center_dec"]))
+    uvw = phasing.baseline_uvw(rot, antpos, a1, a2)
+    dw = phasing.delta_w(rot[:, 2, :], s_old, antpos, a1, a2)
+    return dict(uvw=uvw, dw=dw, rot=rot)
+
+
+def phase_dataset(ds, phase: str = "common"):
+    """The Dataset rotated to :func:`phase_centre` (lazy): ``vis`` rotated, ``uvw`` recomputed,
+    attrs ``phase_center_ra``/``phase_center_dec_icrs`` (rad, first field) and coordinate
+    ``field`` (time) added. Everything else unchanged."""
+    import xarray as xr
+
+    centre = phase_centre(ds, phase)
+    geo = _geometry(ds, centre)
+    vis = phasing.rotate_vis(ds["vis"].data, geo["dw"], np.asarray(ds["frequency"].values, float))
+    out = ds.copy()
+    out["vis"] = (ds["vis"].dims, vis)
+    out = out.assign_coords(
+        uvw=(("time", "baseline", "uvw_dim"), geo["uvw"]),
+        field=("time", centre["field_of_time"].astype(np.int32)),
+    )
+    out.attrs = dict(ds.attrs)
+    out.attrs.update(phase_mode=phase, phase_center_ra=float(centre["ra"][0]),
+                     phase_center_dec_icrs=float(centre["dec"][0]), phase_center_frame="ICRS")
+    return xr.Dataset(out)
+
+
+def to_zarr(ds, store, *, phase: str | None = "common", **kwargs):
+    """Write the (phased) Dataset to a zarr store for notebook analysis; returns ``store``.
+
+    ``phase=None`` writes ``ds`` as given. A string store path is written next to itself and
+    renamed into place. Extra keyword arguments go to ``xarray.Dataset.to_zarr``.
+    """
+    out = phase_dataset(ds, phase) if phase else ds
+    out = out.copy()
+    out.attrs = {k: (list(map(str, v)) if isinstance(v, (list, tuple)) else v) for k, v in out.attrs.items()}
+    for name in list(out.variables):
+        out[name].encoding = {}
+    if isinstance(store, (str, os.PathLike)):
+        final = Path(store)
+        tmp = final.parent / f".{final.name}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        out.to_zarr(str(tmp), mode="w", **kwargs)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        return final
+    out.to_zarr(store, mode="w", **kwargs)
+    return store
+
+
+# ----------------------------------------------------------------------------- helpers
+def _spw_layout(ds):
+    """SPW boundaries from the ``subband`` coordinate: list of (f0, f1, subband)."""
+    sb = np.asarray(ds["subband"].values)
+    edges = np.flatnonzero(np.diff(sb) != 0) + 1
+    starts = np.concatenate([[0], edges])
+    ends = np.concatenate([edges, [sb.size]])
+    spws = [(int(a), int(b), int(sb[a])) for a, b in zip(starts, ends)]
+    nchan = {b - a for a, b, _ in spws}
+    if len(nchan) != 1:
+        raise ValueError(f"subbands have different channel counts {sorted(nchan)}; cannot lay out SPWs")
+    return spws
+
+
+def _estimate_ms_bytes(nrows, nchan, npol) -> int:
+    return int(nrows * (npol * nchan * 8 + npol * nchan / 8 + 24 + 16 + 80) * 1.05) + (8 << 20)
+
+
+def _pick_tmp_root(tmp_dir, paths, need_bytes) -> Path:
+    if tmp_dir is not None:
+        return Path(tmp_dir)
+    if os.path.isdir(TMPFS) and os.access(TMPFS, os.W_OK):
+        st = os.statvfs(TMPFS)
+        if st.f_bavail * st.f_frsize > need_bytes + TMPFS_MARGIN_BYTES:
+            return Path(TMPFS)
+    return Path(paths.tmp)
+
+
+def _client_or_none():
+    """The distributed Client when it is dask's current scheduler, else None."""
+    try:
+        import dask
+        from distributed import default_client
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        client = default_client()
+    except ValueError:
+        return None
+    sched = dask.base.get_scheduler()
+    if sched is None or getattr(sched, "__self__", None) is client:
+        return client
+    return None
+
+
+class _Computer:
+    """Compute lists of dask collections ahead, in order, in a bounded window."""
+
+    def __init__(self, window: int | None = None):
+        self.client = _client_or_none()
+        if self.client is not None:
+            nthreads = sum(self.client.nthreads().values()) or 1
+            self.pool = None
+        else:
+            import dask
+
+            nthreads = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+            self.pool = ThreadPoolExecutor(max_workers=nthreads, thread_name_prefix="dsacont-convert")
+        self.window = int(window or nthreads + 1)
+
+    def submit(self, colls):
+        if self.client is not None:
+            return self.client.compute(colls)
+        import dask
+
+        return self.pool.submit(lambda: dask.compute(*colls, scheduler="sync"))
+
+    def result(self, fut):
+        if self.client is not None:
+            return [f.result() for f in fut]
+        return list(fut.result())
+
+    def map_ordered(self, jobs):
+        """jobs: iterable of (key, collections). Yields (key, computed list) in order."""
+        pending: deque = deque()
+        it = iter(jobs)
+        try:
+            for key, colls in it:
+                pending.append((key, self.submit(colls)))
+                if len(pending) >= self.window:
+                    k, f = pending.popleft()
+                    yield k, self.result(f)
+            while pending:
+                k, f = pending.popleft()
+                yield k, self.result(f)
+        finally:
+            for _, f in pending:
+                try:
+                    (f if self.client is None else f[0]).cancel()
+                except Exception:
+                    pass
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _block_data(vis, dw, freq):
+    return phasing.rotate_vis_numpy(vis, dw, freq)
+
+
+def _block_weight(ns):
+    return np.asarray(ns, np.float32).mean(axis=2, dtype=np.float64).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- main entry
+def convert_group(
+    paths_or_dataset,
+    ms_path=None,
+    *,
+    phase: str = "common",
+    flag: bool = True,
+    strategy=None,
+    paths=None,
+    tmp_dir=None,
+    chunks=None,
+    progress: bool = True,
+    window: int | None = None,
+) -> Path:
+    """Convert one subband group to a CASA Measurement Set; returns the MS path.
+
+    Parameters
+    ----------
+    paths_or_dataset : list of paths, :class:`dsacont.groups.Group`, or xarray.Dataset
+        The group (16 subband files) or the Dataset from :func:`dsacont.loader.open_group`.
+    ms_path : path, optional
+        Output MS. Default ``<paths.ms>/<group_timestamp>.ms``. Replaced if it exists.
+    phase : 'common' | 'per_integration'
+        One phase centre for the group (meridian at mid-time, ICRS) or one field per integration.
+    flag : bool
+        OR the RFI flags of :func:`dsacont.flagging.flag_dataset` (computed first, in one pass)
+        into FLAG. Skipped with a log message if the flagging module is unavailable.
+    strategy : passed to ``flag_dataset``.
+    paths : :class:`dsacont.config.Paths`, optional (default ``get_paths()``).
+    tmp_dir : path, optional
+        Where the MS is built before the atomic move (default tmpfs or ``<stage>/tmp``).
+    chunks : dict, optional
+        Loader chunks, e.g. ``{"time": 8}`` (frequency chunks are one subband).
+    progress : bool
+        Log progress (about every 10 %).
+    window : int, optional
+        Blocks computed ahead of the writer (default: number of threads + 1).
+    """
+    import xarray as xr
+
+    t_start = _time.perf_counter()
+    if paths is None:
+        from dsacont.config import get_paths
+
+        paths = get_paths()
+    if isinstance(paths_or_dataset, xr.Dataset):
+        ds = paths_or_dataset
+    else:
+        from dsacont.loader import open_group
+
+        ds = open_group(paths_or_dataset, chunks=chunks)
+    if phase not in PHASE_MODES:
+        raise ValueError(f"phase must be one of {PHASE_MODES}, got {phase!r}")
+
+    ts = str(ds.attrs.get("group_timestamp", "group"))
+    if ms_path is None:
+        ms_path = Path(paths.ms) / f"{ts}.ms"
+    ms_path = Path(ms_path).absolute()
+
+    spws = _spw_layout(ds)
+    nspw = len(spws)
+    nchan = spws[0][1] - spws[0][0]
+    times = np.asarray(ds["time"].values, dtype=float)
+    ntime = times.size
+    a1 = np.asarray(ds["antenna1"].values, dtype=np.int32)
+    a2 = np.asarray(ds["antenna2"].values, dtype=np.int32)
+    nbl = a1.size
+    pols = [str(p) for p in ds["polarization"].values]
+    npol = len(pols)
+    freq = np.asarray(ds["frequency"].values, dtype=float)
+    width = np.asarray(ds["channel_width"].values, dtype=float)
+    nrows = ntime * nspw * nbl
+
+    # ---- geometry (small, per integration)
+    prof = {"open": _time.perf_counter() - t_start}
+    tick = _time.perf_counter()
+    centre = phase_centre(ds, phase)
+    geo = _geometry(ds, centre)
+    prof["geometry"] = _time.perf_counter() - tick
+    log.info("%s: phase centre %s RA %.5f Dec %.5f deg (ICRS), %d field(s)", ts, phase,
+             np.degrees(centre["ra"][0]), np.degrees(centre["dec"][0]), len(centre["names"]))
+
+    # ---- dask arrays, chunked (time, all baselines, one subband, all pols)
+    import dask.array as da
+
+    vis = ds["vis"].data
+    nsamp = ds["nsamples"].data
+    fl = ds["flags"].data
+    if not isinstance(vis, da.Array):
+        vis, nsamp, fl = (da.from_array(np.asarray(x)) for x in (vis, nsamp, fl))
+    tchunks = vis.chunks[0]
+    target = (tchunks, (nbl,), (nchan,) * nspw, (npol,))
+    vis, nsamp, fl = (x.rechunk(target) if x.chunks != target else x for x in (vis, nsamp, fl))
+
+    comp = _Computer(window)
+    flags_np = None
+    if flag:
+        try:
+            from dsacont.flagging import flag_dataset
+        except ImportError as exc:
+            log.warning("flagging unavailable (%s): converting without RFI flags", exc)
+        else:
+            t0 = _time.perf_counter()
+            fda = flag_dataset(ds, strategy)
+            fdata = fda.data if hasattr(fda, "data") else fda
+            (flags_np,) = comp.result(comp.submit([fdata]))
+            flags_np = np.asarray(flags_np, dtype=bool)
+            log.info("%s: RFI flags computed in %.1f s (%.2f%% flagged)", ts, _time.perf_counter() - t0,
+                     100.0 * flags_np.mean())
+
+    # ---- MS skeleton in the temp location
+    tmp_root = _pick_tmp_root(tmp_dir, paths, _estimate_ms_bytes(nrows, nchan, npol))
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    tmp_ms = tmp_root / f".{ms_path.name}.partial{os.getpid()}"
+    shutil.rmtree(tmp_ms, ignore_errors=True)
+    from dsacont import __version__
+    from dsacont.telescope import ARRAY_CENTRE_ECEF, DISH_DIAMETER_M, TELESCOPE_NAME
+
+    antpos_abs = np.asarray(ds["antenna_position"].values, float) + ARRAY_CENTRE_ECEF
+    t_ms = msio.jd_to_ms_time(times)
+    tint = float(ds.attrs.get("integration_time", np.median(np.diff(times)) * 86400.0 if ntime > 1 else 1.0))
+    srcs = [os.path.basename(str(p)) for p in ds.attrs.get("source_files", [])]
+    layout = msio.MSLayout(
+        antenna_names=[str(n) for n in ds["antenna_name"].values],
+        antenna_positions=antpos_abs,
+        dish_diameter=DISH_DIAMETER_M,
+        spw_freqs=np.stack([freq[a:b] for a, b, _ in spws]),
+        spw_widths=np.stack([width[a:b] for a, b, _ in spws]),
+        spw_names=[f"sb{s:02d}" for _, _, s in spws],
+        polarizations=pols,
+        field_names=centre["names"],
+        field_dirs=np.stack([centre["ra"], centre["dec"]], axis=1),
+        field_times=msio.jd_to_ms_time(times[np.searchsorted(centre["field_of_time"], np.arange(len(centre["names"])))])
+        if phase == "per_integration" else np.array([msio.jd_to_ms_time(centre["jd_mid"])]),
+        time_range=(float(t_ms.min() - tint / 2), float(t_ms.max() + tint / 2)),
+        telescope_name=str(ds.attrs.get("telescope_name", TELESCOPE_NAME)),
+        nrows=nrows,
+        history=[
+            f"dsacont {__version__} convert_group: group {ts}, {len(srcs)} subband files",
+            f"phase={phase}: centre RA {np.degrees(centre['ra'][0]):.6f} Dec {np.degrees(centre['dec'][0]):.6f} deg "
+            f"(ICRS, meridian HADEC(0, {np.degrees(float(ds.attrs['phase_center_dec'])):.4f} deg) at "
+            f"{'mid-time' if phase == 'common' else 'each integration'}); UVW recomputed per integration",
+            f"flags: correlator{' + dsacont.flagging' if flags_np is not None else ''}",
+            "source files: " + ", ".join(srcs),
+        ],
+    )
+    log.info("%s: writing %d rows (%d times x %d spw x %d baselines) to %s", ts, nrows, ntime, nspw, nbl, tmp_ms)
+    try:
+        tick = _time.perf_counter()
+        msio.create_ms(tmp_ms, layout)
+        prof["create"] = _time.perf_counter() - tick
+        tick = _time.perf_counter()
+        with msio.MSWriter(tmp_ms) as w:
+            # metadata columns: constants in one call each, ids and UVW one integration at a time
+            rows_t = nspw * nbl
+            fid_row = np.repeat(centre["field_of_time"].astype(np.int32), rows_t)
+            w.put(0, TIME=np.repeat(t_ms, rows_t), FIELD_ID=fid_row,
+                  SCAN_NUMBER=(fid_row + 1) if phase == "per_integration" else np.ones(nrows, np.int32))
+            w.put(0, TIME_CENTROID=np.repeat(t_ms, rows_t))
+            w.put_const(0, nrows, INTERVAL=tint, EXPOSURE=tint, ARRAY_ID=np.int32(0), OBSERVATION_ID=np.int32(0),
+                        PROCESSOR_ID=np.int32(0), STATE_ID=np.int32(-1), FEED1=np.int32(0), FEED2=np.int32(0),
+                        FLAG_ROW=False)
+            del fid_row
+            ant1_t = np.tile(a1, nspw)
+            ant2_t = np.tile(a2, nspw)
+            ddid_t = np.repeat(np.arange(nspw, dtype=np.int32), nbl)
+            for t in range(ntime):
+                w.put(t * rows_t, ANTENNA1=ant1_t, ANTENNA2=ant2_t, DATA_DESC_ID=ddid_t,
+                      UVW=np.tile(geo["uvw"][t], (nspw, 1)))
+            prof["metadata"] = _time.perf_counter() - tick
+            tick = _time.perf_counter()
+            # data blocks: (time chunk, spw)
+            tb_edges = np.concatenate([[0], np.cumsum(tchunks)]).astype(int)
+            jobs = []
+            for ti in range(len(tchunks)):
+                t0, t1 = int(tb_edges[ti]), int(tb_edges[ti + 1])
+                for si, (f0, f1, _) in enumerate(spws):
+                    v = vis[t0:t1, :, f0:f1, :]
+                    n = nsamp[t0:t1, :, f0:f1, :]
+                    colls = [
+                        da.map_blocks(_block_data, v, dw=geo["dw"][t0:t1], freq=freq[f0:f1], dtype=v.dtype),
+                        da.map_blocks(_block_weight, n, drop_axis=2, dtype=np.float32),
+                        n == 0,
+                    ]
+                    if flags_np is None:
+                        colls.append(fl[t0:t1, :, f0:f1, :])
+                    jobs.append(((t0, t1, si, f0, f1), colls))
+            nblocks = len(jobs)
+            done = 0
+            next_report = 0.1
+            nbytes = 0
+            t_write = 0.0
+            for (t0, t1, si, f0, f1), res in comp.map_ordered(jobs):
+                tw = _time.perf_counter()
+                data, weight, nozero = res[0], res[1], res[2]
+                flags = res[3] if flags_np is None else flags_np[t0:t1, :, f0:f1, :]
+                flags = np.logical_or(flags, nozero)
+                sigma = np.where(weight > 0, 1.0 / np.sqrt(np.maximum(weight, 1e-30)), 0.0).astype(np.float32)
+                for k, t in enumerate(range(t0, t1)):
+                    r0 = (t * nspw + si) * nbl
+                    w.put(r0, DATA=data[k], FLAG=flags[k], WEIGHT=weight[k], SIGMA=sigma[k])
+                nbytes += data.nbytes
+                done += 1
+                t_write += _time.perf_counter() - tw
+                if progress and done / nblocks >= next_report:
+                    log.info("%s: %3.0f%% (%d/%d blocks, %.1f s)", ts, 100.0 * done / nblocks, done, nblocks,
+                             _time.perf_counter() - t_start)
+                    next_report += 0.1
+            prof["blocks"] = _time.perf_counter() - tick
+            prof["blocks_write"] = t_write
+            tick = _time.perf_counter()
+        prof["close"] = _time.perf_counter() - tick
+        tick = _time.perf_counter()
+        final = msio.move_into_place(tmp_ms, ms_path, staging_dir=paths.tmp)
+        prof["move"] = _time.perf_counter() - tick
+    except BaseException:
+        shutil.rmtree(tmp_ms, ignore_errors=True)
+        raise
+    dt = _time.perf_counter() - t_start
+    log.info("%s: wrote %s (%d rows, %.0f MB of visibilities) in %.1f s", ts, final, nrows, nbytes / 1e6, dt)
+    log.info("%s: time profile (s): %s", ts, ", ".join(f"{k} {v:.2f}" for k, v in prof.items()))
+    LAST_PROFILE.clear()
+    LAST_PROFILE.update(prof, total=dt)
+    return final
+
+
+# ----------------------------------------------------------------------------- CLI
+def cli(argv: list[str] | None = None) -> int:
+    """``dsacont convert``: convert one or more subband groups to Measurement Sets."""
+    p = argparse.ArgumentParser(
+        prog="dsacont convert",
+        description="Convert a 16-subband group (files, or a directory of groups) to a CASA MS.",
+    )
+    p.add_argument("inputs", nargs="+", help="subband files of one group, or a directory (every complete group)")
+    p.add_argument("-o", "--output", help="output MS path (one group) or directory (default <stage>/ms)")
+    p.add_argument("--phase", choices=PHASE_MODES, default="common",
+                   help="one phase centre (meridian at mid-time, default) or one field per integration")
+    p.add_argument("--no-flag", action="store_true", help="do not run RFI flagging")
+    p.add_argument("--strategy", help="flagging strategy file (TOML/JSON)")
+    p.add_argument("--time-chunk", type=int, default=None, help="integrations per block (default 8)")
+    p.add_argument("--tmp-dir", help="where to build the MS before the atomic move")
+    p.add_argument("--scheduler", help="dask-scheduler address (tcp://host:8786); default local threads")
+    p.add_argument("--root", help="put everything under this directory (as CONTIMG_ROOT)")
+    p.add_argument("--zarr", help="also write the phased Dataset to this zarr store (one group only)")
+    args = p.parse_args(argv)
+
+    from dsacont.config import get_paths
+
+    paths = get_paths(root=args.root)
+    groups = []
+    if len(args.inputs) == 1 and os.path.isdir(args.inputs[0]):
+        from dsacont.groups import find_groups
+
+        found = find_groups(args.inputs[0])
+        groups = [g for g in found if getattr(g, "complete", True)]
+        if not groups:
+            print(f"dsacont convert: no complete groups in {args.inputs[0]}", file=sys.stderr)
+            return 1
+    else:
+        groups = [args.inputs]
+    client = None
+    if args.scheduler:
+        from distributed import Client
+
+        client = Client(args.scheduler)
+    chunks = {"time": args.time_chunk} if args.time_chunk else None
+    try:
+        for g in groups:
+            out = None
+            if args.output:
+                out = Path(args.output)
+                if len(groups) > 1 or out.suffix != ".ms":
+                    out = None
+                    paths = get_paths(root=args.root, ms=args.output)
+            ms = convert_group(g, out, phase=args.phase, flag=not args.no_flag, strategy=args.strategy,
+                               paths=paths, tmp_dir=args.tmp_dir, chunks=chunks)
+            print(ms)
+            if args.zarr and len(groups) == 1:
+                from dsacont.loader import open_group
+
+                print(to_zarr(open_group(g, chunks=chunks), args.zarr, phase=args.phase))
+    finally:
+        if client is not None:
+            client.close()
+    return 0

@@ -1,0 +1,425 @@
+"""Measurement Set writing and reading with the casatools ``table`` tool (no python-casacore).
+
+Layout written by :func:`create_ms` (what CASA's tasks need; columns and keywords checked
+against pyuvdata's ``write_ms`` and casatools' own ``simulator`` skeleton):
+
+- Main table: the MS v2 required columns. DATA (complex), FLAG (bool), WEIGHT, SIGMA and UVW
+  are fixed-shape columns in ``TiledColumnStMan`` hypercubes (DATA/FLAG cells (npol, nchan));
+  TIME-like and ID columns in ``IncrementalStMan`` (constant over long runs of rows),
+  ANTENNA1/ANTENNA2 in ``StandardStMan``. No MODEL_DATA / CORRECTED_DATA (calibration adds
+  them when needed), no WEIGHT_SPECTRUM (DSA-110 nsamples are constant across a subband).
+- UVW column MEASINFO ``J2000``; FIELD directions ``J2000`` (the phase centre is computed in
+  ICRS; ICRS and J2000 differ by ~20 mas, far below anything this array can see).
+- Subtables: ANTENNA, FEED (one row per antenna, SPECTRAL_WINDOW_ID -1, receptors X/Y),
+  SPECTRAL_WINDOW, POLARIZATION (XX, YY = CORR_TYPE 9, 12), DATA_DESCRIPTION (one per SPW),
+  FIELD, SOURCE (one row per field), OBSERVATION (TELESCOPE_NAME, TIME_RANGE), PROCESSOR,
+  HISTORY; STATE, POINTING, FLAG_CMD present and empty (STATE_ID = -1).
+- TIME is seconds since MJD 0 (UTC), integration centres; INTERVAL = EXPOSURE = the
+  integration time.
+
+Casacore tables are not thread-safe: one :class:`MSWriter` per MS, used from one thread.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time as _time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MJD0_JD = 2400000.5
+SECONDS_PER_DAY = 86400.0
+# Stokes codes (casacore Stokes::StokesTypes) for the MS POLARIZATION table
+CORR_TYPE = {"XX": 9, "XY": 10, "YX": 11, "YY": 12, "RR": 5, "RL": 6, "LR": 7, "LL": 8, "I": 1}
+# receptor pairs for each correlation (X = 0, Y = 1)
+CORR_PRODUCT = {"XX": (0, 0), "XY": (0, 1), "YX": (1, 0), "YY": (1, 1)}
+# rows per tile of the main-table hypercubes (DATA tile ~ npol*nchan*8*rows bytes)
+DATA_TILE_ROWS = 1024
+
+
+def jd_to_ms_time(jd):
+    """JD (UTC) -> MS TIME: seconds since MJD 0 (float64)."""
+    return (np.asarray(jd, dtype=np.float64) - MJD0_JD) * SECONDS_PER_DAY
+
+
+def ms_time_to_jd(t):
+    """MS TIME (seconds since MJD 0) -> JD (UTC)."""
+    return np.asarray(t, dtype=np.float64) / SECONDS_PER_DAY + MJD0_JD
+
+
+def _ct():
+    from dsacont.casa import ensure_casa
+
+    return ensure_casa()
+
+
+@dataclass
+class MSLayout:
+    """Everything the subtables need, plus the shape of the main table.
+
+    Attributes
+    ----------
+    antenna_names : list[str] (nant,)           row i of ANTENNA = antenna number i
+    antenna_positions : ndarray (nant, 3)       absolute ITRF (ECEF) metres
+    dish_diameter : float                       metres
+    spw_freqs : ndarray (nspw, nchan)           channel centres, Hz, ascending
+    spw_widths : ndarray (nspw, nchan)          channel widths, Hz (positive)
+    spw_names : list[str]                       e.g. 'sb15' for the lowest subband
+    polarizations : list[str]                   ['XX', 'YY']
+    field_names : list[str] (nfield,)
+    field_dirs : ndarray (nfield, 2)            (RA, Dec) radians, J2000/ICRS
+    field_times : ndarray (nfield,)             MS TIME of each field (s)
+    time_range : (float, float)                 MS TIME of the start and end of the data (s)
+    telescope_name : str
+    nrows : int                                 rows of the main table
+    history : list[str]                         messages for HISTORY
+    """
+
+    antenna_names: list
+    antenna_positions: np.ndarray
+    dish_diameter: float
+    spw_freqs: np.ndarray
+    spw_widths: np.ndarray
+    spw_names: list
+    polarizations: list
+    field_names: list
+    field_dirs: np.ndarray
+    field_times: np.ndarray
+    time_range: tuple
+    telescope_name: str = "OVRO_MMA"
+    nrows: int = 0
+    history: list = field(default_factory=list)
+    mount: str = "ALT-AZ"
+    observer: str = "dsacont"
+    project: str = "dsa110-contimg"
+
+    @property
+    def nchan(self) -> int:
+        return int(self.spw_freqs.shape[1])
+
+    @property
+    def npol(self) -> int:
+        return len(self.polarizations)
+
+
+def _tiled(desc, dminfo, col, cell_shape, rows):
+    desc[col].update(
+        dataManagerType="TiledColumnStMan", dataManagerGroup=f"Tiled{col}",
+        shape=np.array(cell_shape, dtype=np.int32), ndim=len(cell_shape), option=5,
+    )
+    dminfo[f"*{len(dminfo) + 1}"] = {
+        "TYPE": "TiledColumnStMan", "NAME": f"Tiled{col}",
+        "SPEC": {"DEFAULTTILESHAPE": np.array(list(cell_shape) + [rows], dtype=np.int32)},
+        "COLUMNS": np.array([col]),
+    }
+
+
+def create_ms(path: str | os.PathLike, layout: MSLayout) -> None:
+    """Create an MS at ``path`` (must not exist) with all subtables filled and ``layout.nrows``
+    empty main-table rows, ready for :class:`MSWriter`.
+    """
+    ct = _ct()
+    path = str(path)
+    if os.path.exists(path):
+        raise FileExistsError(path)
+    skel = path + ".skel"
+    shutil.rmtree(skel, ignore_errors=True)
+    sm = ct.simulator()
+    try:
+        sm.open(skel)  # a standard empty MS: required columns + every required subtable
+        sm.close()
+    finally:
+        sm.done()
+    tb = ct.table()
+    tb.open(skel)
+    desc = tb.getdesc()
+    keywords = tb.getkeywords()
+    info = tb.info()
+    tb.close()
+    for col in ("MODEL_DATA", "CORRECTED_DATA"):
+        desc.pop(col, None)
+    desc.pop("_define_hypercolumn_", None)
+    dminfo: dict = {}
+    npol, nchan = layout.npol, layout.nchan
+    _tiled(desc, dminfo, "DATA", [npol, nchan], DATA_TILE_ROWS)
+    _tiled(desc, dminfo, "FLAG", [npol, nchan], DATA_TILE_ROWS * 8)
+    _tiled(desc, dminfo, "UVW", [3], DATA_TILE_ROWS * 8)
+    _tiled(desc, dminfo, "WEIGHT", [npol], DATA_TILE_ROWS * 8)
+    _tiled(desc, dminfo, "SIGMA", [npol], DATA_TILE_ROWS * 8)
+    desc["UVW"]["keywords"]["MEASINFO"]["Ref"] = "J2000"
+    tb.create(path, desc, dminfo=dminfo)
+    tb.close()
+    subtables = [k for k, v in keywords.items() if isinstance(v, str) and v.startswith("Table:")]
+    for sub in subtables:
+        os.rename(os.path.join(skel, sub), os.path.join(path, sub))
+    shutil.rmtree(skel, ignore_errors=True)
+    tb.open(path, nomodify=False)
+    try:
+        for k, v in keywords.items():
+            tb.putkeyword(k, f"Table: {os.path.join(path, k)}" if k in subtables else v)
+        tb.putinfo(info)
+        if layout.nrows:
+            tb.addrows(int(layout.nrows))
+    finally:
+        tb.close()
+    _write_subtables(path, layout)
+
+
+def _open(tb, path, sub):
+    tb.open(os.path.join(path, sub), nomodify=False)
+    return tb
+
+
+def _write_subtables(path: str, L: MSLayout) -> None:
+    ct = _ct()
+    tb = ct.table()
+    nant = len(L.antenna_names)
+    nspw = L.spw_freqs.shape[0]
+    nfield = len(L.field_names)
+    tmid = float(np.mean(L.time_range))
+
+    _open(tb, path, "ANTENNA")
+    tb.addrows(nant)
+    tb.putcol("NAME", np.array(L.antenna_names, dtype=str))
+    tb.putcol("STATION", np.array([f"DSA-{int(n):03d}" if str(n).isdigit() else str(n) for n in L.antenna_names]))
+    tb.putcol("TYPE", np.array(["GROUND-BASED"] * nant))
+    tb.putcol("MOUNT", np.array([L.mount] * nant))
+    tb.putcol("POSITION", np.ascontiguousarray(np.asarray(L.antenna_positions, float).T))
+    tb.putcol("OFFSET", np.zeros((3, nant)))
+    tb.putcol("DISH_DIAMETER", np.full(nant, float(L.dish_diameter)))
+    tb.putcol("FLAG_ROW", np.zeros(nant, bool))
+    mi = tb.getcolkeyword("POSITION", "MEASINFO")
+    mi["Ref"] = "ITRF"
+    tb.putcolkeyword("POSITION", "MEASINFO", mi)
+    tb.close()
+
+    _open(tb, path, "FEED")
+    tb.addrows(nant)
+    tb.putcol("ANTENNA_ID", np.arange(nant, dtype=np.int32))
+    tb.putcol("FEED_ID", np.zeros(nant, np.int32))
+    tb.putcol("BEAM_ID", np.full(nant, -1, np.int32))
+    tb.putcol("SPECTRAL_WINDOW_ID", np.full(nant, -1, np.int32))
+    tb.putcol("TIME", np.full(nant, tmid))
+    tb.putcol("INTERVAL", np.full(nant, 0.0))
+    tb.putcol("NUM_RECEPTORS", np.full(nant, 2, np.int32))
+    tb.putcol("POLARIZATION_TYPE", np.array([["X"] * nant, ["Y"] * nant]))
+    tb.putcol("BEAM_OFFSET", np.zeros((2, 2, nant)))
+    tb.putcol("POL_RESPONSE", np.repeat(np.eye(2, dtype=np.complex64)[:, :, None], nant, axis=2))
+    tb.putcol("POSITION", np.zeros((3, nant)))
+    tb.putcol("RECEPTOR_ANGLE", np.repeat(np.array([[0.0], [np.pi / 2]]), nant, axis=1))
+    tb.close()
+
+    _open(tb, path, "SPECTRAL_WINDOW")
+    tb.addrows(nspw)
+    for i in range(nspw):
+        f = np.asarray(L.spw_freqs[i], float)
+        w = np.asarray(L.spw_widths[i], float)
+        tb.putcell("NUM_CHAN", i, int(f.size))
+        tb.putcell("CHAN_FREQ", i, f)
+        tb.putcell("CHAN_WIDTH", i, w)
+        tb.putcell("EFFECTIVE_BW", i, w)
+        tb.putcell("RESOLUTION", i, w)
+        tb.putcell("TOTAL_BANDWIDTH", i, float(np.sum(w)))
+        tb.putcell("REF_FREQUENCY", i, float(f[0]))
+        tb.putcell("MEAS_FREQ_REF", i, 5)  # TOPO
+        tb.putcell("NET_SIDEBAND", i, 1)
+        tb.putcell("NAME", i, str(L.spw_names[i]))
+        tb.putcell("FREQ_GROUP", i, 0)
+        tb.putcell("FREQ_GROUP_NAME", i, "")
+        tb.putcell("IF_CONV_CHAIN", i, 0)
+        tb.putcell("FLAG_ROW", i, False)
+    tb.close()
+
+    _open(tb, path, "POLARIZATION")
+    tb.addrows(1)
+    tb.putcell("NUM_CORR", 0, L.npol)
+    tb.putcell("CORR_TYPE", 0, np.array([CORR_TYPE[p] for p in L.polarizations], np.int32))
+    tb.putcell("CORR_PRODUCT", 0, np.array([CORR_PRODUCT[p] for p in L.polarizations], np.int32).T.copy())
+    tb.putcell("FLAG_ROW", 0, False)
+    tb.close()
+
+    _open(tb, path, "DATA_DESCRIPTION")
+    tb.addrows(nspw)
+    tb.putcol("SPECTRAL_WINDOW_ID", np.arange(nspw, dtype=np.int32))
+    tb.putcol("POLARIZATION_ID", np.zeros(nspw, np.int32))
+    tb.putcol("FLAG_ROW", np.zeros(nspw, bool))
+    tb.close()
+
+    dirs = np.asarray(L.field_dirs, float).reshape(nfield, 2)
+    _open(tb, path, "FIELD")
+    tb.addrows(nfield)
+    for col in ("PHASE_DIR", "DELAY_DIR", "REFERENCE_DIR"):
+        tb.putcol(col, np.ascontiguousarray(dirs.T[:, None, :]))
+        mi = tb.getcolkeyword(col, "MEASINFO")
+        mi["Ref"] = "J2000"
+        tb.putcolkeyword(col, "MEASINFO", mi)
+    tb.putcol("NAME", np.array(L.field_names, dtype=str))
+    tb.putcol("CODE", np.array([""] * nfield))
+    tb.putcol("NUM_POLY", np.zeros(nfield, np.int32))
+    tb.putcol("SOURCE_ID", np.arange(nfield, dtype=np.int32))
+    tb.putcol("TIME", np.asarray(L.field_times, float))
+    tb.putcol("FLAG_ROW", np.zeros(nfield, bool))
+    tb.close()
+
+    _open(tb, path, "SOURCE")
+    tb.addrows(nfield)
+    tb.putcol("SOURCE_ID", np.arange(nfield, dtype=np.int32))
+    tb.putcol("NAME", np.array(L.field_names, dtype=str))
+    tb.putcol("DIRECTION", np.ascontiguousarray(dirs.T))
+    tb.putcol("PROPER_MOTION", np.zeros((2, nfield)))
+    tb.putcol("TIME", np.full(nfield, tmid))
+    tb.putcol("INTERVAL", np.full(nfield, float(L.time_range[1] - L.time_range[0])))
+    tb.putcol("SPECTRAL_WINDOW_ID", np.full(nfield, -1, np.int32))
+    tb.putcol("NUM_LINES", np.zeros(nfield, np.int32))
+    tb.putcol("CALIBRATION_GROUP", np.zeros(nfield, np.int32))
+    tb.putcol("CODE", np.array([""] * nfield))
+    tb.close()
+
+    _open(tb, path, "OBSERVATION")
+    tb.addrows(1)
+    tb.putcell("TELESCOPE_NAME", 0, L.telescope_name)
+    tb.putcell("TIME_RANGE", 0, np.array(L.time_range, float))
+    tb.putcell("OBSERVER", 0, L.observer)
+    tb.putcell("PROJECT", 0, L.project)
+    tb.putcell("SCHEDULE_TYPE", 0, "")
+    tb.putcell("RELEASE_DATE", 0, 0.0)
+    tb.putcell("LOG", 0, np.array([""]))
+    tb.putcell("SCHEDULE", 0, np.array([""]))
+    tb.putcell("FLAG_ROW", 0, False)
+    tb.close()
+
+    _open(tb, path, "PROCESSOR")
+    tb.addrows(1)
+    tb.putcell("TYPE", 0, "CORRELATOR")
+    tb.putcell("SUB_TYPE", 0, "DSA-110")
+    tb.putcell("TYPE_ID", 0, 0)
+    tb.putcell("MODE_ID", 0, 0)
+    tb.putcell("FLAG_ROW", 0, False)
+    tb.close()
+
+    if L.history:
+        add_history(path, L.history, _tb=tb)
+
+
+def add_history(path, messages, origin: str = "dsacont.convert", _tb=None) -> None:
+    """Append ``messages`` (list of str) to the MS HISTORY table."""
+    from dsacont import __version__
+
+    tb = _tb or _ct().table()
+    _open(tb, str(path), "HISTORY")
+    try:
+        n0 = tb.nrows()
+        n = len(messages)
+        tb.addrows(n)
+        now = jd_to_ms_time(_time.time() / SECONDS_PER_DAY + 2440587.5)
+        for i, msg in enumerate(messages):
+            r = n0 + i
+            tb.putcell("TIME", r, float(now))
+            tb.putcell("OBSERVATION_ID", r, 0)
+            tb.putcell("MESSAGE", r, str(msg))
+            tb.putcell("PRIORITY", r, "NORMAL")
+            tb.putcell("ORIGIN", r, origin)
+            tb.putcell("OBJECT_ID", r, 0)
+            tb.putcell("APPLICATION", r, f"dsacont {__version__}")
+            tb.putcell("CLI_COMMAND", r, np.array([""]))
+            tb.putcell("APP_PARAMS", r, np.array([""]))
+    finally:
+        tb.close()
+
+
+class MSWriter:
+    """Write main-table rows of an MS made by :func:`create_ms`. One writer, one thread.
+
+    Use as a context manager; :meth:`put` writes ``nrow`` consecutive rows from ``startrow``.
+    """
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.tb = _ct().table()
+        self.tb.open(self.path, nomodify=False)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.flush()
+            self.tb.close()
+            self.tb = None
+
+    def put(self, startrow: int, **columns) -> None:
+        """Write columns for rows ``startrow .. startrow + n``.
+
+        Row-major numpy arrays, first axis = row: DATA (n, nchan, npol) complex64,
+        FLAG (n, nchan, npol) bool, UVW (n, 3), WEIGHT/SIGMA (n, npol), scalars (n,).
+        (casatools wants the row axis last; C-contiguous row-major arrays are passed transposed,
+        which is the Fortran layout casacore stores, so no copy is made here.)
+        """
+        tb = self.tb
+        for name, arr in columns.items():
+            arr = np.asarray(arr)
+            n = arr.shape[0]
+            tb.putcol(name, arr.T, startrow=int(startrow), nrow=int(n))
+
+    def put_const(self, startrow: int, nrow: int, **values) -> None:
+        """Write a constant scalar value to ``nrow`` rows of each named column."""
+        for name, value in values.items():
+            self.tb.putcol(name, np.full(int(nrow), value), startrow=int(startrow), nrow=int(nrow))
+
+
+def read_ms_summary(path) -> dict:
+    """Small summary of an MS via casatools (rows, spws, channels, fields, times, antennas)."""
+    ct = _ct()
+    tb = ct.table()
+    out = {}
+    tb.open(str(path))
+    out["nrows"] = tb.nrows()
+    out["time"] = np.unique(tb.getcol("TIME"))
+    tb.close()
+    tb.open(os.path.join(str(path), "SPECTRAL_WINDOW"))
+    out["chan_freq"] = [tb.getcell("CHAN_FREQ", i) for i in range(tb.nrows())]
+    tb.close()
+    tb.open(os.path.join(str(path), "FIELD"))
+    out["field_names"] = list(tb.getcol("NAME"))
+    out["phase_dir"] = tb.getcol("PHASE_DIR")[:, 0, :].T
+    tb.close()
+    tb.open(os.path.join(str(path), "ANTENNA"))
+    out["antenna_names"] = list(tb.getcol("NAME"))
+    out["antenna_positions"] = tb.getcol("POSITION").T
+    tb.close()
+    return out
+
+
+def move_into_place(src: str | os.PathLike, dst: str | os.PathLike, staging_dir: str | os.PathLike | None = None) -> Path:
+    """Move directory ``src`` to ``dst`` atomically (nobody sees a partial ``dst``).
+
+    If ``src`` is on another filesystem it is first copied into ``staging_dir`` (a temp
+    directory on ``dst``'s filesystem, default ``dst``'s parent) and then renamed. An existing
+    ``dst`` is replaced (it is renamed aside first, then removed).
+    """
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if os.stat(src).st_dev != os.stat(dst.parent).st_dev:
+        staging = Path(staging_dir) if staging_dir else dst.parent
+        staging.mkdir(parents=True, exist_ok=True)
+        tmp = staging / f".{dst.name}.copy{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        shutil.rmtree(src, ignore_errors=True)
+        src = tmp
+    old = None
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old{os.getpid()}"
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return dst
