@@ -18,6 +18,11 @@ TRANSIT = "2025-10-29T13:55:26"
 GROUP_START = "2025-10-29T13:52:51"  # transit - ~154.6 s: transit at the group's mid-time
 
 
+def by_subband(paths):
+    """Paths in subband order sb00..sb15 (names carry jittered timestamps, so sort on _sbNN)."""
+    return sorted((str(p) for p in paths), key=lambda p: p[-7:-5])
+
+
 @pytest.fixture(scope="session")
 def sim_small(tmp_path_factory):
     """One complete small-preset group with every corruption (noise, gains, RFI), with truth.
@@ -28,7 +33,7 @@ def sim_small(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("sim_small")
     paths = simulate(out, GROUP_START, 5, preset="small", seed=1)
-    return out, sorted(str(p) for p in paths)
+    return out, by_subband(paths)
 
 
 @pytest.fixture(scope="session")
@@ -38,4 +43,4 @@ def sim_clean(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("sim_clean")
     paths = simulate(out, GROUP_START, 5, preset="small", seed=2, rfi=False, noise=False, gains=False)
-    return out, sorted(str(p) for p in paths)
+    return out, by_subband(paths)
