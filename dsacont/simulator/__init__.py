@@ -1,0 +1,16 @@
+"""DSA-110 correlator simulator: writes UVH5 subband files exactly as the correlator lays them
+out, with recorded truth (sources, gains, bandpasses, RFI, noise).
+
+Independent of the pipeline on purpose (imports only ``dsacont.errors`` from dsacont), so the
+pipeline can be scored against it. See ``docs/SIMULATOR.md``.
+
+    simulate(out_dir, start, minutes, *, dec_deg=None, preset="small", seed=0,
+             rfi=True, noise=True, gains=True, dead_antenna=None) -> list[str]
+    load_truth(out_dir, group_timestamp_or_path) -> dict
+"""
+from __future__ import annotations
+
+from .core import GROUP_S, INTEGRATION_S, PRESETS, simulate
+from .truth import load_truth
+
+__all__ = ["simulate", "load_truth", "PRESETS", "GROUP_S", "INTEGRATION_S"]
