@@ -251,7 +251,8 @@ class _Computer:
 
 
 def _block_data(vis, dw, freq):
-    return phasing.rotate_vis_numpy(vis, dw, freq)
+    # rotated and conjugated: the MS convention (see dsacont.msio)
+    return phasing.rotate_vis_numpy(vis, dw, freq, conjugate=True)
 
 
 def _block_weight(ns):
@@ -425,8 +426,9 @@ def convert_group(
             ant2_t = np.tile(a2, nspw)
             ddid_t = np.repeat(np.arange(nspw, dtype=np.int32), nbl)
             for t in range(ntime):
+                # MS convention: UVW = x_ant1 - x_ant2 (minus the Dataset's uvw), DATA conjugated
                 w.put(t * rows_t, ANTENNA1=ant1_t, ANTENNA2=ant2_t, DATA_DESC_ID=ddid_t,
-                      UVW=np.tile(geo["uvw"][t], (nspw, 1)))
+                      UVW=np.tile(-geo["uvw"][t], (nspw, 1)))
             prof["metadata"] = _time.perf_counter() - tick
             tick = _time.perf_counter()
             # data blocks: (time chunk, spw)

@@ -14,6 +14,10 @@ against pyuvdata's ``write_ms`` and casatools' own ``simulator`` skeleton):
   SPECTRAL_WINDOW, POLARIZATION (XX, YY = CORR_TYPE 9, 12), DATA_DESCRIPTION (one per SPW),
   FIELD, SOURCE (one row per field), OBSERVATION (TELESCOPE_NAME, TIME_RANGE), PROCESSOR,
   HISTORY; STATE, POINTING, FLAG_CMD present and empty (STATE_ID = -1).
+- **Conjugation** (as CASA reads it, and as pyuvdata >= 3.2 ``write_ms`` writes it):
+  ``DATA = conj(V)`` and ``UVW = x[ANTENNA1] - x[ANTENNA2]``, where ``V`` and ``uvw = x2 - x1``
+  are the Dataset's (UVH5 / ARCHITECTURE.md) convention. So gains CASA solves on an MS are the
+  complex conjugates of the UVH5-convention gains ``V_obs = g1 conj(g2) V``.
 - TIME is seconds since MJD 0 (UTC), integration centres; INTERVAL = EXPOSURE = the
   integration time.
 

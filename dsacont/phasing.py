@@ -202,13 +202,14 @@ def delta_w_kernel(w_new_dir, w_old_dir, antpos, ant1, ant2):
 
 
 @numba.njit(nogil=True, cache=True)
-def rotate_kernel(vis, dw, freq):
+def rotate_kernel(vis, dw, freq, conjugate):
     """Phase-rotate visibilities to a new phase centre.
 
     vis (ntime, nbl, nfreq, npol) complex64/128; dw (ntime, nbl) float64 metres (w_new - w_old);
-    freq (nfreq,) float64 Hz. Returns vis * exp(-2j pi freq dw / c), same dtype, phases in
-    float64.
+    freq (nfreq,) float64 Hz; conjugate (bool). Returns vis * exp(-2j pi freq dw / c), complex
+    conjugated if ``conjugate`` (the MS convention), same dtype, phases in float64.
     """
+    sgn = -1.0 if conjugate else 1.0
     nt, nbl, nf, npol = vis.shape
     out = np.empty_like(vis)
     k = -2.0 * np.pi / SPEED_OF_LIGHT
@@ -223,7 +224,7 @@ def rotate_kernel(vis, dw, freq):
                     v = vis[t, b, f, p]
                     re = v.real * c - v.imag * s
                     im = v.real * s + v.imag * c
-                    out[t, b, f, p] = re + 1j * im
+                    out[t, b, f, p] = re + 1j * (sgn * im)
     return out
 
 
@@ -249,11 +250,12 @@ def delta_w(w_new_dir, w_old_dir, antpos, ant1, ant2) -> np.ndarray:
     )
 
 
-def rotate_vis_numpy(vis, dw, freq) -> np.ndarray:
-    """numpy in/out: vis (t, bl, f, p) * exp(-2j pi f dw / c); see :func:`rotate_kernel`."""
+def rotate_vis_numpy(vis, dw, freq, conjugate: bool = False) -> np.ndarray:
+    """numpy in/out: vis (t, bl, f, p) * exp(-2j pi f dw / c) (conjugated if ``conjugate``);
+    see :func:`rotate_kernel`."""
     return rotate_kernel(
         np.ascontiguousarray(vis), np.ascontiguousarray(dw, dtype=np.float64),
-        np.ascontiguousarray(freq, dtype=np.float64),
+        np.ascontiguousarray(freq, dtype=np.float64), bool(conjugate),
     )
 
 
