@@ -88,7 +88,7 @@ class SubbandHeader:
                 self.extra = {k: ek[k][()] for k in ek} if ek is not None else {}
                 d = f["Data"]
                 self.vis_shape = d["visdata"].shape
-                self.vis_dtype = d["visdata"].dtype
+                self.dtypes = {name: d[name].dtype for name in ("visdata", "flags", "nsamples")}
                 for name in ("flags", "nsamples"):
                     if d[name].shape != self.vis_shape:
                         raise BadInputError(self.path, f"Data/{name} has shape {d[name].shape}, visdata {self.vis_shape}")
@@ -149,8 +149,7 @@ class _SubbandArray:
         self.nbls = header.nbls
         self.shape = (header.ntimes, header.nbls, header.nfreqs, header.npols)
         self.old_shape = len(header.vis_shape) == 4
-        with h5py.File(path, "r") as f:
-            self.dtype = f["Data"][name].dtype
+        self.dtype = header.dtypes[name]
         self.ndim = 4
 
     def __getitem__(self, key):
