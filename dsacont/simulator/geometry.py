@@ -2,8 +2,9 @@
 
 Frames
 ------
-* ECEF/ITRF: metres, Earth-fixed; polar motion is ignored (ITRF z = celestial intermediate pole),
-  which is what CASA's HADEC and pyuvdata's apparent-coordinate phasing assume too.
+* ECEF/ITRF: metres, Earth-fixed. Source directions include the IERS polar motion (they agree
+  with astropy's topocentric ITRS to < 1 mas, and with pyuvdata's phasing); the fringe-stop
+  direction HADEC(0, dec) is taken about the CIP (polar motion, ~0.3 arcsec, not applied).
 * Station positions: WGS84 geodetic latitude/longitude/height from
   ``dsacont/data/DSA110_Station_Coordinates.csv`` -> ECEF with ``erfa.gd2gc``.
   ``antenna_positions`` (as written to the files) are ECEF minus the ECEF of the array centre
@@ -153,7 +154,19 @@ def source_vectors(ra_deg, dec_deg, times_jd) -> np.ndarray:
         dec_t = _interp_knots(x, app_dec, xt)
     last = times.sidereal_time("apparent", longitude=loc.lon).rad  # (Ntimes,)
     ha = last[:, None] - ra_t
-    return hadec_vector(ha, dec_t)
+    vec = hadec_vector(ha, dec_t)  # terrestrial frame with z = CIP
+    return vec @ polar_motion_matrix(tj[tj.size // 2]).T  # -> ITRF
+
+
+def polar_motion_matrix(jd_utc: float) -> np.ndarray:
+    """erfa's polar-motion matrix W (v_ITRF = W v_TIRS) at a UTC JD, from astropy's IERS table."""
+    from astropy.time import Time
+    from astropy.utils import iers
+
+    t = Time(jd_utc, format="jd", scale="utc")
+    xp, yp = iers.earth_orientation_table.get().pm_xy(t)
+    tt = t.tt
+    return erfa.pom00(xp.to_value("rad"), yp.to_value("rad"), erfa.sp00(tt.jd1, tt.jd2))
 
 
 def _interp_knots(x, y, xt):
