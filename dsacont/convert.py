@@ -114,8 +114,6 @@ def phase_dataset(ds, phase: str = "common"):
     """The Dataset rotated to :func:`phase_centre` (lazy): ``vis`` rotated, ``uvw`` recomputed,
     attrs ``phase_center_ra``/``phase_center_dec_icrs`` (rad, first field) and coordinate
     ``field`` (time) added. Everything else unchanged."""
-    import xarray as xr
-
     centre = phase_centre(ds, phase)
     geo = _geometry(ds, centre)
     vis = phasing.rotate_vis(ds["vis"].data, geo["dw"], np.asarray(ds["frequency"].values, float))
@@ -128,7 +126,7 @@ def phase_dataset(ds, phase: str = "common"):
     out.attrs = dict(ds.attrs)
     out.attrs.update(phase_mode=phase, phase_center_ra=float(centre["ra"][0]),
                      phase_center_dec_icrs=float(centre["dec"][0]), phase_center_frame="ICRS")
-    return xr.Dataset(out)
+    return out
 
 
 def to_zarr(ds, store, *, phase: str | None = "common", **kwargs):
