@@ -1,0 +1,101 @@
+"""Light, real processors for the streaming-service tests (no CASA, no mocks).
+
+``summarise`` opens the group with the real lazy loader, computes the mean visibility amplitude
+of every channel (a real reduction of the real files), writes a small JSON product atomically
+(temp file under ``paths.tmp``, fsync, ``os.replace`` into ``paths.images``) and registers it in
+the real products database (``dsacont.products.Products.add_image``, keyed by path).
+
+Test hooks, all through ``context.options`` (``dsacont stream --option KEY=VALUE``):
+
+``kill_at``  ``"<group timestamp>@<point>"``: at that point kill the *service* process with
+             SIGKILL (once: a marker file in the state directory stops it happening again after
+             the restart). Points: ``start``, ``mid`` (temp file written, not moved),
+             ``before_register`` (moved into place, not registered), ``after_register``
+             (registered, not yet reported to the queue).
+``crash_worker_at`` same, but the *worker* process kills itself (a segfault/OOM kill of CASA).
+``sleep_s``  extra seconds of "work" per group.
+``cal_after`` a group timestamp: groups before it raise CalibrationUnavailable until that
+             group has completed (mimics a calibrator transit in the middle of a replay).
+
+Every call appends one line to ``<state>/ledger.jsonl`` (group, point, pid) so the tests can see
+which worker process ran what.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _ledger(context, group, point):
+    with open(Path(context.paths.state) / "ledger.jsonl", "a") as f:
+        f.write(json.dumps({"group": group.timestamp, "point": point, "pid": os.getpid(), "t": time.time()}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _maybe_kill(context, group, point):
+    _ledger(context, group, point)
+    for option, victim in (("kill_at", context.service_pid), ("crash_worker_at", os.getpid())):
+        spec = context.options.get(option)
+        if not spec or spec != f"{group.timestamp}@{point}":
+            continue
+        marker = Path(context.paths.state) / f"{option}_{group.timestamp}_{point}".replace(":", "")
+        if marker.exists():
+            continue
+        marker.touch()
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(60)  # the worker dies (with the service); never get past this point
+
+
+def summarise(group, context) -> dict:
+    from dsacont.errors import CalibrationUnavailable
+    from dsacont.loader import open_group
+    from dsacont.products import Products
+
+    paths = context.paths
+    products = Products(paths.products_db)
+    _maybe_kill(context, group, "start")
+    cal_after = context.options.get("cal_after")
+    if cal_after and group.timestamp < cal_after:
+        done = Path(paths.state) / "calibrated"
+        if not done.exists():
+            raise CalibrationUnavailable(f"no calibration valid for {group.timestamp} yet")
+    ds = open_group(group.paths, allow_missing=True)
+    amp = np.abs(ds.vis).where(~ds.flags).mean(("time", "baseline", "polarization")).compute()
+    if context.options.get("sleep_s"):
+        time.sleep(float(context.options["sleep_s"]))
+    product = {
+        "timestamp": group.timestamp,
+        "n_channels": int(amp.size),
+        "mean_amp": float(np.nanmean(amp.values)),
+        "missing": list(group.missing),
+        "source_files": [p for p in group.paths if p],
+        "attempt": context.attempt,
+        "pid": os.getpid(),
+    }
+    out = Path(paths.images) / f"{group.timestamp}.json"
+    tmp = Path(paths.tmp) / f"{group.timestamp}.json.tmp"
+    with open(tmp, "w") as f:
+        json.dump(product, f)
+        f.flush()
+        os.fsync(f.fileno())
+    _maybe_kill(context, group, "mid")
+    os.replace(tmp, out)
+    _maybe_kill(context, group, "before_register")
+    products.add_image(out, start=group.timestamp, status="test", qa={"mean_amp": product["mean_amp"]})
+    _maybe_kill(context, group, "after_register")
+    if cal_after and group.timestamp == cal_after:
+        (Path(paths.state) / "calibrated").touch()
+    return {"product": str(out), "mean_amp": product["mean_amp"], "missing": product["missing"]}
+
+
+def on_complete(group, result, context):
+    """The on-complete hook (where the pipeline triggers mosaics): records each call in the ledger."""
+    with open(Path(context.paths.state) / "hooks.jsonl", "a") as f:
+        f.write(json.dumps({"group": group.timestamp if group else None, "result": result, "pid": os.getpid()}) + "\n")
+    return {"hook": group.timestamp if group else "startup"}
