@@ -122,7 +122,7 @@ def field_sources(seed: int, dec_deg: float, ra_lo_deg: float, ra_hi_deg: float,
 
     Returns dict of arrays: name (str), ra_deg, dec_deg, flux_jy (at 1.4 GHz), spectral_index.
     """
-    cells = range(int(np.floor(ra_lo_deg)), int(np.floor(ra_hi_deg)) + 1)
+    cells = sorted({c % 360 for c in range(int(np.floor(ra_lo_deg)), int(np.floor(ra_hi_deg)) + 1)})
     names, ra, dec, flux, alpha = [], [], [], [], []
     for c in cells:
         n_, r_, d_, f_, a_ = _cell_sources(seed, c, dec_deg, radius_deg)
