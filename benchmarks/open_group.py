@@ -37,13 +37,17 @@ def child(mode: str, group_dir: str) -> dict:
     import numpy as np
 
     paths = _paths(group_dir)
-    t0 = time.perf_counter()
     out = {"mode": mode}
+    t0 = time.perf_counter()
     if mode in ("open", "compute", "reduce"):
         import dask
+        import dask.array  # noqa: F401  (imports timed apart from the open)
+        import xarray  # noqa: F401
 
         from dsacont.loader import open_group
 
+        out["import_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         ds = open_group(paths)
         out["open_s"] = time.perf_counter() - t0
         out["sizes"] = dict(ds.sizes)
