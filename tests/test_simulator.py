@@ -357,3 +357,43 @@ def test_other_seed_differs_and_groups_tile_time():
     assert len(core._group_starts(Time(GROUP_START), 5)) == 1
     f = core.frequencies(core.PRESETS["full"])
     assert f.size == 768 and np.isclose(f[0], 1498.75e6 - 244140.625 / 2) and np.isclose(f[-1], 1311.25e6 + 244140.625 / 2)
+
+
+def test_truth_gains_calibrate_the_data(sim_small):
+    """Dividing the files by the truth g1 B1 conj(g2 B2), then letting pyuvdata rephase to 0834+555,
+    leaves the calibrator's flux x beam on long baselines: the gain convention and the truth agree."""
+    from dsacont import load_truth
+
+    out, paths = sim_small
+    tr = load_truth(out, paths[0])
+    ant_i = np.full(117, -1)
+    ant_i[tr["antennas"]] = np.arange(tr["antennas"].size)
+    for sb in (2, 13):
+        uv = _read_uv(paths[sb])
+        ch = np.searchsorted(tr["freq_hz"], uv.freq_array)
+        times = np.unique(uv.time_array)
+        ti = np.searchsorted(times, uv.time_array)
+        i1, i2 = ant_i[uv.ant_1_array], ant_i[uv.ant_2_array]
+        g1 = tr["gains"][ti, i1][:, None, :] * tr["bandpass"][i1][:, ch, :]
+        g2 = tr["gains"][ti, i2][:, None, :] * tr["bandpass"][i2][:, ch, :]
+        uv.data_array = uv.data_array / (g1 * np.conj(g2))
+        dec = uv.extra_keywords["phase_center_dec"]
+        el0 = np.pi / 2 - abs(0.6498455107 - dec)
+        cid = uv._add_phase_center("hadec", cat_type="driftscan", cat_lon=0.0, cat_lat=el0, cat_frame="altaz")
+        uv.phase_center_id_array[:] = cid
+        uv._clear_unused_phase_centers()
+        uv._set_app_coords_helper()
+        uv.phase(lon=np.radians(CAL_RA), lat=np.radians(CAL_DEC), cat_type="sidereal", cat_name="0834+555")
+        long = np.linalg.norm(uv.uvw_array, axis=1) > 300
+        rfi = tr["rfi_tf_mask"][ti][:, ch]  # (Nblts, Nf)
+        exp = _expected_amplitude(times, uv.freq_array, el0)
+        for t in range(times.size):
+            sel = long & (ti == t)
+            v = uv.data_array[sel]  # (Nsel, Nf, 2)
+            ok = ~rfi[sel][0]
+            if not ok.any():  # a broadband RFI burst
+                continue
+            m = v[:, ok].mean(axis=0)  # (Nf_ok, 2)
+            e = exp[t, ok][:, None]
+            assert np.abs(m.real / e - 1).max() < 0.03
+            assert np.abs(m.imag / e).max() < 0.03
