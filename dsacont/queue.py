@@ -287,6 +287,7 @@ class IngestQueue:
         self.lease_s = float(lease_s)
         self.max_attempts = int(max_attempts)
         self.retry_backoff_s = float(retry_backoff_s)
+        self.hung_after_s = 10 * self.lease_s
         self.conn = db.connect(db_path, readonly=readonly)
         if not readonly:
             db.migrate(self.conn, MIGRATIONS, name=str(db_path))
@@ -710,7 +711,9 @@ class IngestQueue:
         attempts are used up).
 
         Dead means: the claiming process is on this host and no longer runs (kill -9, crash,
-        OOM kill), or the lease expired (any host: no heartbeat for ``lease_s``). Returns
+        OOM kill; checked by pid and process start time), or is on another host and its lease
+        expired (no heartbeat for ``lease_s``). A live process on this host loses its groups
+        only when it has sent no heartbeat for ``hung_after_s`` (10 leases: hung). Returns
         ``[(timestamp, reason), ...]``.
         """
         now = time.time() if now is None else now
@@ -719,10 +722,16 @@ class IngestQueue:
         with db.transaction(self.conn):
             for g in self.conn.execute("SELECT * FROM groups WHERE state = 'in_progress'").fetchall():
                 why = None
-                if g["host"] == host and not pid_alive(g["pid"], g["pid_start"]):
-                    why = f"worker {g['worker']} (pid {g['pid']}) is gone"
-                elif g["lease_until"] is not None and g["lease_until"] < now:
-                    why = f"lease of worker {g['worker']} expired {now - g['lease_until']:.0f} s ago"
+                expired = g["lease_until"] is not None and g["lease_until"] < now
+                if g["host"] == host:
+                    if not pid_alive(g["pid"], g["pid_start"]):
+                        why = f"worker {g['worker']} (pid {g['pid']}) is gone"
+                    elif expired and now - g["lease_until"] > self.hung_after_s:
+                        # alive but silent for very long: a hung service; take the group over
+                        why = (f"worker {g['worker']} (pid {g['pid']}) sent no heartbeat for "
+                               f"{now - g['heartbeat']:.0f} s (hung)")
+                elif expired:
+                    why = f"lease of worker {g['worker']} on host {g['host']} expired {now - g['lease_until']:.0f} s ago"
                 if why is None:
                     continue
                 attempts = g["attempts"] + 1

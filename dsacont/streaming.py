@@ -245,10 +245,18 @@ class Watcher:
         out.sort(key=lambda x: (x[1].timestamp, x[1].subband))
         return out
 
-    def poll(self) -> list:
-        """Scan once, validate and record every new file; returns the queue's ``AddResult`` list."""
+    def poll(self, budget_s: float | None = None) -> list:
+        """Scan once, validate and record new files, oldest first; returns ``AddResult``s.
+
+        ``budget_s``: stop after this many seconds (the rest waits for the next poll), so a
+        backlog of thousands of files never starves the service loop's heartbeats.
+        """
         results = []
+        t0 = time.monotonic()
         for path, name in self.scan():
+            if budget_s is not None and time.monotonic() - t0 > budget_s:
+                log.info("watcher: validation budget of %.0f s used; more files next poll", budget_s)
+                break
             reason, shape = None, None
             size = mtime = None
             try:
@@ -446,6 +454,37 @@ class _Executor:
             pass
 
     @staticmethod
+    def release(fut) -> None:
+        """Forget a harvested future (the cluster must not keep or recompute its result)."""
+        rel = getattr(fut, "release", None)
+        if rel is not None:
+            try:
+                rel()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def abandon(self, fut, key: str) -> None:
+        """Give up on a running group task: cancel it and, on a LocalCluster, restart the worker
+        process running it (a hung CASA call cannot be interrupted any other way)."""
+        busy = []
+        if self.cluster is not None and self.client is not None:
+            try:
+                busy = [w for w, keys in self.client.processing().items() if key in map(str, keys)]
+            except Exception as exc:  # noqa: BLE001
+                log.error("cannot find the worker running %s: %s", key, exc)
+        try:
+            fut.cancel()
+        except Exception:  # noqa: BLE001
+            pass
+        if not busy:
+            return  # inline threads cannot be killed; an external cluster is not ours to restart
+        try:
+            self.client.restart_workers(busy, timeout=60)
+            log.warning("restarted worker(s) %s that ran %s", busy, key)
+        except Exception as exc:  # noqa: BLE001
+            log.error("could not restart the worker of %s: %s", key, exc)
+
+    @staticmethod
     def outcome(fut) -> dict:
         try:
             return fut.result()
@@ -498,7 +537,7 @@ def run_service(paths, *, processor: str = DEFAULT_PROCESSOR, on_complete: str |
                 lease_s: float = 120.0, max_attempts: int = 3, retry_backoff_s: float = 10.0,
                 cal_wait_s: float = 300.0, disk_full_pause_s: float = 60.0, min_free_gb: float = 0.0,
                 validate: bool = True, check_values: bool = True, max_nonfinite_frac: float = 0.0,
-                settle_s: float = 1.0, options: dict | None = None, install_signal_handlers: bool = True,
+                settle_s: float = 1.0, group_timeout_s: float | None = None, options: dict | None = None, install_signal_handlers: bool = True,
                 stop_event: threading.Event | None = None) -> ServiceSummary:
     """Run the streaming service until told to stop (see the module docstring for the rules).
 
@@ -544,6 +583,9 @@ def run_service(paths, *, processor: str = DEFAULT_PROCESSOR, on_complete: str |
         Pause claiming after ENOSPC, and while ``paths.stage`` has less than ``min_free_gb``.
     validate, check_values, max_nonfinite_frac, settle_s :
         Watcher checks (see :class:`Watcher` and :func:`validate_subband_file`).
+    group_timeout_s : float, optional
+        Give up on a group running longer than this (an attempt fails with "timed out"; on a
+        LocalCluster the worker process is restarted, killing a hung CASA call).
     options : dict
         Passed to the processor as ``context.options``.
 
@@ -610,9 +652,13 @@ def run_service(paths, *, processor: str = DEFAULT_PROCESSOR, on_complete: str |
             if hard_stop.is_set():
                 summary.exit_reason = "stopped (signal)"
                 break
-            # 1. watch and queue
+            # 1. keep our claims alive, watch and queue
             try:
-                new = watcher.poll()
+                lost = queue.heartbeat({gid: rec.claim_token for gid, (rec, _f, _t) in inflight.items()})
+                for gid in lost:
+                    rec, fut, _ = inflight.pop(gid)
+                    log.error("group %s: our claim was taken over (lease lost); abandoning it", rec.timestamp)
+                new = watcher.poll(budget_s=max(5.0, lease_s / 4))
                 if new:
                     last_activity = now
                 for r in new:
@@ -630,13 +676,10 @@ def run_service(paths, *, processor: str = DEFAULT_PROCESSOR, on_complete: str |
                         summary.failed.append((ts, note))
                         if stop_on_error and error_stop is None:
                             error_stop = f"group {ts} failed: {note}"
+                # 2. groups of dead services back to the queue
+                queue.heartbeat({gid: rec.claim_token for gid, (rec, _f, _t) in inflight.items()})
                 for ts, why in queue.reclaim_stale():
                     last_activity = now
-                # 2. keep our claims alive
-                lost = queue.heartbeat({gid: rec.claim_token for gid, (rec, _f, _t) in inflight.items()})
-                for gid in lost:
-                    rec, fut, _ = inflight.pop(gid)
-                    log.error("group %s: our claim was taken over (lease lost); abandoning it", rec.timestamp)
             except sqlite3.OperationalError as exc:
                 if db.is_disk_full(exc):
                     log.error("queue database %s: disk full (%s); pausing %.0f s", paths.queue_db, exc,
@@ -646,10 +689,25 @@ def run_service(paths, *, processor: str = DEFAULT_PROCESSOR, on_complete: str |
                     continue
                 raise
 
-            # 3. harvest finished groups and hooks
+            # 3. harvest finished groups and hooks (and give up on groups over their time limit)
+            if group_timeout_s:
+                for gid, (rec, fut, t0) in list(inflight.items()):
+                    if not fut.done() and time.time() - t0 > group_timeout_s:
+                        inflight.pop(gid)
+                        executor.abandon(fut, _task_key(rec))
+                        out = {"status": "error", "message": f"timed out after {group_timeout_s:.0f} s (the worker "
+                               f"was restarted)", "disk_full": False}
+                        state = _record_outcome(queue, rec, out, me, cal_wait_s=cal_wait_s,
+                                                disk_full_pause_s=disk_full_pause_s, t0=t0, paths=paths)
+                        if state in ("failed", "quarantined"):
+                            outcomes += 1
+                            summary.failed.append((rec.timestamp, out["message"]))
+                        if stop_on_error and error_stop is None:
+                            error_stop = f"group {rec.timestamp}: {out['message']}"
             for gid in [g for g, (_r, f, _t) in inflight.items() if f.done()]:
                 rec, fut, t0 = inflight.pop(gid)
                 out = executor.outcome(fut)
+                executor.release(fut)
                 last_activity = time.time()
                 state = _record_outcome(queue, rec, out, me, cal_wait_s=cal_wait_s,
                                         disk_full_pause_s=disk_full_pause_s, t0=t0, paths=paths)
@@ -672,6 +730,7 @@ def run_service(paths, *, processor: str = DEFAULT_PROCESSOR, on_complete: str |
                 g, fut = item
                 try:
                     value = fut.result()
+                    executor.release(fut)
                     if value:
                         log.info("on-complete hook after %s: %s", g.timestamp if g else "start-up", value)
                 except Exception as exc:  # noqa: BLE001
@@ -701,7 +760,7 @@ def run_service(paths, *, processor: str = DEFAULT_PROCESSOR, on_complete: str |
                 if rec is None:
                     break
                 ctx = ServiceContext(attempt=rec.attempts + 1, **ctx_base)
-                fut = executor.submit(run_group_task, processor, rec, ctx, key=f"group-{rec.timestamp}-{rec.claim_token[:8]}")
+                fut = executor.submit(run_group_task, processor, rec, ctx, key=_task_key(rec))
                 inflight[rec.id] = (rec, fut, time.time())
                 last_activity = time.time()
 
@@ -747,6 +806,10 @@ def run_service(paths, *, processor: str = DEFAULT_PROCESSOR, on_complete: str |
              ", ".join(f"{k} {v}" for k, v in summary.counts.items() if v),
              f" ({waiting} still pending)" if waiting else "")
     return summary
+
+
+def _task_key(rec: GroupRecord) -> str:
+    return f"group-{rec.timestamp}-{rec.claim_token[:8]}"
 
 
 def _resolve_hook(spec: str | None) -> str | None:
@@ -857,6 +920,7 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--disk-full-pause", type=float, default=60.0, help="pause after a full disk, s (default 60)")
     ap.add_argument("--min-free-gb", type=float, default=1.0, help="do not start groups below this free space "
                     "on the stage directory (default 1 GB)")
+    ap.add_argument("--group-timeout", type=float, help="give up on a group after this many s (restarts its worker)")
     ap.add_argument("--no-value-check", action="store_true", help="do not read visibilities to check for NaN/truncation")
     ap.add_argument("--max-nan-fraction", type=float, default=0.0, help="quarantine a file with more NaN/Inf "
                     "visibilities than this fraction (default 0: any)")
@@ -875,7 +939,7 @@ def cli(argv: list[str]) -> int:
         tolerance_s=args.tolerance, incomplete_timeout_s=args.incomplete_timeout, min_subbands=args.min_subbands,
         lease_s=args.lease, max_attempts=args.max_attempts, retry_backoff_s=args.retry_backoff,
         cal_wait_s=args.cal_wait, disk_full_pause_s=args.disk_full_pause, min_free_gb=args.min_free_gb,
-        check_values=not args.no_value_check, max_nonfinite_frac=args.max_nan_fraction,
+        check_values=not args.no_value_check, group_timeout_s=args.group_timeout, max_nonfinite_frac=args.max_nan_fraction,
         options=_parse_options(args.option),
     )
     print(format_status(paths))

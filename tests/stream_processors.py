@@ -13,6 +13,7 @@ Test hooks, all through ``context.options`` (``dsacont stream --option KEY=VALUE
              ``before_register`` (moved into place, not registered), ``after_register``
              (registered, not yet reported to the queue).
 ``crash_worker_at`` same, but the *worker* process kills itself (a segfault/OOM kill of CASA).
+``hang_group`` a group timestamp whose processing hangs (sleeps 600 s).
 ``sleep_s``  extra seconds of "work" per group.
 ``cal_after`` a group timestamp: groups before it raise CalibrationUnavailable until that
              group has completed (mimics a calibrator transit in the middle of a replay).
@@ -65,6 +66,8 @@ def summarise(group, context) -> dict:
         done = Path(paths.state) / "calibrated"
         if not done.exists():
             raise CalibrationUnavailable(f"no calibration valid for {group.timestamp} yet")
+    if context.options.get("hang_group") == group.timestamp:
+        time.sleep(600)  # a hung CASA call
     ds = open_group(group.paths, allow_missing=True)
     amp = np.abs(ds.vis).where(~ds.flags).mean(("time", "baseline", "polarization")).compute()
     if context.options.get("sleep_s"):

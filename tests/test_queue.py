@@ -227,6 +227,16 @@ def test_reclaim_dead_worker_pid(tmp_path):
         p.kill()
 
 
+def test_live_but_silent_worker_on_this_host_is_reclaimed_only_when_hung(tmp_path):
+    q = _ready_queue(tmp_path / "q.sqlite3", n=1)
+    me = WorkerId.this_process("t")  # alive: this test process
+    g = q.claim(me, now=1000.0)
+    assert q.reclaim_stale(now=1000.0 + q.lease_s + 5) == []  # late heartbeat: a busy loop, not dead
+    out = q.reclaim_stale(now=1000.0 + q.lease_s + q.hung_after_s + 5)
+    assert len(out) == 1 and "hung" in out[0][1]
+    assert q.get(g.id).state == "pending"
+
+
 def test_zombie_counts_as_dead():
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     time.sleep(1.0)  # exited but not reaped: a zombie

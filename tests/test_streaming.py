@@ -28,7 +28,8 @@ from dsacont.config import get_paths
 from dsacont.products import Products
 from dsacont.queue import IngestQueue, pid_alive
 from dsacont.replay import replay
-from streamtools import (TESTS_DIR, group_timestamp, make_archive, run_service, sim_group_files, start_service,
+from streamtools import (TESTS_DIR, group_timestamp, make_archive, run_service, service_env, sim_group_files,
+                         start_service,
                          subband_file, wait_for, write_half_integrations, write_not_hdf5, write_truncated,
                          write_with_nans, shifted_name)
 
@@ -312,3 +313,95 @@ def test_calibration_wait_defers_without_failing(sim_files, tmp_path):
     g0 = q.get(stamps[0])
     assert g0.waits >= 1 and g0.attempts == 0
     q.close()
+
+
+# ----------------------------------------------------------------------------- run-time controls
+def test_sigterm_finishes_the_group_in_flight_then_stops(sim_files, tmp_path):
+    root = tmp_path / "run"
+    stamps = make_archive(sim_files, tmp_path / "archive", range(3))
+    replay(tmp_path / "archive", get_paths(root=root).incoming)
+    svc = start_service(root, "--idle-exit", "60", "--option", "sleep_s=3")
+    try:
+        def running():
+            q = _queue(root)
+            try:
+                return q.counts()["in_progress"] == 1
+            finally:
+                q.close()
+        wait_for(running, 60, what="a group in progress")
+        svc.send_signal(signal.SIGTERM)
+        rc = svc.wait(timeout=60)
+    finally:
+        if svc.poll() is None:
+            svc.kill()
+    log = svc.log_path.read_text()
+    assert rc == 0 and "finishing the groups in flight" in log, log[-2000:]
+    q = _queue(root)
+    assert [g.state for g in q.groups()] == ["completed", "pending", "pending"]
+    q.close()
+    rc, log = run_service(root, "--once")
+    assert rc == 0
+    _check_nothing_lost_or_doubled(root, stamps)
+
+
+def test_two_groups_in_flight_on_two_workers(sim_files, tmp_path):
+    root = tmp_path / "run"
+    stamps = make_archive(sim_files, tmp_path / "archive", range(4))
+    replay(tmp_path / "archive", get_paths(root=root).incoming)
+    rc, log = run_service(root, "--once", "--max-inflight", "2", "--option", "sleep_s=2")
+    assert rc == 0 and "2 worker process(es)" in log, log[-2000:]
+    rows = _check_nothing_lost_or_doubled(root, stamps)
+    q = _queue(root)
+    ev = [e["event"] for e in q.events() if e["event"] in ("claimed", "completed")]
+    assert ev[:2] == ["claimed", "claimed"]  # two groups ran at once
+    q.close()
+    assert len({json.loads(Path(r["path"]).read_text())["pid"] for r in rows}) == 2
+
+
+def test_hung_group_times_out_and_the_service_goes_on(sim_files, tmp_path):
+    root = tmp_path / "run"
+    stamps = make_archive(sim_files, tmp_path / "archive", range(2))
+    replay(tmp_path / "archive", get_paths(root=root).incoming)
+    rc, log = run_service(root, "--once", "--group-timeout", "5", "--max-attempts", "1",
+                          "--option", f"hang_group={stamps[0]}")
+    assert rc == 0, log[-3000:]
+    q = _queue(root)
+    g0, g1 = q.get(stamps[0]), q.get(stamps[1])
+    assert g0.state == "failed" and "timed out after 5 s" in g0.error
+    assert g1.state == "completed"
+    q.close()
+
+
+def test_external_dask_scheduler(sim_files, tmp_path):
+    """--scheduler ADDRESS: groups run on the workers of an existing dask-scheduler cluster."""
+    root = tmp_path / "run"
+    stamps = make_archive(sim_files, tmp_path / "archive", range(2))
+    replay(tmp_path / "archive", get_paths(root=root).incoming)
+    sfile = tmp_path / "scheduler.json"
+    env = service_env()
+    sched = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--scheduler-file", str(sfile),
+                              "--port", "0", "--no-dashboard"], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        wait_for(sfile.exists, 60, what="the scheduler file")
+        worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(sfile),
+                                   "--nthreads", "1", "--resources", "group=1", "--no-dashboard"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        address = json.loads(sfile.read_text())["address"]
+        rc, log = run_service(root, "--once", "--scheduler", address)
+        assert rc == 0 and f"Dask scheduler {address}" in log, log[-3000:]
+    finally:
+        for p in (worker, sched):
+            if p is not None:
+                p.terminate()
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    rows = _check_nothing_lost_or_doubled(root, stamps)
+    q = _queue(root)
+    service_pids = {int(e["worker"].split(":")[1]) for e in q.events(event="claimed")}
+    q.close()
+    pids = {json.loads(Path(r["path"]).read_text())["pid"] for r in rows}
+    assert len(pids) == 1 and not pids & service_pids  # ran on the cluster's worker, not in the service
