@@ -394,6 +394,7 @@ def convert_group(
         time_range=(float(t_ms.min() - tint / 2), float(t_ms.max() + tint / 2)),
         telescope_name=str(ds.attrs.get("telescope_name", TELESCOPE_NAME)),
         nrows=nrows,
+        interval=tint,
         history=[
             f"dsacont {__version__} convert_group: group {ts}, {len(srcs)} subband files",
             f"phase={phase}: centre RA {np.degrees(centre['ra'][0]):.6f} Dec {np.degrees(centre['dec'][0]):.6f} deg "
@@ -410,23 +411,24 @@ def convert_group(
         prof["create"] = _time.perf_counter() - tick
         tick = _time.perf_counter()
         with msio.MSWriter(tmp_ms) as w:
-            # metadata columns: constants in one call each, ids and UVW one integration at a time
+            # metadata: rows added in runs of one (integration, spw); IncrementalStMan columns
+            # get one value per run (constants once), ANTENNA1/2 and UVW per integration
+            fid = np.repeat(centre["field_of_time"].astype(np.int32), nspw)
+            t_run = np.repeat(t_ms, nspw)
+            w.add_runs(
+                np.full(ntime * nspw, nbl),
+                constants=dict(INTERVAL=tint, EXPOSURE=tint, STATE_ID=-1, ARRAY_ID=0, OBSERVATION_ID=0,
+                               PROCESSOR_ID=0, FEED1=0, FEED2=0, FLAG_ROW=False),
+                TIME=t_run, TIME_CENTROID=t_run, FIELD_ID=fid,
+                SCAN_NUMBER=(fid + 1) if phase == "per_integration" else np.ones(fid.size, np.int32),
+                DATA_DESC_ID=np.tile(np.arange(nspw, dtype=np.int32), ntime),
+            )
             rows_t = nspw * nbl
-            fid_row = np.repeat(centre["field_of_time"].astype(np.int32), rows_t)
-            w.put(0, TIME=np.repeat(t_ms, rows_t), FIELD_ID=fid_row,
-                  SCAN_NUMBER=(fid_row + 1) if phase == "per_integration" else np.ones(nrows, np.int32))
-            w.put(0, TIME_CENTROID=np.repeat(t_ms, rows_t))
-            w.put_const(0, nrows, INTERVAL=tint, EXPOSURE=tint, ARRAY_ID=np.int32(0), OBSERVATION_ID=np.int32(0),
-                        PROCESSOR_ID=np.int32(0), STATE_ID=np.int32(-1), FEED1=np.int32(0), FEED2=np.int32(0),
-                        FLAG_ROW=False)
-            del fid_row
             ant1_t = np.tile(a1, nspw)
             ant2_t = np.tile(a2, nspw)
-            ddid_t = np.repeat(np.arange(nspw, dtype=np.int32), nbl)
             for t in range(ntime):
                 # MS convention: UVW = x_ant1 - x_ant2 (minus the Dataset's uvw), DATA conjugated
-                w.put(t * rows_t, ANTENNA1=ant1_t, ANTENNA2=ant2_t, DATA_DESC_ID=ddid_t,
-                      UVW=np.tile(-geo["uvw"][t], (nspw, 1)))
+                w.put(t * rows_t, ANTENNA1=ant1_t, ANTENNA2=ant2_t, UVW=np.tile(-geo["uvw"][t], (nspw, 1)))
             prof["metadata"] = _time.perf_counter() - tick
             tick = _time.perf_counter()
             # data blocks: (time chunk, spw)

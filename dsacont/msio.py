@@ -97,6 +97,7 @@ class MSLayout:
     time_range: tuple
     telescope_name: str = "OVRO_MMA"
     nrows: int = 0
+    interval: float = 0.0
     history: list = field(default_factory=list)
     mount: str = "ALT-AZ"
     observer: str = "dsacont"
@@ -124,8 +125,8 @@ def _tiled(desc, dminfo, col, cell_shape, rows):
 
 
 def create_ms(path: str | os.PathLike, layout: MSLayout) -> None:
-    """Create an MS at ``path`` (must not exist) with all subtables filled and ``layout.nrows``
-    empty main-table rows, ready for :class:`MSWriter`.
+    """Create an MS at ``path`` (must not exist) with all subtables filled and no main-table
+    rows, ready for :class:`MSWriter` (``add_runs`` then ``put``).
     """
     ct = _ct()
     path = str(path)
@@ -156,6 +157,9 @@ def create_ms(path: str | os.PathLike, layout: MSLayout) -> None:
     _tiled(desc, dminfo, "WEIGHT", [npol], DATA_TILE_ROWS * 8)
     _tiled(desc, dminfo, "SIGMA", [npol], DATA_TILE_ROWS * 8)
     desc["UVW"]["keywords"]["MEASINFO"]["Ref"] = "J2000"
+    # constant or slowly changing columns in the IncrementalStMan (a value per change, not per row)
+    for col in ("FLAG_ROW", "DATA_DESC_ID"):
+        desc[col].update(dataManagerType="IncrementalStMan", dataManagerGroup="ismdata")
     tb.create(path, desc, dminfo=dminfo)
     tb.close()
     subtables = [k for k, v in keywords.items() if isinstance(v, str) and v.startswith("Table:")]
@@ -167,8 +171,6 @@ def create_ms(path: str | os.PathLike, layout: MSLayout) -> None:
         for k, v in keywords.items():
             tb.putkeyword(k, f"Table: {os.path.join(path, k)}" if k in subtables else v)
         tb.putinfo(info)
-        if layout.nrows:
-            tb.addrows(int(layout.nrows))
     finally:
         tb.close()
     _write_subtables(path, layout)
@@ -377,6 +379,28 @@ class MSWriter:
         """Write a constant scalar value to ``nrow`` rows of each named column."""
         for name, value in values.items():
             self.tb.putcol(name, np.full(int(nrow), value), startrow=int(startrow), nrow=int(nrow))
+
+    def add_runs(self, lengths, constants: dict | None = None, **columns) -> None:
+        """Append rows in runs; ``columns[name][k]`` is the value of run ``k`` (``lengths[k]`` rows).
+
+        For IncrementalStMan columns (TIME, FIELD_ID, DATA_DESC_ID, INTERVAL, ...): rows added
+        after a row inherit its values, so each run costs one ``putcell`` per column instead of
+        one value per row. ``constants`` (name -> value) are put once, in the first new row.
+        """
+        tb = self.tb
+        first = True
+        for k, n in enumerate(lengths):
+            r = tb.nrows()
+            tb.addrows(1)
+            if first and constants:
+                for name, value in constants.items():
+                    tb.putcell(name, r, value)
+            first = False
+            for name, values in columns.items():
+                v = values[k]
+                tb.putcell(name, r, v.item() if hasattr(v, "item") else v)
+            if int(n) > 1:
+                tb.addrows(int(n) - 1)
 
 
 def read_ms_summary(path) -> dict:
