@@ -397,3 +397,20 @@ def test_truth_gains_calibrate_the_data(sim_small):
             e = exp[t, ok][:, None]
             assert np.abs(m.real / e - 1).max() < 0.03
             assert np.abs(m.imag / e).max() < 0.03
+
+
+def test_simulator_is_independent_of_the_pipeline():
+    """The simulator imports no pipeline stage (it is the truth the pipeline is scored against)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dsacont.simulator, dsacont.simulator.cli; "
+            "print(sorted(m for m in sys.modules if m.startswith('dsacont')))")
+    mods = eval(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert all(m == "dsacont" or m.startswith("dsacont.simulator") or m == "dsacont.errors" for m in mods), mods
+    src = os.path.join(os.path.dirname(__import__("dsacont").__file__), "simulator")
+    for name in os.listdir(src):
+        if name.endswith(".py"):
+            text = open(os.path.join(src, name)).read()
+            for stage in ("telescope", "loader", "phasing", "calibrators", "groups", "convert", "calibration"):
+                assert f"dsacont.{stage}" not in text and f"from .. import {stage}" not in text, (name, stage)
