@@ -405,3 +405,36 @@ def test_external_dask_scheduler(sim_files, tmp_path):
     q.close()
     pids = {json.loads(Path(r["path"]).read_text())["pid"] for r in rows}
     assert len(pids) == 1 and not pids & service_pids  # ran on the cluster's worker, not in the service
+
+
+# ------------------------------------------------------------------- the real conversion stage
+@pytest.mark.casa
+def test_kill_during_real_conversion_then_restart(sim_files, tmp_path):
+    """The real convert stage (CASA, dsacont.pipeline:convert_only) in a Dask worker, the service
+    killed -9 in the middle of writing the MS, restarted: one complete MS registered, none half-written."""
+    root = tmp_path / "run"
+    paths = get_paths(root=root)
+    replay(Path(sim_files[0]).parent, paths.incoming, mode="link")
+    ts = group_timestamp(sim_files, 0)
+    proc = "dsacont.pipeline:convert_only"
+    svc = start_service(root, "--once", processor=proc, on_complete="")
+    try:
+        wait_for(lambda: "blocks" in svc.log_path.read_text(), 180, interval=0.1,
+                 what="the conversion to start writing")
+        svc.kill()
+        assert svc.wait(30) == -signal.SIGKILL
+    finally:
+        if svc.poll() is None:
+            svc.kill()
+    assert not (paths.ms / f"{ts}.ms").exists()
+    assert not paths.products_db.exists() or Products(paths.products_db).list_ms() == []
+    rc, log = run_service(root, "--once", processor=proc, on_complete="", timeout=300)
+    assert rc == 0, log[-3000:]
+    ms_rows = Products(paths.products_db).list_ms()
+    assert [Path(r["path"]).name for r in ms_rows] == [f"{ts}.ms"]
+    assert (paths.ms / f"{ts}.ms" / "table.dat").exists()
+    assert sorted(p.name for p in paths.ms.iterdir()) == [f"{ts}.ms"]
+    q = _queue(root)
+    g = q.get(ts)
+    assert g.state == "completed" and g.attempts == 1 and "interrupted" in (q.events(g.id, "reclaimed")[0]["detail"])
+    q.close()
