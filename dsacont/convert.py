@@ -395,6 +395,7 @@ def convert_group(
         telescope_name=str(ds.attrs.get("telescope_name", TELESCOPE_NAME)),
         nrows=nrows,
         interval=tint,
+        tile_rows=nbl if nbl * npol * nchan * 8 <= (8 << 20) else 0,
         history=[
             f"dsacont {__version__} convert_group: group {ts}, {len(srcs)} subband files",
             f"phase={phase}: centre RA {np.degrees(centre['ra'][0]):.6f} Dec {np.degrees(centre['dec'][0]):.6f} deg "
