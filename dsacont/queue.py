@@ -754,9 +754,13 @@ class IngestQueue:
         return out
 
     def requeue(self, states=("failed",), *, timestamps=None) -> int:
-        """Operator action: put failed (or quarantined) groups back to ``pending``, attempts reset."""
+        """Operator action: put failed (or quarantined) groups back to ``pending``, attempts reset.
+
+        Only groups that were processed (claimed at least once) are requeued: a group failed as
+        incomplete by the policy stays failed (it would only fail again).
+        """
         states = tuple(states)
-        where = f"state IN ({','.join('?' * len(states))}) AND n_ok > 0"
+        where = f"state IN ({','.join('?' * len(states))}) AND claims > 0"
         args = list(states)
         if timestamps:
             where += f" AND timestamp IN ({','.join('?' * len(timestamps))})"

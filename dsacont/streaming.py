@@ -924,6 +924,8 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--no-value-check", action="store_true", help="do not read visibilities to check for NaN/truncation")
     ap.add_argument("--max-nan-fraction", type=float, default=0.0, help="quarantine a file with more NaN/Inf "
                     "visibilities than this fraction (default 0: any)")
+    ap.add_argument("--retry-failed", action="store_true", help="first put failed groups back in the queue "
+                    "(attempts reset), e.g. after fixing a full disk")
     ap.add_argument("--option", action="append", metavar="KEY=VALUE", help="passed to the processor (repeatable)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -932,6 +934,9 @@ def cli(argv: list[str]) -> int:
     else:
         logging.getLogger("distributed").setLevel(logging.WARNING)
     paths = _paths_from_args(args)
+    if args.retry_failed:
+        with IngestQueue(paths.queue_db) as q:
+            log.info("--retry-failed: %d failed group(s) back in the queue", q.requeue(("failed",)))
     summary = run_service(
         paths, processor=args.processor, on_complete=args.on_complete or None, scheduler=args.scheduler,
         max_inflight=args.max_inflight, n_workers=args.workers, threads_per_worker=args.threads, once=args.once,

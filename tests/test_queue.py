@@ -205,7 +205,11 @@ def test_errors_retry_then_fail_and_calibration_waits_do_not_count(tmp_path):
     assert q.fail(g, "RuntimeError: boom again") == "failed"
     g = q.get(g.id)
     assert g.state == "failed" and "gave up after 2 attempts" in g.error
-    assert q.requeue() == 1 and q.get(g.id).state == "pending"
+    add_group(q, T0 + CADENCE, subbands=range(4))
+    q.finalize_groups(force=True)  # incomplete: failed by the policy, never claimed
+    assert q.counts()["failed"] == 2
+    assert q.requeue() == 1 and q.get(g.id).state == "pending"  # only the processed one
+    assert q.get("2025-10-29T13:58:00").state == "failed"
 
 
 def test_reclaim_dead_worker_pid(tmp_path):

@@ -362,14 +362,18 @@ def test_hung_group_times_out_and_the_service_goes_on(sim_files, tmp_path):
     root = tmp_path / "run"
     stamps = make_archive(sim_files, tmp_path / "archive", range(2))
     replay(tmp_path / "archive", get_paths(root=root).incoming)
-    rc, log = run_service(root, "--once", "--group-timeout", "5", "--max-attempts", "1",
+    rc, log = run_service(root, "--once", "--group-timeout", "12", "--max-attempts", "1",
                           "--option", f"hang_group={stamps[0]}")
     assert rc == 0, log[-3000:]
     q = _queue(root)
     g0, g1 = q.get(stamps[0]), q.get(stamps[1])
-    assert g0.state == "failed" and "timed out after 5 s" in g0.error
+    assert g0.state == "failed" and "timed out after 12 s" in g0.error
     assert g1.state == "completed"
     q.close()
+    # the operator fixed the cause: --retry-failed puts it back and it completes
+    rc, log = run_service(root, "--once", "--retry-failed")
+    assert rc == 0 and "1 failed group(s) back in the queue" in log, log[-2000:]
+    _check_nothing_lost_or_doubled(root, stamps)
 
 
 def test_external_dask_scheduler(sim_files, tmp_path):
