@@ -102,6 +102,8 @@ def main(argv=None):
     ap.add_argument("--scratch", default="/tmp/conv/bench", help="output/scratch directory (deleted after)")
     ap.add_argument("--tmp-dir", default="auto", help="dsacont's temp dir for the MS (auto: tmpfs if room)")
     ap.add_argument("--skip-pyuvdata", action="store_true")
+    ap.add_argument("--also-direct", action="store_true",
+                    help="also time dsacont building the MS in <stage>/tmp (same filesystem: rename, no copy)")
     ap.add_argument("--keep", action="store_true", help="keep the MSs")
     args = ap.parse_args(argv)
 
@@ -129,6 +131,14 @@ def main(argv=None):
     result["dsacont"] = dict(seconds=wall, peak_rss_mb=rss, ms_mb=ms_bytes / 1e6,
                              mb_per_s_in=bytes_in / 1e6 / wall, mb_per_s_out=ms_bytes / 1e6 / wall,
                              profile=info["profile"])
+
+    if args.also_direct:
+        ms2 = scratch / "dsacont_direct.ms"
+        wall2, rss2, out2 = _timed([sys.executable, "-c", DSACONT, str(ms2), str(root),
+                                    str(root / "stage" / "tmp"), *files], env=env)
+        result["dsacont_direct"] = dict(seconds=wall2, peak_rss_mb=rss2,
+                                        profile=json.loads(out2.strip().splitlines()[-1])["profile"])
+        shutil.rmtree(ms2, ignore_errors=True)
 
     # I/O floor: read the input bytes, write the output bytes where dsacont writes, move/copy
     tmp_dir = "/dev/shm/dsacont-bench-floor" if args.tmp_dir == "auto" else args.tmp_dir
