@@ -632,6 +632,7 @@ def run_service(paths, *, processor: str = DEFAULT_PROCESSOR, on_complete: str |
     hooks: list = []
     paused_until = 0.0
     outcomes = 0
+    last_completion = 0.0
     last_activity = time.time()
     last_status = 0.0
     error_stop = None
@@ -704,16 +705,23 @@ def run_service(paths, *, processor: str = DEFAULT_PROCESSOR, on_complete: str |
                             summary.failed.append((rec.timestamp, out["message"]))
                         if stop_on_error and error_stop is None:
                             error_stop = f"group {rec.timestamp}: {out['message']}"
+            done = []
             for gid in [g for g, (_r, f, _t) in inflight.items() if f.done()]:
                 rec, fut, t0 = inflight.pop(gid)
-                out = executor.outcome(fut)
+                done.append((rec, executor.outcome(fut), t0))
                 executor.release(fut)
+            done.sort(key=lambda d: d[1].get("status") != "ok")  # completions first: they may wake waiters
+            for rec, out, t0 in done:
                 last_activity = time.time()
-                state = _record_outcome(queue, rec, out, me, cal_wait_s=cal_wait_s,
+                # a group that found no calibration while another group completed (and may have
+                # solved it) retries at once instead of waiting cal_wait_s
+                wait = 0.0 if last_completion > t0 else cal_wait_s
+                state = _record_outcome(queue, rec, out, me, cal_wait_s=wait,
                                         disk_full_pause_s=disk_full_pause_s, t0=t0, paths=paths)
                 if state in ("completed", "failed", "quarantined"):
                     outcomes += 1
                 if state == "completed":
+                    last_completion = time.time()
                     summary.completed.append(rec.timestamp)
                     submit_hook(rec, out.get("result"))
                 elif state == "deferred":
@@ -838,8 +846,8 @@ def _record_outcome(queue: IngestQueue, rec: GroupRecord, out: dict, me: WorkerI
         return "completed" if ok else "stale"
     if status == "calibration_wait":
         ok = queue.defer(rec, f"waiting for calibration: {out.get('message')}", delay_s=cal_wait_s, worker=me.name)
-        log.info("group %s waits for calibration (%s); retry within %.0f s or when another group completes",
-                 rec.timestamp, out.get("message"), cal_wait_s)
+        log.info("group %s waits for calibration (%s); retry %s", rec.timestamp, out.get("message"),
+                 f"within {cal_wait_s:.0f} s or when another group completes" if cal_wait_s else "now")
         return "deferred" if ok else "stale"
     if status == "bad_input":
         ok = queue.quarantine(rec, f"bad input: {out.get('message')}", worker=me.name)

@@ -16,7 +16,8 @@ Test hooks, all through ``context.options`` (``dsacont stream --option KEY=VALUE
 ``hang_group`` a group timestamp whose processing hangs (sleeps 600 s).
 ``sleep_s``  extra seconds of "work" per group.
 ``cal_after`` a group timestamp: groups before it raise CalibrationUnavailable until that
-             group has completed (mimics a calibrator transit in the middle of a replay).
+             group has completed (mimics a calibrator transit in the middle of a replay);
+             ``cal_lookup_s`` makes that lookup slow (so the solve can finish meanwhile).
 
 Every call appends one line to ``<state>/ledger.jsonl`` (group, point, pid) so the tests can see
 which worker process ran what.
@@ -65,6 +66,7 @@ def summarise(group, context) -> dict:
     if cal_after and group.timestamp < cal_after:
         done = Path(paths.state) / "calibrated"
         if not done.exists():
+            time.sleep(float(context.options.get("cal_lookup_s", 0)))  # a slow lookup: races the solve
             raise CalibrationUnavailable(f"no calibration valid for {group.timestamp} yet")
     if context.options.get("hang_group") == group.timestamp:
         time.sleep(600)  # a hung CASA call

@@ -306,13 +306,17 @@ def test_calibration_wait_defers_without_failing(sim_files, tmp_path):
     root = tmp_path / "run"
     stamps = make_archive(sim_files, tmp_path / "archive", range(3))
     replay(tmp_path / "archive", get_paths(root=root).incoming)
-    rc, log = run_service(root, "--once", "--cal-wait", "600", "--option", f"cal_after={stamps[1]}")
+    # two in flight: group 0 finds no calibration while group 1 (the "calibrator") completes; it must
+    # retry at once, not after --cal-wait (600 s: the test would time out)
+    rc, log = run_service(root, "--once", "--cal-wait", "600", "--max-inflight", "2",
+                          "--option", f"cal_after={stamps[1]}", "--option", "cal_lookup_s=8")
     assert rc == 0, log[-3000:]
     _check_nothing_lost_or_doubled(root, stamps)
     q = _queue(root)
     g0 = q.get(stamps[0])
-    assert g0.waits >= 1 and g0.attempts == 0
+    assert g0.waits >= 1 and g0.attempts == 0 and g0.state == "completed"
     q.close()
+    assert "waits for calibration" in log and "retry now" in log
 
 
 # ----------------------------------------------------------------------------- run-time controls
