@@ -13,9 +13,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-# 0834+555 transits OVRO at 13:55:26 UTC on 2025-10-29; one 309 s group around it
+# 0834+555 "transits" OVRO at 13:55:26 UTC on 2025-10-29 in the operators' convention (LST = J2000
+# RA); it really crosses the meridian (and the fringe-stop centre) at 13:57:25 (precession since
+# J2000). GROUP_START puts that true crossing at the group's mid-time.
 TRANSIT = "2025-10-29T13:55:26"
-GROUP_START = "2025-10-29T13:52:51"  # transit - ~154.6 s: transit at the group's mid-time
+GROUP_START = "2025-10-29T13:54:51"
 
 
 def by_subband(paths):

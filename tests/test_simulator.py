@@ -194,7 +194,7 @@ def test_pyuvdata_phases_point_source_to_zero(sim_one_source, sb):
     # float32 uvw in the files limit the agreement to ~0.05 deg; a sign or geometry error gives ~100 deg
     assert np.sqrt(np.mean(ph**2)) < 0.05
     assert np.abs(ph).max() < 0.3
-    assert np.abs(ph[blen > 1000]).max() < 0.3
+    assert np.abs(ph[blen > 0.6 * blen.max()]).max() < 0.3  # the longest baselines, most sensitive
     times = np.unique(uv.time_array)
     exp = _expected_amplitude(times, uv.freq_array, el0)
     tidx = np.searchsorted(times, uv.time_array[cross])

@@ -35,6 +35,7 @@ class Preset:
     name: str
     n_antennas: int
     chans_per_subband: int
+    max_radius_m: float | None = None  # choose antennas among pads this close to the array centre
 
     @property
     def channel_width_hz(self) -> float:
@@ -43,7 +44,9 @@ class Preset:
 
 PRESETS = {
     "full": Preset("full", 96, 48),   # the real size: 4656 baselines, 768 x 244.140625 kHz
-    "small": Preset("small", 48, 8),  # 1176 baselines, 128 x 1.46484375 MHz
+    # 1176 baselines, 128 x 1.46484375 MHz; antennas drawn from the 104 pads within 600 m of the
+    # centre (baselines <= 837 m, ~1 arcmin beam), so a 3.5 deg tile images at ~1k^2 pixels
+    "small": Preset("small", 48, 8, max_radius_m=600.0),
 }
 
 
@@ -69,7 +72,11 @@ def active_antennas(preset: Preset, seed: int, dead_antenna: int | None = None) 
     nearest to it in number, so the count stays the preset's.
     """
     rng = np.random.default_rng([seed, corrupt.TAG_ANTS, preset.n_antennas])
-    ants = np.sort(rng.choice(geometry.N_PADS, preset.n_antennas, replace=False))
+    pads = np.arange(geometry.N_PADS)
+    if preset.max_radius_m is not None:
+        rel = geometry.antenna_positions()  # relative to the array centre
+        pads = pads[np.linalg.norm(rel, axis=1) <= preset.max_radius_m]
+    ants = np.sort(rng.choice(pads, preset.n_antennas, replace=False))
     if dead_antenna is not None:
         dead_antenna = int(dead_antenna)
         if not 0 <= dead_antenna < geometry.N_PADS:
