@@ -47,10 +47,11 @@ def demo_window(n_groups: int = N_GROUPS):
 def _simulate_archive(archive: Path, preset: str, seed: int, n_groups: int) -> None:
     from dsacont.groups import find_groups
     from dsacont.simulator import simulate
+    from dsacont.simulator.core import PRESETS
 
     start, _ = demo_window(n_groups)
     marker = archive / "demo.json"
-    want = {"preset": preset, "seed": seed, "n_groups": n_groups, "start": start.isot}
+    want = {"preset": repr(PRESETS[preset]), "seed": seed, "n_groups": n_groups, "start": start.isot}
     if marker.exists() and json.loads(marker.read_text()) == want:
         groups = [g for g in find_groups(archive) if g.complete]
         if len(groups) >= n_groups:
