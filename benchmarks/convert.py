@@ -32,8 +32,14 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
+CPU = {}
+
+
 def _timed(cmd, env=None):
-    """Run ``cmd`` under /usr/bin/time -v; returns (wall_s, peak_rss_mb, stdout)."""
+    """Run ``cmd`` under /usr/bin/time -v; returns (wall_s, peak_rss_mb, stdout).
+
+    The child's user+system CPU seconds are left in ``CPU['last']`` (a load-independent figure
+    on a shared machine)."""
     t0 = time.perf_counter()
     res = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
@@ -41,6 +47,9 @@ def _timed(cmd, env=None):
         raise RuntimeError(f"{cmd[:3]} failed:\n{res.stderr[-4000:]}")
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", res.stderr)
     rss = int(m.group(1)) / 1024 if m else float("nan")
+    u = re.search(r"User time \(seconds\): ([\d.]+)", res.stderr)
+    s = re.search(r"System time \(seconds\): ([\d.]+)", res.stderr)
+    CPU["last"] = (float(u.group(1)) + float(s.group(1))) if u and s else float("nan")
     return wall, rss, res.stdout
 
 
@@ -128,7 +137,7 @@ def main(argv=None):
     wall, rss, out = _timed([sys.executable, "-c", DSACONT, str(ms), str(root), args.tmp_dir, *files], env=env)
     info = json.loads(out.strip().splitlines()[-1])
     ms_bytes = _du(ms)
-    result["dsacont"] = dict(seconds=wall, peak_rss_mb=rss, ms_mb=ms_bytes / 1e6,
+    result["dsacont"] = dict(seconds=wall, cpu_seconds=CPU["last"], peak_rss_mb=rss, ms_mb=ms_bytes / 1e6,
                              mb_per_s_in=bytes_in / 1e6 / wall, mb_per_s_out=ms_bytes / 1e6 / wall,
                              profile=info["profile"])
 
@@ -136,7 +145,7 @@ def main(argv=None):
         ms2 = scratch / "dsacont_direct.ms"
         wall2, rss2, out2 = _timed([sys.executable, "-c", DSACONT, str(ms2), str(root),
                                     str(root / "stage" / "tmp"), *files], env=env)
-        result["dsacont_direct"] = dict(seconds=wall2, peak_rss_mb=rss2,
+        result["dsacont_direct"] = dict(seconds=wall2, cpu_seconds=CPU["last"], peak_rss_mb=rss2,
                                         profile=json.loads(out2.strip().splitlines()[-1])["profile"])
         shutil.rmtree(ms2, ignore_errors=True)
 
@@ -146,6 +155,7 @@ def main(argv=None):
     floor = json.loads(out.strip().splitlines()[-1])
     shutil.rmtree(tmp_dir, ignore_errors=True)
     floor["seconds"] = floor["read_s"] + floor["write_s"] + floor["move_s"]
+    floor["cpu_seconds"] = CPU["last"]
     result["io_floor"] = floor
 
     # pyuvdata
@@ -163,9 +173,10 @@ def main(argv=None):
                                      repr(ra), repr(dec), *files], env=env)
         steps = json.loads(out.strip().splitlines()[-1])
         ref_bytes = _du(ref)
-        result["pyuvdata"] = dict(seconds=wall_p, peak_rss_mb=rss_p, ms_mb=ref_bytes / 1e6,
+        result["pyuvdata"] = dict(seconds=wall_p, cpu_seconds=CPU["last"], peak_rss_mb=rss_p, ms_mb=ref_bytes / 1e6,
                                   mb_per_s_in=bytes_in / 1e6 / wall_p, steps=steps)
         result["speedup_vs_pyuvdata"] = wall_p / wall
+        result["cpu_ratio_pyuvdata_over_dsacont"] = result["pyuvdata"]["cpu_seconds"] / result["dsacont"]["cpu_seconds"]
         del np
     result["ratio_to_io_floor"] = wall / floor["seconds"]
     result["targets"] = dict(
