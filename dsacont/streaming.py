@@ -535,9 +535,11 @@ def run_service(paths, *, processor: str = DEFAULT_PROCESSOR, on_complete: str |
                 poll_s: float = 2.0, max_groups: int | None = None, idle_exit_s: float | None = None,
                 tolerance_s: float = 30.0, incomplete_timeout_s: float = 900.0, min_subbands: int = 12,
                 lease_s: float = 120.0, max_attempts: int = 3, retry_backoff_s: float = 10.0,
-                cal_wait_s: float = 300.0, disk_full_pause_s: float = 60.0, min_free_gb: float = 0.0,
+                cal_wait_s: float = 300.0, max_cal_wait_s: float = 86400.0, disk_full_pause_s: float = 60.0,
+                min_free_gb: float = 0.0,
                 validate: bool = True, check_values: bool = True, max_nonfinite_frac: float = 0.0,
-                settle_s: float = 1.0, group_timeout_s: float | None = None, options: dict | None = None, install_signal_handlers: bool = True,
+                settle_s: float = 1.0, group_timeout_s: float | None = None, options: dict | None = None,
+                install_signal_handlers: bool = True,
                 stop_event: threading.Event | None = None) -> ServiceSummary:
     """Run the streaming service until told to stop (see the module docstring for the rules).
 
@@ -579,6 +581,8 @@ def run_service(paths, *, processor: str = DEFAULT_PROCESSOR, on_complete: str |
     cal_wait_s : float
         Retry delay for a group whose calibration is not valid yet (it is retried sooner, as
         soon as another group completes).
+    max_cal_wait_s : float
+        A group still without valid calibration this long after it was queued fails (24 h).
     disk_full_pause_s, min_free_gb :
         Pause claiming after ENOSPC, and while ``paths.stage`` has less than ``min_free_gb``.
     validate, check_values, max_nonfinite_frac, settle_s :
@@ -716,7 +720,7 @@ def run_service(paths, *, processor: str = DEFAULT_PROCESSOR, on_complete: str |
                 # a group that found no calibration while another group completed (and may have
                 # solved it) retries at once instead of waiting cal_wait_s
                 wait = 0.0 if last_completion > t0 else cal_wait_s
-                state = _record_outcome(queue, rec, out, me, cal_wait_s=wait,
+                state = _record_outcome(queue, rec, out, me, cal_wait_s=wait, max_cal_wait_s=max_cal_wait_s,
                                         disk_full_pause_s=disk_full_pause_s, t0=t0, paths=paths)
                 if state in ("completed", "failed", "quarantined"):
                     outcomes += 1
@@ -834,7 +838,7 @@ def _resolve_hook(spec: str | None) -> str | None:
 
 
 def _record_outcome(queue: IngestQueue, rec: GroupRecord, out: dict, me: WorkerId, *, cal_wait_s: float,
-                    disk_full_pause_s: float, t0: float, paths) -> str:
+                    disk_full_pause_s: float, t0: float, paths, max_cal_wait_s: float = 86400.0) -> str:
     """Write a task outcome to the queue; returns completed/deferred/quarantined/failed/pending/stale."""
     status = out.get("status")
     wall = time.time() - t0
@@ -844,6 +848,11 @@ def _record_outcome(queue: IngestQueue, rec: GroupRecord, out: dict, me: WorkerI
             log.info("group %s completed in %.1f s%s", rec.timestamp, wall,
                      f" ({16 - len(rec.missing)}/16 subbands)" if rec.missing else "")
         return "completed" if ok else "stale"
+    if status == "calibration_wait" and rec.queued and time.time() - rec.queued > max_cal_wait_s:
+        new = queue.fail(rec, f"no valid calibration within {max_cal_wait_s / 3600:.1f} h of queueing: "
+                              f"{out.get('message')}", retry=False, worker=me.name)
+        log.error("group %s failed: no valid calibration within %.1f h", rec.timestamp, max_cal_wait_s / 3600)
+        return new or "stale"
     if status == "calibration_wait":
         ok = queue.defer(rec, f"waiting for calibration: {out.get('message')}", delay_s=cal_wait_s, worker=me.name)
         log.info("group %s waits for calibration (%s); retry %s", rec.timestamp, out.get("message"),
@@ -925,6 +934,8 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--max-attempts", type=int, default=3, help="attempts before a group fails (default 3)")
     ap.add_argument("--retry-backoff", type=float, default=10.0, help="first retry delay, s (default 10)")
     ap.add_argument("--cal-wait", type=float, default=300.0, help="retry delay while calibration is not valid, s")
+    ap.add_argument("--max-cal-wait", type=float, default=86400.0,
+                    help="fail a group still without valid calibration after this many s (default 24 h)")
     ap.add_argument("--disk-full-pause", type=float, default=60.0, help="pause after a full disk, s (default 60)")
     ap.add_argument("--min-free-gb", type=float, default=1.0, help="do not start groups below this free space "
                     "on the stage directory (default 1 GB)")
@@ -951,7 +962,8 @@ def cli(argv: list[str]) -> int:
         stop_on_error=args.stop_on_error, poll_s=args.poll, max_groups=args.max_groups, idle_exit_s=args.idle_exit,
         tolerance_s=args.tolerance, incomplete_timeout_s=args.incomplete_timeout, min_subbands=args.min_subbands,
         lease_s=args.lease, max_attempts=args.max_attempts, retry_backoff_s=args.retry_backoff,
-        cal_wait_s=args.cal_wait, disk_full_pause_s=args.disk_full_pause, min_free_gb=args.min_free_gb,
+        cal_wait_s=args.cal_wait, max_cal_wait_s=args.max_cal_wait, disk_full_pause_s=args.disk_full_pause,
+        min_free_gb=args.min_free_gb,
         check_values=not args.no_value_check, group_timeout_s=args.group_timeout, max_nonfinite_frac=args.max_nan_fraction,
         options=_parse_options(args.option),
     )
