@@ -211,7 +211,14 @@ class _Computer:
 
             nthreads = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
             self.pool = ThreadPoolExecutor(max_workers=nthreads, thread_name_prefix="dsacont-convert")
+        self.nthreads = nthreads
         self.window = int(window or nthreads + 1)
+
+    def compute_now(self, coll):
+        """Compute one collection with every worker/thread (not in the window)."""
+        if self.client is not None:
+            return self.client.compute(coll).result()
+        return coll.compute(scheduler="threads", num_workers=self.nthreads)
 
     def submit(self, colls):
         if self.client is not None:
@@ -240,10 +247,11 @@ class _Computer:
                 yield k, self.result(f)
         finally:
             for _, f in pending:
-                try:
-                    (f if self.client is None else f[0]).cancel()
-                except Exception:
-                    pass
+                for one in ([f] if self.client is None else f):
+                    try:
+                        one.cancel()
+                    except Exception:
+                        pass
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)
 
@@ -362,8 +370,7 @@ def convert_group(
             t0 = _time.perf_counter()
             fda = flag_dataset(ds, strategy)
             fdata = fda.data if hasattr(fda, "data") else fda
-            (flags_np,) = comp.result(comp.submit([fdata]))
-            flags_np = np.asarray(flags_np, dtype=bool)
+            flags_np = np.asarray(comp.compute_now(fdata), dtype=bool)
             log.info("%s: RFI flags computed in %.1f s (%.2f%% flagged)", ts, _time.perf_counter() - t0,
                      100.0 * flags_np.mean())
 
