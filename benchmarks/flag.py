@@ -154,6 +154,13 @@ def main(argv=None):
            "rfi_fraction_truth": float(tmask.mean()), "strategy": load_strategy().to_dict(),
            "machine": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()}}
 
+    # warm-up: numba compiles (or loads its cache) here, not inside a timed section
+    from dsacont.flagging import flag_block
+
+    rng = np.random.default_rng(0)
+    warm = np.abs(rng.standard_normal((24, 16, 64, 2))).astype(np.float32) + 1
+    flag_block(warm, None, np.arange(16) == 0, None)
+
     if not a.skip_dataset:
         ds = open_group(paths)
         fl = flag_dataset(ds)

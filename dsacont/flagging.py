@@ -28,13 +28,27 @@ The algorithm (defaults in ``dsacont/data/flag_strategy_default.toml``, see :cla
    - ``iterations`` rounds: each round recomputes the background and sigma without the samples
      flagged so far.
 3. *Across baselines* (the strong detector for RFI common to every baseline: broadband bursts,
-   persistent narrowband channels): for each (t, f, pol), the median over the block's
-   cross-correlations of z gives S(t, f); S is re-centred and scaled robustly and SumThreshold
-   runs on it with its own chi_1. Its sigma is ~1.25/sqrt(N_baselines) of a single baseline's,
-   so RFI far below the per-visibility noise is found. A hit flags that (t, f, pol) on every
-   baseline of the block, autos included. Blocks are baseline chunks of the Dataset (the Dask
-   wrapper keeps >= ``min_block_baselines`` per chunk), so the statistic needs no reduction
-   across chunks and the graph stays chunk-local.
+   persistent narrowband channels). Within a block of baselines (a Dask chunk), per polarisation:
+
+   a. time-variable RFI: each cross-correlation's z is recomputed against a per-channel
+      background (``freq_window`` = 1: the bandpass is followed exactly, channel by channel,
+      excluding the samples flagged in step 2) plus the masked box mean; S(t, f) = median over
+      the block's cross-correlations of z (samples pre-flagged in step 1 excluded). S is
+      re-centred and scaled robustly (median, MAD) and SumThreshold (windows up to
+      ``combined_max_window``) runs on it. Its noise is ~1.25/sqrt(N_baselines) of one
+      baseline's, so bursts far below the per-visibility noise are found.
+   b. persistent RFI (present in every integration, which a per-channel background would
+      absorb): per baseline the spectrum s(f) (median over time) against the median of its
+      neighbouring channels (leave-one-out running median), scaled by its own robust scatter
+      over channels; the median over baselines of that spectral excess goes through
+      SumThreshold along frequency; a hit flags the channel at all times.
+
+   A hit flags that (t, f, pol) on every baseline of the block, autos included (the autos'
+   own per-channel background cannot see persistent lines). Blocks are baseline chunks of the
+   Dataset (the Dask wrapper keeps ``block_baselines`` per chunk), so the statistic needs no
+   reduction across chunks and the graph stays chunk-local. Windows wider than
+   ``combined_max_window`` are not used: the median is so precise that residual sky structure
+   common to all baselines (a bright calibrator drifting through the beam) limits it, not noise.
 4. *Extension*: a time (channel) flagged on more than ``time_fraction`` (``channel_fraction``) of
    a plane's samples is flagged whole; optional dilation by ``dilate_time``/``dilate_freq``
    samples.
@@ -732,7 +746,7 @@ class Strategy:
 
     flag_invalid: bool = True  # NaN/Inf/zeros (always on in the kernel; kept for the record)
     static_mask_hz: list = field(default_factory=list)  # [[lo_hz, hi_hz], ...] always flagged
-    iterations: int = 2  # rounds of background / SumThreshold per plane
+    iterations: int = 1  # rounds of background / SumThreshold per plane
     rho: float = 1.5  # SumThreshold: chi_M = chi_1 / rho**log2(M)
     max_window: int = 32  # largest SumThreshold window (samples); windows 1, 2, 4, ... max_window
     cross_chi1: float = 7.0  # SumThreshold chi_1 on cross-correlations
