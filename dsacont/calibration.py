@@ -929,12 +929,26 @@ def check_corrected(ms, info: MSInfo | None = None) -> dict:
     return {"flagged_fraction": nflag / max(ntot, 1), "n_checked": ntot}
 
 
-def calibrated_flux_ratio(ms, info: MSInfo | None = None) -> dict:
-    """How well CORRECTED_DATA reproduces MODEL_DATA: sum(C conj M) / sum(|M|^2) over unflagged
-    cross-correlations, per SPW and overall (complex; 1 means the calibrated calibrator has
-    exactly the model flux). Also the ratio of amplitude sums, |C| vs |M|."""
+def calibrated_flux_ratio(ms, info: MSInfo | None = None, calibrator=None) -> dict:
+    """How well CORRECTED_DATA reproduces a model: ``sum(C conj M) / sum(|M|^2)`` over unflagged
+    cross-correlations, per SPW and overall (complex; 1 means the calibrated data have exactly
+    the model flux).
+
+    ``calibrator`` None: M = MODEL_DATA (what the gains were solved against; 1 by construction
+    of an amplitude+phase solve, so this checks the apply path). ``calibrator`` a name or
+    Calibrator: M = that calibrator alone through the time-dependent beam, predicted here: the
+    calibrated flux of the calibrator itself, other sky sources averaging down as noise.
+    """
     ct = _tools()
     info = info or read_ms_info(ms)
+    cal_pred = None
+    if calibrator is not None:
+        from dsacont.calibrators import get_calibrator
+
+        cal = get_calibrator(calibrator) if isinstance(calibrator, str) else calibrator
+        amps, _ = model_amplitudes(cal, info)
+        lmn_f = np.array([lmn(np.radians(cal.ra_deg), np.radians(cal.dec_deg), r0, d0) for r0, d0 in info.field_dirs])
+        cal_pred = (amps, lmn_f)
     tb = ct.table()
     tb.open(str(ms))
     per = {}
@@ -943,7 +957,13 @@ def calibrated_flux_ratio(ms, info: MSInfo | None = None) -> dict:
             spw = int(info.ddid_spw[d])
             a1, a2 = sub.getcol("ANTENNA1", s, n), sub.getcol("ANTENNA2", s, n)
             c = sub.getcol("CORRECTED_DATA", s, n)
-            m = sub.getcol("MODEL_DATA", s, n)
+            if cal_pred is None:
+                m = sub.getcol("MODEL_DATA", s, n)
+            else:
+                m = point_model(np.asarray(sub.getcol("UVW", s, n)).T, info.spw_freqs[spw],
+                                np.searchsorted(info.times_s, sub.getcol("TIME", s, n)),
+                                np.asarray(sub.getcol("FIELD_ID", s, n)), cal_pred[1], cal_pred[0][spw],
+                                npol=c.shape[0])
             w = (~sub.getcol("FLAG", s, n)) & (a1 != a2)[None, None, :]
             acc = per.setdefault(spw, np.zeros(3, dtype=complex))
             acc += [np.sum((c * np.conj(m))[w]), np.sum((np.abs(m) ** 2)[w]), np.sum(np.abs(m)[w])]

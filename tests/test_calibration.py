@@ -366,6 +366,13 @@ def test_applycal_reproduces_model_flux(solved):
           f"worst SPW {fr['max_spw_error']:.5f}")
     assert abs(fr["amp_ratio"] - 1) < 0.01 and abs(fr["phase_deg"]) < 1.0
     assert fr["max_spw_error"] < 0.01
+    # the calibrator alone (catalogue flux x spectral index x drifting beam, predicted afresh),
+    # against the calibrated data that also hold every field source and the noise
+    fc = C.calibrated_flux_ratio(solved["ms"], calibrator=CAL)
+    print(f"calibrated / calibrator-only model: {fc['amp_ratio']:.5f}, phase {fc['phase_deg']:.3f} deg, "
+          f"worst SPW {fc['max_spw_error']:.5f}")
+    assert abs(fc["amp_ratio"] - 1) < 0.01 and abs(fc["phase_deg"]) < 1.0
+    assert fc["max_spw_error"] < 0.02
     # CORRECTED_DATA is finite where unflagged (apply_calibration checked it; check again here)
     chk = C.check_corrected(solved["ms"])
     assert chk["n_checked"] > 0

@@ -1,0 +1,201 @@
+"""Benchmark: solve (B, G) and apply calibration on one full-size calibrator group.
+
+Run under the shared lock (heavy)::
+
+    flock /tmp/dsacont-heavy.lock env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=2 \\
+        python benchmarks/calibrate.py /tmp/shared-full --work /tmp/cal/bench
+
+Steps (each timed, wall and CPU seconds of this process, CASA runs in-process):
+convert the group with ``convert_group`` (unless ``--ms`` gives an MS; ``--flag`` runs the
+pipeline's RFI flagger during conversion, otherwise the simulator's truth RFI mask is ORed
+into FLAG when the truth is there), ``solve_calibration`` (flag autocorrelations/zeros, model,
+G0, B, G; per-stage wall times from its metrics), ``apply_calibration`` (applycal + the
+CORRECTED_DATA check), and the calibrated/model flux ratio. With the simulator truth next to
+the files, the recovered gains are compared with it (same measures as the tests).
+
+Peer figures (quoted, not measured here): the old pipeline's bandpass ~31 s and gains ~10 s on a
+40-thread Xeon. This machine: 2 shared cores.
+Prints one JSON document.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+PEER = {"old_pipeline_bandpass_s": 31.0, "old_pipeline_gains_s": 10.0, "old_pipeline_threads": 40}
+
+
+class Timer:
+    def __init__(self):
+        self.out = {}
+
+    def __call__(self, name):
+        timer = self
+
+        class _T:
+            def __enter__(self):
+                self.w, self.c = time.perf_counter(), time.process_time()
+
+            def __exit__(self, *exc):
+                timer.out[name] = {"wall_s": round(time.perf_counter() - self.w, 2),
+                                   "cpu_s": round(time.process_time() - self.c, 2)}
+
+        return _T()
+
+
+def _truth_rfi_flags(ms, truth):
+    from dsacont import calibration as C
+    from dsacont.casa import ensure_casa
+
+    info = C.read_ms_info(ms)
+    offsets = [0]
+    for f in info.spw_freqs:
+        offsets.append(offsets[-1] + len(f))
+    t_ms = (truth["time_jd"] - 2400000.5) * 86400.0
+    tb = ensure_casa().table()
+    tb.open(str(ms), nomodify=False)
+    try:
+        for d in range(len(info.ddid_spw)):
+            sub = tb.query(f"DATA_DESC_ID=={d}")
+            spw = int(info.ddid_spw[d])
+            import numpy as np
+
+            ti = np.argmin(np.abs(sub.getcol("TIME")[:, None] - t_ms[None, :]), axis=1)
+            m = truth["rfi_tf_mask"][:, offsets[spw]:offsets[spw + 1]][ti]
+            fl = sub.getcol("FLAG")
+            fl |= m.T[None, :, :]
+            sub.putcol("FLAG", fl)
+            sub.close()
+    finally:
+        tb.close()
+        tb.done()
+
+
+def _truth_compare(ms, tables, truth, refant):
+    import numpy as np
+
+    from dsacont import calibration as C
+
+    info = C.read_ms_info(ms)
+    B, G = C.read_caltable(tables["B"]), C.read_caltable(tables["G"])
+    ants = list(truth["antennas"])
+    spw_of = np.concatenate([np.full(len(f), i) for i, f in enumerate(info.spw_freqs)])
+    chan_of = np.concatenate([np.arange(len(f)) for f in info.spw_freqs])
+    nf = spw_of.size
+    gs = np.full((len(ants), nf, 2), np.nan + 0j)
+    for i, a in enumerate(ants):
+        row = info.antenna_names.index(str(a + 1))
+        for s in range(spw_of.max() + 1):
+            rb = np.flatnonzero((B["ANTENNA1"] == row) & (B["SPECTRAL_WINDOW_ID"] == s))
+            rg = np.flatnonzero((G["ANTENNA1"] == row) & (G["SPECTRAL_WINDOW_ID"] == s))
+            sel = spw_of == s
+            b = np.where(B["FLAG"][:, :, rb[0]], np.nan, B["CPARAM"][:, :, rb[0]]).T  # (nchan, npol)
+            g = np.nanmean(np.where(G["FLAG"][:, 0, rg], np.nan, G["CPARAM"][:, 0, rg]), axis=1)
+            gs[i, sel] = np.conj(b * g[None, :])
+    gt = truth["gains"].mean(axis=0)[:, None, :] * truth["bandpass"]
+    iref = ants.index(int(refant) - 1)
+    r = gs / gt
+    r = r / (r[iref] / np.abs(r[iref]))[None]
+    rb = np.nanmean(r, axis=1)
+    shp = []
+    for s in range(spw_of.max() + 1):
+        sel = spw_of == s
+        a_ = np.abs(gs[:, sel]) / np.nanmean(np.abs(gs[:, sel]), axis=1, keepdims=True)
+        b_ = np.abs(gt[:, sel]) / np.nanmean(np.abs(gt[:, sel]), axis=1, keepdims=True)
+        shp.append(a_ / b_ - 1)
+    shp = np.concatenate(shp, axis=1)
+    return {
+        "antenna_gain_amp_err_max": float(np.nanmax(np.abs(np.abs(rb) - 1))),
+        "antenna_gain_phase_err_max_deg": float(np.nanmax(np.abs(np.degrees(np.angle(rb))))),
+        "channel_gain_amp_err_rms": float(np.sqrt(np.nanmean((np.abs(r) - 1) ** 2))),
+        "channel_gain_phase_err_rms_deg": float(np.sqrt(np.nanmean(np.degrees(np.angle(r)) ** 2))),
+        "bandpass_shape_err_rms": float(np.sqrt(np.nanmean(shp ** 2))),
+        "bandpass_shape_err_max": float(np.nanmax(np.abs(shp))),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("group_dir", nargs="?", default="/tmp/shared-full", help="directory with one 16-file group")
+    p.add_argument("--ms", help="use this (already converted, calibrator) MS instead of converting; modified!")
+    p.add_argument("--work", default="/tmp/cal/bench", help="scratch directory (deleted first)")
+    p.add_argument("--flag", action="store_true", help="run the pipeline's RFI flagger during conversion")
+    p.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    a = p.parse_args(argv)
+
+    from dsacont import calibration as C
+    from dsacont.config import get_paths
+
+    work = Path(a.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    paths = get_paths(root=work / "root")
+    T = Timer()
+    truth = None
+    files = sorted(glob.glob(os.path.join(a.group_dir, "*_sb??.hdf5")))
+    try:
+        from dsacont import load_truth
+
+        truth = load_truth(a.group_dir, files[0]) if files else None
+    except Exception:  # noqa: BLE001 - no truth: no comparison
+        truth = None
+    if a.ms:
+        ms = a.ms
+    else:
+        from dsacont.convert import convert_group
+
+        with T("convert"):
+            ms = str(convert_group(files, work / "cal.ms", flag=a.flag, paths=paths, progress=False))
+        if truth is not None and not a.flag:
+            with T("truth_rfi_flags"):
+                _truth_rfi_flags(ms, truth)
+    info = C.read_ms_info(ms)
+    with T("solve"):
+        res = C.solve_calibration(ms, "0834+555", paths=paths, plots=True)
+    with T("apply"):
+        app = C.apply_calibration(ms, paths=paths)
+    with T("flux_check"):
+        fr = C.calibrated_flux_ratio(ms, info, calibrator="0834+555")
+    m = res["metrics"]
+    out = {
+        "ms": ms,
+        "nrows": info.nrows,
+        "nspw": len(info.spw_freqs),
+        "nchan": int(sum(len(f) for f in info.spw_freqs)),
+        "n_antennas": m["n_antennas"],
+        "steps": T.out,
+        "solve_stages_wall_s": {k: round(v, 2) for k, v in m["timings_s"].items()},
+        "apply_wall_s": {k: round(v, 2) for k, v in app["timings_s"].items()},
+        "flagged_solutions": {k: m[k]["flagged_fraction"] for k in ("B", "G")},
+        "snr_median": {k: m[k]["snr_median"] for k in ("B", "G")},
+        "refant": res["refant"],
+        "status": res["status"],
+        "calibrated_over_calibrator_model": {"amp": fr["amp_ratio"], "phase_deg": fr["phase_deg"],
+                                  "worst_spw_err": fr["max_spw_error"]},
+        "beam_mid_error_max": max(abs(x) for x in m["model"]["beam_mid_error"]),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peer": PEER,
+        "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")},
+        "cpus": os.cpu_count(),
+        "loadavg_end": os.getloadavg(),
+    }
+    if truth is not None:
+        out["truth"] = _truth_compare(ms, res["tables"], truth, res["refant"].split(",")[0])
+    print(json.dumps(out, indent=2))
+    if not a.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
