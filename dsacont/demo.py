@@ -66,42 +66,34 @@ def _simulate_archive(archive: Path, preset: str, seed: int, n_groups: int) -> N
     marker.write_text(json.dumps(want))
 
 
-def _calibrator_in_mosaic(mosaic_fits: str, archive: Path) -> dict:
-    """Measure the calibrator in the mosaic and compare with the simulator's truth."""
-    from astropy.io import fits
-    from astropy.wcs import WCS
+def _calibrator_in_mosaic(mosaic: dict, archive: Path) -> dict:
+    """The calibrator as the mosaic's QA measured it (fitted flux and position), against the
+    flux the simulator put on the sky (its own truth, primary-beam free) at the same frequency."""
+    import glob
 
-    from dsacont.calibrators import get_calibrator
     from dsacont.simulator import load_truth
 
-    cal = get_calibrator(CALIBRATOR)
-    with fits.open(mosaic_fits) as hdul:
-        data = np.squeeze(hdul[0].data).astype(float)
-        hdr = hdul[0].header
-    wcs = WCS(hdr).celestial
-    freq = None
-    for i in range(1, hdr.get("NAXIS", 0) + 1):
-        if str(hdr.get(f"CTYPE{i}", "")).startswith("FREQ"):
-            freq = float(hdr[f"CRVAL{i}"])
-    freq = freq or float(hdr.get("RESTFRQ", 1.405e9))
-    x, y = wcs.world_to_pixel_values(cal.ra_deg, cal.dec_deg)
-    xi, yi = int(round(float(x))), int(round(float(y)))
-    box = data[max(yi - 3, 0): yi + 4, max(xi - 3, 0): xi + 4]
-    measured = float(np.nanmax(box)) if box.size else float("nan")
-    # truth: the simulator's own flux model for the calibrator at the mosaic frequency
-    truth_flux = None
-    try:
-        truth = load_truth(archive, sorted(archive.glob("*_sb00.hdf5"))[0])
-        for src in truth.get("sources", []):
-            if str(src.get("name", "")).endswith(CALIBRATOR):
-                truth_flux = float(src["flux_jy"]) * (freq / float(src.get("ref_freq_hz", 1.4e9))) ** float(
-                    src.get("spectral_index", 0.0))
-    except Exception as exc:  # noqa: BLE001 - the summary still reports the catalogue value
-        log.warning("demo: could not read the simulator truth (%s)", exc)
-    if truth_flux is None:
-        truth_flux = float(cal.flux_at(freq))
-    return {"name": CALIBRATOR, "freq_hz": freq, "measured_jy": measured, "truth_jy": truth_flux,
-            "ratio": measured / truth_flux if truth_flux else None}
+    qa = mosaic.get("qa") or {}
+    found = [c for c in qa.get("calibrators", []) if c.get("name") == CALIBRATOR]
+    if not found:
+        return {"name": CALIBRATOR, "error": "calibrator not measured in the mosaic QA"}
+    c = found[0]
+    freq = float(qa.get("freq_hz") or c.get("freq_hz") or 0.0)
+    out = {"name": CALIBRATOR, "measured_jy": float(c["flux_jy"]), "catalogue_model_jy": c.get("expected_jy"),
+           "offset_arcsec": c.get("offset_arcsec"), "offset_beams": c.get("offset_beams")}
+    truth = load_truth(archive, sorted(glob.glob(str(archive / "*_sb00.hdf5")))[0])
+    names = [str(n) for n in np.atleast_1d(truth["source_name"])]
+    i = names.index(CALIBRATOR)
+    if not freq:
+        # the mosaic QA's expected value is the catalogue model at the image frequency: invert it
+        from dsacont.calibrators import REF_FREQ_HZ, get_calibrator
+
+        cal = get_calibrator(CALIBRATOR)
+        freq = REF_FREQ_HZ * (float(c["expected_jy"]) / cal.flux_jy) ** (1.0 / cal.spectral_index)
+    s_true = float(np.atleast_1d(truth["source_flux_jy"])[i]) * (
+        freq / float(np.atleast_1d(truth["source_ref_freq_hz"])[i])) ** float(np.atleast_1d(truth["source_spectral_index"])[i])
+    out.update(freq_hz=freq, truth_jy=s_true, ratio=out["measured_jy"] / s_true)
+    return out
 
 
 def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_groups: int = N_GROUPS,
@@ -184,7 +176,7 @@ def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_grou
         out["mosaic_noise_map"] = files.get("noise")
         out["mosaic_qa"] = m.get("qa")
         try:
-            out["calibrator"] = _calibrator_in_mosaic(m["path"], archive)
+            out["calibrator"] = _calibrator_in_mosaic(m, archive)
         except Exception as exc:  # noqa: BLE001
             out["calibrator"] = {"error": str(exc)}
     (root / "summary.json").write_text(json.dumps(out, indent=1, default=str))
@@ -201,7 +193,8 @@ def format_summary(s: dict) -> str:
     cal = s.get("calibrator") or {}
     if "measured_jy" in cal:
         lines.append(f"  0834+555 in mosaic   {cal['measured_jy']:.3f} Jy vs truth {cal['truth_jy']:.3f} Jy "
-                     f"at {cal['freq_hz'] / 1e6:.1f} MHz (ratio {cal['ratio']:.3f})")
+                     f"at {cal['freq_hz'] / 1e6:.1f} MHz (ratio {cal['ratio']:.4f}), "
+                     f"offset {cal['offset_arcsec']:.1f}\" ({cal['offset_beams']:.3f} beam)")
     if s.get("image_noise_mjy"):
         lines.append(f"  tile noise           median {np.median(s['image_noise_mjy']):.2f} mJy/beam")
     for k, v in s.get("stage_wall_s", {}).items():
