@@ -213,10 +213,11 @@ def stage_image(timestamp, ms: Path, paths: Paths, products, options: PipelineOp
     res = image_ms(str(ms), paths=paths, **options.imaging)
     res.setdefault("qa", {})["image_s"] = round(time.perf_counter() - t0, 2)
     start, end, _ = _time_range(ms)
-    files = res.get("fits", res.get("files", {}))
-    primary = files.get("pbcor") or files.get("image")
-    products.add_image(primary, ms=str(ms), files=files, ra_deg=res.get("ra_deg"), dec_deg=res.get("dec_deg"),
-                       start=start, end=end, params=res.get("params"), qa=res.get("qa"))
+    files = {k: res[k] for k in ("image", "pbcor", "pb", "residual") if res.get(k)}
+    params = {k: res.get(k) for k in ("imsize", "cell_arcsec", "gridder", "deconvolver", "robust", "beam", "freq_hz")}
+    products.add_image(files["pbcor"], ms=str(ms), files=files, ra_deg=res.get("ra_deg"), dec_deg=res.get("dec_deg"),
+                       start=start, end=end, params=params, qa=res.get("qa"))
+    res["files"] = files
     log.info("%s: imaged in %.1f s", timestamp, time.perf_counter() - t0)
     return res
 
@@ -247,7 +248,8 @@ def maybe_mosaic(paths: Paths, products, options: PipelineOptions | None = None)
         out = paths.mosaics / f"{name}.fits"
         t0 = time.perf_counter()
         res = make_mosaic([r["path"] for r in run], out, **options.mosaic)
-        files = res.get("files", {"mosaic": str(out)})
+        files = {k: res[k] for k in ("mosaic", "noise", "png", "qa_json") if res.get(k)}
+        res["files"] = files
         products.add_mosaic(files.get("mosaic", str(out)), images=[r["id"] for r in run], files=files,
                             ra_deg=res.get("ra_deg"), dec_deg=res.get("dec_deg"),
                             qa={**res.get("qa", {}), "mosaic_s": round(time.perf_counter() - t0, 2)})
@@ -296,7 +298,7 @@ def process_group(record, context=None) -> dict:
         "timestamp": timestamp,
         "ms": str(ms),
         "solved": bool(cal.get("solved")),
-        "image": (img.get("fits") or img.get("files") or {}).get("pbcor") if isinstance(img, dict) else None,
+        "image": (img.get("files") or {}).get("pbcor") or img.get("path") if isinstance(img, dict) else None,
         "timings_s": timings,
     }
 
