@@ -228,17 +228,12 @@ def _fill_nan(x, fill):
 
 
 @numba.njit(nogil=True, cache=True)
-def background(amp, flags, freq_window, time_window):
-    """Smooth background B(t, f) = s(f) * r(t) of an amplitude plane, ignoring flagged samples.
-
-    s(f): median over time of each channel, then a running median over ``freq_window`` channels
-    (1 = none). r(t): median over frequency of amp/s, then a local robust line fit over
-    ``time_window`` integrations (:func:`running_trend`: follows the drift of a source through
-    the beam across flagged bursts) after dropping values > 5 sigma off a running median. amp: (Nt, Nf) float; flags: (Nt, Nf) bool. Returns (Nt, Nf) float64 (NaN-free;
-    1.0 where nothing is known).
-    """
+def channel_medians(amp, flags):
+    """Median over time of each channel's unflagged samples: (Nt, Nf) -> (Nf,) float64, NaN for a
+    channel with none. The raw spectrum shared by :func:`background` and
+    :func:`spectral_residual`."""
     nt, nf = amp.shape
-    buf = np.empty(max(nt, nf), dtype=np.float64)
+    buf = np.empty(nt, dtype=np.float64)
     spec = np.empty(nf, dtype=np.float64)
     for f in range(nf):
         k = 0
@@ -247,6 +242,29 @@ def background(amp, flags, freq_window, time_window):
                 buf[k] = amp[t, f]
                 k += 1
         spec[f] = _median_buf(buf, k)
+    return spec
+
+
+@numba.njit(nogil=True, cache=True)
+def background(amp, flags, freq_window, time_window):
+    """Smooth background B(t, f) = s(f) * r(t) of an amplitude plane, ignoring flagged samples.
+
+    s(f): median over time of each channel, then a running median over ``freq_window`` channels
+    (1 = none). r(t): median over frequency of amp/s, then a local robust line fit over
+    ``time_window`` integrations (:func:`running_trend`: follows the drift of a source through
+    the beam across flagged bursts) after dropping values > 5 sigma off a running median.
+    amp: (Nt, Nf) float; flags: (Nt, Nf) bool. Returns (Nt, Nf) float64 (NaN-free; 1.0 where
+    nothing is known).
+    """
+    return background_spec(amp, flags, channel_medians(amp, flags), freq_window, time_window)
+
+
+@numba.njit(nogil=True, cache=True)
+def background_spec(amp, flags, spec0, freq_window, time_window):
+    """:func:`background` with the raw spectrum ``spec0`` (:func:`channel_medians`) given."""
+    nt, nf = amp.shape
+    buf = np.empty(max(nt, nf), dtype=np.float64)
+    spec = spec0.copy()
     if freq_window > 1:
         spec = running_median(spec, freq_window)
     # fill unknown channels with the overall median of the known ones
@@ -489,6 +507,13 @@ def masked_box_smooth(x, flags, half_t, half_f):
 
 @numba.njit(nogil=True, cache=True)
 def zscore_plane(amp, flags, freq_window, time_window, smooth_t, smooth_f):
+    """Relative residual in sigma units (see :func:`zscore_plane_spec`), spectrum computed here."""
+    return zscore_plane_spec(amp, flags, channel_medians(amp, flags), freq_window, time_window, smooth_t,
+                             smooth_f)
+
+
+@numba.njit(nogil=True, cache=True)
+def zscore_plane_spec(amp, flags, spec0, freq_window, time_window, smooth_t, smooth_f):
     """Relative residual in sigma units: z = (amp/B - 1 - smooth) / sigma.
 
     B from :func:`background` (separable running medians); ``smooth`` is the masked box mean
@@ -499,7 +524,7 @@ def zscore_plane(amp, flags, freq_window, time_window, smooth_t, smooth_f):
     finite or the plane has no usable samples.
     """
     nt, nf = amp.shape
-    bg = background(amp, flags, freq_window, time_window)
+    bg = background_spec(amp, flags, spec0, freq_window, time_window)
     x = np.empty((nt, nf), dtype=np.float64)
     for t in range(nt):
         for f in range(nf):
@@ -529,10 +554,21 @@ def flag_plane(amp, flags, chi1, rho, max_window, freq_window, time_window, smoo
     z (Nt, Nf) float32 residual in sigma units from the last round's background).
     """
     pre = flag_invalid(amp, flags)
+    return flag_plane_spec(amp, pre, channel_medians(amp, pre), chi1, rho, max_window, freq_window, time_window,
+                           smooth_t, smooth_f, iterations)
+
+
+@numba.njit(nogil=True, cache=True)
+def flag_plane_spec(amp, pre, spec0, chi1, rho, max_window, freq_window, time_window, smooth_t, smooth_f,
+                    iterations):
+    """:func:`flag_plane` for pre-flags ``pre`` that already include invalid samples, with the
+    first round's raw spectrum ``spec0 = channel_medians(amp, pre)`` given (shared with the
+    across-baseline detectors)."""
     cur = pre.copy()
     z = np.zeros(amp.shape, dtype=np.float32)
-    for _ in range(iterations):
-        z = zscore_plane(amp, cur, freq_window, time_window, smooth_t, smooth_f)
+    for i in range(iterations):
+        sp = spec0 if i == 0 else channel_medians(amp, cur)
+        z = zscore_plane_spec(amp, cur, sp, freq_window, time_window, smooth_t, smooth_f)
         cur = sumthreshold(z, pre | cur, chi1, rho, max_window, True, True)
     return cur, z
 
@@ -599,24 +635,21 @@ def flag_combined(z, use, pre, min_baselines, chi1, rho, max_window):
 
 @numba.njit(nogil=True, cache=True)
 def spectral_residual(amp, flags, freq_window):
+    """Persistent spectral excess of one plane (see :func:`spectral_residual_spec`)."""
+    return spectral_residual_spec(channel_medians(amp, flags), freq_window)
+
+
+@numba.njit(nogil=True, cache=True)
+def spectral_residual_spec(spec, freq_window):
     """Persistent spectral excess of one plane, in robust sigma units over channels.
 
-    s(f) = median over time of the unflagged amp[:, f]; q(f) = s(f) / m(f) - 1 with m the median of
-    the other channels within ``freq_window // 2`` (leave-one-out running median),
-    centred and scaled by its median and 1.4826 MAD over channels (so bandpass ripple the
-    running median does not follow counts as scatter, not as signal). amp: (Nt, Nf) float;
-    flags: (Nt, Nf) bool. Returns (Nf,) float64, NaN where a channel has no data.
+    spec: (Nf,) the raw spectrum s(f) (:func:`channel_medians`: median over time of the
+    unflagged samples). q(f) = s(f) / m(f) - 1 with m the median of the other channels within
+    ``freq_window // 2`` (leave-one-out running median), centred and scaled by its median and
+    1.4826 MAD over channels (so bandpass ripple the running median does not follow counts as
+    scatter, not as signal). Returns (Nf,) float64, NaN where a channel has no data.
     """
-    nt, nf = amp.shape
-    buf = np.empty(nt, dtype=np.float64)
-    spec = np.empty(nf, dtype=np.float64)
-    for f in range(nf):
-        k = 0
-        for t in range(nt):
-            if not flags[t, f]:
-                buf[k] = amp[t, f]
-                k += 1
-        spec[f] = _median_buf(buf, k)
+    nf = spec.shape[0]
     sm = running_median(spec, max(freq_window, 3), True)
     q = np.empty((1, nf), dtype=np.float64)
     bad = np.zeros((1, nf), dtype=np.bool_)
@@ -695,17 +728,26 @@ def flag_block_kernel(
                 if static_chan[f]:
                     pre[:, f] = True
             pre = flag_invalid(a, pre)
+            spec = channel_medians(a, pre)  # shared by the three uses below
             if is_auto[b]:
-                cur, z = flag_plane(a, pre, a_chi1, rho, max_window, a_freq_window, a_time_window, a_smooth_t,
-                                    a_smooth_f, iterations)
+                cur, z = flag_plane_spec(a, pre, spec, a_chi1, rho, max_window, a_freq_window, a_time_window,
+                                         a_smooth_t, a_smooth_f, iterations)
             else:
-                cur, z = flag_plane(a, pre, x_chi1, rho, max_window, x_freq_window, x_time_window, x_smooth_t,
-                                    x_smooth_f, iterations)
+                cur, z = flag_plane_spec(a, pre, spec, x_chi1, rho, max_window, x_freq_window, x_time_window,
+                                         x_smooth_t, x_smooth_f, iterations)
                 if combine:
                     # time-variable part: per-channel background (bandpass followed exactly)
-                    zv[:, b, :] = zscore_plane(a, cur, 1, x_time_window, x_smooth_t, x_smooth_f)
+                    # (channels mostly flagged by step 2 are unknown: no background from them)
+                    spec_v = spec.copy()
+                    for f in range(nf):
+                        c = 0
+                        for t in range(nt):
+                            c += cur[t, f]
+                        if 2 * c > nt:
+                            spec_v[f] = np.nan
+                    zv[:, b, :] = zscore_plane_spec(a, cur, spec_v, 1, x_time_window, x_smooth_t, x_smooth_f)
                     # persistent part: spectral excess over a running median
-                    qs[b, :] = spectral_residual(a, pre, x_freq_window)
+                    qs[b, :] = spectral_residual_spec(spec, x_freq_window)
             out[:, b, :, p] = cur
             prec[:, b, :] = pre
         if combine:
