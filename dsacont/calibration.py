@@ -1004,6 +1004,7 @@ def plot_bandpass(table, out=None) -> str:
     npol = t["CPARAM"].shape[0]
     fig, axes = plt.subplots(2, npol, figsize=(6 * npol, 7), sharex=True, squeeze=False)
     ants = np.unique(t["ANTENNA1"])
+    ants = np.array([a for a in ants if not t["FLAG"][:, :, t["ANTENNA1"] == a].all()])
     cmap = plt.get_cmap("viridis")
     for k, a in enumerate(ants):
         colour = cmap(k / max(len(ants) - 1, 1))
@@ -1027,7 +1028,9 @@ def plot_bandpass(table, out=None) -> str:
 
 
 def plot_gains(table, out=None) -> str:
-    """PNG of a gain table: amplitude and phase vs time (SPW-averaged), one line per antenna."""
+    """PNG of a gain table, one line per antenna, per pol: amplitude and phase vs time
+    (SPW-averaged) when the table has several solution times, else vs SPW centre frequency
+    (one solution per subband, ``solint='inf'``)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -1037,25 +1040,45 @@ def plot_gains(table, out=None) -> str:
     out = str(out or f"{table}.png")
     npol = t["CPARAM"].shape[0]
     g = np.where(t["FLAG"], np.nan, t["CPARAM"])[:, 0, :]  # (npol, nrow)
-    times = np.unique(t["TIME"])
+    # solution times differ slightly between SPWs: cluster them to the integration (12.9 s)
+    tt = np.sort(np.unique(t["TIME"]))
+    edges = np.concatenate([[0], np.flatnonzero(np.diff(tt) > 6.0) + 1])
+    centres = np.array([tt[e] for e in edges])
+    tidx = np.searchsorted(centres, t["TIME"] + 6.0) - 1
     ants = np.unique(t["ANTENNA1"])
+    names = _antenna_names(table)
+    vs_time = centres.size > 1
+    if vs_time:
+        x_of = (centres - centres[0]) / 60.0
+        key, nkey, xlabel = tidx, centres.size, "minutes from first solution"
+    else:
+        spws = np.unique(t["SPECTRAL_WINDOW_ID"])
+        x_of = np.array([np.mean(t["spw_freqs"][s_]) / 1e6 for s_ in spws])
+        key = np.searchsorted(spws, t["SPECTRAL_WINDOW_ID"])
+        nkey, xlabel = spws.size, "SPW centre frequency (MHz)"
     fig, axes = plt.subplots(2, npol, figsize=(6 * npol, 7), sharex=True, squeeze=False)
     cmap = plt.get_cmap("viridis")
-    tmin = (times - times[0]) / 60.0
+    ants = np.array([a for a in ants if not t["FLAG"][:, :, t["ANTENNA1"] == a].all()])
     for k, a in enumerate(ants):
         colour = cmap(k / max(len(ants) - 1, 1))
+        rows = t["ANTENNA1"] == a
         for p in range(npol):
-            vals = np.full(times.size, np.nan + 0j)
-            for i, tt in enumerate(times):
-                sel = (t["ANTENNA1"] == a) & (t["TIME"] == tt)
-                vals[i] = np.nanmean(g[p, sel]) if sel.any() else np.nan
-            axes[0, p].plot(tmin, np.abs(vals), ".-", lw=0.5, ms=2, color=colour)
-            axes[1, p].plot(tmin, np.degrees(np.angle(vals)), ".-", lw=0.5, ms=2, color=colour)
+            vals = np.full(nkey, np.nan + 0j)
+            for i in range(nkey):
+                sel = rows & (key == i)
+                if sel.any() and np.isfinite(g[p, sel]).any():
+                    vals[i] = np.nanmean(g[p, sel])
+            if np.all(np.isnan(vals)):
+                continue
+            axes[0, p].plot(x_of, np.abs(vals), ".-", lw=0.5, ms=3, color=colour)
+            axes[1, p].plot(x_of, np.degrees(np.angle(vals)), ".-", lw=0.5, ms=3, color=colour)
     for p in range(npol):
-        axes[0, p].set_title(f"{Path(table).name}  pol {['X', 'Y'][p] if npol == 2 else p} (SPW mean)")
+        what = "SPW mean" if vs_time else "per SPW"
+        axes[0, p].set_title(f"{Path(table).name}  pol {['X', 'Y'][p] if npol == 2 else p} ({what}, "
+                             f"{len(ants)} antennas of {len(names)})")
         axes[0, p].set_ylabel("amplitude")
         axes[1, p].set_ylabel("phase (deg)")
-        axes[1, p].set_xlabel("minutes from first solution")
+        axes[1, p].set_xlabel(xlabel)
     fig.tight_layout()
     tmp = out + f".tmp{os.getpid()}.png"
     fig.savefig(tmp, dpi=90)
