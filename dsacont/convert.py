@@ -39,6 +39,13 @@ window while this process writes the previous ones; memory is about ``window`` b
 With a ``distributed`` client as the current scheduler (LocalCluster or a ``dask-scheduler``
 address) the blocks are computed on the workers and the client writes; otherwise a local
 thread pool computes them (numba kernels release the GIL).
+
+Performance (``benchmarks/convert.py``, full-size group 2.3 GB -> 1.48 GB MS, 2 shared cores at
+load ~8): ~50-60 s wall, ~21-23 CPU-s, peak RSS ~0.8 GB; pyuvdata's path 70-100 s, 36 CPU-s,
+7 GB. The single writer is the bottleneck: casatools ``putcol`` moves ~250-300 MB/s of DATA
+(it converts through its own variant type; python-casacore is not allowed in the library), i.e.
+about half of the wall time; the rest is reading the HDF5 chunks. Building the MS directly on
+the target filesystem (``tmp_dir=<stage>/tmp``) saves the tmpfs -> disk copy (~5-10 s here).
 """
 from __future__ import annotations
 
