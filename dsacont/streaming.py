@@ -209,6 +209,7 @@ class Watcher:
         self._sizes: dict[str, int] = {}
         self._ignored: set[str] = set()
         self.newest_arrival = 0.0
+        self.backlog = 0  # files seen but not yet validated (validation budget used up)
 
     def scan(self) -> list[tuple[str, object]]:
         """New, settled subband file paths (not yet in the queue) with their parsed names, oldest first."""
@@ -253,9 +254,13 @@ class Watcher:
         """
         results = []
         t0 = time.monotonic()
-        for path, name in self.scan():
+        todo = self.scan()
+        self.backlog = 0
+        for i, (path, name) in enumerate(todo):
             if budget_s is not None and time.monotonic() - t0 > budget_s:
-                log.info("watcher: validation budget of %.0f s used; more files next poll", budget_s)
+                self.backlog = len(todo) - i
+                log.info("watcher: validation budget of %.0f s used; %d more file(s) next poll", budget_s,
+                         self.backlog)
                 break
             reason, shape = None, None
             size = mtime = None
@@ -538,8 +543,8 @@ def run_service(paths, *, processor: str = DEFAULT_PROCESSOR, on_complete: str |
                 cal_wait_s: float = 300.0, max_cal_wait_s: float = 86400.0, disk_full_pause_s: float = 60.0,
                 min_free_gb: float = 0.0,
                 validate: bool = True, check_values: bool = True, max_nonfinite_frac: float = 0.0,
-                settle_s: float = 1.0, group_timeout_s: float | None = None, options: dict | None = None,
-                install_signal_handlers: bool = True,
+                settle_s: float = 1.0, watch_budget_s: float | None = None, group_timeout_s: float | None = None,
+                options: dict | None = None, install_signal_handlers: bool = True,
                 stop_event: threading.Event | None = None) -> ServiceSummary:
     """Run the streaming service until told to stop (see the module docstring for the rules).
 
@@ -587,6 +592,9 @@ def run_service(paths, *, processor: str = DEFAULT_PROCESSOR, on_complete: str |
         Pause claiming after ENOSPC, and while ``paths.stage`` has less than ``min_free_gb``.
     validate, check_values, max_nonfinite_frac, settle_s :
         Watcher checks (see :class:`Watcher` and :func:`validate_subband_file`).
+    watch_budget_s : float, optional
+        Seconds of file validation per loop (default ``max(5, lease_s / 4)``); a backlog is
+        validated over several loops, oldest first, while heartbeats and claims go on.
     group_timeout_s : float, optional
         Give up on a group running longer than this (an attempt fails with "timed out"; on a
         LocalCluster the worker process is restarted, killing a hung CASA call).
@@ -663,7 +671,7 @@ def run_service(paths, *, processor: str = DEFAULT_PROCESSOR, on_complete: str |
                 for gid in lost:
                     rec, fut, _ = inflight.pop(gid)
                     log.error("group %s: our claim was taken over (lease lost); abandoning it", rec.timestamp)
-                new = watcher.poll(budget_s=max(5.0, lease_s / 4))
+                new = watcher.poll(budget_s=watch_budget_s if watch_budget_s is not None else max(5.0, lease_s / 4))
                 if new:
                     last_activity = now
                 for r in new:
@@ -671,8 +679,10 @@ def run_service(paths, *, processor: str = DEFAULT_PROCESSOR, on_complete: str |
                         summary.quarantined_files.append((r.path, r.reason))
                         if stop_on_error and error_stop is None:
                             error_stop = f"quarantined {r.path}: {r.reason}"
-                force = once
-                if idle_exit_s is not None and not inflight and now - last_activity >= idle_exit_s:
+                # finalise incomplete groups early only when every file present has been recorded
+                force = once and watcher.backlog == 0
+                if (idle_exit_s is not None and not inflight and watcher.backlog == 0
+                        and now - last_activity >= idle_exit_s):
                     force = True
                 for ts, state, note in queue.finalize_groups(incomplete_timeout_s=incomplete_timeout_s,
                                                              min_subbands=min_subbands, force=force):
@@ -785,7 +795,7 @@ def run_service(paths, *, processor: str = DEFAULT_PROCESSOR, on_complete: str |
                     summary.exit_reason = f"max_groups={max_groups} reached"
                     break
                 waiting = queue.next_claimable_in()
-                collecting = queue.counts()["collecting"]
+                collecting = queue.counts()["collecting"] + watcher.backlog
                 if once and not collecting and waiting is None:
                     summary.exit_reason = "once: nothing left to claim"
                     break
@@ -939,6 +949,7 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--disk-full-pause", type=float, default=60.0, help="pause after a full disk, s (default 60)")
     ap.add_argument("--min-free-gb", type=float, default=1.0, help="do not start groups below this free space "
                     "on the stage directory (default 1 GB)")
+    ap.add_argument("--watch-budget", type=float, help="seconds of file validation per loop (default lease/4)")
     ap.add_argument("--group-timeout", type=float, help="give up on a group after this many s (restarts its worker)")
     ap.add_argument("--no-value-check", action="store_true", help="do not read visibilities to check for NaN/truncation")
     ap.add_argument("--max-nan-fraction", type=float, default=0.0, help="quarantine a file with more NaN/Inf "
@@ -964,7 +975,7 @@ def cli(argv: list[str]) -> int:
         lease_s=args.lease, max_attempts=args.max_attempts, retry_backoff_s=args.retry_backoff,
         cal_wait_s=args.cal_wait, max_cal_wait_s=args.max_cal_wait, disk_full_pause_s=args.disk_full_pause,
         min_free_gb=args.min_free_gb,
-        check_values=not args.no_value_check, group_timeout_s=args.group_timeout, max_nonfinite_frac=args.max_nan_fraction,
+        check_values=not args.no_value_check, group_timeout_s=args.group_timeout, watch_budget_s=args.watch_budget, max_nonfinite_frac=args.max_nan_fraction,
         options=_parse_options(args.option),
     )
     print(format_status(paths))

@@ -109,6 +109,19 @@ def test_replay_end_to_end_through_the_service(sim_files, tmp_path):
     assert "completed" in out and "images" in out and "48 ok, 0 quarantined" in out
 
 
+def test_validation_backlog_never_splits_a_group(sim_files, tmp_path):
+    """--once with a validation budget far smaller than the backlog: files are recorded over many
+    loops, and no group is finalised (as incomplete) before all its files are in."""
+    root = tmp_path / "run"
+    stamps = make_archive(sim_files, get_paths(root=root).incoming, range(3))
+    rc, log = run_service(root, "--once", "--watch-budget", "0.01")
+    assert rc == 0 and "more file(s) next poll" in log, log[-2000:]
+    _check_nothing_lost_or_doubled(root, stamps)
+    q = _queue(root)
+    assert all(g.missing == [] for g in q.groups())
+    q.close()
+
+
 # ----------------------------------------------------------------------------------- kill -9
 def test_kill_minus_9_at_every_stage_then_restart(sim_files, tmp_path):
     root = tmp_path / "run"
