@@ -18,7 +18,7 @@ Group life cycle::
 
 Files: each ``*_sbNN.hdf5`` seen is one row in ``files`` with ``status`` ``ok`` or
 ``quarantined`` (with the reason: not HDF5, truncated, wrong shape, NaNs, duplicate subband,
-arrived after its group was queued, unreadable). Quarantined files are never given to the
+arrived after its group was taken for processing, unreadable). Quarantined files are never given to the
 processor; they are left in place (nothing is deleted or moved).
 
 Safety:
@@ -431,10 +431,10 @@ class IngestQueue:
                 gts = iso_from_unix(min(g["t_unix"], t_unix)) if gstate == "collecting" else g["timestamp"]
             status = "ok"
             if reason is None:
-                if gstate != "collecting":
-                    reason = (f"arrived after group {gts} was queued (state {gstate}) without it; "
-                              f"not used")
-                else:
+                if gstate not in ("collecting", "pending"):
+                    reason = (f"arrived after group {gts} was taken for processing (state {gstate}) "
+                              f"without it; not used")
+                else:  # a pending group has not been read yet: a late subband still joins it
                     dup = self.conn.execute(
                         "SELECT path FROM files WHERE group_id = ? AND subband = ? AND status = 'ok'",
                         (gid, subband),
@@ -499,7 +499,10 @@ class IngestQueue:
         now = time.time() if now is None else now
         out = []
         with db.transaction(self.conn):
-            newest = self.conn.execute("SELECT MAX(t_unix) FROM files").fetchone()[0] or 0.0
+            # "the correlator moved on": a newer group with at least half its subbands (one file with
+            # a wild clock cannot finalise everything)
+            newest = self.conn.execute(
+                "SELECT MAX(t_max_unix) FROM groups WHERE n_ok >= ?", (N_SUBBANDS // 2,)).fetchone()[0] or 0.0
             rows = self.conn.execute("SELECT * FROM groups WHERE state = 'collecting' ORDER BY t_unix").fetchall()
             for g in rows:
                 gid = g["id"]

@@ -16,7 +16,8 @@ One loop, in one service process (several may share one queue; see below):
    the timestamp in their names with the anchored rule of :mod:`dsacont.groups`.
    A bad file is **quarantined** (left in place, never processed) with a reason naming it:
    not HDF5, truncated, unreadable, wrong shape (vs. the majority of its siblings), NaN/Inf,
-   duplicate subband, or arriving after its group was queued.
+   duplicate subband, or arriving after its group was taken for processing (a late
+   subband still joins a group that is queued but not yet claimed).
 2. **Incomplete-group policy** (:meth:`dsacont.queue.IngestQueue.finalize_groups`): a group is
    queued (``pending``) as soon as all 16 subbands have arrived. Otherwise it is finalised when
    no file has arrived for it for ``incomplete_timeout_s`` (default 900 s) of wall time, or

@@ -114,10 +114,11 @@ def test_duplicate_and_late_files_are_quarantined_with_reasons(tmp_path):
     assert dup.status == "quarantined" and "duplicate sb03" in dup.reason and "13:53:02_sb03" in dup.reason
     add_group(q, T0, subbands=[15])
     q.finalize_groups()
+    q.claim(WorkerId.this_process("t"))
     late = q.add_file("/in/2025-10-29T13:53:00_sb07.hdf5", T0 + 9, 7)
-    assert late.status == "quarantined" and "after group 2025-10-29T13:52:51 was queued" in late.reason
+    assert late.status == "quarantined" and "after group 2025-10-29T13:52:51 was taken for processing" in late.reason
     g = q.get("2025-10-29T13:52:51")
-    assert g.state == "pending" and len(g.present) == 16 and "13:52:58_sb03" not in json.dumps(g.paths)
+    assert g.state == "in_progress" and len(g.present) == 16 and "13:52:58_sb03" not in json.dumps(g.paths)
     assert {f["path"] for f in q.files("quarantined")} == {dup.path, late.path}
     # the same path twice is recorded once (two watchers on one directory)
     assert q.add_file(dup.path, T0 + 7, 3).status == "known"
@@ -136,6 +137,23 @@ def test_incomplete_policy(tmp_path):
     assert st == "failed" and note.startswith("incomplete: only 5 of 16")
     g = q.get("2025-10-29T13:52:51")
     assert g.missing == [13, 14, 15] and g.paths[13] is None and g.paths[12] is not None
+
+
+def test_late_subband_joins_a_group_still_pending(tmp_path):
+    q = IngestQueue(tmp_path / "q.sqlite3")
+    now = time.time()
+    add_group(q, T0, subbands=range(14), now=now)
+    q.finalize_groups(now=now + 1000, incomplete_timeout_s=600)
+    assert q.get(1).state == "pending" and q.get(1).missing == [14, 15]
+    r = q.add_file("/in/late_sb14.hdf5", T0 + 14, 14)
+    assert r.status == "ok" and q.get(1).missing == [15]
+
+
+def test_one_file_with_a_wild_clock_does_not_finalise_everything(tmp_path):
+    q = IngestQueue(tmp_path / "q.sqlite3")
+    add_group(q, T0, subbands=range(10))
+    q.add_file("/in/2030-01-01T00:00:00_sb03.hdf5", T0 + 1e8, 3)
+    assert q.finalize_groups(incomplete_timeout_s=600) == []
 
 
 def test_incomplete_group_finalised_when_newer_data_arrives(tmp_path):
