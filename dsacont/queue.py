@@ -441,6 +441,13 @@ class IngestQueue:
                     ).fetchone()
                     if dup is not None:
                         reason = f"duplicate sb{subband:02d} for group {gts}: already have {dup['path']}"
+                    elif gstate == "pending" and shape:  # the group's shape was settled when it was queued
+                        ref = self.conn.execute(
+                            "SELECT shape FROM files WHERE group_id = ? AND status = 'ok' AND shape IS NOT NULL "
+                            "LIMIT 1", (gid,)).fetchone()
+                        if ref is not None and _shape_key(json.loads(ref["shape"])) != _shape_key(shape):
+                            reason = (f"wrong shape: {_fmt_shape(_shape_key(shape))} but the files of group {gts} "
+                                      f"have {_fmt_shape(_shape_key(json.loads(ref['shape'])))}")
             if reason is not None:
                 status = "quarantined"
             self.conn.execute(

@@ -145,8 +145,10 @@ def test_late_subband_joins_a_group_still_pending(tmp_path):
     add_group(q, T0, subbands=range(14), now=now)
     q.finalize_groups(now=now + 1000, incomplete_timeout_s=600)
     assert q.get(1).state == "pending" and q.get(1).missing == [14, 15]
-    r = q.add_file("/in/late_sb14.hdf5", T0 + 14, 14)
+    r = q.add_file("/in/late_sb14.hdf5", T0 + 14, 14, shape={"nblts": 10, "nfreqs": 48, "npols": 2, "ntimes": 2})
     assert r.status == "ok" and q.get(1).missing == [15]
+    r = q.add_file("/in/late_sb15.hdf5", T0 + 15, 15, shape={"nblts": 5, "nfreqs": 48, "npols": 2, "ntimes": 1})
+    assert r.status == "quarantined" and "wrong shape" in r.reason and q.get(1).missing == [15]
 
 
 def test_one_file_with_a_wild_clock_does_not_finalise_everything(tmp_path):
