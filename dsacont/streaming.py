@@ -422,6 +422,10 @@ class _Executor:
             workers = info.get("workers", {})
             if any("group" in (w.get("resources") or {}) for w in workers.values()):
                 self.resources = {"group": 1}
+            elif max_inflight > 1:
+                log.warning("the workers of %s have no 'group' resource: several groups may run in one worker "
+                            "process at once (CASA is not thread-safe); start workers with "
+                            "'dask worker ... --resources group=1'", scheduler)
             nthreads = [w.get("nthreads", 1) for w in workers.values()] or [1]
             self.threads = max(1, min(nthreads))
             self.description = f"Dask scheduler {scheduler} ({len(workers)} workers)"
@@ -856,8 +860,10 @@ def _record_outcome(queue: IngestQueue, rec: GroupRecord, out: dict, me: WorkerI
     if status == "ok":
         ok = queue.complete(rec, out.get("result"), worker=me.name)
         if ok:
-            log.info("group %s completed in %.1f s%s", rec.timestamp, wall,
-                     f" ({16 - len(rec.missing)}/16 subbands)" if rec.missing else "")
+            c = queue.counts()
+            log.info("group %s completed in %.1f s%s [queue: %d completed, %d pending, %d running, %d failed]",
+                     rec.timestamp, wall, f" ({16 - len(rec.missing)}/16 subbands)" if rec.missing else "",
+                     c["completed"], c["pending"] + c["collecting"], c["in_progress"], c["failed"] + c["quarantined"])
         return "completed" if ok else "stale"
     if status == "calibration_wait" and rec.queued and time.time() - rec.queued > max_cal_wait_s:
         new = queue.fail(rec, f"no valid calibration within {max_cal_wait_s / 3600:.1f} h of queueing: "
