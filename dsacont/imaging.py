@@ -13,31 +13,46 @@ SIN-projection WCS centred on the MS phase centre (CASA's exportfits).
 
 Choices (and the speed/quality trade-off)
 -----------------------------------------
-- **Cell**: ``cell = c / (f_max * B_max) / cells_per_beam`` with ``cells_per_beam = 4`` by default,
-  i.e. the finest fringe spacing of the longest baseline at the top of the band over 4. Briggs-0
-  beams are ~1.3x wider, so the restoring beam is ~5 pixels across. Fewer cells per beam (3) make
-  the image ~1.8x smaller (faster FFTs, minor cycles, PB and mosaic) but pixelate the peak (the QA
-  fits a Gaussian, so fluxes survive; source finding degrades). More than 5 only costs time.
+- **Cell**: ``cell = c / (f_max * B_max) / cells_per_beam``, ``cells_per_beam = 3``: the fringe
+  spacing of the longest unflagged baseline at the top of the band over 3. DSA-110's Briggs-0
+  PSF is a narrow core on a broad pedestal (the dense array core), so CASA's fitted restoring beam
+  is 2-3x the fringe spacing and spans 6-10 pixels. The cost of a tile is dominated by gridding
+  (per visibility, not per pixel), then by FFTs and Hogbom minor cycles (per pixel): 4 cells per
+  fringe spacing would make the image 1.8x larger for no gain in flux or position accuracy (the
+  QA fits Gaussians); 2 would under-sample the PSF core.
 - **Field**: ``fov_deg = 3.5`` (the Airy beam is ~0.3 at the field edge at 1.4 GHz); the image side
-  is rounded up to a 2^a 3^b 5^c size (fast FFTs).
-- **Weighting**: Briggs, robust 0.
-- **Gridder**: ``gridder="auto"`` measures the w-term from the MS: the largest phase error of
-  ignoring w at the field edge is ``2 pi w_max (1 - sqrt(1 - r^2))`` with r the field half-width.
-  Below ``wterm_tolerance_rad`` the 'standard' gridder is used, otherwise 'wproject' with CASA's
-  automatic number of w-planes. (DSA-110 tiles are phased at the meridian, ~18 deg from zenith, so
-  w comes from the north-south arm: see the report in ``benchmarks/image.py``.)
-- **Deconvolution**: Hogbom (small images) or Clark (large images: minor cycles on a PSF patch),
-  cleaning until the peak residual is below ``threshold_nsigma`` x the robust RMS of the residual,
-  which tclean measures itself at every major cycle (``nsigma``): the threshold is tied to the
-  measured noise without a separate dirty pass.
+  is rounded up to a 2^a 3^b 5^c size (fast FFTs). Full array: ~2400^2 x 5.3"; small preset
+  (48 antennas within 600 m): 750^2 x 17.3".
+- **Weighting**: Briggs, robust 0. The radiometer expectation includes the Briggs noise factor
+  (computed from the MS's uv coverage; agrees with CASA's "theoretical sensitivity" to 2 %).
+- **Gridder / w-term**: DSA-110 is nearly coplanar and phased near the meridian ~18 deg from
+  zenith, so ``w = a u + b v + w_res`` with ``b ~ 0.33`` and ``w_res`` a few metres (station heights
+  and the 5-minute drift). The plane part is not a defocus but a coordinate distortion: a 2-D
+  (standard) gridder puts a source at ``(l - a(1 - n), m - b(1 - n))``, which is exactly FITS's
+  slant orthographic projection SIN with ``PV2_1 = -a``, ``PV2_2 = -b`` (Calabretta & Greisen 2002,
+  5.1.5). So the fast 'standard' gridder is used and the exported WCS carries PV2_1/PV2_2
+  (astropy/wcslib, ds9 and the mosaic honour them). Measured: ignoring w costs 10.3 rad of phase
+  at the field edge on the full array; after the plane fit 0.28 rad (0.11 rad small preset).
+  ``gridder="auto"`` falls back to 'wproject' (CASA's automatic w-planes, ~5-10x slower) only when
+  the residual phase exceeds ``wterm_tolerance_rad`` (1 rad).
+- **Deconvolution**: Hogbom (exact PSF in the minor cycle) below 2048 pixels, Clark above, cleaning
+  until the peak residual is below ``threshold_nsigma`` (4) x the robust RMS of the residual,
+  which tclean measures itself every major cycle (``nsigma``): the threshold is tied to the
+  measured noise without a separate dirty pass. ``cyclefactor=0.1`` and ``nmajor=5``: the
+  snapshot PSF has ~0.45 near sidelobes, so CASA's default cyclefactor only halves the peak per
+  major cycle (13 major cycles, 690 s on a 2880^2 tile under load, against 5 cycles now).
 - **Primary beam**: CASA has no DSA-110 beam (the MS says OVRO_MMA, 10.4 m dishes), so tclean gets
   an explicit Airy vptable for a 4.65 m unblocked dish (``vpmanager.setpbairy``); its ``.pb`` is
-  checked against :func:`dsacont.telescope.airy_beam` (QA ``casa_pb_max_abs_diff``). But a
+  checked against :func:`dsacont.telescope.airy_beam` (QA ``casa_pb_max_abs_diff``, ~0.005). But a
   5-minute tile *drifts*: the dishes stay at fixed az/el while the sky moves ~0.7 deg, and the
   band spans 1.31-1.50 GHz; a single-pointing, single-frequency beam is ~1.5 % wrong even at the
   tile centre. So the exported ``pb.fits`` is the tile's effective beam: the Airy power pattern
   averaged over the integrations (pointing = the az/el of the phase centre at mid-time, converted
   to ICRS at each time) and over the unflagged channels. ``pbcor = image / pb``.
+- **Dynamic range**: an 8.8 Jy calibrator in a 5-minute snapshot leaves deconvolution errors at
+  DR ~10^4 (MFS with one Taylor term, and a source whose beam gain changes as it drifts), so
+  the Stokes-I residual RMS of calibrator tiles is ~2x the thermal noise; ``thermal_noise=True``
+  measures the thermal noise on a dirty Stokes-Q image.
 """
 from __future__ import annotations
 
@@ -421,6 +436,7 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
     paths : :class:`dsacont.config.Paths` (default ``get_paths()``): images, tmp, products_db.
     gridder : 'auto' (w-term test, see module docstring), 'standard', 'wproject' or 'widefield'.
     deconvolver : 'auto' (hogbom below 2048 pixels, clark above), 'hogbom', 'clark'.
+    cells_per_beam : cells per fringe spacing of the longest baseline (when ``cell_arcsec`` is None).
     pbcor_limit : pbcor pixels where the beam is below this are blanked (NaN).
     name : file stem (default the MS name without '.ms').
     calibrators : 'auto' (every VLA calibrator inside the image), a list of names, or None.
