@@ -35,7 +35,7 @@ Choices (and the speed/quality trade-off)
   at the field edge on the full array; after the plane fit 0.28 rad (0.11 rad small preset).
   ``gridder="auto"`` falls back to 'wproject' (CASA's automatic w-planes, ~5-10x slower) only when
   the residual phase exceeds ``wterm_tolerance_rad`` (1 rad).
-- **Deconvolution**: Hogbom (exact PSF in the minor cycle) below 2048 pixels, Clark above, cleaning
+- **Deconvolution**: Hogbom (exact PSF in the minor cycle, so deep minor cycles are safe), cleaning
   until the peak residual is below ``threshold_nsigma`` (4) x the robust RMS of the residual,
   which tclean measures itself every major cycle (``nsigma``): the threshold is tied to the
   measured noise without a separate dirty pass. ``cyclefactor=0.1`` and ``nmajor=5``: the
@@ -435,7 +435,8 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
     datacolumn : 'corrected' (calibrated data) or 'data'.
     paths : :class:`dsacont.config.Paths` (default ``get_paths()``): images, tmp, products_db.
     gridder : 'auto' (w-term test, see module docstring), 'standard', 'wproject' or 'widefield'.
-    deconvolver : 'auto' (hogbom below 2048 pixels, clark above), 'hogbom', 'clark'.
+    deconvolver : 'auto' (= 'hogbom'), 'hogbom', 'clark' (PSF patch: faster minor cycles on big
+        images, but deep minor cycles with cyclefactor 0.1 need the exact PSF).
     cells_per_beam : cells per fringe spacing of the longest baseline (when ``cell_arcsec`` is None).
     pbcor_limit : pbcor pixels where the beam is below this are blanked (NaN).
     name : file stem (default the MS name without '.ms').
@@ -491,7 +492,7 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
         gridder = "standard" if wphase <= wterm_tolerance_rad else "wproject"
     slant = (-info["w_plane"][0], -info["w_plane"][1]) if gridder == "standard" else None
     if deconvolver == "auto":
-        deconvolver = "hogbom" if imsize < 2048 else "clark"
+        deconvolver = "hogbom"
     nfield = info["phase_dirs"].shape[0]
     centre = info["phase_dirs"][nfield // 2]
     ra0, dec0 = float(centre[0]) % (2 * math.pi), float(centre[1])
