@@ -179,3 +179,43 @@ def test_bad_inputs(tmp_path, tile):
     _, _, _, ms = tile
     with pytest.raises(BadInputError, match="CORRECTED_DATA"):
         image_ms(ms, tmp_path, datacolumn="corrected")
+
+
+@pytest.fixture(scope="module")
+def second_tile(tile, tmp_path_factory):
+    """The next 5-minute group (0834+555 ~0.7 deg from its centre), imaged the same way."""
+    from dsacont import load_truth, simulate
+    from dsacont.convert import convert_group
+    from dsacont.imaging import image_ms
+
+    _, _, paths, _ = tile
+    base = tmp_path_factory.mktemp("imaging2")
+    start = "2025-10-29T14:00:00"  # the next group: 13:54:51 + 309.24 s
+    files = sorted(str(p) for p in simulate(base / "raw", start, 5, preset="small", seed=11, rfi=False,
+                                            noise=True, gains=False))
+    ms = convert_group(files, paths.ms / "second.ms", flag=False, paths=paths, progress=False)
+    res = image_ms(ms, datacolumn="data", paths=paths, register=True)
+    return res, load_truth(base / "raw", files[0])
+
+
+def test_mosaic_of_real_tiles(tile, second_tile, tmp_path):
+    """Two real tclean tiles: the calibrator's mosaic flux within 2 % of truth, position < 0.1 beam."""
+    from dsacont.mosaic import make_mosaic
+
+    res1, truth, paths, _ = tile
+    res2, _ = second_tile
+    m = make_mosaic([res1, res2], paths.mosaics / "two.fits", paths=paths, register=True)
+    s = truth["sources"]
+    k = list(s["name"]).index("0834+555")
+    expected = _band_mean_flux(truth, k, truth["freq_hz"])
+    cal = [c for c in m["qa"]["calibrators"] if c["name"] == "0834+555"][0]
+    assert cal["flux_jy"] == pytest.approx(expected, rel=0.02)
+    assert cal["offset_beams"] < 0.1
+    # best mosaic noise: the quieter tile's noise over its drift-averaged beam peak (~0.985),
+    # slightly improved by the other tile
+    assert m["qa"]["noise_min_jy"] < min(res1["qa"]["noise_jy"], res2["qa"]["noise_jy"]) / 0.97
+    assert m["qa"]["snr_map_rms"] < 1.5
+    from dsacont.products import Products
+
+    row = Products(paths.products_db).get("mosaic", m["mosaic_id"])
+    assert sorted(row["images"]) == sorted([res1["pbcor"], res2["pbcor"]])
