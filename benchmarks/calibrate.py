@@ -131,14 +131,20 @@ def main(argv=None) -> int:
     p.add_argument("--work", default="/tmp/cal/bench", help="scratch directory (deleted first)")
     p.add_argument("--flag", action="store_true", help="run the pipeline's RFI flagger during conversion")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    p.add_argument("--sky-from-truth", type=float, metavar="JY",
+                   help="add the truth's field sources brighter than JY in the beam to the model "
+                        "(a stand-in for a survey catalogue)")
     a = p.parse_args(argv)
 
     from dsacont import calibration as C
     from dsacont.config import get_paths
 
     work = Path(a.work)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if a.ms and Path(a.ms).resolve().is_relative_to(work.resolve()):
+        shutil.rmtree(work / "root", ignore_errors=True)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     paths = get_paths(root=work / "root")
     T = Timer()
     truth = None
@@ -160,8 +166,20 @@ def main(argv=None) -> int:
             with T("truth_rfi_flags"):
                 _truth_rfi_flags(ms, truth)
     info = C.read_ms_info(ms)
+    sky = None
+    if a.sky_from_truth and truth is not None:
+        import numpy as np
+
+        from dsacont.telescope import airy_beam
+
+        dec_p = C._pointing_dec(info)
+        src = truth["sources"]
+        sky = [s for s in C.sky_from_arrays(src["name"], src["ra_deg"], src["dec_deg"], src["flux_jy"],
+                                            src["spectral_index"])
+               if s.name != "0834+555" and s.flux_jy * airy_beam(C.beam_offsets(
+                   np.radians(s.ra_deg), np.radians(s.dec_deg), dec_p, [info.mid_mjd])[0], 1.4e9) > a.sky_from_truth]
     with T("solve"):
-        res = C.solve_calibration(ms, "0834+555", paths=paths, plots=True)
+        res = C.solve_calibration(ms, "0834+555", paths=paths, plots=True, sky=sky)
     with T("apply"):
         app = C.apply_calibration(ms, paths=paths)
     with T("flux_check"):
@@ -173,6 +191,7 @@ def main(argv=None) -> int:
         "nspw": len(info.spw_freqs),
         "nchan": int(sum(len(f) for f in info.spw_freqs)),
         "n_antennas": m["n_antennas"],
+        "n_sky_sources": m["model"]["n_sky_sources"],
         "steps": T.out,
         "solve_stages_wall_s": {k: round(v, 2) for k, v in m["timings_s"].items()},
         "apply_wall_s": {k: round(v, 2) for k, v in app["timings_s"].items()},
