@@ -38,9 +38,10 @@ Choices (and the speed/quality trade-off)
 - **Deconvolution**: Hogbom (exact PSF in the minor cycle, so deep minor cycles are safe), cleaning
   until the peak residual is below ``threshold_nsigma`` (4) x the robust RMS of the residual,
   which tclean measures itself every major cycle (``nsigma``): the threshold is tied to the
-  measured noise without a separate dirty pass. ``cyclefactor=0.1`` and ``nmajor=5``: the
+  measured noise without a separate dirty pass. ``cyclefactor=0.5`` and ``nmajor=5``: the
   snapshot PSF has ~0.45 near sidelobes, so CASA's default cyclefactor only halves the peak per
-  major cycle (13 major cycles, 690 s on a 2880^2 tile under load, against 5 cycles now).
+  major cycle (13 major cycles, 690 s on a 2880^2 tile under load); 0.1 is faster but diverged
+  on a tile with the calibrator 0.7 deg off centre; 0.5 reaches the threshold in ~4 cycles.
 - **Primary beam**: CASA has no DSA-110 beam (the MS says OVRO_MMA, 10.4 m dishes), so tclean gets
   an explicit Airy vptable for a 4.65 m unblocked dish (``vpmanager.setpbairy``); its ``.pb`` is
   checked against :func:`dsacont.telescope.airy_beam` (QA ``casa_pb_max_abs_diff``, ~0.005). But a
@@ -419,7 +420,8 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
              gridder: str = "auto", deconvolver: str = "auto", cells_per_beam: float = DEFAULT_CELLS_PER_BEAM,
              wterm_tolerance_rad: float = WTERM_TOLERANCE_RAD, pbcor_limit: float = PBCOR_LIMIT,
              name: str | None = None, calibrators="auto", register: bool = False, keep_casa: bool = False,
-             cyclefactor: float = 0.1, nmajor: int = 5, thermal_noise: bool = False) -> dict:
+             cyclefactor: float = 0.5, nmajor: int = 5, thermal_noise: bool = False,
+             clean_border: float = 0.06) -> dict:
     """Image one MS (one tile) with tclean; write FITS image, pb, pbcor, residual and QA.
 
     Parameters
@@ -446,12 +448,16 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
     cyclefactor : tclean's; a major cycle starts when the residual peak falls below
         ``cyclefactor x PSF sidelobe x peak`` (floor 1 % of the peak). DSA-110 snapshot PSFs have
         ~0.45 near sidelobes, so CASA's default 1.0 halves the peak per major cycle (13 major
-        cycles on a tile with 0834+555); 0.1 with Hogbom (exact PSF in the minor cycle) needs ~3.
+        cycles on a tile with 0834+555). 0.1 needs ~3 but diverged on a tile with 0834+555 0.7 deg
+        off centre (its beam gain changes by ~30 % during the tile, so no fixed PSF fits it and
+        deep minor cycles oscillate: model 8.5 -> 7.4 -> 10.6 -> 6.2 -> 12.3 Jy); 0.5 converges
+        there (4 cycles to the threshold) and elsewhere.
     thermal_noise : also make a dirty Stokes-Q image (XX - YY)/2 with the same weights and report its
         robust RMS (``qa["noise_q_jy"]``, ``qa["noise_q_ratio"]``): the thermal noise without the
         deconvolution errors of bright sources (an unpolarised sky has Q = 0; on real data with
         linear feeds Q also holds polarised emission and XX/YY gain mismatch). Costs two gridding
         passes.
+    clean_border : fraction of the image side at each edge where no clean components are placed.
     nmajor : at most this many major cycles. Once the residual is near ``threshold_nsigma`` x RMS,
         tclean's nsigma stop is re-evaluated on every new residual and it can spend many cycles
         removing a few mJy near the threshold; 5 reaches the threshold on 0834+555 tiles.
@@ -520,6 +526,12 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
                   nsigma=float(threshold_nsigma), pbcor=False, savemodel="none", interactive=False,
                   restart=False, calcres=True, calcpsf=True, cyclefactor=float(cyclefactor),
                   minpsffraction=0.01, nmajor=int(nmajor))
+        if clean_border > 0:
+            # no clean components in the outer border: sources just outside the image put PSF
+            # sidelobes there, and deep Hogbom cycles chasing them diverge (seen on a tile with
+            # 0834+555 0.7 deg from its centre: residual 0.2 Jy at the edge without the mask)
+            b = int(round(clean_border * imsize))
+            kw.update(usemask="user", mask=f"box[[{b}pix,{b}pix],[{imsize - 1 - b}pix,{imsize - 1 - b}pix]]")
         if gridder == "wproject":
             kw["wprojplanes"] = -1
         if gridder == "widefield":
