@@ -359,12 +359,19 @@ def read_fits_image(path) -> tuple[np.ndarray, "object", "object"]:
     from astropy.io import fits
     from astropy.wcs import WCS
 
+    import warnings
+
+    from astropy.wcs import FITSFixedWarning
+
     with fits.open(path) as hdul:
         hdr = hdul[0].header
         data = np.asarray(hdul[0].data, dtype=np.float32)
     while data.ndim > 2:
         data = data[0]
-    return data, hdr, WCS(hdr).celestial
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)  # CASA's OBSGEO/DATE fix-ups
+        w = WCS(hdr).celestial
+    return data, hdr, w
 
 
 def _write_like(template_path, out_path, data2d: np.ndarray, *, bunit: str | None = None, extra: dict | None = None) -> None:
@@ -757,7 +764,8 @@ def calibrator_checks(image, pb, wcs2d, info, cell_arcsec, beam, calibrators="au
         flux = fit["peak"] / a_fit
         out.append({
             "name": cal.name, "ra_deg": cal.ra_deg, "dec_deg": cal.dec_deg, "pb": a_fit,
-            "detected": bool(fit["peak"] > 0.5 * expected * a_fit),
+            "detected": bool(fit["peak"] > 0.5 * expected * a_fit
+                             and fit["offset_arcsec"] < 0.5 * beam["bmaj_arcsec"]),
             "flux_jy": flux, "expected_jy": expected, "ratio": flux / expected,
             "offset_arcsec": fit["offset_arcsec"],
             "offset_beams": fit["offset_arcsec"] / beam["bmaj_arcsec"],

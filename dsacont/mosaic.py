@@ -413,6 +413,7 @@ def mosaic_qa(mosaic, noise, wcs, infos, tiles, *, truth=None, calibrators="auto
                 continue
             expected = float(np.mean(cal.flux_at(np.asarray(freqs))))
             cals.append({"name": cal.name, "flux_jy": fit["peak"], "expected_jy": expected,
+                         "detected": bool(fit["peak"] > 0.5 * expected and fit["offset_arcsec"] < 0.5 * bmaj),
                          "ratio": fit["peak"] / expected, "offset_arcsec": fit["offset_arcsec"],
                          "offset_beams": fit["offset_arcsec"] / bmaj,
                          "noise_jy": float(noise[int(round(fit["y"])), int(round(fit["x"]))])})
@@ -479,5 +480,6 @@ def cli(argv: list[str]) -> int:
     print(f"{res['mosaic']}  {res['shape'][1]}x{res['shape'][0]}  {res['n_tiles']} tiles  "
           f"min noise {1e3 * qa['noise_min_jy']:.3f} mJy/beam  {res['timing']['total_s']:.1f} s")
     for c in qa.get("calibrators", []):
-        print(f"  {c['name']}: {c['flux_jy']:.4f} Jy (expected {c['expected_jy']:.4f}), offset {c['offset_arcsec']:.2f}\"")
+        if c.get("detected"):
+            print(f"  {c['name']}: {c['flux_jy']:.4f} Jy (expected {c['expected_jy']:.4f}), offset {c['offset_arcsec']:.2f}\"")
     return 0
