@@ -283,7 +283,7 @@ def _ensure_column(ms: str, name: str, like: str = "DATA") -> None:
         tb.done()
 
 
-def _iter_ddid(tb, ddids, columns, chunk_rows: int = 200_000):
+def _iter_ddid(tb, ddids, chunk_rows: int = 200_000):
     """Yield (ddid, subtable, start, nrow) chunks of one DATA_DESC_ID at a time."""
     for d in ddids:
         sub = tb.query(f"DATA_DESC_ID=={int(d)}")
@@ -524,7 +524,7 @@ def write_model(ms, calibrator, *, sky=None, beam: str = "time", pointing_dec_ra
     t0 = _time.perf_counter()
     try:
         npol = int(tb.getcell("DATA", 0).shape[0])
-        for d, sub, s, n in _iter_ddid(tb, range(len(info.ddid_spw)), None):
+        for d, sub, s, n in _iter_ddid(tb, range(len(info.ddid_spw))):
             spw = int(info.ddid_spw[d])
             amp = np.stack([a[spw] for a, _ in per_src])
             uvw = np.asarray(sub.getcol("UVW", s, n)).T
@@ -915,7 +915,7 @@ def check_corrected(ms, info: MSInfo | None = None) -> dict:
         if "CORRECTED_DATA" not in tb.colnames():
             raise RuntimeError(f"{ms}: applycal wrote no CORRECTED_DATA column")
         nflag = ntot = nbad = 0
-        for d, sub, s, n in _iter_ddid(tb, range(len(info.ddid_spw)), None):
+        for d, sub, s, n in _iter_ddid(tb, range(len(info.ddid_spw))):
             c = sub.getcol("CORRECTED_DATA", s, n)
             f = sub.getcol("FLAG", s, n)
             nbad += int(np.count_nonzero(~np.isfinite(c) & ~f))
@@ -953,7 +953,7 @@ def calibrated_flux_ratio(ms, info: MSInfo | None = None, calibrator=None) -> di
     tb.open(str(ms))
     per = {}
     try:
-        for d, sub, s, n in _iter_ddid(tb, range(len(info.ddid_spw)), None):
+        for d, sub, s, n in _iter_ddid(tb, range(len(info.ddid_spw))):
             spw = int(info.ddid_spw[d])
             a1, a2 = sub.getcol("ANTENNA1", s, n), sub.getcol("ANTENNA2", s, n)
             c = sub.getcol("CORRECTED_DATA", s, n)

@@ -398,6 +398,7 @@ def test_apply_outside_validity_raises(solved, tmp_path):
     assert to_mjd("2025-10-29T13:55:26") < mid + 1  # sanity of the time helpers
 
 
+@pytest.mark.slow
 def test_calibrator_only_model_meets_targets(conv_ms, tmp_path):
     """The production default: the calibrator alone in the model (no field catalogue), through
     the Python API. The sky's other sources (1566 in this group, the brightest 1.2 Jy in the beam
