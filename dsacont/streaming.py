@@ -210,7 +210,8 @@ class Watcher:
         self._sizes: dict[str, int] = {}
         self._ignored: set[str] = set()
         self.newest_arrival = 0.0
-        self.backlog = 0  # files seen but not yet validated (validation budget used up)
+        self.backlog = 0  # files seen but not yet recorded (not settled, or validation budget used up)
+        self.unsettled = 0
 
     def scan(self) -> list[tuple[str, object]]:
         """New, settled subband file paths (not yet in the queue) with their parsed names, oldest first."""
@@ -218,6 +219,7 @@ class Watcher:
 
         out = []
         now = time.time()
+        self.unsettled = 0
         try:
             entries = list(os.scandir(self.incoming))
         except FileNotFoundError:
@@ -241,6 +243,7 @@ class Watcher:
             prev = self._sizes.get(e.path)
             if now - st.st_mtime < self.settle_s and prev != st.st_size:
                 self._sizes[e.path] = st.st_size
+                self.unsettled += 1
                 continue
             self._sizes.pop(e.path, None)
             out.append((e.path, name))
@@ -256,12 +259,12 @@ class Watcher:
         results = []
         t0 = time.monotonic()
         todo = self.scan()
-        self.backlog = 0
+        self.backlog = self.unsettled  # files seen but not yet looked at count as a backlog too
         for i, (path, name) in enumerate(todo):
             if budget_s is not None and time.monotonic() - t0 > budget_s:
-                self.backlog = len(todo) - i
+                self.backlog += len(todo) - i
                 log.info("watcher: validation budget of %.0f s used; %d more file(s) next poll", budget_s,
-                         self.backlog)
+                         len(todo) - i)
                 break
             reason, shape = None, None
             size = mtime = None
@@ -956,6 +959,8 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--disk-full-pause", type=float, default=60.0, help="pause after a full disk, s (default 60)")
     ap.add_argument("--min-free-gb", type=float, default=1.0, help="do not start groups below this free space "
                     "on the stage directory (default 1 GB)")
+    ap.add_argument("--settle", type=float, default=1.0, help="a file younger than this (s) is read only once its "
+                    "size stops changing (default 1)")
     ap.add_argument("--watch-budget", type=float, help="seconds of file validation per loop (default lease/4)")
     ap.add_argument("--group-timeout", type=float, help="give up on a group after this many s (restarts its worker)")
     ap.add_argument("--no-value-check", action="store_true", help="do not read visibilities to check for NaN/truncation")
@@ -982,7 +987,8 @@ def cli(argv: list[str]) -> int:
         lease_s=args.lease, max_attempts=args.max_attempts, retry_backoff_s=args.retry_backoff,
         cal_wait_s=args.cal_wait, max_cal_wait_s=args.max_cal_wait, disk_full_pause_s=args.disk_full_pause,
         min_free_gb=args.min_free_gb,
-        check_values=not args.no_value_check, group_timeout_s=args.group_timeout, watch_budget_s=args.watch_budget, max_nonfinite_frac=args.max_nan_fraction,
+        check_values=not args.no_value_check, group_timeout_s=args.group_timeout, watch_budget_s=args.watch_budget,
+        settle_s=args.settle, max_nonfinite_frac=args.max_nan_fraction,
         options=_parse_options(args.option),
     )
     print(format_status(paths))

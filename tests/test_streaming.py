@@ -113,8 +113,9 @@ def test_validation_backlog_never_splits_a_group(sim_files, tmp_path):
     """--once with a validation budget far smaller than the backlog: files are recorded over many
     loops, and no group is finalised (as incomplete) before all its files are in."""
     root = tmp_path / "run"
-    stamps = make_archive(sim_files, get_paths(root=root).incoming, range(3))
-    rc, log = run_service(root, "--once", "--watch-budget", "0.01")
+    stamps = make_archive(sim_files, tmp_path / "archive", range(3))
+    replay(tmp_path / "archive", get_paths(root=root).incoming)  # fresh copies: not settled at the first poll
+    rc, log = run_service(root, "--once", "--watch-budget", "0.01", "--settle", "30")
     assert rc == 0 and "more file(s) next poll" in log, log[-2000:]
     _check_nothing_lost_or_doubled(root, stamps)
     q = _queue(root)
@@ -134,7 +135,8 @@ def test_kill_minus_9_at_every_stage_then_restart(sim_files, tmp_path):
     rc, log = run_service(root, "--once", env={"DSACONT_FAILPOINT": "claim_mid"})
     assert rc == -signal.SIGKILL, log[-2000:]
     q = _queue(root)
-    assert q.get(g0).state == "pending" and q.get(g0).claims == 0 and q.counts()["pending"] == 4
+    assert q.get(g0).state == "pending" and q.get(g0).claims == 0 and q.counts()["in_progress"] == 0
+    assert q.events(event="claimed") == []
     q.close()
 
     # 2. killed at the start of g0 (worker running it): the worker process dies with the service
