@@ -10,6 +10,12 @@ Measured (2 shared cores, load ~4 from other jobs, 2026-11-24):
   (tclean 31.6 s, 6 major cycles); 0834+555 at 0.991 of its catalogue flux, 0.05" off;
   12-tile mosaic 7.9 s (2364 x 807).
 - full-size 12-tile mosaic of 2400^2 x 5.3" tiles: 46.9 s wall / 36.2 s CPU, 7888 x 2675, 1.8 GB RSS.
+- full-size tile (96 antennas, 768 channels, CORRECTED_DATA of the calibration benchmark's MS of
+  /tmp/shared-full, under the heavy lock): 2304^2 x 5.56", 398.6 s wall / 395.4 s CPU (tclean
+  387.3 s: PSF + 6 major cycles, 16588 Hogbom iterations), beam 60.6" x 35.9"; rms 0.481 mJy/beam
+  vs radiometer 0.268 (1.79x: the 8.8 Jy calibrator's deconvolution errors, DR 17400);
+  0834+555 at 1.008 of its catalogue flux, 0.11" (0.002 beam) off. 12-tile mosaic of such tiles:
+  29.3 s wall, 7524 x 2568; peak RSS 2.2 GB.
 
 Steps (each timed, wall and CPU):
 1. (if no ``--ms``) convert the group in ``--group-dir`` with ``convert_group`` (flag=False);

@@ -21,8 +21,9 @@ Choices (and the speed/quality trade-off)
   fringe spacing would make the image 1.8x larger for no gain in flux or position accuracy (the
   QA fits Gaussians); 2 would under-sample the PSF core.
 - **Field**: ``fov_deg = 3.5`` (the Airy beam is ~0.3 at the field edge at 1.4 GHz); the image side
-  is rounded up to a 2^a 3^b 5^c size (fast FFTs). Full array: ~2400^2 x 5.3"; small preset
-  (48 antennas within 600 m): 750^2 x 17.3".
+  is rounded up to a 2^a 3^b 5^c size (fast FFTs). Full array: 2304^2 x 5.56" (restoring beam
+  ~61" x 36", 400 s per tile on this machine's 2 cores); small preset (48 antennas within 600 m):
+  720^2 x 17.7" (~30 s per tile).
 - **Weighting**: Briggs, robust 0. The radiometer expectation includes the Briggs noise factor
   (computed from the MS's uv coverage; agrees with CASA's "theoretical sensitivity" to 2 %).
 - **Gridder / w-term**: DSA-110 is nearly coplanar and phased near the meridian ~18 deg from
