@@ -1116,10 +1116,8 @@ def plot_waterfall(ds_or_arrays, flags, png_path, baseline=None, polarization=0)
     (numpy/dask/xarray). baseline: index; default the cross-correlation with the median
     flagged fraction. Written atomically; returns the path.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # an object-oriented Figure: never touches pyplot's global backend (Jupyter's stays inline)
+    from matplotlib.figure import Figure
 
     src = ds_or_arrays
     fl = _raw(flags)
@@ -1146,7 +1144,8 @@ def plot_waterfall(ds_or_arrays, flags, png_path, baseline=None, polarization=0)
     frac = fl[..., polarization].mean(axis=1) if not isinstance(fl, da.Array) else fl[..., polarization].mean(axis=1).compute()
     fmhz = freqs / 1e6
     ext = [fmhz[0], fmhz[-1], amp.shape[0] - 0.5, -0.5]
-    fig, axes = plt.subplots(3, 1, figsize=(10, 9), sharex=True, constrained_layout=True)
+    fig = Figure(figsize=(10, 9), layout="constrained")
+    axes = fig.subplots(3, 1, sharex=True)
     vmax = np.nanpercentile(amp[~fplane], 99) if (~fplane).any() else np.nanmax(amp)
     im = axes[0].imshow(amp, aspect="auto", extent=ext, vmin=0, vmax=vmax, interpolation="nearest")
     fig.colorbar(im, ax=axes[0], label="|V| (data units)")
@@ -1165,7 +1164,6 @@ def plot_waterfall(ds_or_arrays, flags, png_path, baseline=None, polarization=0)
     png_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = png_path.with_name(f".{png_path.stem}.tmp{os.getpid()}.png")
     fig.savefig(tmp, dpi=90)
-    plt.close(fig)
     os.replace(tmp, png_path)
     return png_path
 
