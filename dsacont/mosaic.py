@@ -360,22 +360,21 @@ def _jsonable(o):
 
 
 def _write_png(mosaic, noise, wcs, path, max_px: int = 2000) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    """PNG preview through an object-oriented Figure (never touches pyplot or the session backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     step = max(1, int(math.ceil(max(mosaic.shape) / max_px)))
     m = mosaic[::step, ::step]
     s = float(np.nanmedian(noise)) if np.isfinite(noise).any() else 1.0
-    fig = plt.figure(figsize=(12, 12 * m.shape[0] / max(m.shape[1], 1) + 1.0), dpi=100)
+    fig = Figure(figsize=(12, 12 * m.shape[0] / max(m.shape[1], 1) + 1.0), dpi=100)
+    FigureCanvasAgg(fig)
     ax = fig.add_subplot(111, projection=wcs[::step, ::step])
     im = ax.imshow(m, origin="lower", cmap="inferno", vmin=-3 * s, vmax=30 * s, interpolation="nearest")
     ax.set_xlabel("RA (J2000)")
     ax.set_ylabel("Dec (J2000)")
     fig.colorbar(im, ax=ax, label="Jy/beam", shrink=0.7)
     fig.savefig(path, format="png", bbox_inches="tight")
-    plt.close(fig)
 
 
 def mosaic_qa(mosaic, noise, wcs, infos, tiles, *, truth=None, calibrators="auto") -> dict:
