@@ -27,6 +27,7 @@ Example (notebook)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from dsacont import db
 from dsacont.errors import BadInputError
 
 log = logging.getLogger(__name__)
@@ -164,13 +166,10 @@ class Products:
             con.executescript(_SCHEMA)
 
     # -- plumbing -------------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
-        con.row_factory = sqlite3.Row
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA foreign_keys=ON")
-        con.execute("PRAGMA busy_timeout=30000")
-        return _Closing(con)
+    def _connect(self):
+        """A connection (WAL, busy_timeout, foreign keys: :func:`dsacont.db.connect`) that
+        closes when its ``with`` block ends."""
+        return contextlib.closing(db.connect(self.db_path, timeout_s=30.0))
 
     @staticmethod
     def _row(row: sqlite3.Row | None) -> dict | None:
@@ -410,20 +409,6 @@ class Products:
             for t in KINDS:
                 out[t] = {r[0]: r[1] for r in con.execute(f"SELECT status, COUNT(*) FROM {t} GROUP BY status")}
         return out
-
-
-class _Closing:
-    """Context manager around a connection that always closes it."""
-
-    def __init__(self, con):
-        self.con = con
-
-    def __enter__(self):
-        return self.con
-
-    def __exit__(self, *exc):
-        self.con.close()
-        return False
 
 
 # -- CLI --------------------------------------------------------------------------------------------
