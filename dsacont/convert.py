@@ -40,12 +40,13 @@ With a ``distributed`` client as the current scheduler (LocalCluster or a ``dask
 address) the blocks are computed on the workers and the client writes; otherwise a local
 thread pool computes them (numba kernels release the GIL).
 
-Performance (``benchmarks/convert.py``, full-size group 2.3 GB -> 1.48 GB MS, 2 shared cores at
-load ~8): ~50-60 s wall, ~21-23 CPU-s, peak RSS ~0.8 GB; pyuvdata's path 70-100 s, 36 CPU-s,
-7 GB. The single writer is the bottleneck: casatools ``putcol`` moves ~250-300 MB/s of DATA
-(it converts through its own variant type; python-casacore is not allowed in the library), i.e.
-about half of the wall time; the rest is reading the HDF5 chunks. Building the MS directly on
-the target filesystem (``tmp_dir=<stage>/tmp``) saves the tmpfs -> disk copy (~5-10 s here).
+Performance (``benchmarks/convert.py``, full-size group 2.3 GB -> 1.48 GB MS, 2 cores, warm page
+cache, load ~2): 17.3 s cold (new process), 15.4 s warm (second group in the same process),
+peak RSS 0.84 GB; pyuvdata's path 34.7 s and 7.0 GB (2.0-2.1x, 8x less memory). The raw I/O floor
+is 1.6 s: we are ~10x it. The single writer is the bottleneck: casatools ``putcol`` moves
+~250-350 MB/s of DATA (it converts through its own variant type; python-casacore is not allowed
+in the library), ~8 s of the 15; the rest is waiting on HDF5 reads of small chunks. Building
+the MS on the target filesystem (``tmp_dir=<stage>/tmp``) avoids the tmpfs -> disk copy.
 """
 from __future__ import annotations
 
