@@ -274,6 +274,22 @@ def _block_weight(ns):
 
 
 # ----------------------------------------------------------------------------- main entry
+def _write_flag_products(ds, flags_np, wf_bl, wf_amp, qa_dir: Path, ts: str) -> None:
+    """Flag summary JSON and waterfall PNG of one group (see ``convert_group(qa_dir=)``)."""
+    from dsacont.flagging import flag_summary, plot_waterfall, write_json_atomic
+
+    qa_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(flag_summary(flags_np, ds), qa_dir / f"{ts}.flags.json")
+    if wf_amp is not None:
+        nb = flags_np.shape[1]
+        # every baseline slot views the chosen baseline's amplitudes (no copy): plot_waterfall
+        # draws that one, and the flag fractions of all baselines
+        amp = np.broadcast_to(wf_amp[:, None], (wf_amp.shape[0], nb) + wf_amp.shape[1:])
+        src = {"amp": amp, "frequency": ds["frequency"].values, "antenna1": ds["antenna1"].values,
+               "antenna2": ds["antenna2"].values}
+        plot_waterfall(src, flags_np, qa_dir / f"{ts}.waterfall.png", baseline=wf_bl)
+
+
 def convert_group(
     paths_or_dataset,
     ms_path=None,
@@ -286,6 +302,7 @@ def convert_group(
     chunks=None,
     progress: bool = True,
     window: int | None = None,
+    qa_dir=None,
 ) -> Path:
     """Convert one subband group to a CASA Measurement Set; returns the MS path.
 
@@ -310,6 +327,11 @@ def convert_group(
         Log progress (about every 10 %).
     window : int, optional
         Blocks computed ahead of the writer (default: number of threads + 1).
+    qa_dir : path, optional
+        Where the flag summary ``<timestamp>.flags.json`` (fraction flagged per antenna,
+        subband, time...) and the waterfall ``<timestamp>.waterfall.png`` of one cross baseline
+        are written when ``flag=True`` (default: beside the MS). The waterfall's amplitudes are
+        copied from the blocks on their way to the MS: no extra read.
     """
     import xarray as xr
 
@@ -381,6 +403,15 @@ def convert_group(
             flags_np = np.asarray(comp.compute_now(fdata), dtype=bool)
             log.info("%s: RFI flags computed in %.1f s (%.2f%% flagged)", ts, _time.perf_counter() - t0,
                      100.0 * flags_np.mean())
+    # waterfall baseline: the cross-correlation with the median flagged fraction
+    wf_bl, wf_amp = None, None
+    if flags_np is not None:
+        a1v, a2v = np.asarray(ds["antenna1"].values), np.asarray(ds["antenna2"].values)
+        cross = np.nonzero(a1v != a2v)[0]
+        if cross.size:
+            frac = flags_np[:, cross].mean(axis=(0, 2, 3))
+            wf_bl = int(cross[np.argsort(frac)[len(frac) // 2]])
+            wf_amp = np.zeros((ntime, flags_np.shape[2], npol), np.float32)
 
     # ---- MS skeleton in the temp location
     tmp_root = _pick_tmp_root(tmp_dir, paths, _estimate_ms_bytes(nrows, nchan, npol))
@@ -477,6 +508,8 @@ def convert_group(
                 for k, t in enumerate(range(t0, t1)):
                     r0 = (t * nspw + si) * nbl
                     w.put(r0, DATA=data[k], FLAG=flags[k], WEIGHT=weight[k], SIGMA=sigma[k])
+                if wf_amp is not None:
+                    wf_amp[t0:t1, f0:f1] = np.abs(data[:, wf_bl])
                 nbytes += data.nbytes
                 done += 1
                 t_write += _time.perf_counter() - tw
@@ -494,6 +527,8 @@ def convert_group(
     except BaseException:
         shutil.rmtree(tmp_ms, ignore_errors=True)
         raise
+    if flags_np is not None:
+        _write_flag_products(ds, flags_np, wf_bl, wf_amp, Path(qa_dir) if qa_dir else ms_path.parent, ts)
     dt = _time.perf_counter() - t_start
     log.info("%s: wrote %s (%d rows, %.0f MB of visibilities) in %.1f s", ts, final, nrows, nbytes / 1e6, dt)
     log.info("%s: time profile (s): %s", ts, ", ".join(f"{k} {v:.2f}" for k, v in prof.items()))

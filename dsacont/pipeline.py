@@ -24,8 +24,8 @@ the mosaic centred on that transit, with no group chosen by hand.
 """
 from __future__ import annotations
 
+import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from dsacont.config import Paths, get_paths
-from dsacont.errors import CalibrationUnavailable
+
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +138,14 @@ def stage_convert(timestamp, files, paths: Paths, products) -> Path:
     ds = open_group(files, allow_missing=True)
     out = Path(convert_group(ds, ms, paths=paths))
     start, end, _ = _time_range(out)
+    qa = {"convert_s": round(time.perf_counter() - t, 2)}
+    summary = out.parent / f"{timestamp}.flags.json"
+    if summary.exists():  # written by convert_group beside the MS, with the waterfall PNG
+        flags = json.loads(summary.read_text())
+        qa.update(flagged_fraction=flags.get("overall"), flag_summary=str(summary),
+                  waterfall=str(out.parent / f"{timestamp}.waterfall.png"))
     products.add_ms(out, start=start, end=end, group_timestamp=timestamp,
-                    inputs=[f for f in files if f], status="converted",
-                    qa={"convert_s": round(time.perf_counter() - t, 2)})
+                    inputs=[f for f in files if f], status="converted", qa=qa)
     log.info("%s: converted in %.1f s -> %s", timestamp, time.perf_counter() - t, out)
     return out
 

@@ -54,6 +54,9 @@ def test_products_and_queue_agree(mini_demo):
     ms = db.list_ms()
     assert sorted(Path(m["path"]).name for m in ms) == sorted(f"{g.timestamp}.ms" for g in done)
     assert all(m["status"] == "calibrated" for m in ms)
+    for m in ms:  # the flag summary and waterfall of every group, saved with its MS
+        assert 0.0 < m["qa"]["flagged_fraction"] < 0.5
+        assert Path(m["qa"]["flag_summary"]).exists() and Path(m["qa"]["waterfall"]).exists()
     noise = [im["qa"]["noise_jy"] for im in db.list_images()]
     assert all(np.isfinite(noise)) and all(n > 0 for n in noise)
 
