@@ -997,18 +997,18 @@ def _antenna_names(table) -> list[str]:
 
 def plot_bandpass(table, out=None) -> str:
     """PNG of a bandpass table: amplitude and phase vs frequency, one line per antenna, per pol."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # object-oriented Figure: never touches pyplot's global backend (Jupyter's stays inline)
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     t = read_caltable(table)
     out = str(out or f"{table}.png")
     npol = t["CPARAM"].shape[0]
-    fig, axes = plt.subplots(2, npol, figsize=(6 * npol, 7), sharex=True, squeeze=False)
+    fig = Figure(figsize=(6 * npol, 7))
+    axes = fig.subplots(2, npol, sharex=True, squeeze=False)
     ants = np.unique(t["ANTENNA1"])
     ants = np.array([a for a in ants if not t["FLAG"][:, :, t["ANTENNA1"] == a].all()])
-    cmap = plt.get_cmap("viridis")
+    cmap = colormaps["viridis"]
     for k, a in enumerate(ants):
         colour = cmap(k / max(len(ants) - 1, 1))
         for r in np.flatnonzero(t["ANTENNA1"] == a):
@@ -1025,7 +1025,6 @@ def plot_bandpass(table, out=None) -> str:
     fig.tight_layout()
     tmp = out + f".tmp{os.getpid()}.png"
     fig.savefig(tmp, dpi=90)
-    plt.close(fig)
     os.replace(tmp, out)
     return out
 
@@ -1034,10 +1033,9 @@ def plot_gains(table, out=None) -> str:
     """PNG of a gain table, one line per antenna, per pol: amplitude and phase vs time
     (SPW-averaged) when the table has several solution times, else vs SPW centre frequency
     (one solution per subband, ``solint='inf'``)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # object-oriented Figure: never touches pyplot's global backend (Jupyter's stays inline)
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     t = read_caltable(table)
     out = str(out or f"{table}.png")
@@ -1059,8 +1057,9 @@ def plot_gains(table, out=None) -> str:
         x_of = np.array([np.mean(t["spw_freqs"][s_]) / 1e6 for s_ in spws])
         key = np.searchsorted(spws, t["SPECTRAL_WINDOW_ID"])
         nkey, xlabel = spws.size, "SPW centre frequency (MHz)"
-    fig, axes = plt.subplots(2, npol, figsize=(6 * npol, 7), sharex=True, squeeze=False)
-    cmap = plt.get_cmap("viridis")
+    fig = Figure(figsize=(6 * npol, 7))
+    axes = fig.subplots(2, npol, sharex=True, squeeze=False)
+    cmap = colormaps["viridis"]
     ants = np.array([a for a in ants if not t["FLAG"][:, :, t["ANTENNA1"] == a].all()])
     for k, a in enumerate(ants):
         colour = cmap(k / max(len(ants) - 1, 1))
@@ -1085,7 +1084,6 @@ def plot_gains(table, out=None) -> str:
     fig.tight_layout()
     tmp = out + f".tmp{os.getpid()}.png"
     fig.savefig(tmp, dpi=90)
-    plt.close(fig)
     os.replace(tmp, out)
     return out
 
