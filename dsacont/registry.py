@@ -38,13 +38,15 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import sqlite3
 import time as _time
 from dataclasses import dataclass
 from pathlib import Path
+
+from dsacont import db
 
 log = logging.getLogger(__name__)
 
@@ -141,37 +143,23 @@ class Registry:
         self.timeout_s = float(timeout_s)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as con:
-            con.execute("PRAGMA journal_mode=WAL")
             self._write(con, lambda c: [c.execute(stmt) for stmt in _SCHEMA.split(";") if stmt.strip()])
 
     def __repr__(self) -> str:
         return f"Registry({str(self.db_path)!r})"
 
     # -- connections -------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.db_path, timeout=self.timeout_s, isolation_level=None)
-        con.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
-        con.execute("PRAGMA foreign_keys=ON")
-        return _Closing(con)
+    def _connect(self):
+        """A connection (WAL, busy_timeout, foreign keys: :func:`dsacont.db.connect`) that
+        closes when its ``with`` block ends."""
+        return contextlib.closing(db.connect(self.db_path, timeout_s=self.timeout_s))
 
-    def _write(self, con, func):
-        """Run ``func(con)`` inside one ``BEGIN IMMEDIATE`` transaction (retried when busy)."""
-        deadline = _time.monotonic() + self.timeout_s
-        while True:
-            try:
-                con.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as exc:  # database is locked beyond busy_timeout
-                if "locked" not in str(exc) or _time.monotonic() > deadline:
-                    raise
-                _time.sleep(0.05)
-        try:
-            out = func(con)
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
-        return out
+    @staticmethod
+    def _write(con, func):
+        """Run ``func(con)`` inside one ``BEGIN IMMEDIATE`` transaction (:func:`dsacont.db.transaction`;
+        a second writer waits up to ``busy_timeout``)."""
+        with db.transaction(con):
+            return func(con)
 
     # -- writing -----------------------------------------------------------------------------
     def register_begin(self, kind: str, calibrator: str | None, solve_time, path, *, source_ms=None,
@@ -303,23 +291,6 @@ class Registry:
         q += " ORDER BY solve_mjd, id"
         with self._connect() as con:
             return [_row(r) for r in con.execute(q, args).fetchall()]
-
-
-class _Closing:
-    """sqlite3 connection usable as a context manager that *closes* on exit."""
-
-    def __init__(self, con):
-        self._con = con
-
-    def __getattr__(self, name):
-        return getattr(self._con, name)
-
-    def __enter__(self):
-        return self._con
-
-    def __exit__(self, *exc):
-        self._con.close()
-        return False
 
 
 def _json_default(obj):
