@@ -169,6 +169,7 @@ def stage_calibrate(timestamp, ms: Path, paths: Paths, products, options: Pipeli
         transits = [t for t in transits if _transit_name(t) == options.calibrator]
     if transits:
         t0 = time.perf_counter()
+        registry.reap_stale()  # tables a crashed solver left in 'writing' are rejected, never used
         existing = [r for r in registry.list(status="valid") if r.source_ms == str(ms)]
         if not existing:
             cal = _transit_name(transits[0])
