@@ -456,7 +456,7 @@ def test_kill_during_real_conversion_then_restart(sim_files, tmp_path):
     ms_rows = Products(paths.products_db).list_ms()
     assert [Path(r["path"]).name for r in ms_rows] == [f"{ts}.ms"]
     assert (paths.ms / f"{ts}.ms" / "table.dat").exists()
-    assert sorted(p.name for p in paths.ms.iterdir()) == [f"{ts}.ms"]
+    assert sorted(p.name for p in paths.ms.glob("*.ms")) == [f"{ts}.ms"]  # no second or partial MS
     q = _queue(root)
     g = q.get(ts)
     assert g.state == "completed" and g.attempts == 1 and "interrupted" in (q.events(g.id, "reclaimed")[0]["detail"])
