@@ -71,6 +71,7 @@ from pathlib import Path
 import numpy as np
 
 from dsacont.errors import BadInputError
+from dsacont.jsonio import json_default
 
 log = logging.getLogger(__name__)
 
@@ -625,7 +626,7 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
         result["timing"] = timing
         qa_path = out_dir / f"{name}.qa.json"
         tmp_qa = stage / f"{name}.qa.json"
-        tmp_qa.write_text(json.dumps(result, indent=2, default=_jsonable))
+        tmp_qa.write_text(json.dumps(result, indent=2, default=json_default))
         os.replace(tmp_qa, qa_path)
         result["qa_json"] = str(qa_path)
     finally:
@@ -669,16 +670,6 @@ def _band_samples(freqs, weights, n: int):
             fq.append(np.average(freqs[a:b], weights=w))
             fw.append(w.sum())
     return np.array(fq), np.array(fw)
-
-
-def _jsonable(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
 
 
 def tile_qa(info: dict, image, residual, pb, hdr, wcs2d, *, robust: float, imsize: int, cell_arcsec: float,

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from dsacont.errors import BadInputError
+from dsacont.jsonio import json_default
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +317,7 @@ def make_mosaic(image_fits_list, out_path, *, pb_cutoff: float = 0.2, projection
         if k in tmp:
             os.replace(tmp[k], final[k])
     result["timing"] = {"reproject_s": t_rep, "write_s": t_write, "total_s": time.perf_counter() - t_all}
-    Path(tmp["qa_json"]).write_text(json.dumps(result, indent=2, default=_jsonable))
+    Path(tmp["qa_json"]).write_text(json.dumps(result, indent=2, default=json_default))
     os.replace(tmp["qa_json"], final["qa_json"])
     log.info("mosaic %s: %d tiles, min noise %.3g mJy/beam, %.1f s", out_path, len(tiles),
              1e3 * qa["noise_min_jy"], result["timing"]["total_s"])
@@ -347,16 +348,6 @@ def make_mosaic(image_fits_list, out_path, *, pb_cutoff: float = 0.2, projection
             params={"pb_cutoff": pb_cutoff, "projection": projection, "cell_arcsec": result["cell_arcsec"]},
             qa=qa, status="mosaicked")
     return result
-
-
-def _jsonable(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
 
 
 def _write_png(mosaic, noise, wcs, path, max_px: int = 2000) -> None:

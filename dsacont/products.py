@@ -38,6 +38,7 @@ from pathlib import Path
 
 from dsacont import db
 from dsacont.errors import BadInputError
+from dsacont.jsonio import json_default
 
 log = logging.getLogger(__name__)
 
@@ -131,20 +132,8 @@ def _iso(mjd: float | None) -> str | None:
     return Time(mjd, format="mjd", scale="utc").isot
 
 
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 def _dumps(obj) -> str:
-    return json.dumps(obj if obj is not None else {}, default=_json_default, sort_keys=True)
+    return json.dumps(obj if obj is not None else {}, default=json_default, sort_keys=True)
 
 
 class Products:
@@ -464,13 +453,13 @@ def cli(argv: list[str]) -> int:
         if row is None:
             print(f"dsacont products: no {args.kind} {args.key!r} in {db_path}", file=sys.stderr)
             return 1
-        print(json.dumps(row, indent=2, default=_json_default))
+        print(json.dumps(row, indent=2, default=json_default))
         return 0
     kind = _KIND_ALIASES[args.kind]
     rows = getattr(db, f"list_{kind if kind != 'ms' else 'ms'}")(
         status=args.status, since=args.since, until=args.until, limit=args.limit)
     if args.json:
-        print(json.dumps(rows, indent=2, default=_json_default))
+        print(json.dumps(rows, indent=2, default=json_default))
     else:
         for r in rows:
             print(_summary(kind, r))

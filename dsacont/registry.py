@@ -41,12 +41,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time as _time
 from dataclasses import dataclass
 from pathlib import Path
 
 from dsacont import db
+from dsacont.jsonio import json_default
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class Registry:
             sets, vals = ["status=?", "updated=?"], [status, _time.time()]
             if metrics is not None:
                 sets.append("metrics=?")
-                vals.append(json.dumps(metrics, default=_json_default))
+                vals.append(json.dumps(metrics, default=json_default))
             if reason is not None:
                 sets.append("reason=?")
                 vals.append(str(reason))
@@ -291,18 +291,3 @@ class Registry:
         q += " ORDER BY solve_mjd, id"
         with self._connect() as con:
             return [_row(r) for r in con.execute(q, args).fetchall()]
-
-
-def _json_default(obj):
-    try:
-        import numpy as np
-
-        if isinstance(obj, np.generic):
-            return obj.item()
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
