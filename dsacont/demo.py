@@ -97,7 +97,7 @@ def _calibrator_in_mosaic(mosaic: dict, archive: Path) -> dict:
 
 
 def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_groups: int = N_GROUPS,
-             scheduler: str | None = None, max_inflight: int = 1, fresh: bool = True) -> dict:
+             scheduler: str | None = None, max_inflight: int = 2, fresh: bool = True) -> dict:
     """Run the acceptance demo under ``root``; returns (and writes) the summary dict."""
     from dsacont.config import get_paths
     from dsacont.products import Products
@@ -215,7 +215,7 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--groups", type=int, default=N_GROUPS, help="groups (tiles) to simulate and mosaic")
     ap.add_argument("--scheduler", help="address of an existing dask-scheduler")
-    ap.add_argument("--max-inflight", type=int, default=1, help="groups processed at once")
+    ap.add_argument("--max-inflight", type=int, default=2, help="groups processed at once (default 2: one per core here)")
     ap.add_argument("--keep", action="store_true", help="keep the previous run's products and queue")
     args = ap.parse_args(argv)
     s = run_demo(args.root, preset=args.preset, seed=args.seed, n_groups=args.groups, scheduler=args.scheduler,
