@@ -62,7 +62,11 @@ def main(argv=None) -> int:
         "image_noise_mjy": s.get("image_noise_mjy"),
         "total_wall_s": wall,
     }
-    print(json.dumps(out, indent=1, default=str))
+    text = json.dumps(out, indent=1, default=str)
+    # CASA's C++ layer writes to the same stdout: the JSON is also kept in <root>/e2e.json
+    with open(os.path.join(args.root, "e2e.json"), "w") as fh:
+        fh.write(text)
+    print(text)
     if not args.keep:
         for sub in ("stage", "incoming"):
             shutil.rmtree(os.path.join(args.root, sub), ignore_errors=True)
