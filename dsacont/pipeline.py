@@ -106,7 +106,7 @@ def _group_of(record):
 
 
 def _time_range(ms_path):
-    """(start, end, mid) MJD seconds... as astropy Times from the MS TIME column."""
+    """(start, end, mid) of the MS TIME column (seconds since MJD 0), as astropy Times (UTC)."""
     from astropy.time import Time
 
     from dsacont.casa import ensure_casa
@@ -161,18 +161,18 @@ def stage_calibrate(timestamp, ms: Path, paths: Paths, products, options: Pipeli
         return {"applied": "already"}
     start, end, mid = _time_range(ms)
     solved = None
-    dec_deg = _pointing_dec_deg(ms)
+    dec_deg = _pointing_dec_deg(ms, mid)
     transits = calibration.find_calibrator_transits(
         start, end, dec_deg, min_flux_jy=options.cal_min_flux_jy, min_pb=options.cal_min_pb
     )
     if options.calibrator:
-        transits = [t for t in transits if _transit_name(t) == options.calibrator]
+        transits = [t for t in transits if t.name == options.calibrator]
     if transits:
         t0 = time.perf_counter()
         registry.reap_stale()  # tables a crashed solver left in 'writing' are rejected, never used
         existing = [r for r in registry.list(status="valid") if r.source_ms == str(ms)]
         if not existing:
-            cal = _transit_name(transits[0])
+            cal = transits[0].name
             log.info("%s: calibrator %s transits in this group: solving", timestamp, cal)
             solved = calibration.solve_calibration(str(ms), cal, paths=paths, registry=registry)
             solved["solve_s"] = round(time.perf_counter() - t0, 2)
@@ -186,27 +186,20 @@ def stage_calibrate(timestamp, ms: Path, paths: Paths, products, options: Pipeli
     return {"solved": solved, "applied": applied}
 
 
-def _transit_name(t) -> str:
-    for key in ("name", "calibrator"):
-        if isinstance(t, dict) and key in t:
-            v = t[key]
-            return v.name if hasattr(v, "name") else str(v)
-        if hasattr(t, key):
-            v = getattr(t, key)
-            return v.name if hasattr(v, "name") else str(v)
-    return str(t)
-
-
-def _pointing_dec_deg(ms) -> float:
+def _pointing_dec_deg(ms, mid) -> float:
+    """The pointing declination (apparent, HADEC frame: the files' phase_center_dec), degrees,
+    recovered from the MS's ICRS phase centre, which is the meridian at ``mid``."""
+    from dsacont.calibration import pointing_dec_from_phase_centre
     from dsacont.casa import ensure_casa
 
     tb = ensure_casa().table()
     tb.open(f"{ms}/FIELD")
     try:
-        d = tb.getcol("PHASE_DIR")
+        d = tb.getcol("PHASE_DIR")  # (2, 1, nfield) radians
     finally:
         tb.close()
-    return float(np.degrees(np.median(d[1])))
+    ra0, dec0 = float(np.median(d[0])), float(np.median(d[1]))
+    return float(np.degrees(pointing_dec_from_phase_centre(ra0, dec0, mid.mjd)[0]))
 
 
 def stage_image(timestamp, ms: Path, paths: Paths, products, options: PipelineOptions) -> dict:
