@@ -38,6 +38,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -194,3 +195,24 @@ def is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
         return True
     return False
+
+
+def to_mjd(t) -> float | None:
+    """Time as stored in dsacont's databases: MJD (UTC) float.
+
+    Accepts an ISO string (``T`` or space separated), a ``datetime`` (naive = UTC), an
+    ``astropy.time.Time``, or a number already in MJD; ``None`` passes through.
+    """
+    if t is None:
+        return None
+    if isinstance(t, (int, float)):
+        return float(t)
+    from astropy.time import Time
+
+    if isinstance(t, datetime):
+        if t.tzinfo is not None:
+            t = t.astimezone(timezone.utc).replace(tzinfo=None)
+        return float(Time(t, scale="utc").mjd)
+    if isinstance(t, Time):
+        return float(t.utc.mjd)
+    return float(Time(str(t).replace(" ", "T"), format="isot", scale="utc").mjd)

@@ -37,6 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dsacont import db
+from dsacont.db import to_mjd
 from dsacont.errors import BadInputError
 from dsacont.jsonio import json_default
 
@@ -105,23 +106,6 @@ _JSON_COLS = ("inputs", "qa", "files", "params")
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
-
-
-def to_mjd(t) -> float | None:
-    """Time (ISO string, datetime, astropy Time, or float MJD) -> MJD float (UTC). None passes."""
-    if t is None:
-        return None
-    if isinstance(t, (int, float)):
-        return float(t)
-    from astropy.time import Time
-
-    if isinstance(t, datetime):
-        if t.tzinfo is not None:
-            t = t.astimezone(timezone.utc).replace(tzinfo=None)
-        return float(Time(t, scale="utc").mjd)
-    if isinstance(t, Time):
-        return float(t.utc.mjd)
-    return float(Time(str(t).replace(" ", "T"), format="isot", scale="utc").mjd)
 
 
 def _iso(mjd: float | None) -> str | None:

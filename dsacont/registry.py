@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsacont import db
+from dsacont.db import to_mjd  # noqa: F401  (also imported from here by calibration)
 from dsacont.jsonio import json_default
 
 log = logging.getLogger(__name__)
@@ -75,17 +76,6 @@ CREATE TABLE IF NOT EXISTS caltables (
 );
 CREATE INDEX IF NOT EXISTS caltables_lookup ON caltables (kind, status, valid_start, valid_end);
 """
-
-
-def to_mjd(t) -> float:
-    """MJD (UTC) of ``t``: astropy Time, datetime, ISO string, or a number already in MJD."""
-    if isinstance(t, (int, float)):
-        return float(t)
-    from astropy.time import Time
-
-    if not isinstance(t, Time):
-        t = Time(t, scale="utc")
-    return float(t.utc.mjd)
 
 
 def mjd_to_iso(mjd: float) -> str:
