@@ -55,14 +55,18 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time as _time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from dsacont import msio, phasing
+from dsacont.errors import BadInputError
+from dsacont.telescope import SPEED_OF_LIGHT
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +211,8 @@ def _client_or_none():
 
 
 class _Computer:
-    """Compute lists of dask collections ahead, in order, in a bounded window."""
+    """Where blocks are computed: the distributed client (when it is dask's scheduler) or a local
+    thread pool; ``window`` blocks are in flight at a time."""
 
     def __init__(self, window: int | None = None):
         self.client = _client_or_none()
@@ -228,49 +233,239 @@ class _Computer:
             return self.client.compute(coll).result()
         return coll.compute(scheduler="threads", num_workers=self.nthreads)
 
-    def submit(self, colls):
-        if self.client is not None:
-            return self.client.compute(colls)
-        import dask
 
-        return self.pool.submit(lambda: dask.compute(*colls, scheduler="sync"))
+# ----------------------------------------------------------------------------- block kernels
+@numba.njit(nogil=True, cache=True)
+def block_kernel(vis, ns, fl, dw, freq, flip, uniform, data_out, flag_out, weight_out, sigma_out):
+    """One block of the MS main table from the correlator's arrays, in one pass.
 
-    def result(self, fut):
-        if self.client is not None:
-            return [f.result() for f in fut]
-        return list(fut.result())
+    Parameters
+    ----------
+    vis : (nt, nbl, nf, npol) complex64   visibilities, channels in file order
+    ns : (nt, nbl, nf, npol) float32      nsamples, same order
+    fl : (nt, nbl, nf, npol) bool         input flags, same order
+    dw : (nt, nbl) float64                w_new - w_old, metres
+    freq : (nf,) float64                  channel frequencies, Hz, ascending (output order)
+    flip : bool                           input channels descend (output channel f is input nf-1-f)
+    uniform : bool                        ``freq`` is evenly spaced (phases by recurrence)
+    data_out : (nt, nbl, nf, npol) complex64 <- conj(vis * exp(-2j pi freq dw / c)), ascending
+    flag_out : (nt, nbl, nf, npol) bool      <- fl | (ns == 0)
+    weight_out, sigma_out : (nt, nbl, npol) float32 <- channel-mean nsamples; 1/sqrt(weight) (0 if 0)
 
-    def map_ordered(self, jobs):
-        """jobs: iterable of (key, collections). Yields (key, computed list) in order."""
-        pending: deque = deque()
-        it = iter(jobs)
+    Phases are float64; with ``uniform`` the phasor of channel f is the phasor of channel 0 times
+    the channel step's phasor f times (rounding ~1e-15 rad over a subband), else sin/cos per channel.
+    """
+    nt, nbl, nf, npol = vis.shape
+    k = -2.0 * np.pi / SPEED_OF_LIGHT
+    df = freq[1] - freq[0] if nf > 1 else 0.0
+    acc = np.zeros(npol, np.float64)
+    for t in range(nt):
+        for b in range(nbl):
+            d = k * dw[t, b]
+            c0 = np.cos(d * freq[0])
+            s0 = np.sin(d * freq[0])
+            cs = np.cos(d * df)
+            ss = np.sin(d * df)
+            for p in range(npol):
+                acc[p] = 0.0
+            c = c0
+            s = s0
+            for f in range(nf):
+                fi = nf - 1 - f if flip else f
+                if f > 0:
+                    if uniform:
+                        cn = c * cs - s * ss
+                        s = c * ss + s * cs
+                        c = cn
+                    else:
+                        c = np.cos(d * freq[f])
+                        s = np.sin(d * freq[f])
+                for p in range(npol):
+                    v = vis[t, b, fi, p]
+                    re = v.real * c - v.imag * s
+                    im = v.real * s + v.imag * c
+                    data_out[t, b, f, p] = re - 1j * im
+                    n = ns[t, b, fi, p]
+                    acc[p] += n
+                    flag_out[t, b, f, p] = fl[t, b, fi, p] or n == 0
+            for p in range(npol):
+                w = np.float32(acc[p] / nf)
+                weight_out[t, b, p] = w
+                sigma_out[t, b, p] = np.float32(1.0) / np.sqrt(w) if w > 0 else np.float32(0.0)
+    return data_out
+
+
+def _is_uniform(freq, dw_max) -> bool:
+    """Channels evenly spaced to better than 1e-9 rad of phase at the largest |dw|."""
+    f = np.asarray(freq, float)
+    if f.size < 3:
+        return True
+    lin = f[0] + np.arange(f.size) * (f[1] - f[0])
+    return bool(np.max(np.abs(f - lin)) * 2 * np.pi / SPEED_OF_LIGHT * max(dw_max, 1e-3) < 1e-9)
+
+
+def _scratch(store, key, shape, dtype):
+    """An uninitialised array from ``store`` (reused when shape and dtype match), or new."""
+    if store is None:
+        return np.empty(shape, dtype)
+    a = store.get(key)
+    if a is None or a.shape != tuple(shape) or a.dtype != np.dtype(dtype):
+        a = store[key] = np.empty(shape, dtype)
+    return a
+
+
+def compute_block(vis, ns, fl, dw, freq, flip=False, scratch=None):
+    """numpy wrapper of :func:`block_kernel`: returns (data, flags, weight, sigma).
+    ``scratch``: optional dict of reusable output buffers (see :meth:`_SubbandReader.read`)."""
+    vis = np.ascontiguousarray(vis, dtype=np.complex64)
+    ns = np.ascontiguousarray(ns, dtype=np.float32)
+    fl = np.ascontiguousarray(fl, dtype=np.bool_)
+    dw = np.ascontiguousarray(dw, dtype=np.float64)
+    freq = np.ascontiguousarray(freq, dtype=np.float64)
+    nt, nbl, nf, npol = vis.shape
+    data = _scratch(scratch, "data", vis.shape, np.complex64)
+    flags = _scratch(scratch, "flags", vis.shape, np.bool_)
+    weight = _scratch(scratch, "weight", (nt, nbl, npol), np.float32)
+    sigma = _scratch(scratch, "sigma", (nt, nbl, npol), np.float32)
+    uniform = _is_uniform(freq, float(np.max(np.abs(dw))) if dw.size else 0.0)
+    block_kernel(vis, ns, fl, dw, freq, bool(flip), uniform, data, flags, weight, sigma)
+    return data, flags, weight, sigma
+
+
+# ----------------------------------------------------------------------------- direct HDF5 reads
+@numba.njit(nogil=True, cache=True)
+def gather_chunks(src, grid, R, C, P, r0, r1, out):
+    """Copy rows ``r0 .. r1`` of a chunked (rows, chans, pols) dataset into ``out``
+    (r1 - r0, chans, pols) from its raw chunks, in output order.
+
+    src: 1-D array of the dataset's items (file bytes viewed as the dtype); grid: (row chunks,
+    chan chunks, pol chunks) int64 item offset of each chunk in ``src``; R, C, P: the chunk shape
+    (a chunk stores R*C*P items in C order; edge chunks are stored whole)."""
+    nr, nf, npol = out.shape
+    nck = grid.shape[1]
+    npk = grid.shape[2]
+    for r in range(r0, r1):
+        rk = r // R
+        rr = r - rk * R
+        o = out[r - r0]
+        for ck in range(nck):
+            ch = min(C, nf - ck * C)
+            for pk in range(npk):
+                ph = min(P, npol - pk * P)
+                base = grid[rk, ck, pk] + rr * C * P
+                for c in range(ch):
+                    for p in range(ph):
+                        o[ck * C + c, pk * P + p] = src[base + c * P + p]
+    return out
+
+
+class _SubbandReader:
+    """Reads ``Data/{visdata,nsamples,flags}`` of one subband file by time slices, in the file's
+    channel order (``flip`` says whether they descend).
+
+    Chunked, unfiltered datasets (what the correlator writes) are read without h5py's per-chunk
+    machinery: the chunk table is read once (``chunk_iter``), then the byte range holding the
+    requested rows is read with one ``readinto`` and scattered by :func:`gather_chunks` — both
+    release the GIL, so subbands are read in parallel threads. Anything else (filters, big-endian,
+    contiguous or unaligned layouts, an h5py without ``chunk_iter``) is read with h5py."""
+
+    NAMES = ("visdata", "nsamples", "flags")
+
+    def __init__(self, path, nbls):
+        import h5py
+
+        self.path = str(path)
+        self.nbls = int(nbls)
+        self.tables = {}
+        with h5py.File(self.path, "r") as f:
+            fr = np.asarray(f["Header/freq_array"][()], float).reshape(-1)
+            self.flip = bool(fr.size > 1 and fr[0] > fr[-1])
+            for name in self.NAMES:
+                d = f["Data"][name]
+                self.shape = d.shape
+                self.tables[name] = self._table(d)
+        self.nf, self.npol = int(self.shape[-2]), int(self.shape[-1])
+
+    @staticmethod
+    def _table(d):
+        """(dtype, chunk table arrays...) for a direct read, or None."""
         try:
-            for key, colls in it:
-                pending.append((key, self.submit(colls)))
-                if len(pending) >= self.window:
-                    k, f = pending.popleft()
-                    yield k, self.result(f)
-            while pending:
-                k, f = pending.popleft()
-                yield k, self.result(f)
-        finally:
-            for _, f in pending:
-                for one in ([f] if self.client is None else f):
-                    try:
-                        one.cancel()
-                    except Exception:
-                        pass
-            if self.pool is not None:
-                self.pool.shutdown(wait=True, cancel_futures=True)
+            if d.chunks is None or d.compression is not None or d.id.get_create_plist().get_nfilters():
+                return None
+            dt = d.dtype
+            if dt.byteorder == ">" or dt.kind not in "cfb":
+                return None
+            if dt.kind == "b" and dt.itemsize != 1:
+                return None
+            shape, ch = d.shape, d.chunks
+            if len(shape) == 4:
+                if shape[1] != 1:
+                    return None
+                ch = (ch[0], ch[2], ch[3])
+            elif len(shape) != 3:
+                return None
+            rows = []
+            d.id.chunk_iter(lambda ci: rows.append((ci.chunk_offset, ci.byte_offset, ci.size, ci.filter_mask)))
+        except (AttributeError, TypeError, ValueError, OSError):
+            return None
+        if not rows:
+            return None
+        nbytes = int(np.prod(d.chunks)) * dt.itemsize
+        offs = np.array([r[1] for r in rows], np.int64)
+        if any(r[2] != nbytes or r[3] != 0 for r in rows):
+            return None
+        co = np.array([r[0] for r in rows], np.int64)
+        if co.shape[1] == 4:
+            co = co[:, [0, 2, 3]]
+        if np.any((offs - offs.min()) % dt.itemsize):
+            return None
+        # every chunk of the regular grid must be allocated (no fill-value chunks)
+        nrows, nf, npol = shape[0], shape[-2], shape[-1]
+        gshape = (-(-nrows // ch[0]), -(-nf // ch[1]), -(-npol // ch[2]))
+        if len(rows) != int(np.prod(gshape)) or np.any(co % np.array(ch)):
+            return None
+        grid = np.full(gshape, -1, np.int64)
+        grid[co[:, 0] // ch[0], co[:, 1] // ch[1], co[:, 2] // ch[2]] = offs
+        if np.any(grid < 0):
+            return None
+        return dict(dtype=dt, chunk=ch, nbytes=nbytes, grid=grid)
 
+    def read(self, name, t0, t1, scratch=None):
+        """(t1 - t0, nbls, nf, npol) array of integrations t0..t1, file channel order.
 
-def _block_data(vis, dw, freq):
-    # rotated and conjugated: the MS convention (see dsacont.msio)
-    return phasing.rotate_vis_numpy(vis, dw, freq, conjugate=True)
+        ``scratch``: a dict this reader may keep buffers in and reuse between calls of one
+        thread (fresh memory costs page faults: ~2 ms per MB on small VMs); the returned array
+        is then one of them, valid until the next call with the same name."""
+        r0, r1 = t0 * self.nbls, t1 * self.nbls
+        tab = self.tables[name]
+        if tab is None:
+            import h5py
 
-
-def _block_weight(ns):
-    return np.asarray(ns, np.float32).mean(axis=2, dtype=np.float64).astype(np.float32)
+            with h5py.File(self.path, "r") as f:
+                d = f["Data"][name]
+                raw = d[r0:r1, 0, :, :] if len(d.shape) == 4 else d[r0:r1, :, :]
+            return np.ascontiguousarray(raw).reshape(t1 - t0, self.nbls, self.nf, self.npol)
+        R, C, P = tab["chunk"]
+        g = tab["grid"][r0 // R: -(-r1 // R)]
+        lo = int(g.min())
+        hi = int(g.max()) + tab["nbytes"]
+        isz = tab["dtype"].itemsize
+        buf = _scratch(scratch, ("buf", name), ((hi - lo) // isz,), tab["dtype"])
+        raw = memoryview(buf.view(np.uint8))
+        with open(self.path, "rb", buffering=0) as fh:
+            fh.seek(lo)
+            got = 0
+            while got < len(raw):
+                n = fh.readinto(raw[got:])
+                if not n:
+                    raise BadInputError(self.path, f"Data/{name}: file ends inside a chunk")
+                got += n
+        grid = np.ascontiguousarray((g - lo) // isz)
+        out = _scratch(scratch, ("out", name), (r1 - r0, self.nf, self.npol), tab["dtype"])
+        src = buf.view(np.uint8) if tab["dtype"].kind == "b" else buf
+        dst = out.view(np.uint8) if tab["dtype"].kind == "b" else out
+        gather_chunks(src, grid, R, C, P, r0 - (r0 // R) * R, r1 - (r0 // R) * R, dst)
+        return out.reshape(t1 - t0, self.nbls, self.nf, self.npol)
 
 
 # ----------------------------------------------------------------------------- main entry
@@ -303,6 +498,8 @@ def convert_group(
     progress: bool = True,
     window: int | None = None,
     qa_dir=None,
+    direct_write: bool = True,
+    direct_read: bool = True,
 ) -> Path:
     """Convert one subband group to a CASA Measurement Set; returns the MS path.
 
@@ -332,6 +529,12 @@ def convert_group(
         subband, time...) and the waterfall ``<timestamp>.waterfall.png`` of one cross baseline
         are written when ``flag=True`` (default: beside the MS). The waterfall's amplitudes are
         copied from the blocks on their way to the MS: no extra read.
+    direct_write : bool
+        Write DATA/FLAG/WEIGHT/SIGMA straight into their tile files when the MS layout checks
+        out (:class:`dsacont.msio.TileFiles`); False: always casatools ``putcol``.
+    direct_read : bool
+        When given files (not a Dataset), read them by their HDF5 chunk tables in parallel
+        threads (:class:`_SubbandReader`); False: through the loader's dask arrays.
     """
     import xarray as xr
 
@@ -340,7 +543,8 @@ def convert_group(
         from dsacont.config import get_paths
 
         paths = get_paths()
-    if isinstance(paths_or_dataset, xr.Dataset):
+    from_files = not isinstance(paths_or_dataset, xr.Dataset)
+    if not from_files:
         ds = paths_or_dataset
     else:
         from dsacont.loader import open_group
@@ -378,6 +582,7 @@ def convert_group(
              np.degrees(centre["ra"][0]), np.degrees(centre["dec"][0]), len(centre["names"]))
 
     # ---- dask arrays, chunked (time, all baselines, one subband, all pols)
+    import dask
     import dask.array as da
 
     vis = ds["vis"].data
@@ -388,6 +593,12 @@ def convert_group(
     tchunks = vis.chunks[0]
     target = (tchunks, (nbl,), (nchan,) * nspw, (npol,))
     vis, nsamp, fl = (x.rechunk(target) if x.chunks != target else x for x in (vis, nsamp, fl))
+    # the subband files themselves, when we opened them (a Dataset passed in may be a selection)
+    src_files = None
+    if from_files and direct_read:
+        sf = list(ds.attrs.get("source_files", []))
+        if len(sf) == 16 and all(sf[sb] for _, _, sb in spws):
+            src_files = [sf[sb] for _, _, sb in spws]
 
     comp = _Computer(window)
     flags_np = None
@@ -452,6 +663,8 @@ def convert_group(
         ],
     )
     log.info("%s: writing %d rows (%d times x %d spw x %d baselines) to %s", ts, nrows, ntime, nspw, nbl, tmp_ms)
+    tiles = None
+    writer = None
     try:
         tick = _time.perf_counter()
         msio.create_ms(tmp_ms, layout)
@@ -476,55 +689,165 @@ def convert_group(
             for t in range(ntime):
                 # MS convention: UVW = x_ant1 - x_ant2 (minus the Dataset's uvw), DATA conjugated
                 w.put(t * rows_t, ANTENNA1=ant1_t, ANTENNA2=ant2_t, UVW=np.tile(-geo["uvw"][t], (nspw, 1)))
-            prof["metadata"] = _time.perf_counter() - tick
-            tick = _time.perf_counter()
-            # data blocks: (time chunk, spw)
-            tb_edges = np.concatenate([[0], np.cumsum(tchunks)]).astype(int)
-            jobs = []
-            for ti in range(len(tchunks)):
-                t0, t1 = int(tb_edges[ti]), int(tb_edges[ti + 1])
-                for si, (f0, f1, _) in enumerate(spws):
-                    v = vis[t0:t1, :, f0:f1, :]
-                    n = nsamp[t0:t1, :, f0:f1, :]
-                    colls = [
-                        da.map_blocks(_block_data, v, dw=geo["dw"][t0:t1], freq=freq[f0:f1], dtype=v.dtype),
-                        da.map_blocks(_block_weight, n, drop_axis=2, dtype=np.float32),
-                        n == 0,
-                    ]
-                    if flags_np is None:
-                        colls.append(fl[t0:t1, :, f0:f1, :])
-                    jobs.append(((t0, t1, si, f0, f1), colls))
-            nblocks = len(jobs)
-            done = 0
-            next_report = 0.1
-            nbytes = 0
-            t_write = 0.0
-            for (t0, t1, si, f0, f1), res in comp.map_ordered(jobs):
+            tile_layout = w.tile_layout() if direct_write else None
+        # bulk columns straight into their tiles when the layout checks out, else putcol
+        tiles = msio.TileFiles.open(tile_layout)
+        if tiles is None:
+            writer = msio.MSWriter(tmp_ms)
+        prof["metadata"] = _time.perf_counter() - tick
+        tick = _time.perf_counter()
+        tb_edges = np.concatenate([[0], np.cumsum(tchunks)]).astype(int)
+        blocks = [(int(tb_edges[ti]), int(tb_edges[ti + 1]), si) for ti in range(len(tchunks)) for si in range(nspw)]
+        local = threading.local()
+        readers: dict = {}
+        readers_lock = threading.Lock()
+        stats = {"read": 0.0, "kernel": 0.0, "write": 0.0}
+        stats_lock = threading.Lock()
+
+        def _add(key, dt):
+            with stats_lock:
+                stats[key] += dt
+
+        def _reader(si):
+            with readers_lock:
+                r = readers.get(si)
+                if r is None:
+                    r = readers[si] = _SubbandReader(src_files[si], nbl)
+                    if r.shape[0] != ntime * nbl or (r.nf, r.npol) != (nchan, npol):
+                        raise BadInputError(src_files[si], f"Data/visdata has shape {r.shape}, the group "
+                                                           f"{(ntime * nbl, nchan, npol)}")
+            return r
+
+        def _finish(t0, t1, si, data, flags, weight, sigma, scratch):
+            """RFI flags, waterfall, and the write (direct: here; putcol: returned to the writer)."""
+            f0, f1, _ = spws[si]
+            if flags_np is not None:
+                np.logical_or(flags, flags_np[t0:t1, :, f0:f1, :], out=flags)
+            if wf_amp is not None:
+                wf_amp[t0:t1, f0:f1] = np.abs(data[:, wf_bl])
+            if tiles is None:
+                return data, flags, weight, sigma
+            tw = _time.perf_counter()
+            packed = _scratch(scratch, "packed", (t1 - t0, flags[0].size // 8), np.uint8)
+            msio.pack_bits_le(flags.reshape(-1), packed.reshape(-1))
+            for k, t in enumerate(range(t0, t1)):
+                r0 = (t * nspw + si) * nbl
+                tiles.write(r0, DATA=data[k], FLAG=packed[k], WEIGHT=weight[k], SIGMA=sigma[k])
+            _add("write", _time.perf_counter() - tw)
+            return None
+
+        def _local_block(t0, t1, si):
+            """Read, compute and (direct mode) write one block, in a worker thread."""
+            f0, f1, _ = spws[si]
+            scratch = getattr(local, "scratch", None)
+            if scratch is None and tiles is not None:
+                scratch = local.scratch = {}
+            tr = _time.perf_counter()
+            if src_files is not None:
+                r = _reader(si)
+                v, n, f_, flip = (r.read("visdata", t0, t1, scratch), r.read("nsamples", t0, t1, scratch),
+                                  r.read("flags", t0, t1, scratch), r.flip)
+            else:
+                v, n, f_ = dask.compute(vis[t0:t1, :, f0:f1, :], nsamp[t0:t1, :, f0:f1, :],
+                                        fl[t0:t1, :, f0:f1, :], scheduler="sync")
+                flip = False
+            tk = _time.perf_counter()
+            _add("read", tk - tr)
+            out = compute_block(v, n, f_, geo["dw"][t0:t1], freq[f0:f1], flip, scratch)
+            _add("kernel", _time.perf_counter() - tk)
+            return _finish(t0, t1, si, *out, scratch)
+
+        if comp.client is None:
+            jobs = ((b, comp.pool.submit(_local_block, *b)) for b in blocks)
+        else:
+            # distributed: workers read and compute, this process writes
+            def _dist_jobs():
+                for t0, t1, si in blocks:
+                    f0, f1, _ = spws[si]
+                    d = dask.delayed(compute_block, pure=True)(
+                        vis[t0:t1, :, f0:f1, :], nsamp[t0:t1, :, f0:f1, :], fl[t0:t1, :, f0:f1, :],
+                        geo["dw"][t0:t1], freq[f0:f1], False)
+                    yield (t0, t1, si), comp.client.compute(d)
+            jobs = _dist_jobs()
+
+        nblocks = len(blocks)
+        done = 0
+        next_report = 0.1
+        nbytes = 0
+        t_write = 0.0
+        pending: deque = deque()
+        try:
+            for job in jobs:
+                pending.append(job)
+                if len(pending) < comp.window:
+                    continue
+                while len(pending) >= comp.window or (pending and pending[0][1].done()):
+                    (t0, t1, si), fut = pending.popleft()
+                    res = fut.result()
+                    if comp.client is not None:
+                        res = _finish(t0, t1, si, *res, None)
+                    tw = _time.perf_counter()
+                    if res is not None:
+                        data, flags, weight, sigma = res
+                        for k, t in enumerate(range(t0, t1)):
+                            r0 = (t * nspw + si) * nbl
+                            writer.put(r0, DATA=data[k], FLAG=flags[k], WEIGHT=weight[k], SIGMA=sigma[k])
+                    t_write += _time.perf_counter() - tw
+                    nbytes += (t1 - t0) * nbl * nchan * npol * 8
+                    done += 1
+                    if progress and done / nblocks >= next_report:
+                        log.info("%s: %3.0f%% (%d/%d blocks, %.1f s)", ts, 100.0 * done / nblocks, done, nblocks,
+                                 _time.perf_counter() - t_start)
+                        next_report += 0.1
+            while pending:
+                (t0, t1, si), fut = pending.popleft()
+                res = fut.result()
+                if comp.client is not None:
+                    res = _finish(t0, t1, si, *res, None)
                 tw = _time.perf_counter()
-                data, weight, nozero = res[0], res[1], res[2]
-                flags = res[3] if flags_np is None else flags_np[t0:t1, :, f0:f1, :]
-                flags = np.logical_or(flags, nozero)
-                sigma = np.where(weight > 0, 1.0 / np.sqrt(np.maximum(weight, 1e-30)), 0.0).astype(np.float32)
-                for k, t in enumerate(range(t0, t1)):
-                    r0 = (t * nspw + si) * nbl
-                    w.put(r0, DATA=data[k], FLAG=flags[k], WEIGHT=weight[k], SIGMA=sigma[k])
-                if wf_amp is not None:
-                    wf_amp[t0:t1, f0:f1] = np.abs(data[:, wf_bl])
-                nbytes += data.nbytes
-                done += 1
+                if res is not None:
+                    data, flags, weight, sigma = res
+                    for k, t in enumerate(range(t0, t1)):
+                        r0 = (t * nspw + si) * nbl
+                        writer.put(r0, DATA=data[k], FLAG=flags[k], WEIGHT=weight[k], SIGMA=sigma[k])
                 t_write += _time.perf_counter() - tw
+                nbytes += (t1 - t0) * nbl * nchan * npol * 8
+                done += 1
                 if progress and done / nblocks >= next_report:
                     log.info("%s: %3.0f%% (%d/%d blocks, %.1f s)", ts, 100.0 * done / nblocks, done, nblocks,
                              _time.perf_counter() - t_start)
                     next_report += 0.1
-            prof["blocks"] = _time.perf_counter() - tick
-            prof["blocks_write"] = t_write
-            tick = _time.perf_counter()
+        finally:
+            for _, fut in pending:
+                try:
+                    fut.cancel()
+                except Exception:
+                    pass
+            if comp.pool is not None:
+                comp.pool.shutdown(wait=True, cancel_futures=True)
+        prof["blocks"] = _time.perf_counter() - tick
+        prof["blocks_write"] = t_write + stats["write"]
+        prof["blocks_read_threads"] = stats["read"]
+        prof["blocks_kernel_threads"] = stats["kernel"]
+        prof["direct_tiles"] = tiles is not None
+        prof["direct_read"] = src_files is not None
+        tick = _time.perf_counter()
+        if tiles is not None:
+            tiles.close()
+        if writer is not None:
+            writer.close()
         prof["close"] = _time.perf_counter() - tick
         tick = _time.perf_counter()
         final = msio.move_into_place(tmp_ms, ms_path, staging_dir=paths.tmp)
         prof["move"] = _time.perf_counter() - tick
     except BaseException:
+        if tiles is not None:
+            tiles.close()
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:
+                pass
         shutil.rmtree(tmp_ms, ignore_errors=True)
         raise
     if flags_np is not None:
