@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import shutil
 import sys
@@ -430,13 +431,35 @@ class _SubbandReader:
             return None
         return dict(dtype=dt, chunk=ch, nbytes=nbytes, grid=grid)
 
+    def read_baselines(self, name, b0, b1, ntime, scratch=None):
+        """(ntime, b1 - b0, nf, npol): baselines b0..b1 of every integration, file channel order
+        (one read of each integration's row range)."""
+        out = _scratch(scratch, ("bl", name), (ntime, b1 - b0, self.nf, self.npol), self.dtype(name))
+        sub = {} if scratch is None else scratch.setdefault(("blsub", name), {})
+        for t in range(ntime):
+            out[t] = self._read_rows(name, t * self.nbls + b0, t * self.nbls + b1, sub)
+        return out
+
+    def dtype(self, name):
+        tab = self.tables[name]
+        if tab is not None:
+            return tab["dtype"]
+        import h5py
+
+        with h5py.File(self.path, "r") as f:
+            return f["Data"][name].dtype
+
     def read(self, name, t0, t1, scratch=None):
         """(t1 - t0, nbls, nf, npol) array of integrations t0..t1, file channel order.
 
         ``scratch``: a dict this reader may keep buffers in and reuse between calls of one
         thread (fresh memory costs page faults: ~2 ms per MB on small VMs); the returned array
         is then one of them, valid until the next call with the same name."""
-        r0, r1 = t0 * self.nbls, t1 * self.nbls
+        out = self._read_rows(name, t0 * self.nbls, t1 * self.nbls, scratch)
+        return out.reshape(t1 - t0, self.nbls, self.nf, self.npol)
+
+    def _read_rows(self, name, r0, r1, scratch=None):
+        """(r1 - r0, nf, npol) rows r0..r1 of Data/<name>, file channel order."""
         tab = self.tables[name]
         if tab is None:
             import h5py
@@ -444,7 +467,7 @@ class _SubbandReader:
             with h5py.File(self.path, "r") as f:
                 d = f["Data"][name]
                 raw = d[r0:r1, 0, :, :] if len(d.shape) == 4 else d[r0:r1, :, :]
-            return np.ascontiguousarray(raw).reshape(t1 - t0, self.nbls, self.nf, self.npol)
+            return np.ascontiguousarray(raw)
         R, C, P = tab["chunk"]
         g = tab["grid"][r0 // R: -(-r1 // R)]
         lo = int(g.min())
@@ -465,7 +488,121 @@ class _SubbandReader:
         src = buf.view(np.uint8) if tab["dtype"].kind == "b" else buf
         dst = out.view(np.uint8) if tab["dtype"].kind == "b" else out
         gather_chunks(src, grid, R, C, P, r0 - (r0 // R) * R, r1 - (r0 // R) * R, dst)
-        return out.reshape(t1 - t0, self.nbls, self.nf, self.npol)
+        return out
+
+
+# ----------------------------------------------------------------------------- flags in the same pass
+def _fused_flag_pass(ds, tiles, src_files, spws, dw, freq, a1, a2, strategy, flag_mod, comp, ts, progress, prof):
+    """One pass over the subband files in baseline blocks: read, RFI-flag, rotate, write.
+
+    Blocks are the baseline chunks :func:`dsacont.flagging.flag_dataset` uses (``block_baselines``,
+    spread evenly), each with all integrations and all channels in ascending order, and the same
+    inputs (|vis| and the files' flags), so the RFI flags equal ``flag_dataset``'s. Each block is
+    then rotated per subband and written as partial tiles (a baseline range of one (time, spw) run
+    is contiguous in the tile files). Returns the (time, baseline, frequency, pol) flags
+    (files' flags | RFI), as ``flag_dataset`` would."""
+    s = flag_mod._as_strategy(strategy)
+    ntime, nbl = dw.shape
+    nspw = len(spws)
+    nf = freq.size
+    npol = ds.sizes["polarization"]
+    nblk = max(1, nbl // max(1, int(s.block_baselines)))
+    size = int(math.ceil(nbl / nblk))
+    bblocks = [(b0, min(b0 + size, nbl)) for b0 in range(0, nbl, size)]
+    is_auto = np.asarray(a1) == np.asarray(a2)
+    static = np.asarray(s.static_channel_mask(freq), dtype=bool)
+    flags_all = np.empty((ntime, nbl, nf, npol), dtype=bool)
+    readers = [None] * nspw
+    readers_lock = threading.Lock()
+    local = threading.local()
+    stats = {"read": 0.0, "flag": 0.0, "kernel": 0.0, "write": 0.0}
+    stats_lock = threading.Lock()
+
+    def reader(si):
+        with readers_lock:
+            if readers[si] is None:
+                r = _SubbandReader(src_files[si], nbl)
+                if r.shape[0] != ntime * nbl or r.nf != spws[si][1] - spws[si][0] or r.npol != npol:
+                    raise BadInputError(src_files[si], f"Data/visdata has shape {r.shape}, not the group's")
+                readers[si] = r
+            return readers[si]
+
+    def one(b0, b1):
+        sc = getattr(local, "scratch", None)
+        if sc is None:
+            sc = local.scratch = {}
+        nb = b1 - b0
+        ta = _time.perf_counter()
+        vis = _scratch(sc, "vis", (ntime, nb, nf, npol), np.complex64)
+        ns = _scratch(sc, "ns", (ntime, nb, nf, npol), np.float32)
+        fl = _scratch(sc, "fl", (ntime, nb, nf, npol), np.bool_)
+        for si, (f0, f1, _) in enumerate(spws):
+            r = reader(si)
+            for name, dst in (("visdata", vis), ("nsamples", ns), ("flags", fl)):
+                raw = r.read_baselines(name, b0, b1, ntime, sc)
+                dst[:, :, f0:f1] = raw[:, :, ::-1] if r.flip else raw
+        tb = _time.perf_counter()
+        fall = flag_mod.flag_block(np.abs(vis), fl, is_auto[b0:b1], s, static)
+        flags_all[:, b0:b1] = fall
+        tc = _time.perf_counter()
+        tw = 0.0
+        for si, (f0, f1, _) in enumerate(spws):
+            data, flags, weight, sigma = compute_block(vis[:, :, f0:f1], ns[:, :, f0:f1], fall[:, :, f0:f1],
+                                                       dw[:, b0:b1], freq[f0:f1], False, sc)
+            tw0 = _time.perf_counter()
+            bits = _scratch(sc, "bits", (flags[0].size // 8,), np.uint8)
+            for t in range(ntime):
+                msio.pack_bits_le(flags[t].reshape(-1), bits)
+                tiles.write((t * nspw + si) * nbl + b0, DATA=data[t], FLAG=bits, WEIGHT=weight[t], SIGMA=sigma[t])
+            tw += _time.perf_counter() - tw0
+        td = _time.perf_counter() - tw
+        te = _time.perf_counter()
+        with stats_lock:
+            for k, dt in (("read", tb - ta), ("flag", tc - tb), ("kernel", td - tc), ("write", te - td)):
+                stats[k] += dt
+        return nb
+
+    t0 = _time.perf_counter()
+    done = 0
+    futs = []
+    window = max(1, comp.nthreads)  # ~0.3 GB per full-size block in flight
+    try:
+        for b0, b1 in bblocks:
+            futs.append(comp.pool.submit(one, b0, b1))
+            while len(futs) >= window:
+                done += futs.pop(0).result()
+                if progress:
+                    log.info("%s: flagged and wrote %d/%d baselines (%.1f s)", ts, done, nbl,
+                             _time.perf_counter() - t0)
+        while futs:
+            done += futs.pop(0).result()
+    finally:
+        for f in futs:
+            f.cancel()
+        for f in futs:
+            try:
+                f.exception()  # wait: no thread may still write when the caller cleans up
+            except BaseException:
+                pass
+    log.info("%s: RFI flags computed in the write pass (%.1f s, %.2f%% flagged)", ts, _time.perf_counter() - t0,
+             100.0 * flags_all.mean())
+    prof.update({f"fused_{k}_threads": v for k, v in stats.items()})
+    return flags_all
+
+
+def _read_waterfall(tiles, bl, ntime, spws, nbl, npol):
+    """|DATA| of baseline ``bl`` (time, frequency, pol) read back from the DATA tile file."""
+    nspw = len(spws)
+    nch = spws[0][1] - spws[0][0]
+    out = np.zeros((ntime, nspw * nch, npol), np.float32)
+    c = tiles.cols["DATA"]
+    fd = tiles.fds["DATA"]
+    for t in range(ntime):
+        for si, (f0, f1, _) in enumerate(spws):
+            row = (t * nspw + si) * nbl + bl
+            raw = os.pread(fd, nch * npol * 8, tiles._offset("DATA", row))
+            out[t, f0:f1] = np.abs(np.frombuffer(raw, np.dtype(c["dtype"])).reshape(nch, npol))
+    return out
 
 
 # ----------------------------------------------------------------------------- main entry
@@ -500,6 +637,7 @@ def convert_group(
     qa_dir=None,
     direct_write: bool = True,
     direct_read: bool = True,
+    fuse_flags: bool = True,
 ) -> Path:
     """Convert one subband group to a CASA Measurement Set; returns the MS path.
 
@@ -535,6 +673,11 @@ def convert_group(
     direct_read : bool
         When given files (not a Dataset), read them by their HDF5 chunk tables in parallel
         threads (:class:`_SubbandReader`); False: through the loader's dask arrays.
+    fuse_flags : bool
+        With ``flag=True``, files, direct reads and writes and no distributed client: compute
+        the RFI flags in the same single pass over the files that writes the MS (baseline blocks
+        cut exactly as :func:`dsacont.flagging.flag_dataset` cuts them, so the flags are the
+        same). False (or when those conditions fail): flags first, then a second read.
     """
     import xarray as xr
 
@@ -602,26 +745,39 @@ def convert_group(
 
     comp = _Computer(window)
     flags_np = None
+    flag_mod = None
     if flag:
         try:
-            from dsacont.flagging import flag_dataset
+            from dsacont import flagging as flag_mod
         except ImportError as exc:
             log.warning("flagging unavailable (%s): converting without RFI flags", exc)
-        else:
-            t0 = _time.perf_counter()
-            fda = flag_dataset(ds, strategy)
-            fdata = fda.data if hasattr(fda, "data") else fda
-            flags_np = np.asarray(comp.compute_now(fdata), dtype=bool)
-            log.info("%s: RFI flags computed in %.1f s (%.2f%% flagged)", ts, _time.perf_counter() - t0,
-                     100.0 * flags_np.mean())
-    # waterfall baseline: the cross-correlation with the median flagged fraction
+    # flags fused into the one pass over the files (baseline blocks, as flag_dataset cuts them)
+    # when we read the files ourselves, locally, and can write partial tiles; else computed first
+    fuse = flag_mod is not None and fuse_flags and src_files is not None and comp.client is None and direct_write
+
+    def _flags_first():
+        t0 = _time.perf_counter()
+        fda = flag_mod.flag_dataset(ds, strategy)
+        fdata = fda.data if hasattr(fda, "data") else fda
+        out = np.asarray(comp.compute_now(fdata), dtype=bool)
+        log.info("%s: RFI flags computed in %.1f s (%.2f%% flagged)", ts, _time.perf_counter() - t0,
+                 100.0 * out.mean())
+        return out
+
+    def _waterfall_baseline(flags_all):
+        # the cross-correlation with the median flagged fraction
+        cross = np.nonzero(a1 != a2)[0]
+        if not cross.size:
+            return None
+        frac = flags_all[:, cross].mean(axis=(0, 2, 3))
+        return int(cross[np.argsort(frac)[len(frac) // 2]])
+
+    if flag_mod is not None and not fuse:
+        flags_np = _flags_first()
     wf_bl, wf_amp = None, None
     if flags_np is not None:
-        a1v, a2v = np.asarray(ds["antenna1"].values), np.asarray(ds["antenna2"].values)
-        cross = np.nonzero(a1v != a2v)[0]
-        if cross.size:
-            frac = flags_np[:, cross].mean(axis=(0, 2, 3))
-            wf_bl = int(cross[np.argsort(frac)[len(frac) // 2]])
+        wf_bl = _waterfall_baseline(flags_np)
+        if wf_bl is not None:
             wf_amp = np.zeros((ntime, flags_np.shape[2], npol), np.float32)
 
     # ---- MS skeleton in the temp location
@@ -658,7 +814,7 @@ def convert_group(
             f"phase={phase}: centre RA {np.degrees(centre['ra'][0]):.6f} Dec {np.degrees(centre['dec'][0]):.6f} deg "
             f"(ICRS, meridian HADEC(0, {np.degrees(float(ds.attrs['phase_center_dec'])):.4f} deg) at "
             f"{'mid-time' if phase == 'common' else 'each integration'}); UVW recomputed per integration",
-            f"flags: correlator{' + dsacont.flagging' if flags_np is not None else ''}",
+            f"flags: correlator{' + dsacont.flagging' if flag_mod is not None else ''}",
             "source files: " + ", ".join(srcs),
         ],
     )
@@ -694,10 +850,23 @@ def convert_group(
         tiles = msio.TileFiles.open(tile_layout)
         if tiles is None:
             writer = msio.MSWriter(tmp_ms)
+            if fuse:  # partial tiles cannot be written: flags first, then the time blocks
+                fuse = False
+                flags_np = _flags_first()
+                wf_bl = _waterfall_baseline(flags_np)
+                if wf_bl is not None:
+                    wf_amp = np.zeros((ntime, flags_np.shape[2], npol), np.float32)
         prof["metadata"] = _time.perf_counter() - tick
         tick = _time.perf_counter()
+        if fuse:
+            flags_np = _fused_flag_pass(ds, tiles, src_files, spws, geo["dw"], freq, a1, a2, strategy, flag_mod,
+                                        comp, ts, progress, prof)
+            wf_bl = _waterfall_baseline(flags_np)
+            if wf_bl is not None:
+                wf_amp = _read_waterfall(tiles, wf_bl, ntime, spws, nbl, npol)
         tb_edges = np.concatenate([[0], np.cumsum(tchunks)]).astype(int)
-        blocks = [(int(tb_edges[ti]), int(tb_edges[ti + 1]), si) for ti in range(len(tchunks)) for si in range(nspw)]
+        blocks = [] if fuse else [(int(tb_edges[ti]), int(tb_edges[ti + 1]), si)
+                                  for ti in range(len(tchunks)) for si in range(nspw)]
         local = threading.local()
         readers: dict = {}
         readers_lock = threading.Lock()

@@ -427,6 +427,29 @@ def test_fast_paths_equal_putcol_and_dask_paths(sim_small, small_ms, tmp_path):
         np.testing.assert_array_equal(a[col], c[col], err_msg=col)
 
 
+def test_fused_flags_equal_flags_first(sim_small, tmp_path):
+    """flag=True in one pass (baseline blocks: read, flag, rotate, write partial tiles) gives the
+    same MS and the same flag summary as computing flag_dataset first and writing in time blocks."""
+    pytest.importorskip("dsacont.flagging")
+    from dsacont import convert
+    from dsacont.config import get_paths
+
+    paths = get_paths(root=tmp_path)
+    one = convert.convert_group(sim_small[1], tmp_path / "one.ms", flag=True, paths=paths, qa_dir=tmp_path / "qa1")
+    assert "fused_flag_threads" in convert.LAST_PROFILE
+    two = convert.convert_group(sim_small[1], tmp_path / "two.ms", flag=True, paths=paths, qa_dir=tmp_path / "qa2",
+                                fuse_flags=False)
+    assert "fused_flag_threads" not in convert.LAST_PROFILE
+    a, b = _main_columns(one), _main_columns(two)
+    assert a["FLAG"].mean() > 0
+    for col in a:
+        np.testing.assert_array_equal(a[col], b[col], err_msg=col)
+    j1 = json.loads(next((tmp_path / "qa1").glob("*.flags.json")).read_text())
+    j2 = json.loads(next((tmp_path / "qa2").glob("*.flags.json")).read_text())
+    assert j1 == j2
+    assert next((tmp_path / "qa1").glob("*.waterfall.png")).stat().st_size > 0
+
+
 def test_block_kernel_matches_rotate_kernel():
     """The fused block kernel (flip, recurrence phases, weights, flags) against phasing's kernel."""
     from dsacont.convert import compute_block
