@@ -184,9 +184,20 @@ def _estimate_ms_bytes(nrows, nchan, npol) -> int:
     return int(nrows * (npol * nchan * 8 + npol * nchan / 8 + 24 + 16 + 80) * 1.05) + (8 << 20)
 
 
-def _pick_tmp_root(tmp_dir, paths, need_bytes) -> Path:
+def _pick_tmp_root(tmp_dir, paths, need_bytes, ms_path=None) -> Path:
+    """Where the MS is built: ``tmp_dir`` if given; else ``<stage>/tmp`` when it is on the
+    output's filesystem (the move is then a rename: every byte written once); else tmpfs when it
+    has room (then one copy to the output's filesystem); else ``<stage>/tmp``."""
     if tmp_dir is not None:
         return Path(tmp_dir)
+    if ms_path is not None:
+        try:
+            Path(paths.tmp).mkdir(parents=True, exist_ok=True)
+            Path(ms_path).parent.mkdir(parents=True, exist_ok=True)
+            if os.stat(paths.tmp).st_dev == os.stat(Path(ms_path).parent).st_dev:
+                return Path(paths.tmp)
+        except OSError:
+            pass
     if os.path.isdir(TMPFS) and os.access(TMPFS, os.W_OK):
         st = os.statvfs(TMPFS)
         if st.f_bavail * st.f_frsize > need_bytes + TMPFS_MARGIN_BYTES:
@@ -378,6 +389,8 @@ class _SubbandReader:
         self.path = str(path)
         self.nbls = int(nbls)
         self.tables = {}
+        self.fd = None
+        self._lock = threading.Lock()
         with h5py.File(self.path, "r") as f:
             fr = np.asarray(f["Header/freq_array"][()], float).reshape(-1)
             self.flip = bool(fr.size > 1 and fr[0] > fr[-1])
@@ -431,6 +444,26 @@ class _SubbandReader:
             return None
         return dict(dtype=dt, chunk=ch, nbytes=nbytes, grid=grid)
 
+    def _fd(self):
+        fd = getattr(self, "fd", None)
+        if fd is None:
+            with self._lock:
+                if getattr(self, "fd", None) is None:
+                    self.fd = os.open(self.path, os.O_RDONLY)
+                fd = self.fd
+        return fd
+
+    def close(self):
+        fd, self.fd = getattr(self, "fd", None), None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
     def read_baselines(self, name, b0, b1, ntime, scratch=None):
         """(ntime, b1 - b0, nf, npol): baselines b0..b1 of every integration, file channel order
         (one read of each integration's row range)."""
@@ -475,14 +508,12 @@ class _SubbandReader:
         isz = tab["dtype"].itemsize
         buf = _scratch(scratch, ("buf", name), ((hi - lo) // isz,), tab["dtype"])
         raw = memoryview(buf.view(np.uint8))
-        with open(self.path, "rb", buffering=0) as fh:
-            fh.seek(lo)
-            got = 0
-            while got < len(raw):
-                n = fh.readinto(raw[got:])
-                if not n:
-                    raise BadInputError(self.path, f"Data/{name}: file ends inside a chunk")
-                got += n
+        got = 0
+        while got < len(raw):
+            n = os.preadv(self._fd(), [raw[got:]], lo + got)
+            if not n:
+                raise BadInputError(self.path, f"Data/{name}: file ends inside a chunk")
+            got += n
         grid = np.ascontiguousarray((g - lo) // isz)
         out = _scratch(scratch, ("out", name), (r1 - r0, self.nf, self.npol), tab["dtype"])
         src = buf.view(np.uint8) if tab["dtype"].kind == "b" else buf
@@ -584,6 +615,9 @@ def _fused_flag_pass(ds, tiles, src_files, spws, dw, freq, a1, a2, strategy, fla
                 f.exception()  # wait: no thread may still write when the caller cleans up
             except BaseException:
                 pass
+        for r in readers:
+            if r is not None:
+                r.close()
     log.info("%s: RFI flags computed in the write pass (%.1f s, %.2f%% flagged)", ts, _time.perf_counter() - t0,
              100.0 * flags_all.mean())
     prof.update({f"fused_{k}_threads": v for k, v in stats.items()})
@@ -655,7 +689,8 @@ def convert_group(
     strategy : passed to ``flag_dataset``.
     paths : :class:`dsacont.config.Paths`, optional (default ``get_paths()``).
     tmp_dir : path, optional
-        Where the MS is built before the atomic move (default tmpfs or ``<stage>/tmp``).
+        Where the MS is built before the atomic move. Default: ``<stage>/tmp`` when it shares
+        the output's filesystem (a rename), else tmpfs when it has room, else ``<stage>/tmp``.
     chunks : dict, optional
         Loader chunks, e.g. ``{"time": 8}`` (frequency chunks are one subband).
     progress : bool
@@ -781,7 +816,7 @@ def convert_group(
             wf_amp = np.zeros((ntime, flags_np.shape[2], npol), np.float32)
 
     # ---- MS skeleton in the temp location
-    tmp_root = _pick_tmp_root(tmp_dir, paths, _estimate_ms_bytes(nrows, nchan, npol))
+    tmp_root = _pick_tmp_root(tmp_dir, paths, _estimate_ms_bytes(nrows, nchan, npol), ms_path)
     tmp_root.mkdir(parents=True, exist_ok=True)
     tmp_ms = tmp_root / f".{ms_path.name}.partial{os.getpid()}"
     shutil.rmtree(tmp_ms, ignore_errors=True)
@@ -994,6 +1029,8 @@ def convert_group(
                     pass
             if comp.pool is not None:
                 comp.pool.shutdown(wait=True, cancel_futures=True)
+            for r in readers.values():
+                r.close()
         prof["blocks"] = _time.perf_counter() - tick
         prof["blocks_write"] = t_write + stats["write"]
         prof["blocks_read_threads"] = stats["read"]
