@@ -76,6 +76,8 @@ __all__ = ["convert_group", "to_zarr", "phase_centre", "phase_dataset", "cli"]
 PHASE_MODES = ("common", "per_integration")
 TMPFS = "/dev/shm"
 TMPFS_MARGIN_BYTES = 1 << 30
+# blocks computed ahead while the MS skeleton is being built (~35 MB each at full size)
+PREFETCH_BLOCKS = 12
 # seconds spent in each phase of the last convert_group call in this process (benchmarks read it)
 LAST_PROFILE: dict = {}
 
@@ -856,7 +858,11 @@ def convert_group(
     log.info("%s: writing %d rows (%d times x %d spw x %d baselines) to %s", ts, nrows, ntime, nspw, nbl, tmp_ms)
     tiles = None
     writer = None
-    try:
+    skel = {"tiles": None, "error": None}
+    skel_done = threading.Event()
+
+    def _skeleton():
+        """The MS with every row and all metadata, closed; returns TileFiles or None."""
         tick = _time.perf_counter()
         msio.create_ms(tmp_ms, layout)
         prof["create"] = _time.perf_counter() - tick
@@ -882,17 +888,43 @@ def convert_group(
                 w.put(t * rows_t, ANTENNA1=ant1_t, ANTENNA2=ant2_t, UVW=np.tile(-geo["uvw"][t], (nspw, 1)))
             tile_layout = w.tile_layout() if direct_write else None
         # bulk columns straight into their tiles when the layout checks out, else putcol
-        tiles = msio.TileFiles.open(tile_layout)
-        if tiles is None:
-            writer = msio.MSWriter(tmp_ms)
-            if fuse:  # partial tiles cannot be written: flags first, then the time blocks
+        out = msio.TileFiles.open(tile_layout)
+        prof["metadata"] = _time.perf_counter() - tick
+        return out
+
+    def _skeleton_thread():
+        try:
+            skel["tiles"] = _skeleton()
+        except BaseException as exc:  # re-raised by _wait_skeleton in the caller's thread
+            skel["error"] = exc
+        finally:
+            skel_done.set()
+
+    def _wait_skeleton():
+        skel_done.wait()
+        if skel["error"] is not None:
+            raise skel["error"]
+        return skel["tiles"]
+
+    skel_thread = None
+    try:
+        if fuse:
+            _skeleton_thread()
+        else:
+            # casatools releases the GIL: the skeleton (~1 s at full size, mostly casacore allocating
+            # the tiles) is built while the first blocks are read and computed
+            skel_thread = threading.Thread(target=_skeleton_thread, name="dsacont-ms-skeleton", daemon=True)
+            skel_thread.start()
+        tick = _time.perf_counter()
+        if fuse:
+            tiles = _wait_skeleton()
+            if tiles is None:  # partial tiles cannot be written: flags first, then the time blocks
+                writer = msio.MSWriter(tmp_ms)
                 fuse = False
                 flags_np = _flags_first()
                 wf_bl = _waterfall_baseline(flags_np)
                 if wf_bl is not None:
                     wf_amp = np.zeros((ntime, flags_np.shape[2], npol), np.float32)
-        prof["metadata"] = _time.perf_counter() - tick
-        tick = _time.perf_counter()
         if fuse:
             flags_np = _fused_flag_pass(ds, tiles, src_files, spws, geo["dw"], freq, a1, a2, strategy, flag_mod,
                                         comp, ts, progress, prof)
@@ -922,29 +954,28 @@ def convert_group(
                                                            f"{(ntime * nbl, nchan, npol)}")
             return r
 
-        def _finish(t0, t1, si, data, flags, weight, sigma, scratch):
-            """RFI flags, waterfall, and the write (direct: here; putcol: returned to the writer)."""
+        def _prep(t0, t1, si, data, flags):
+            """RFI flags into FLAG, and the waterfall's amplitudes."""
             f0, f1, _ = spws[si]
             if flags_np is not None:
                 np.logical_or(flags, flags_np[t0:t1, :, f0:f1, :], out=flags)
             if wf_amp is not None:
                 wf_amp[t0:t1, f0:f1] = np.abs(data[:, wf_bl])
-            if tiles is None:
-                return data, flags, weight, sigma
+
+        def _write_tiles(tf, t0, t1, si, data, flags, weight, sigma, scratch):
             tw = _time.perf_counter()
             packed = _scratch(scratch, "packed", (t1 - t0, flags[0].size // 8), np.uint8)
             msio.pack_bits_le(flags.reshape(-1), packed.reshape(-1))
             for k, t in enumerate(range(t0, t1)):
-                r0 = (t * nspw + si) * nbl
-                tiles.write(r0, DATA=data[k], FLAG=packed[k], WEIGHT=weight[k], SIGMA=sigma[k])
+                tf.write((t * nspw + si) * nbl, DATA=data[k], FLAG=packed[k], WEIGHT=weight[k], SIGMA=sigma[k])
             _add("write", _time.perf_counter() - tw)
-            return None
 
         def _local_block(t0, t1, si):
-            """Read, compute and (direct mode) write one block, in a worker thread."""
+            """Read, compute and (direct mode, skeleton ready) write one block, in a worker thread.
+            Returns None when written, else (data, flags, weight, sigma) in fresh arrays."""
             f0, f1, _ = spws[si]
             scratch = getattr(local, "scratch", None)
-            if scratch is None and tiles is not None:
+            if scratch is None:
                 scratch = local.scratch = {}
             tr = _time.perf_counter()
             if src_files is not None:
@@ -957,9 +988,14 @@ def convert_group(
                 flip = False
             tk = _time.perf_counter()
             _add("read", tk - tr)
-            out = compute_block(v, n, f_, geo["dw"][t0:t1], freq[f0:f1], flip, scratch)
+            tf = skel["tiles"] if skel_done.is_set() and skel["error"] is None else None
+            out = compute_block(v, n, f_, geo["dw"][t0:t1], freq[f0:f1], flip, scratch if tf is not None else None)
             _add("kernel", _time.perf_counter() - tk)
-            return _finish(t0, t1, si, *out, scratch)
+            _prep(t0, t1, si, out[0], out[1])
+            if tf is None:
+                return out
+            _write_tiles(tf, t0, t1, si, *out, scratch)
+            return None
 
         if comp.client is None:
             jobs = ((b, comp.pool.submit(_local_block, *b)) for b in blocks)
@@ -975,52 +1011,50 @@ def convert_group(
             jobs = _dist_jobs()
 
         nblocks = len(blocks)
-        done = 0
-        next_report = 0.1
-        nbytes = 0
-        t_write = 0.0
+        counts = {"done": 0, "next": 0.1, "nbytes": 0, "t_write": 0.0}
+        main_scratch: dict = {}
+
+        def _collect(t0, t1, si, fut):
+            """Result of one block in this thread: write it if the worker did not."""
+            nonlocal tiles, writer
+            res = fut.result()
+            if comp.client is not None:
+                _prep(t0, t1, si, res[0], res[1])
+            if res is not None:
+                if not skel_done.is_set() or (tiles is None and writer is None):
+                    tiles = _wait_skeleton()
+                    if tiles is None and writer is None:
+                        writer = msio.MSWriter(tmp_ms)
+                tw = _time.perf_counter()
+                if tiles is not None:
+                    _write_tiles(tiles, t0, t1, si, *res, main_scratch)
+                else:
+                    data, flags, weight, sigma = res
+                    for k, t in enumerate(range(t0, t1)):
+                        writer.put((t * nspw + si) * nbl, DATA=data[k], FLAG=flags[k], WEIGHT=weight[k],
+                                   SIGMA=sigma[k])
+                    counts["t_write"] += _time.perf_counter() - tw
+            counts["nbytes"] += (t1 - t0) * nbl * nchan * npol * 8
+            counts["done"] += 1
+            if progress and counts["done"] / nblocks >= counts["next"]:
+                log.info("%s: %3.0f%% (%d/%d blocks, %.1f s)", ts, 100.0 * counts["done"] / nblocks, counts["done"],
+                         nblocks, _time.perf_counter() - t_start)
+                counts["next"] += 0.1
+
+        def _window():
+            # while the skeleton is being built, blocks computed ahead wait in memory (~35 MB each)
+            return comp.window if skel_done.is_set() else max(comp.window, PREFETCH_BLOCKS)
+
         pending: deque = deque()
         try:
             for job in jobs:
                 pending.append(job)
-                if len(pending) < comp.window:
-                    continue
-                while len(pending) >= comp.window or (pending and pending[0][1].done()):
+                while len(pending) >= _window() or (pending and pending[0][1].done()):
                     (t0, t1, si), fut = pending.popleft()
-                    res = fut.result()
-                    if comp.client is not None:
-                        res = _finish(t0, t1, si, *res, None)
-                    tw = _time.perf_counter()
-                    if res is not None:
-                        data, flags, weight, sigma = res
-                        for k, t in enumerate(range(t0, t1)):
-                            r0 = (t * nspw + si) * nbl
-                            writer.put(r0, DATA=data[k], FLAG=flags[k], WEIGHT=weight[k], SIGMA=sigma[k])
-                    t_write += _time.perf_counter() - tw
-                    nbytes += (t1 - t0) * nbl * nchan * npol * 8
-                    done += 1
-                    if progress and done / nblocks >= next_report:
-                        log.info("%s: %3.0f%% (%d/%d blocks, %.1f s)", ts, 100.0 * done / nblocks, done, nblocks,
-                                 _time.perf_counter() - t_start)
-                        next_report += 0.1
+                    _collect(t0, t1, si, fut)
             while pending:
                 (t0, t1, si), fut = pending.popleft()
-                res = fut.result()
-                if comp.client is not None:
-                    res = _finish(t0, t1, si, *res, None)
-                tw = _time.perf_counter()
-                if res is not None:
-                    data, flags, weight, sigma = res
-                    for k, t in enumerate(range(t0, t1)):
-                        r0 = (t * nspw + si) * nbl
-                        writer.put(r0, DATA=data[k], FLAG=flags[k], WEIGHT=weight[k], SIGMA=sigma[k])
-                t_write += _time.perf_counter() - tw
-                nbytes += (t1 - t0) * nbl * nchan * npol * 8
-                done += 1
-                if progress and done / nblocks >= next_report:
-                    log.info("%s: %3.0f%% (%d/%d blocks, %.1f s)", ts, 100.0 * done / nblocks, done, nblocks,
-                             _time.perf_counter() - t_start)
-                    next_report += 0.1
+                _collect(t0, t1, si, fut)
         finally:
             for _, fut in pending:
                 try:
@@ -1031,6 +1065,10 @@ def convert_group(
                 comp.pool.shutdown(wait=True, cancel_futures=True)
             for r in readers.values():
                 r.close()
+        if tiles is None and writer is None:
+            tiles = _wait_skeleton()  # no blocks (or all written by workers)
+        t_write = counts["t_write"]
+        nbytes = counts["nbytes"]
         prof["blocks"] = _time.perf_counter() - tick
         prof["blocks_write"] = t_write + stats["write"]
         prof["blocks_read_threads"] = stats["read"]
@@ -1047,6 +1085,9 @@ def convert_group(
         final = msio.move_into_place(tmp_ms, ms_path, staging_dir=paths.tmp)
         prof["move"] = _time.perf_counter() - tick
     except BaseException:
+        if skel_thread is not None:
+            skel_thread.join()
+        tiles = tiles if tiles is not None else skel.get("tiles")
         if tiles is not None:
             tiles.close()
         if writer is not None:
