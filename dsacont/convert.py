@@ -200,11 +200,23 @@ def _pick_tmp_root(tmp_dir, paths, need_bytes, ms_path=None) -> Path:
                 return Path(paths.tmp)
         except OSError:
             pass
-    if os.path.isdir(TMPFS) and os.access(TMPFS, os.W_OK):
-        st = os.statvfs(TMPFS)
-        if st.f_bavail * st.f_frsize > need_bytes + TMPFS_MARGIN_BYTES:
-            return Path(TMPFS)
+    if _tmpfs_has_room(need_bytes):
+        return Path(TMPFS)
     return Path(paths.tmp)
+
+
+def _same_fs(a, b) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False
+
+
+def _tmpfs_has_room(need_bytes) -> bool:
+    if not (os.path.isdir(TMPFS) and os.access(TMPFS, os.W_OK)):
+        return False
+    st = os.statvfs(TMPFS)
+    return st.f_bavail * st.f_frsize > need_bytes + TMPFS_MARGIN_BYTES
 
 
 def _client_or_none():
@@ -861,8 +873,33 @@ def convert_group(
     skel = {"tiles": None, "error": None}
     skel_done = threading.Event()
 
+    # casacore zero-fills every tile of the skeleton when it is closed (1.5 GB at full size); on
+    # tmpfs that costs RAM bandwidth, on disk a second write of the whole MS. So with direct
+    # writes the skeleton is built on tmpfs and copied without its bulk tile files, which are
+    # created sparse in the staging directory and filled once (msio.TileFiles.relocate).
+    skel_ms = tmp_ms
+    if direct_write and not _same_fs(tmp_root, TMPFS) and _tmpfs_has_room(_estimate_ms_bytes(nrows, nchan, npol)):
+        skel_ms = Path(TMPFS) / f".{ms_path.name}.skeleton{os.getpid()}"
+        shutil.rmtree(skel_ms, ignore_errors=True)
+
     def _skeleton():
         """The MS with every row and all metadata, closed; returns TileFiles or None."""
+        try:
+            out = _skeleton_in(skel_ms)
+            tick = _time.perf_counter()
+            prof["skeleton_on_tmpfs"] = skel_ms != tmp_ms
+            if skel_ms != tmp_ms:
+                if out is not None:
+                    out = msio.TileFiles.relocate(out, skel_ms, tmp_ms)
+                else:
+                    shutil.copytree(skel_ms, tmp_ms)
+            prof["relocate"] = _time.perf_counter() - tick
+        finally:
+            if skel_ms != tmp_ms:
+                shutil.rmtree(skel_ms, ignore_errors=True)
+        return out
+
+    def _skeleton_in(tmp_ms):
         tick = _time.perf_counter()
         msio.create_ms(tmp_ms, layout)
         prof["create"] = _time.perf_counter() - tick

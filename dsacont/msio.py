@@ -524,7 +524,7 @@ class TileFiles:
         self.bytes_written = 0
 
     @classmethod
-    def open(cls, layout):
+    def open(cls, layout, check_probes: bool = True):
         """Verify file lengths and probe values of a :meth:`MSWriter.tile_layout` (the table
         must be closed). Returns a :class:`TileFiles` or None (logged) if anything differs."""
         if not layout:
@@ -538,7 +538,7 @@ class TileFiles:
                     return None
                 fd = os.open(c["file"], os.O_RDWR)
                 self.fds[col] = fd
-                for row, v in c["probes"].items():
+                for row, v in (c["probes"].items() if check_probes else ()):
                     expect = self._encode(col, v[None])
                     off = self._offset(col, row)
                     got = os.pread(fd, expect.nbytes, off)
@@ -551,6 +551,33 @@ class TileFiles:
             self.close()
             return None
         return self
+
+    @classmethod
+    def relocate(cls, tiles, src_ms, dst_ms):
+        """Copy the MS ``src_ms`` (closed, layout verified by ``tiles``) to ``dst_ms`` except the
+        bulk tile files, which are created empty (sparse) at their full length instead: every
+        byte of them is written later through the returned :class:`TileFiles` (each row of each
+        column is written exactly once), so casacore's zero-filled copies are never copied.
+        ``tiles`` is closed; ``src_ms`` is left as it is (the caller removes it)."""
+        src_ms, dst_ms = str(src_ms), str(dst_ms)
+        skip = {os.path.realpath(c["file"]) for c in tiles.cols.values()}
+        tiles.close()
+
+        def ignore(d, names):
+            return [n for n in names if os.path.realpath(os.path.join(d, n)) in skip]
+
+        shutil.copytree(src_ms, dst_ms, ignore=ignore)
+        layout = dict(tiles.layout, path=dst_ms, columns={})
+        for col, c in tiles.cols.items():
+            rel = os.path.relpath(c["file"], src_ms)
+            new = dict(c, file=os.path.join(dst_ms, rel))
+            fd = os.open(new["file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.ftruncate(fd, c["ntiles"] * c["bucket"])
+            finally:
+                os.close(fd)
+            layout["columns"][col] = new
+        return cls.open(layout, check_probes=False)
 
     def _offset(self, col, row):
         c = self.cols[col]
