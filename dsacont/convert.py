@@ -31,22 +31,33 @@ with nsamples == 0 are flagged.
 
 Execution
 ---------
-The MS is created in a temporary directory (tmpfs ``/dev/shm`` when it has room for it plus
-1 GiB, else ``<stage>/tmp``), filled, then moved into place atomically
-(:func:`dsacont.msio.move_into_place`): a copy into ``<stage>/tmp`` on the target filesystem
-and an ``os.replace``. Blocks of (``time`` chunk, one subband) are computed ahead in a bounded
-window while this process writes the previous ones; memory is about ``window`` blocks.
-With a ``distributed`` client as the current scheduler (LocalCluster or a ``dask-scheduler``
-address) the blocks are computed on the workers and the client writes; otherwise a local
-thread pool computes them (numba kernels release the GIL).
+One pass over the data. The MS is built in a staging directory and moved into place atomically
+(:func:`dsacont.msio.move_into_place`, an ``os.replace``): ``<stage>/tmp`` when it is on the
+output's filesystem (so the move is a rename and every byte reaches the disk once), else tmpfs
+when it has room, else ``<stage>/tmp`` (then the move copies). The *skeleton* (every row, all
+metadata and subtables, written with casatools) is built in a thread while the first blocks are
+read and computed (casatools releases the GIL; at most ``PREFETCH_BLOCKS`` blocks wait). Casacore
+zero-fills every tile when the skeleton is closed, so it is built on tmpfs and copied to the
+staging directory without its bulk tile files, which are created sparse there
+(:meth:`dsacont.msio.TileFiles.relocate`).
 
-Performance (``benchmarks/convert.py``, full-size group 2.3 GB -> 1.48 GB MS, 2 cores, warm page
-cache, load ~2): 17.3 s cold (new process), 15.4 s warm (second group in the same process),
-peak RSS 0.84 GB; pyuvdata's path 34.7 s and 7.0 GB (2.0-2.1x, 8x less memory). The raw I/O floor
-is 1.6 s: we are ~10x it. The single writer is the bottleneck: casatools ``putcol`` moves
-~250-350 MB/s of DATA (it converts through its own variant type; python-casacore is not allowed
-in the library), ~8 s of the 15; the rest is waiting on HDF5 reads of small chunks. Building
-the MS on the target filesystem (``tmp_dir=<stage>/tmp``) avoids the tmpfs -> disk copy.
+DATA/FLAG/WEIGHT/SIGMA are then written straight into their ``TiledColumnStMan`` tile files
+(:class:`dsacont.msio.TileFiles`: the layout and byte/bit order are verified on probe rows
+first; any surprise falls back to casatools ``putcol``). Blocks are (``time`` chunk, one
+subband): given files, each worker thread reads them by their HDF5 chunk tables
+(:class:`_SubbandReader`, ``preadv`` + a numba gather, no h5py per-chunk calls, GIL released),
+runs the fused numba :func:`block_kernel` (channel flip, phase rotation with float64 phases,
+conjugation, flags, weights) and ``pwrite``s its rows; given a Dataset, blocks come from its dask
+arrays. With ``flag=True`` and files, the RFI flags are computed in the same pass
+(:func:`_fused_flag_pass`: baseline blocks exactly as :func:`dsacont.flagging.flag_dataset` cuts
+them, so the flags are identical; the tiles are written in baseline ranges). With a
+``distributed`` client as the current scheduler (LocalCluster or a ``dask-scheduler`` address)
+the blocks are computed on the workers and the client writes (flags first, then the blocks).
+
+Performance (``benchmarks/convert.py``, full-size group 2.33 GB -> 1.48 GB MS, 2 cores shared
+with other jobs (load ~2), warm page cache): see ``benchmarks/README.md`` for the latest figures.
+Before this design (one casatools ``putcol`` writer, h5py reads, output built on tmpfs and
+copied): 17.3 s cold, 15.4 s warm, 0.84 GB; putcol ~250-350 MB/s was ~8 s of the 15.
 """
 from __future__ import annotations
 
@@ -536,6 +547,35 @@ class _SubbandReader:
         return out
 
 
+def _files_behind(ds, spws):
+    """The subband file of each SPW (None: a missing subband, zeros flagged) when ``ds`` is exactly
+    what :func:`dsacont.loader.open_group` returned, unmodified: every dask layer of ``vis``,
+    ``flags`` and ``nsamples`` is the loader's (one read per source file, fills for missing
+    subbands, the concatenation). Any selection or transformation adds a layer: then None, and
+    the blocks come from the Dataset's own dask arrays."""
+    import dask.array as da
+
+    sf = list(ds.attrs.get("source_files", []))
+    if len(sf) != 16 or any(not isinstance(p, str) for p in sf):
+        return None
+    names = {os.path.basename(p) for p in sf if p}
+    for var, prefix in (("vis", "visdata"), ("flags", "flags"), ("nsamples", "nsamples")):
+        data = ds[var].data if var in ds else None
+        if not isinstance(data, da.Array) or not data.name.startswith("concatenate-"):
+            return None
+        for layer in data.__dask_graph__().layers:
+            if layer == data.name or layer.startswith(("full-", "full_like-")):
+                continue
+            head = layer[len("original-"):] if layer.startswith("original-") else layer
+            if not head.startswith(prefix + "-"):
+                return None
+            rest = head[len(prefix) + 1:]
+            if not any(rest.startswith(n + "-") for n in names):
+                return None
+    out = [sf[sb] or None for _, _, sb in spws]
+    return out if any(out) else None
+
+
 # ----------------------------------------------------------------------------- flags in the same pass
 def _fused_flag_pass(ds, tiles, src_files, spws, dw, freq, a1, a2, strategy, flag_mod, comp, ts, progress, prof):
     """One pass over the subband files in baseline blocks: read, RFI-flag, rotate, write.
@@ -582,6 +622,11 @@ def _fused_flag_pass(ds, tiles, src_files, spws, dw, freq, a1, a2, strategy, fla
         ns = _scratch(sc, "ns", (ntime, nb, nf, npol), np.float32)
         fl = _scratch(sc, "fl", (ntime, nb, nf, npol), np.bool_)
         for si, (f0, f1, _) in enumerate(spws):
+            if src_files[si] is None:  # a missing subband: zeros, flagged (as the loader fills it)
+                vis[:, :, f0:f1] = 0
+                ns[:, :, f0:f1] = 0
+                fl[:, :, f0:f1] = True
+                continue
             r = reader(si)
             for name, dst in (("visdata", vis), ("nsamples", ns), ("flags", fl)):
                 raw = r.read_baselines(name, b0, b1, ntime, sc)
@@ -720,10 +765,11 @@ def convert_group(
         Write DATA/FLAG/WEIGHT/SIGMA straight into their tile files when the MS layout checks
         out (:class:`dsacont.msio.TileFiles`); False: always casatools ``putcol``.
     direct_read : bool
-        When given files (not a Dataset), read them by their HDF5 chunk tables in parallel
-        threads (:class:`_SubbandReader`); False: through the loader's dask arrays.
+        Given files, or the loader's Dataset unmodified (:func:`_files_behind`), read the files
+        by their HDF5 chunk tables in parallel threads (:class:`_SubbandReader`); False, or a
+        selected/transformed Dataset: through the Dataset's dask arrays.
     fuse_flags : bool
-        With ``flag=True``, files, direct reads and writes and no distributed client: compute
+        With ``flag=True``, direct reads and writes and no distributed client: compute
         the RFI flags in the same single pass over the files that writes the MS (baseline blocks
         cut exactly as :func:`dsacont.flagging.flag_dataset` cuts them, so the flags are the
         same). False (or when those conditions fail): flags first, then a second read.
@@ -786,11 +832,8 @@ def convert_group(
     target = (tchunks, (nbl,), (nchan,) * nspw, (npol,))
     vis, nsamp, fl = (x.rechunk(target) if x.chunks != target else x for x in (vis, nsamp, fl))
     # the subband files themselves, when we opened them (a Dataset passed in may be a selection)
-    src_files = None
-    if from_files and direct_read:
-        sf = list(ds.attrs.get("source_files", []))
-        if len(sf) == 16 and all(sf[sb] for _, _, sb in spws):
-            src_files = [sf[sb] for _, _, sb in spws]
+    # the subband files themselves (read directly), when the Dataset is the loader's, unmodified
+    src_files = _files_behind(ds, spws) if direct_read else None
 
     comp = _Computer(window)
     flags_np = None
@@ -1015,7 +1058,7 @@ def convert_group(
             if scratch is None:
                 scratch = local.scratch = {}
             tr = _time.perf_counter()
-            if src_files is not None:
+            if src_files is not None and src_files[si] is not None:
                 r = _reader(si)
                 v, n, f_, flip = (r.read("visdata", t0, t1, scratch), r.read("nsamples", t0, t1, scratch),
                                   r.read("flags", t0, t1, scratch), r.flip)

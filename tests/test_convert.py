@@ -406,6 +406,41 @@ def test_subband_reader_matches_loader(small_ds):
                 np.testing.assert_array_equal(got, small_ds[var].data[t0:t1, :, f0:f0 + nf].compute())
 
 
+def test_loader_dataset_is_read_from_its_files_unless_modified(sim_small, small_ms, tmp_path):
+    """The pipeline passes open_group's Dataset: it is read from the files directly (same MS);
+    a selected or transformed Dataset is read through its own dask arrays."""
+    from dsacont import convert
+    from dsacont.config import get_paths
+    from dsacont.loader import open_group
+
+    paths = get_paths(root=tmp_path)
+    ds = open_group(sim_small[1])
+    ms = convert.convert_group(ds, tmp_path / "ds.ms", flag=False, paths=paths)
+    assert convert.LAST_PROFILE["direct_read"] is True
+    a, b = _main_columns(small_ms[0]), _main_columns(ms)
+    for col in a:
+        np.testing.assert_array_equal(a[col], b[col], err_msg=col)
+    # a group with a missing subband (the service's incomplete-group policy), with RFI flags:
+    # direct reads (zeros, flagged, for the missing one) equal the dask path
+    slots = list(sim_small[1])
+    slots[5] = None
+    holey = open_group(slots, allow_missing=True)
+    one = convert.convert_group(holey, tmp_path / "holey1.ms", flag=True, paths=paths, qa_dir=tmp_path / "q1")
+    assert convert.LAST_PROFILE["direct_read"] is True and "fused_flag_threads" in convert.LAST_PROFILE
+    two = convert.convert_group(holey, tmp_path / "holey2.ms", flag=True, paths=paths, qa_dir=tmp_path / "q2",
+                                direct_read=False)
+    assert convert.LAST_PROFILE["direct_read"] is False
+    a, b = _main_columns(one), _main_columns(two)
+    for col in a:
+        np.testing.assert_array_equal(a[col], b[col], err_msg=col)
+    sub = ds.isel(time=slice(0, 2))
+    convert.convert_group(sub, tmp_path / "sub.ms", flag=False, paths=paths)
+    assert convert.LAST_PROFILE["direct_read"] is False
+    scaled = ds.copy()
+    scaled["vis"] = ds["vis"] * 2
+    assert convert._files_behind(scaled, convert._spw_layout(scaled)) is None
+
+
 def test_fast_paths_equal_putcol_and_dask_paths(sim_small, small_ms, tmp_path):
     """Direct HDF5 reads + direct tile writes (the default) give the same MS, column by column and
     bit for bit, as reading through the loader's dask arrays and writing with casatools putcol."""
