@@ -64,6 +64,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import mmap
 import os
 import shutil
 import sys
@@ -87,6 +88,8 @@ __all__ = ["convert_group", "to_zarr", "phase_centre", "phase_dataset", "cli"]
 PHASE_MODES = ("common", "per_integration")
 TMPFS = "/dev/shm"
 TMPFS_MARGIN_BYTES = 1 << 30
+# reads at least this large go through a short-lived mmap instead of a copy
+MMAP_MIN_BYTES = 1 << 20
 # blocks computed ahead while the MS skeleton is being built (~35 MB each at full size)
 PREFETCH_BLOCKS = 12
 # seconds spent in each phase of the last convert_group call in this process (benchmarks read it)
@@ -396,6 +399,25 @@ def gather_chunks(src, grid, R, C, P, r0, r1, out):
     return out
 
 
+@numba.njit(nogil=True, cache=True)
+def gather_chunks_p1(src, grid, R, C, r0, r1, out):
+    """:func:`gather_chunks` for chunks of one polarisation (P = 1, what the correlator writes):
+    the same result, ~2x faster (a contiguous run of C items per chunk and row)."""
+    nr, nf, npol = out.shape
+    nck = grid.shape[1]
+    for r in range(r0, r1):
+        rk = r // R
+        rr = r - rk * R
+        orow = r - r0
+        for ck in range(nck):
+            ch = min(C, nf - ck * C)
+            for pk in range(npol):
+                base = grid[rk, ck, pk] + rr * C
+                for c in range(ch):
+                    out[orow, ck * C + c, pk] = src[base + c]
+    return out
+
+
 class _SubbandReader:
     """Reads ``Data/{visdata,nsamples,flags}`` of one subband file by time slices, in the file's
     channel order (``flip`` says whether they descend).
@@ -531,6 +553,27 @@ class _SubbandReader:
         lo = int(g.min())
         hi = int(g.max()) + tab["nbytes"]
         isz = tab["dtype"].itemsize
+        grid = np.ascontiguousarray((g - lo) // isz)
+        out = _scratch(scratch, ("out", name), (r1 - r0, self.nf, self.npol), tab["dtype"])
+        dst = out.view(np.uint8) if tab["dtype"].kind == "b" else out
+        kind = np.uint8 if tab["dtype"].kind == "b" else tab["dtype"]
+        a, b = r0 - (r0 // R) * R, r1 - (r0 // R) * R
+        m = None
+        if hi - lo >= MMAP_MIN_BYTES:
+            # large reads: straight from the page cache through a short-lived mapping (no copy)
+            try:
+                pa = lo - lo % mmap.ALLOCATIONGRANULARITY
+                m = mmap.mmap(self._fd(), hi - pa, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=pa)
+            except (OSError, ValueError, AttributeError):
+                m = None
+        if m is not None:
+            try:
+                src = np.frombuffer(m, dtype=kind, count=(hi - lo) // isz, offset=lo - pa)
+                self._gather(src, grid, R, C, P, a, b, dst)
+                del src
+            finally:
+                m.close()
+            return out
         buf = _scratch(scratch, ("buf", name), ((hi - lo) // isz,), tab["dtype"])
         raw = memoryview(buf.view(np.uint8))
         got = 0
@@ -539,12 +582,15 @@ class _SubbandReader:
             if not n:
                 raise BadInputError(self.path, f"Data/{name}: file ends inside a chunk")
             got += n
-        grid = np.ascontiguousarray((g - lo) // isz)
-        out = _scratch(scratch, ("out", name), (r1 - r0, self.nf, self.npol), tab["dtype"])
-        src = buf.view(np.uint8) if tab["dtype"].kind == "b" else buf
-        dst = out.view(np.uint8) if tab["dtype"].kind == "b" else out
-        gather_chunks(src, grid, R, C, P, r0 - (r0 // R) * R, r1 - (r0 // R) * R, dst)
+        self._gather(buf.view(np.uint8) if tab["dtype"].kind == "b" else buf, grid, R, C, P, a, b, dst)
         return out
+
+    @staticmethod
+    def _gather(src, grid, R, C, P, a, b, dst):
+        if P == 1:
+            gather_chunks_p1(src, grid, R, C, a, b, dst)
+        else:
+            gather_chunks(src, grid, R, C, P, a, b, dst)
 
 
 def _files_behind(ds, spws):
