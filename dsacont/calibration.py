@@ -887,6 +887,9 @@ def apply_calibration(ms, tables=None, registry=None, time=None, *, interp: str 
     ct.applycal(vis=ms, gaintable=tables, interp=interps, spwmap=spwmaps, calwt=[calwt] * len(tables),
                 flagbackup=False, applymode="calflag")
     dt = _time.perf_counter() - t0
+    from dsacont.flatten import clear_state
+
+    clear_state(ms)  # CORRECTED_DATA is new: no bright-source flattening (dsacont.flatten) in it
     t1 = _time.perf_counter()
     check = check_corrected(ms, info)
     log.info("%s: applied %s in %.1f s (check %.1f s); %.1f %% flagged", ms, [Path(t).name for t in tables], dt,

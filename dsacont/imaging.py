@@ -14,16 +14,17 @@ SIN-projection WCS centred on the MS phase centre (CASA's exportfits).
 Choices (and the speed/quality trade-off)
 -----------------------------------------
 - **Cell**: ``cell = c / (f_max * B_max) / cells_per_beam``, ``cells_per_beam = 3``: the fringe
-  spacing of the longest unflagged baseline at the top of the band over 3. DSA-110's Briggs-0
-  PSF is a narrow core on a broad pedestal (the dense array core), so CASA's fitted restoring beam
-  is 2-3x the fringe spacing and spans 6-10 pixels. The cost of a tile is dominated by gridding
-  (per visibility, not per pixel), then by FFTs and Hogbom minor cycles (per pixel): 4 cells per
-  fringe spacing would make the image 1.8x larger for no gain in flux or position accuracy (the
-  QA fits Gaussians); 2 would under-sample the PSF core.
-- **Field**: ``fov_deg = 3.5`` (the Airy beam is ~0.3 at the field edge at 1.4 GHz); the image side
-  is rounded up to a 2^a 3^b 5^c size (fast FFTs). Full array: 2304^2 x 5.56" (restoring beam
-  ~61" x 36", 400 s per tile on this machine's 2 cores); small preset (48 antennas within 600 m):
-  720^2 x 17.7" (~30 s per tile).
+  spacing of the longest unflagged baseline at the top of the band over 3, and at most the PSF main
+  lobe's narrowest FWHM over 3.5 (estimated from the uv coverage, :func:`dsacont.qa.psf_fwhm_arcsec`;
+  it decides for compact arrays such as the small preset, where the main lobe is only ~0.7 fringe
+  spacings wide and 2 pixels across it cost 2.4 % of an off-pixel source's peak). The cost of a
+  tile is dominated by gridding (per visibility, not per pixel), then by FFTs and Hogbom minor
+  cycles (per pixel).
+- **Field**: ``fov_deg = 5`` (the drift-averaged Airy beam is ~0.1 at the edge at 1.4 GHz): sources
+  in the outer beam are deconvolved instead of leaving their sidelobes (the T-shaped array's PSF
+  has long linear sidelobes) across the tile. On demo tile 13:45 (0834+555 flattened, 3 sigma)
+  3.5 deg left the residual RMS 1.46x the radiometer equation, 5 deg 1.25x. The image side is rounded up to a
+  2^a 3^b 5^c size. Full array: ~3240^2 x 5.56"; small preset ~1080^2 x 17".
 - **Weighting**: Briggs, robust 0. The radiometer expectation includes the Briggs noise factor
   (computed from the MS's uv coverage; agrees with CASA's "theoretical sensitivity" to 2 %).
 - **Gridder / w-term**: DSA-110 is nearly coplanar and phased near the meridian ~18 deg from
@@ -36,13 +37,20 @@ Choices (and the speed/quality trade-off)
   at the field edge on the full array; after the plane fit 0.28 rad (0.11 rad small preset).
   ``gridder="auto"`` falls back to 'wproject' (CASA's automatic w-planes, ~5-10x slower) only when
   the residual phase exceeds ``wterm_tolerance_rad`` (1 rad).
-- **Deconvolution**: Hogbom (exact PSF in the minor cycle, so deep minor cycles are safe), cleaning
-  until the peak residual is below ``threshold_nsigma`` (4) x the robust RMS of the residual,
-  which tclean measures itself every major cycle (``nsigma``): the threshold is tied to the
-  measured noise without a separate dirty pass. ``cyclefactor=0.5`` and ``nmajor=5``: the
-  snapshot PSF has ~0.45 near sidelobes, so CASA's default cyclefactor only halves the peak per
-  major cycle (13 major cycles, 690 s on a 2880^2 tile under load); 0.1 is faster but diverged
-  on a tile with the calibrator 0.7 deg off centre; 0.5 reaches the threshold in ~4 cycles.
+- **Bright sources**: the drifting-beam modulation of bright catalogue sources (0834+555 and any
+  VLA calibrator above 0.1 Jy apparent within 5 deg) is flattened in CORRECTED_DATA before tclean
+  and restored afterwards (:mod:`dsacont.flatten`): tclean's fixed point components cannot follow
+  a source whose beam gain changes by up to ~30 % during the tile. Small-preset demo tile 13:45
+  (0834+555 1.4 deg east of centre): 5.4x the radiometer noise with the old settings (3.5 deg,
+  4 sigma, no flattening), 2.8x with flattening alone, 1.25x with the field and depth below.
+- **Deconvolution**: Hogbom (exact PSF in the minor cycle), cleaning the whole image
+  (``clean_border=0``) until the peak residual is below ``threshold_nsigma`` (2.5) x the robust
+  RMS of the residual, which tclean measures itself every major cycle (``nsigma``), at most
+  ``nmajor`` (10) major cycles, ``cyclefactor=0.5`` (the snapshot PSF has ~0.45 near sidelobes;
+  CASA's default needed 13 major cycles). Deeper cleaning removes the sidelobes of the many
+  faint field sources: on the demo tile 13:45 (5 deg field, 0834+555 flattened) the residual RMS
+  over the image was 1.45x the radiometer figure at 4 sigma, 1.25x at 3 sigma; on the transit
+  tile 13:55 (main lobe) 1.41x at 3 sigma, 1.28x at 2.5 sigma, 1.25x at 2 sigma.
 - **Primary beam**: CASA has no DSA-110 beam (the MS says OVRO_MMA, 10.4 m dishes), so tclean gets
   an explicit Airy vptable for a 4.65 m unblocked dish (``vpmanager.setpbairy``); its ``.pb`` is
   checked against :func:`dsacont.telescope.airy_beam` (QA ``casa_pb_max_abs_diff``, ~0.005). But a
@@ -51,10 +59,11 @@ Choices (and the speed/quality trade-off)
   tile centre. So the exported ``pb.fits`` is the tile's effective beam: the Airy power pattern
   averaged over the integrations (pointing = the az/el of the phase centre at mid-time, converted
   to ICRS at each time) and over the unflagged channels. ``pbcor = image / pb``.
-- **Dynamic range**: an 8.8 Jy calibrator in a 5-minute snapshot leaves deconvolution errors at
-  DR ~10^4 (MFS with one Taylor term, and a source whose beam gain changes as it drifts), so
-  the Stokes-I residual RMS of calibrator tiles is ~2x the thermal noise; ``thermal_noise=True``
-  measures the thermal noise on a dirty Stokes-Q image.
+- **Noise**: QA ``noise_jy`` is the robust RMS of the residual in the tile's main lobe (effective
+  beam >= 0.5: the same sky whatever the field size), ``noise_image_jy`` over the inner 90 % of the
+  image; ``thermal_noise=True`` also measures the thermal noise on a dirty Stokes-Q image. Cleaning
+  to 2.5 sigma removes some noise peaks too, so the residual RMS can read slightly below the
+  radiometer figure on quiet tiles.
 """
 from __future__ import annotations
 
@@ -76,12 +85,15 @@ from dsacont.jsonio import json_default
 log = logging.getLogger(__name__)
 
 C_M_S = 299_792_458.0
-DEFAULT_FOV_DEG = 3.5
+DEFAULT_FOV_DEG = 5.0
 DEFAULT_CELLS_PER_BEAM = 3.0
+PIXELS_PER_MINOR_AXIS = 3.5
 DEFAULT_NITER = 20000
-DEFAULT_NSIGMA = 4.0
+DEFAULT_NSIGMA = 2.5
+DEFAULT_NMAJOR = 10
 WTERM_TOLERANCE_RAD = 1.0
 PBCOR_LIMIT = 0.05
+MAIN_LOBE_PB = 0.5
 
 
 # ------------------------------------------------------------------------------------------------
@@ -229,7 +241,8 @@ def good_fft_size(n: int) -> int:
 
 
 def choose_geometry(info: dict, *, fov_deg: float = DEFAULT_FOV_DEG, imsize: int | None = None,
-                    cell_arcsec: float | None = None, cells_per_beam: float = DEFAULT_CELLS_PER_BEAM) -> tuple[int, float]:
+                    cell_arcsec: float | None = None, cells_per_beam: float = DEFAULT_CELLS_PER_BEAM,
+                    psf_minor_arcsec: float | None = None) -> tuple[int, float]:
     """Image side (pixels) and cell (arcsec).
 
     Cell: the fringe spacing of the longest unflagged baseline at the top of the band,
@@ -237,11 +250,19 @@ def choose_geometry(info: dict, *, fov_deg: float = DEFAULT_FOV_DEG, imsize: int
     (~1.2 c/(f B_max) across the east-west arm) on a broad pedestal from the dense core of the
     array, so CASA's fitted restoring beam is 2-3x wider than the core: with 3 cells per fringe
     spacing the core is sampled at Nyquist or better and the restoring beam spans 6-10 pixels.
+    But a compact array (the small preset) has a main lobe only ~0.7 fringe spacings wide, so
+    when ``psf_minor_arcsec`` (the main lobe's narrowest FWHM, :func:`dsacont.qa.psf_fwhm_arcsec`)
+    is given, the cell is also at most ``psf_minor_arcsec / PIXELS_PER_MINOR_AXIS`` (3.5): with 2
+    pixels across the minor axis an off-pixel 8.8 Jy source was spread over several Hogbom
+    components and its restored peak came out 2.4 % low (measured).
     Side: ``fov_deg / cell`` rounded up to a 2^a 3^b 5^c size.
     """
     if cell_arcsec is None:
         res_rad = C_M_S / (info["freqs"].max() * info["max_baseline_m"])
-        cell_arcsec = float(f"{math.degrees(res_rad) * 3600.0 / cells_per_beam:.3g}")
+        cell = math.degrees(res_rad) * 3600.0 / cells_per_beam
+        if psf_minor_arcsec is not None and np.isfinite(psf_minor_arcsec):
+            cell = min(cell, psf_minor_arcsec / PIXELS_PER_MINOR_AXIS)
+        cell_arcsec = float(f"{cell:.3g}")
     if imsize is None:
         imsize = good_fft_size(int(math.ceil(fov_deg * 3600.0 / cell_arcsec)))
     return int(imsize), float(cell_arcsec)
@@ -429,8 +450,8 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
              gridder: str = "auto", deconvolver: str = "auto", cells_per_beam: float = DEFAULT_CELLS_PER_BEAM,
              wterm_tolerance_rad: float = WTERM_TOLERANCE_RAD, pbcor_limit: float = PBCOR_LIMIT,
              name: str | None = None, calibrators="auto", register: bool = False, keep_casa: bool = False,
-             cyclefactor: float = 0.5, nmajor: int = 5, thermal_noise: bool = False,
-             clean_border: float = 0.06) -> dict:
+             cyclefactor: float = 0.5, nmajor: int = DEFAULT_NMAJOR, thermal_noise: bool = False,
+             clean_border: float = 0.0, flatten="auto") -> dict:
     """Image one MS (one tile) with tclean; write FITS image, pb, pbcor, residual and QA.
 
     Parameters
@@ -466,7 +487,12 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
         deconvolution errors of bright sources (an unpolarised sky has Q = 0; on real data with
         linear feeds Q also holds polarised emission and XX/YY gain mismatch). Costs two gridding
         passes.
-    clean_border : fraction of the image side at each edge where no clean components are placed.
+    clean_border : fraction of the image side at each edge where no clean components are placed
+        (default 0: with bright sources flattened, cleaning to the edge converges and removes the
+        sidelobes of sources near it).
+    flatten : 'auto' (default), None/False, or a list of calibrator names: flatten the drifting-beam
+        modulation of bright catalogue sources in CORRECTED_DATA before tclean and restore it
+        afterwards (:mod:`dsacont.flatten`; QA ``flattened``). Not done with ``datacolumn='data'``.
     nmajor : at most this many major cycles. Once the residual is near ``threshold_nsigma`` x RMS,
         tclean's nsigma stop is re-evaluated on every new residual and it can spend many cycles
         removing a few mJy near the threshold; 5 reaches the threshold on 0834+555 tiles.
@@ -496,8 +522,16 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
     t0 = time.perf_counter()
     info = inspect_ms(ms_path, datacolumn=datacolumn)
     timing["inspect_s"] = time.perf_counter() - t0
+    psf_minor = None
+    if cell_arcsec is None and len(info["uv_u"]):
+        from dsacont.qa import psf_fwhm_arcsec
+
+        t0 = time.perf_counter()
+        psf_minor, psf_major = psf_fwhm_arcsec(info["uv_u"], info["uv_v"], info["uv_w"],
+                                               1.0 / math.radians(fov_deg), robust)
+        timing["psf_estimate_s"] = time.perf_counter() - t0
     imsize, cell_arcsec = choose_geometry(info, fov_deg=fov_deg, imsize=imsize, cell_arcsec=cell_arcsec,
-                                          cells_per_beam=cells_per_beam)
+                                          cells_per_beam=cells_per_beam, psf_minor_arcsec=psf_minor)
     half_width = math.radians(imsize * cell_arcsec / 3600.0 / 2.0)
     # w = a u + b v + w_res: the plane part is a coordinate distortion (slant SIN, PV2_1/PV2_2),
     # only w_res defocuses an image made with the standard (2-D) gridder
@@ -521,7 +555,17 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
     work.mkdir(parents=True)
     stage = out_dir / f".{name}.partial-{os.getpid()}"
     stage.mkdir(parents=True, exist_ok=True)
+    flattened = None
     try:
+        if flatten and datacolumn.lower() != "corrected":
+            log.info("%s: no bright-source flattening: it works on CORRECTED_DATA only (DATA, the "
+                     "correlator's record, is never modified)", name)
+        elif flatten:
+            from dsacont import flatten as F
+
+            t0 = time.perf_counter()
+            flattened = F.flatten_sources(ms_path, flatten, column="CORRECTED_DATA")
+            timing["flatten_s"] = time.perf_counter() - t0
         ct = _casatasks()
         vpt = make_vptable(str(work / "dsa110_airy.vp"), telescope=info["telescope"] or "OVRO_MMA",
                            reffreq_hz=float(np.median(info["freqs"])))
@@ -560,6 +604,13 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
 
             noise_q = robust_rms(read_fits_image(qfits)[0])
             timing["thermal_noise_s"] = time.perf_counter() - t0
+        if flattened and flattened["sources"]:
+            from dsacont import flatten as F
+
+            t0 = time.perf_counter()
+            F.unflatten(ms_path)  # the column holds the calibrated data again
+            timing["unflatten_s"] = time.perf_counter() - t0
+            flattened["restored"] = True
         if not os.path.isdir(imagename + ".image"):
             raise RuntimeError(f"tclean made no image for {ms_path} (see the CASA log)")
         n_iter_done = int(ret.get("iterdone", -1)) if isinstance(ret, dict) else -1
@@ -599,7 +650,8 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
                      calibrators=calibrators, casa_pb=casa_pb, centre=(ra0, dec0))
         qa.update({"gridder": gridder, "wterm_phase_edge_rad": wphase, "wterm_phase_edge_no_slant_rad": wphase_full,
                    "slant_sin": list(slant) if slant else None, "iterations": n_iter_done,
-                   "noise_q_jy": noise_q,
+                   "noise_q_jy": noise_q, "flattened": (flattened or {}).get("sources", []),
+                   "flatten_skipped": (flattened or {}).get("skipped", []),
                    "noise_q_ratio": None if noise_q is None else noise_q / qa["radiometer_jy"],
                    "major_cycles": n_major})
         timing["qa_s"] = time.perf_counter() - t0
@@ -630,6 +682,10 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
         os.replace(tmp_qa, qa_path)
         result["qa_json"] = str(qa_path)
     finally:
+        if flattened and flattened["sources"] and not flattened.get("restored"):
+            from dsacont import flatten as F
+
+            F.unflatten(ms_path)
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -676,7 +732,8 @@ def tile_qa(info: dict, image, residual, pb, hdr, wcs2d, *, robust: float, imsiz
             calibrators="auto", casa_pb=None, centre=None) -> dict:
     """QA of one tile: noise vs radiometer expectation, peak, dynamic range, calibrator check.
 
-    Returns a dict: ``noise_jy`` (robust RMS of the residual, inner 90 % of the image),
+    Returns a dict: ``noise_jy`` (robust RMS of the residual in the tile's main lobe, effective
+    beam >= 0.5; ``noise_image_jy`` over the inner 90 % of the image),
     ``radiometer_jy`` (expected, with ``weighting_factor`` and the flags), ``noise_ratio``,
     ``peak_jy`` (image peak, flat-noise), ``dynamic_range``, ``flagged_fraction``, ``n_ant``,
     ``beam_px``, ``casa_pb_max_abs_diff`` (CASA's vptable beam vs telescope.airy_beam at the image
@@ -690,7 +747,12 @@ def tile_qa(info: dict, image, residual, pb, hdr, wcs2d, *, robust: float, imsiz
     b = max(1, int(0.05 * nx))
     inner = np.zeros(residual.shape, bool)
     inner[b:ny - b, b:nx - b] = True
-    noise = Q.robust_rms(residual, inner)
+    # the noise of the tile is measured in its main lobe (effective beam >= 0.5), the same sky area
+    # whatever the image size: a larger field adds low-beam area with few sources (less
+    # deconvolution error), which would flatter a figure taken over the whole image
+    main = inner & (np.asarray(pb) >= MAIN_LOBE_PB)
+    noise_image = Q.robust_rms(residual, inner)
+    noise = Q.robust_rms(residual, main) if main.sum() >= 1000 else noise_image
     npix = int(imsize)
     cell_uv = 1.0 / (npix * math.radians(cell_arcsec / 3600.0))
     wfac = Q.briggs_weighting_factor(info["uv_u"], info["uv_v"], info["uv_w"], cell_uv, robust, npix) \
@@ -701,7 +763,8 @@ def tile_qa(info: dict, image, residual, pb, hdr, wcs2d, *, robust: float, imsiz
     beam = _beam_from_header(hdr)
     beam_px = math.sqrt(beam["bmaj_arcsec"] * beam["bmin_arcsec"]) / cell_arcsec
     out = {
-        "noise_jy": noise, "radiometer_jy": expected, "radiometer_natural_jy": expected / wfac,
+        "noise_jy": noise, "noise_image_jy": noise_image, "noise_region": f"pb >= {MAIN_LOBE_PB}",
+        "radiometer_jy": expected, "radiometer_natural_jy": expected / wfac,
         "noise_ratio": noise / expected, "weighting_factor": wfac, "peak_jy": peak,
         "dynamic_range": peak / noise if noise > 0 else float("nan"),
         "flagged_fraction": info["flagged_fraction"], "n_ant": info["n_ant"], "beam_px": beam_px,

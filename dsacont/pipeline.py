@@ -208,8 +208,20 @@ def stage_image(timestamp, ms: Path, paths: Paths, products, options: PipelineOp
     existing = [im for im in products.list_images() if im.get("ms_path") == str(ms) or im.get("ms_id") == (products.get("ms", str(ms)) or {}).get("id")]
     if existing:
         return existing[0]
+    from dsacont.flatten import FlattenInterrupted
+
     t0 = time.perf_counter()
-    res = image_ms(str(ms), paths=paths, **options.imaging)
+    try:
+        res = image_ms(str(ms), paths=paths, **options.imaging)
+    except FlattenInterrupted as exc:
+        # an earlier attempt died while CORRECTED_DATA was being flattened or restored:
+        # rewrite it from DATA and the registered tables, then image
+        from dsacont import calibration
+        from dsacont.registry import Registry
+
+        log.warning("%s: %s; re-applying the calibration", timestamp, exc)
+        calibration.apply_calibration(str(ms), registry=Registry(paths.registry_db), time=_time_range(ms)[2])
+        res = image_ms(str(ms), paths=paths, **options.imaging)
     res.setdefault("qa", {})["image_s"] = round(time.perf_counter() - t0, 2)
     start, end, _ = _time_range(ms)
     files = {k: res[k] for k in ("image", "pbcor", "pb", "residual") if res.get(k)}

@@ -30,9 +30,23 @@ def tile(tmp_path_factory):
                                             noise=True, gains=False))
     paths = get_paths(root=base / "root").ensure()
     ms = convert_group(files, paths.ms / f"{GROUP_START}.ms", flag=False, paths=paths, progress=False)
-    res = image_ms(ms, datacolumn="data", paths=paths, register=True, thermal_noise=True)
+    _corrected_equals_data(ms)  # no gains were simulated: the calibrated data are DATA
+    res = image_ms(ms, paths=paths, register=True, thermal_noise=True)
     truth = load_truth(base / "raw", files[0])
     return res, truth, paths, str(ms)
+
+
+def _corrected_equals_data(ms):
+    from dsacont.calibration import _ensure_column
+    from dsacont.casa import ensure_casa
+
+    _ensure_column(str(ms), "CORRECTED_DATA")
+    tb = ensure_casa().table()
+    tb.open(str(ms), nomodify=False)
+    try:
+        tb.putcol("CORRECTED_DATA", tb.getcol("DATA"))
+    finally:
+        tb.close()
 
 
 def _band_mean_flux(truth, k, freqs):
@@ -90,11 +104,11 @@ def test_calibrator_flux_and_position(tile):
 
 
 def test_noise_vs_radiometer(tile):
-    """Thermal noise within 1.3x the radiometer equation (Briggs factor and flags included).
+    """Tile noise within 1.3x the radiometer equation (Briggs factor and flags included).
 
-    The thermal noise is the RMS of the Stokes-Q dirty image (the simulated sky is unpolarised).
-    The Stokes-I residual RMS of this tile is higher: an 8.8 Jy calibrator in a 5-minute snapshot
-    leaves deconvolution errors at a dynamic range of ~10^4 (measured and asserted loosely here).
+    Stokes I: the robust RMS of the residual in the tile's main lobe (beam >= 0.5), with 0834+555
+    (8.8 Jy) at the centre, its drifting-beam modulation flattened before tclean. Thermal: the RMS
+    of the Stokes-Q dirty image (the simulated sky is unpolarised).
     """
     res, truth, _, _ = tile
     qa = res["qa"]
@@ -103,7 +117,63 @@ def test_noise_vs_radiometer(tile):
         truth["noise_sigma_jy"] / math.sqrt(1128 * 24 * 128 * 2), rel=0.01)
     assert 1.0 < qa["weighting_factor"] < 2.0
     assert 0.8 < qa["noise_q_ratio"] < 1.3, qa
-    assert qa["noise_ratio"] < 3.0 and qa["dynamic_range"] > 3000, qa
+    assert qa["noise_ratio"] < 1.3 and qa["dynamic_range"] > 10000, qa
+    assert qa["noise_region"] == "pb >= 0.5"
+
+
+def test_bright_source_flattened_and_restored(tile):
+    """0834+555's beam modulation was flattened with a fitted scale ~1 (the catalogue flux is the
+    simulated one), 0824+558 (catalogued, but not in the simulated sky) was left alone, and
+    CORRECTED_DATA holds the calibrated data again afterwards."""
+    from dsacont.casa import ensure_casa
+
+    res, _, _, ms = tile
+    flat = {f["name"]: f for f in res["qa"]["flattened"]}
+    assert set(flat) == {"0834+555"}
+    assert flat["0834+555"]["scale"] == pytest.approx(1.0, abs=0.01)
+    assert 0.8 * 8.8 < flat["0834+555"]["mean_apparent_jy"] < 8.8
+    assert "0824+558" in {s["name"] for s in res["qa"]["flatten_skipped"]}
+    tb = ensure_casa().table()
+    tb.open(ms)
+    try:
+        assert "DSACONT_FLATTEN" not in tb.keywordnames()
+        d, c = tb.getcol("DATA"), tb.getcol("CORRECTED_DATA")
+    finally:
+        tb.close()
+    assert np.abs(c - d).max() < 1e-4 * np.abs(d).max()
+
+
+def test_flatten_fits_the_flux_and_guards_interruptions(tile):
+    """A catalogue flux 25 % too high is corrected by the fit; an interrupted write is detected
+    (and cleared once CORRECTED_DATA is rewritten); unflatten restores the column."""
+    from dsacont import flatten as F
+    from dsacont.calibration import SkySource
+    from dsacont.calibrators import get_calibrator
+    from dsacont.casa import ensure_casa
+
+    _, _, _, ms = tile
+    cal = get_calibrator("0834+555")
+    wrong = SkySource("0834+555", cal.ra_deg, cal.dec_deg, 1.25 * cal.flux_jy, cal.spectral_index)
+    out = F.flatten_sources(ms, [wrong])
+    assert out["sources"][0]["scale"] == pytest.approx(0.8, abs=0.01)
+    assert F.flatten_state(ms)["state"] == "applied"
+    # flattening again first undoes the recorded flattening (never applied twice)
+    again = F.flatten_sources(ms, [wrong])
+    assert again["sources"][0]["scale"] == pytest.approx(0.8, abs=0.01)
+    F.unflatten(ms)
+    assert F.flatten_state(ms) is None
+    tb = ensure_casa().table()
+    tb.open(ms, nomodify=False)
+    try:
+        d, c = tb.getcol("DATA"), tb.getcol("CORRECTED_DATA")
+        assert np.abs(c - d).max() < 1e-4 * np.abs(d).max()
+        tb.putkeyword("DSACONT_FLATTEN", '{"state": "applying", "column": "CORRECTED_DATA"}')
+    finally:
+        tb.close()
+    with pytest.raises(F.FlattenInterrupted, match="applycal"):
+        F.flatten_state(ms)
+    F.clear_state(ms)
+    assert F.flatten_state(ms) is None
 
 
 def test_primary_beam(tile):
@@ -176,9 +246,21 @@ def test_bad_inputs(tmp_path, tile):
 
     with pytest.raises(BadInputError, match="not a Measurement Set"):
         image_ms(tmp_path / "nope.ms", tmp_path)
+    import shutil
+
+    from dsacont.casa import ensure_casa
+
     _, _, _, ms = tile
+    raw = tmp_path / "uncalibrated.ms"
+    shutil.copytree(ms, raw)
+    tb = ensure_casa().table()
+    tb.open(str(raw), nomodify=False)
+    try:
+        tb.removecols("CORRECTED_DATA")
+    finally:
+        tb.close()
     with pytest.raises(BadInputError, match="CORRECTED_DATA"):
-        image_ms(ms, tmp_path, datacolumn="corrected")
+        image_ms(raw, tmp_path, datacolumn="corrected")
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +276,8 @@ def second_tile(tile, tmp_path_factory):
     files = sorted(str(p) for p in simulate(base / "raw", start, 5, preset="small", seed=11, rfi=False,
                                             noise=True, gains=False))
     ms = convert_group(files, paths.ms / "second.ms", flag=False, paths=paths, progress=False)
-    res = image_ms(ms, datacolumn="data", paths=paths, register=True)
+    _corrected_equals_data(ms)
+    res = image_ms(ms, paths=paths, register=True)
     return res, load_truth(base / "raw", files[0])
 
 
