@@ -515,6 +515,33 @@ class _SubbandReader:
         """(ntime, b1 - b0, nf, npol): baselines b0..b1 of every integration, file channel order
         (one read of each integration's row range)."""
         out = _scratch(scratch, ("bl", name), (ntime, b1 - b0, self.nf, self.npol), self.dtype(name))
+        tab = self.tables[name]
+        if tab is not None:
+            # one mapping of the whole dataset, one gather per integration (only the pages of
+            # the rows gathered are touched)
+            R, C, P = tab["chunk"]
+            lo = int(tab["grid"].min())
+            hi = int(tab["grid"].max()) + tab["nbytes"]
+            isz = tab["dtype"].itemsize
+            kind = np.uint8 if tab["dtype"].kind == "b" else tab["dtype"]
+            grid = tab.get("grid_rel")
+            if grid is None:
+                grid = tab["grid_rel"] = np.ascontiguousarray((tab["grid"] - lo) // isz)
+            try:
+                pa = lo - lo % mmap.ALLOCATIONGRANULARITY
+                m = mmap.mmap(self._fd(), hi - pa, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=pa)
+            except (OSError, ValueError, AttributeError):
+                m = None
+            if m is not None:
+                try:
+                    src = np.frombuffer(m, dtype=kind, count=(hi - lo) // isz, offset=lo - pa)
+                    dst = out.view(np.uint8) if tab["dtype"].kind == "b" else out
+                    for t in range(ntime):
+                        self._gather(src, grid, R, C, P, t * self.nbls + b0, t * self.nbls + b1, dst[t])
+                    del src
+                finally:
+                    m.close()
+                return out
         sub = {} if scratch is None else scratch.setdefault(("blsub", name), {})
         for t in range(ntime):
             out[t] = self._read_rows(name, t * self.nbls + b0, t * self.nbls + b1, sub)

@@ -438,6 +438,10 @@ def test_subband_reader_matches_loader(small_ds, mmap_min, monkeypatch):
                 got = r.read(name, t0, t1, scratch={})
                 got = got[:, :, ::-1] if r.flip else got
                 np.testing.assert_array_equal(got, small_ds[var].data[t0:t1, :, f0:f0 + nf].compute())
+            # baseline ranges of every integration (the fused flag pass)
+            got = r.read_baselines(name, 3, min(17, nbl), small_ds.sizes["time"], scratch={})
+            got = got[:, :, ::-1] if r.flip else got
+            np.testing.assert_array_equal(got, small_ds[var].data[:, 3:17, f0:f0 + nf].compute())
 
 
 def test_loader_dataset_is_read_from_its_files_unless_modified(sim_small, small_ms, tmp_path):
