@@ -46,6 +46,12 @@ storage manager does, and what :class:`TileFiles` relies on and checks:
   computed offsets. Any mismatch (another tile shape, byte order, bit order, storage manager,
   casacore version) returns None and the caller writes with ``putcol`` instead. The test suite
   compares every cell of every column against ``getcol``.
+- Because each tile is exactly ``R`` rows of whole bytes, a column's file holds its rows
+  contiguously in row order, so any row range (a baseline range of one (time, SPW) run too) is
+  one ``pwrite``.
+- :meth:`TileFiles.relocate` copies a verified skeleton (built on tmpfs, where casacore's zero
+  fill is cheap) without its bulk tile files, which it creates sparse at their full length in
+  the destination: valid only because every byte of them is written afterwards.
 """
 from __future__ import annotations
 
