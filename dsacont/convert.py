@@ -904,7 +904,6 @@ def convert_group(
     tchunks = vis.chunks[0]
     target = (tchunks, (nbl,), (nchan,) * nspw, (npol,))
     vis, nsamp, fl = (x.rechunk(target) if x.chunks != target else x for x in (vis, nsamp, fl))
-    # the subband files themselves, when we opened them (a Dataset passed in may be a selection)
     # the subband files themselves (read directly), when the Dataset is the loader's, unmodified
     src_files = _files_behind(ds, spws) if direct_read else None
 

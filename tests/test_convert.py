@@ -330,6 +330,8 @@ def test_failure_leaves_nothing(small_ds, tmp_path):
         convert_group(bad, target, flag=False, paths=paths, tmp_dir=tmp_path / "scratch")
     assert not target.exists()
     assert list((tmp_path / "scratch").iterdir()) == []
+    if Path("/dev/shm").is_dir():  # nor the skeleton built on tmpfs
+        assert not any(p.name.endswith(f".skeleton{os.getpid()}") for p in Path("/dev/shm").iterdir())
 
 
 # ----------------------------------------------------------------------------- fast paths
