@@ -55,7 +55,12 @@ them, so the flags are identical; the tiles are written in baseline ranges). Wit
 the blocks are computed on the workers and the client writes (flags first, then the blocks).
 
 Performance (``benchmarks/convert.py``, full-size group 2.33 GB -> 1.48 GB MS, 2 cores shared
-with other jobs (load ~2), warm page cache): see ``benchmarks/README.md`` for the latest figures.
+with other jobs (load 2-2.7), warm page cache; figures in ``benchmarks/README.md``): 8.3-9.7 s
+cold (a new process; ~2 s of it one-time imports and IERS tables), 6.1-8.9 s warm, 8.3-9.4 /
+6.2-7.2 CPU-s, 0.98 GB peak RSS; pyuvdata's path 34.7-36.2 s, 32.8-34.0 CPU-s, 7.0 GB. What
+remains, per warm group, in CPU-s: chunk reads ~1.2, the block kernel ~1.0, writing 1.5 GB into
+the page cache ~1-2 (the I/O floor pays the same; disk write-back makes it vary), the casatools
+skeleton ~1.3 (overlapped). ``flag=True``: 33-41 s, 1.03 GB, ~80 % of it the flagger's kernels.
 Before this design (one casatools ``putcol`` writer, h5py reads, output built on tmpfs and
 copied): 17.3 s cold, 15.4 s warm, 0.84 GB; putcol ~250-350 MB/s was ~8 s of the 15.
 """
