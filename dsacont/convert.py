@@ -496,6 +496,15 @@ class _SubbandReader:
             return None
         return dict(dtype=dt, chunk=ch, nbytes=nbytes, grid=grid)
 
+    def _map(self, lo: int, hi: int):
+        """A read-only mapping of file bytes [lo, hi) and its page-aligned start; (None, 0) when
+        the file cannot be mapped (the caller then reads with preadv)."""
+        try:
+            pa = lo - lo % mmap.ALLOCATIONGRANULARITY
+            return mmap.mmap(self._fd(), hi - pa, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=pa), pa
+        except (OSError, ValueError, AttributeError):
+            return None, 0
+
     def _fd(self):
         fd = getattr(self, "fd", None)
         if fd is None:
@@ -532,11 +541,7 @@ class _SubbandReader:
             grid = tab.get("grid_rel")
             if grid is None:
                 grid = tab["grid_rel"] = np.ascontiguousarray((tab["grid"] - lo) // isz)
-            try:
-                pa = lo - lo % mmap.ALLOCATIONGRANULARITY
-                m = mmap.mmap(self._fd(), hi - pa, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=pa)
-            except (OSError, ValueError, AttributeError):
-                m = None
+            m, pa = self._map(lo, hi)
             if m is not None:
                 try:
                     src = np.frombuffer(m, dtype=kind, count=(hi - lo) // isz, offset=lo - pa)
@@ -590,14 +595,10 @@ class _SubbandReader:
         dst = out.view(np.uint8) if tab["dtype"].kind == "b" else out
         kind = np.uint8 if tab["dtype"].kind == "b" else tab["dtype"]
         a, b = r0 - (r0 // R) * R, r1 - (r0 // R) * R
-        m = None
+        m, pa = None, 0
         if hi - lo >= MMAP_MIN_BYTES:
             # large reads: straight from the page cache through a short-lived mapping (no copy)
-            try:
-                pa = lo - lo % mmap.ALLOCATIONGRANULARITY
-                m = mmap.mmap(self._fd(), hi - pa, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=pa)
-            except (OSError, ValueError, AttributeError):
-                m = None
+            m, pa = self._map(lo, hi)
         if m is not None:
             try:
                 src = np.frombuffer(m, dtype=kind, count=(hi - lo) // isz, offset=lo - pa)

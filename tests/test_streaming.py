@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -442,8 +443,10 @@ def test_kill_during_real_conversion_then_restart(sim_files, tmp_path):
     proc = "dsacont.pipeline:convert_only"
     svc = start_service(root, "--once", processor=proc, on_complete="")
     try:
-        wait_for(lambda: "blocks" in svc.log_path.read_text(), 180, interval=0.1,
-                 what="the conversion to start writing")
+        # convert_group logs "writing N rows (...) to <tmp>" as the MS skeleton is started in
+        # its temporary place, before any data are written
+        wait_for(lambda: re.search(r"writing \d+ rows", svc.log_path.read_text()) is not None, 180,
+                 interval=0.05, what="the conversion to start writing")
         svc.kill()
         assert svc.wait(30) == -signal.SIGKILL
     finally:
