@@ -16,15 +16,17 @@ Choices (and the speed/quality trade-off)
 - **Cell**: ``cell = c / (f_max * B_max) / cells_per_beam``, ``cells_per_beam = 3``: the fringe
   spacing of the longest unflagged baseline at the top of the band over 3, and at most the PSF main
   lobe's narrowest FWHM over 3.5 (estimated from the uv coverage, :func:`dsacont.qa.psf_fwhm_arcsec`;
-  it decides for compact arrays such as the small preset, where the main lobe is only ~0.7 fringe
-  spacings wide and 2 pixels across it cost 2.4 % of an off-pixel source's peak). The cost of a
+  on a compact small-preset layout the main lobe is only ~0.7 fringe spacings wide and 2 pixels
+  across it cost 2.4 % of an off-pixel source's peak; on the full array the core's estimated
+  16.6" FWHM gives 4.75" cells instead of 5.56"). The cost of a
   tile is dominated by gridding (per visibility, not per pixel), then by FFTs and Hogbom minor
   cycles (per pixel).
 - **Field**: ``fov_deg = 5`` (the drift-averaged Airy beam is ~0.1 at the edge at 1.4 GHz): sources
   in the outer beam are deconvolved instead of leaving their sidelobes (the T-shaped array's PSF
   has long linear sidelobes) across the tile. On demo tile 13:45 (0834+555 flattened, 3 sigma)
   3.5 deg left the residual RMS 1.46x the radiometer equation, 5 deg 1.25x. The image side is rounded up to a
-  2^a 3^b 5^c size. Full array: ~3240^2 x 5.56"; small preset ~1080^2 x 17".
+  2^a 3^b 5^c size. Full array: 3840^2 x 4.75" (664 s per tile here, 11.4 GB peak RSS: pass
+  ``fov_deg=3.5`` / ``cell_arcsec`` to trade noise for speed); small preset ~1080^2 x 17" (~55 s).
 - **Weighting**: Briggs, robust 0. The radiometer expectation includes the Briggs noise factor
   (computed from the MS's uv coverage; agrees with CASA's "theoretical sensitivity" to 2 %).
 - **Gridder / w-term**: DSA-110 is nearly coplanar and phased near the meridian ~18 deg from
