@@ -109,19 +109,9 @@ def main(argv=None) -> int:
     report = {"machine": {"cpus": os.cpu_count()}, "peer": {"old_pipeline_image_5040px_s": 480,
                                                            "old_pipeline_threads": 40}}
     if args.mosaic_only:
-        from dsacont.mosaic import make_mosaic
-
         tile = synthetic_tile(work / "synthetic", args.imsize or 2400, args.cell or 5.3)
-        tiles = fake_tiles(tile, work / "tiles12")
-        mres, t = _timed(make_mosaic, tiles, paths.mosaics / "bench12.fits")
-        report["mosaic_12"] = {**t, "tile_imsize": args.imsize or 2400, "tile_cell_arcsec": args.cell or 5.3,
-                               "steps_s": {k: round(v, 2) for k, v in mres["timing"].items()},
-                               "shape": mres["shape"], "cell_arcsec": mres["cell_arcsec"]}
-        report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        print(json.dumps(report, indent=2))
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        return 0
+        return _mosaic_and_report(tile, work, paths, report, args,
+                                  tile_imsize=args.imsize or 2400, tile_cell_arcsec=args.cell or 5.3)
     ms = args.ms
     if ms is None:
         from dsacont.convert import convert_group
@@ -150,11 +140,16 @@ def main(argv=None) -> int:
                         for c in qa.get("calibrators", []) if c.get("detected")],
         "n_channels": qa.get("n_channels"), "n_times": qa.get("n_times"), "n_ant": qa.get("n_ant"),
     }
+    return _mosaic_and_report(res, work, paths, report, args)
+
+
+def _mosaic_and_report(tile, work, paths, report, args, **extra) -> int:
+    """The 12-tile mosaic of copies of ``tile`` (step 3), then print the JSON report."""
     from dsacont.mosaic import make_mosaic
 
-    tiles = fake_tiles(res, work / "tiles12")
+    tiles = fake_tiles(tile, work / "tiles12")
     mres, t = _timed(make_mosaic, tiles, paths.mosaics / "bench12.fits")
-    report["mosaic_12"] = {**t, "steps_s": {k: round(v, 2) for k, v in mres["timing"].items()},
+    report["mosaic_12"] = {**t, **extra, "steps_s": {k: round(v, 2) for k, v in mres["timing"].items()},
                            "shape": mres["shape"], "cell_arcsec": mres["cell_arcsec"]}
     report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(report, indent=2))
