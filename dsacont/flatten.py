@@ -210,9 +210,9 @@ def flatten_sources(ms, sources="auto", *, column: str = "CORRECTED_DATA", fit: 
     C = _calib()
     ms = str(ms)
     t0 = _time.perf_counter()
-    if flatten_state(ms) is not None:
-        unflatten(ms)
     info = info or C.read_ms_info(ms)
+    if flatten_state(ms) is not None:
+        unflatten(ms, info=info)
     pdec = C._pointing_dec(info)
     if isinstance(sources, str) and sources == "auto":
         sources = bright_sources(info, min_apparent_jy=min_apparent_jy, max_offset_deg=max_offset_deg,
@@ -289,8 +289,10 @@ def flatten_sources(ms, sources="auto", *, column: str = "CORRECTED_DATA", fit: 
     return {**result, "sources": record["sources"], "seconds": dt}
 
 
-def unflatten(ms) -> dict | None:
-    """Undo the flattening recorded on ``ms`` (adds the recorded model back); None if there is none."""
+def unflatten(ms, *, info=None) -> dict | None:
+    """Undo the flattening recorded on ``ms`` (adds the recorded model back); None if there is none.
+
+    ``info``: its :class:`dsacont.calibration.MSInfo` if the caller has it (read otherwise)."""
     from dsacont.calibration import SkySource
     from dsacont.casa import ensure_casa
 
@@ -300,7 +302,7 @@ def unflatten(ms) -> dict | None:
     if state is None:
         return None
     t0 = _time.perf_counter()
-    info = C.read_ms_info(ms)
+    info = info or C.read_ms_info(ms)
     srcs = [SkySource(r["name"], r["ra_deg"], r["dec_deg"], r["flux_jy"], r["spectral_index"])
             for r in state["sources"]]
     amps, _, lmn_sf = _models(info, srcs, state["pointing_dec_rad"])
