@@ -35,34 +35,42 @@ One pass over the data. The MS is built in a staging directory and moved into pl
 (:func:`dsacont.msio.move_into_place`, an ``os.replace``): ``<stage>/tmp`` when it is on the
 output's filesystem (so the move is a rename and every byte reaches the disk once), else tmpfs
 when it has room, else ``<stage>/tmp`` (then the move copies). The *skeleton* (every row, all
-metadata and subtables, written with casatools) is built in a thread while the first blocks are
-read and computed (casatools releases the GIL; at most ``PREFETCH_BLOCKS`` blocks wait). Casacore
-zero-fills every tile when the skeleton is closed, so it is built on tmpfs and copied to the
-staging directory without its bulk tile files, which are created sparse there
-(:meth:`dsacont.msio.TileFiles.relocate`).
+metadata and subtables) is made in a thread while the first blocks are read and computed (at most
+``PREFETCH_BLOCKS`` blocks wait), by :func:`dsacont.msio.build_skeleton`:
+
+- the first group of a layout (array, band, row structure) is built with casatools. Casacore
+  zero-fills every tile when it closes the table, so this is done on tmpfs and copied to the
+  staging directory without its bulk tile files, which are created sparse there
+  (:meth:`dsacont.msio.TileFiles.relocate`). The verified skeleton minus its bulk files (~15 MB)
+  is kept as a *template* in ``<stage>/tmp/ms-templates/<key>``.
+- every later group of that layout is copied from its template and stamped with its own TIME,
+  UVW (written into its tiles) and per-group subtables (FIELD, SOURCE, OBSERVATION, FEED time,
+  HISTORY): 0.4-0.6 s instead of 1.5-2.5 CPU-s. A test compares every column of every table
+  with a skeleton built from scratch; a damaged template is rebuilt. ``use_templates=False``
+  turns this off.
 
 DATA/FLAG/WEIGHT/SIGMA are then written straight into their ``TiledColumnStMan`` tile files
 (:class:`dsacont.msio.TileFiles`: the layout and byte/bit order are verified on probe rows
 first; any surprise falls back to casatools ``putcol``). Blocks are (``time`` chunk, one
 subband): given files, each worker thread reads them by their HDF5 chunk tables
-(:class:`_SubbandReader`, ``preadv`` + a numba gather, no h5py per-chunk calls, GIL released),
-runs the fused numba :func:`block_kernel` (channel flip, phase rotation with float64 phases,
-conjugation, flags, weights) and ``pwrite``s its rows; given a Dataset, blocks come from its dask
+(:class:`_SubbandReader`: a short-lived mapping + a numba gather that also puts the channels in
+ascending order, no h5py per-chunk calls, GIL released), runs the fused numba :func:`block_kernel`
+(phase rotation with float64 phases, conjugation, flags, weights) and ``pwrite``s its rows (one
+writer per column file at a time); given a Dataset, blocks come from its dask
 arrays. With ``flag=True`` and files, the RFI flags are computed in the same pass
 (:func:`_fused_flag_pass`: baseline blocks exactly as :func:`dsacont.flagging.flag_dataset` cuts
 them, so the flags are identical; the tiles are written in baseline ranges). With a
 ``distributed`` client as the current scheduler (LocalCluster or a ``dask-scheduler`` address)
 the blocks are computed on the workers and the client writes (flags first, then the blocks).
 
-Performance (``benchmarks/convert.py``, full-size group 2.33 GB -> 1.48 GB MS, 2 cores shared
-with other jobs (load 2-2.7), warm page cache; figures in ``benchmarks/README.md``): 8.3-9.7 s
-cold (a new process; ~2 s of it one-time imports and IERS tables), 6.1-8.9 s warm, 8.3-9.4 /
-6.2-7.2 CPU-s, 0.98 GB peak RSS; pyuvdata's path 34.7-36.2 s, 32.8-34.0 CPU-s, 7.0 GB. What
-remains, per warm group, in CPU-s: chunk reads ~1.2, the block kernel ~1.0, writing 1.5 GB into
-the page cache ~1-2 (the I/O floor pays the same; disk write-back makes it vary), the casatools
-skeleton ~1.3 (overlapped). ``flag=True``: 33-41 s, 1.03 GB, ~80 % of it the flagger's kernels.
-Before this design (one casatools ``putcol`` writer, h5py reads, output built on tmpfs and
-copied): 17.3 s cold, 15.4 s warm, 0.84 GB; putcol ~250-350 MB/s was ~8 s of the 15.
+Performance (``benchmarks/convert.py``, full-size group 2.33 GB -> 1.48 GB MS, this 2-core
+machine, warm page cache; figures in ``benchmarks/README.md``): ~2 s per group in the streaming
+service's steady state (same process, template present; 3.0-3.4 CPU-s), 7.8 s for the very first
+group in a new process (imports 1-2 s, IERS tables ~1.6 s, the casatools skeleton), 5.2 s for a new
+process once the template exists; 0.97 GB peak RSS. pyuvdata's path: 39 s, 7.0 GB. What remains
+per steady-state group, in CPU-s: HDF5 chunk tables (h5py ``chunk_iter``, ~1 us per chunk, ~200k
+chunks) ~0.4, chunk gathers ~0.8, the block kernel ~0.55, page-cache writes ~0.3-0.6, the stamped
+skeleton ~0.4, opening the group 0.2. ``flag=True``: ~80 % of its time is the flagger's kernels.
 """
 from __future__ import annotations
 
@@ -70,6 +78,7 @@ import argparse
 import logging
 import math
 import mmap
+import operator
 import os
 import shutil
 import sys
@@ -97,6 +106,8 @@ TMPFS_MARGIN_BYTES = 1 << 30
 MMAP_MIN_BYTES = 1 << 20
 # blocks computed ahead while the MS skeleton is being built (~35 MB each at full size)
 PREFETCH_BLOCKS = 12
+# skeleton templates (msio.build_skeleton) live in <stage>/tmp/<this>
+TEMPLATE_DIRNAME = "ms-templates"
 # seconds spent in each phase of the last convert_group call in this process (benchmarks read it)
 LAST_PROFILE: dict = {}
 
@@ -297,46 +308,74 @@ def block_kernel(vis, ns, fl, dw, freq, flip, uniform, data_out, flag_out, weigh
     flag_out : (nt, nbl, nf, npol) bool      <- fl | (ns == 0)
     weight_out, sigma_out : (nt, nbl, npol) float32 <- channel-mean nsamples; 1/sqrt(weight) (0 if 0)
 
-    Phases are float64; with ``uniform`` the phasor of channel f is the phasor of channel 0 times
-    the channel step's phasor f times (rounding ~1e-15 rad over a subband), else sin/cos per channel.
+    Phases are computed in float64 (with ``uniform``: the phasor of channel f is the phasor of
+    channel 0 times the channel step's phasor f times, ~1e-15 rad of rounding over a subband;
+    else sin/cos per channel); the rotation itself is done in float32, the data's precision
+    (relative error ~1e-7). Reversed channels (``flip``) are ~2x slower than ascending ones:
+    :meth:`_SubbandReader.read` can reverse them while gathering instead.
     """
     nt, nbl, nf, npol = vis.shape
+    m = nf * npol
     k = -2.0 * np.pi / SPEED_OF_LIGHT
     df = freq[1] - freq[0] if nf > 1 else 0.0
-    acc = np.zeros(npol, np.float64)
-    for t in range(nt):
-        for b in range(nbl):
-            d = k * dw[t, b]
-            c0 = np.cos(d * freq[0])
-            s0 = np.sin(d * freq[0])
-            cs = np.cos(d * df)
-            ss = np.sin(d * df)
+    cr = np.empty(m, np.float32)
+    ci = np.empty(m, np.float32)
+    # one row (baseline of one integration) = m contiguous (channel, pol) items
+    vr = vis.reshape(nt * nbl, m).view(np.float32)
+    dr = data_out.reshape(nt * nbl, m).view(np.float32)
+    n2 = ns.reshape(nt * nbl, m)
+    fl2 = fl.reshape(nt * nbl, m).view(np.uint8)
+    fo2 = flag_out.reshape(nt * nbl, m).view(np.uint8)
+    for row in range(nt * nbl):
+        t = row // nbl
+        b = row - t * nbl
+        d = k * dw[t, b]
+        c = np.cos(d * freq[0])
+        s = np.sin(d * freq[0])
+        cs = np.cos(d * df)
+        ss = np.sin(d * df)
+        for f in range(nf):
+            if f > 0:
+                if uniform:
+                    cn = c * cs - s * ss
+                    s = c * ss + s * cs
+                    c = cn
+                else:
+                    c = np.cos(d * freq[f])
+                    s = np.sin(d * freq[f])
             for p in range(npol):
-                acc[p] = 0.0
-            c = c0
-            s = s0
+                cr[f * npol + p] = c
+                ci[f * npol + p] = s
+        vrow = vr[row]
+        drow = dr[row]
+        nrow = n2[row]
+        frow = fl2[row]
+        orow = fo2[row]
+        if flip:
             for f in range(nf):
-                fi = nf - 1 - f if flip else f
-                if f > 0:
-                    if uniform:
-                        cn = c * cs - s * ss
-                        s = c * ss + s * cs
-                        c = cn
-                    else:
-                        c = np.cos(d * freq[f])
-                        s = np.sin(d * freq[f])
                 for p in range(npol):
-                    v = vis[t, b, fi, p]
-                    re = v.real * c - v.imag * s
-                    im = v.real * s + v.imag * c
-                    data_out[t, b, f, p] = re - 1j * im
-                    n = ns[t, b, fi, p]
-                    acc[p] += n
-                    flag_out[t, b, f, p] = fl[t, b, fi, p] or n == 0
-            for p in range(npol):
-                w = np.float32(acc[p] / nf)
-                weight_out[t, b, p] = w
-                sigma_out[t, b, p] = np.float32(1.0) / np.sqrt(w) if w > 0 else np.float32(0.0)
+                    j = f * npol + p
+                    i = (nf - 1 - f) * npol + p
+                    x = vrow[2 * i]
+                    y = vrow[2 * i + 1]
+                    drow[2 * j] = x * cr[j] - y * ci[j]
+                    drow[2 * j + 1] = -(x * ci[j] + y * cr[j])
+                    orow[j] = frow[i] | (nrow[i] == 0)
+        else:
+            for j in range(m):
+                x = vrow[2 * j]
+                y = vrow[2 * j + 1]
+                drow[2 * j] = x * cr[j] - y * ci[j]
+                drow[2 * j + 1] = -(x * ci[j] + y * cr[j])
+            for j in range(m):
+                orow[j] = frow[j] | (nrow[j] == 0)
+        for p in range(npol):
+            acc = 0.0
+            for f in range(nf):
+                acc += nrow[f * npol + p]
+            w = np.float32(acc / nf)
+            weight_out[t, b, p] = w
+            sigma_out[t, b, p] = np.float32(1.0) / np.sqrt(w) if w > 0 else np.float32(0.0)
     return data_out
 
 
@@ -379,13 +418,14 @@ def compute_block(vis, ns, fl, dw, freq, flip=False, scratch=None):
 
 # ----------------------------------------------------------------------------- direct HDF5 reads
 @numba.njit(nogil=True, cache=True)
-def gather_chunks(src, grid, R, C, P, r0, r1, out):
+def gather_chunks(src, grid, R, C, P, r0, r1, rev, out):
     """Copy rows ``r0 .. r1`` of a chunked (rows, chans, pols) dataset into ``out``
     (r1 - r0, chans, pols) from its raw chunks, in output order.
 
     src: 1-D array of the dataset's items (file bytes viewed as the dtype); grid: (row chunks,
     chan chunks, pol chunks) int64 item offset of each chunk in ``src``; R, C, P: the chunk shape
-    (a chunk stores R*C*P items in C order; edge chunks are stored whole)."""
+    (a chunk stores R*C*P items in C order; edge chunks are stored whole); rev: reverse the
+    channel axis (file channel c goes to ``out[:, chans - 1 - c]``)."""
     nr, nf, npol = out.shape
     nck = grid.shape[1]
     npk = grid.shape[2]
@@ -399,13 +439,14 @@ def gather_chunks(src, grid, R, C, P, r0, r1, out):
                 ph = min(P, npol - pk * P)
                 base = grid[rk, ck, pk] + rr * C * P
                 for c in range(ch):
+                    oc = nf - 1 - (ck * C + c) if rev else ck * C + c
                     for p in range(ph):
-                        o[ck * C + c, pk * P + p] = src[base + c * P + p]
+                        o[oc, pk * P + p] = src[base + c * P + p]
     return out
 
 
 @numba.njit(nogil=True, cache=True)
-def gather_chunks_p1(src, grid, R, C, r0, r1, out):
+def gather_chunks_p1(src, grid, R, C, r0, r1, rev, out):
     """:func:`gather_chunks` for chunks of one polarisation (P = 1, what the correlator writes):
     the same result, ~2x faster (a contiguous run of C items per chunk and row)."""
     nr, nf, npol = out.shape
@@ -418,8 +459,13 @@ def gather_chunks_p1(src, grid, R, C, r0, r1, out):
             ch = min(C, nf - ck * C)
             for pk in range(npol):
                 base = grid[rk, ck, pk] + rr * C
-                for c in range(ch):
-                    out[orow, ck * C + c, pk] = src[base + c]
+                if rev:
+                    top = nf - 1 - ck * C
+                    for c in range(ch):
+                        out[orow, top - c, pk] = src[base + c]
+                else:
+                    for c in range(ch):
+                        out[orow, ck * C + c, pk] = src[base + c]
     return out
 
 
@@ -470,17 +516,22 @@ class _SubbandReader:
                 ch = (ch[0], ch[2], ch[3])
             elif len(shape) != 3:
                 return None
+            # h5py's StoreInfo records, kept as they come (a Python callback per chunk is most of
+            # the cost: ~1 us here, ~200k chunks per full-size group), then taken apart in C
             rows = []
-            d.id.chunk_iter(lambda ci: rows.append((ci.chunk_offset, ci.byte_offset, ci.size, ci.filter_mask)))
+            d.id.chunk_iter(rows.append)
+            if not rows:
+                return None
+            field = operator.attrgetter
+            offs = np.fromiter(map(field("byte_offset"), rows), np.int64, len(rows))
+            sizes = np.fromiter(map(field("size"), rows), np.int64, len(rows))
+            masks = np.fromiter(map(field("filter_mask"), rows), np.int64, len(rows))
+            co = np.array(list(map(field("chunk_offset"), rows)), np.int64)
         except (AttributeError, TypeError, ValueError, OSError):
             return None
-        if not rows:
-            return None
         nbytes = int(np.prod(d.chunks)) * dt.itemsize
-        offs = np.array([r[1] for r in rows], np.int64)
-        if any(r[2] != nbytes or r[3] != 0 for r in rows):
+        if np.any(sizes != nbytes) or np.any(masks != 0) or co.ndim != 2:
             return None
-        co = np.array([r[0] for r in rows], np.int64)
         if co.shape[1] == 4:
             co = co[:, [0, 2, 3]]
         if np.any((offs - offs.min()) % dt.itemsize):
@@ -525,9 +576,9 @@ class _SubbandReader:
         except Exception:
             pass
 
-    def read_baselines(self, name, b0, b1, ntime, scratch=None):
-        """(ntime, b1 - b0, nf, npol): baselines b0..b1 of every integration, file channel order
-        (one read of each integration's row range)."""
+    def read_baselines(self, name, b0, b1, ntime, scratch=None, ascending=False):
+        """(ntime, b1 - b0, nf, npol): baselines b0..b1 of every integration, file channel order,
+        or ascending frequency with ``ascending`` (one read of each integration's row range)."""
         out = _scratch(scratch, ("bl", name), (ntime, b1 - b0, self.nf, self.npol), self.dtype(name))
         tab = self.tables[name]
         if tab is not None:
@@ -547,14 +598,15 @@ class _SubbandReader:
                     src = np.frombuffer(m, dtype=kind, count=(hi - lo) // isz, offset=lo - pa)
                     dst = out.view(np.uint8) if tab["dtype"].kind == "b" else out
                     for t in range(ntime):
-                        self._gather(src, grid, R, C, P, t * self.nbls + b0, t * self.nbls + b1, dst[t])
+                        self._gather(src, grid, R, C, P, t * self.nbls + b0, t * self.nbls + b1,
+                                     ascending and self.flip, dst[t])
                     del src
                 finally:
                     m.close()
                 return out
         sub = {} if scratch is None else scratch.setdefault(("blsub", name), {})
         for t in range(ntime):
-            out[t] = self._read_rows(name, t * self.nbls + b0, t * self.nbls + b1, sub)
+            out[t] = self._read_rows(name, t * self.nbls + b0, t * self.nbls + b1, sub, ascending)
         return out
 
     def dtype(self, name):
@@ -566,17 +618,20 @@ class _SubbandReader:
         with h5py.File(self.path, "r") as f:
             return f["Data"][name].dtype
 
-    def read(self, name, t0, t1, scratch=None):
-        """(t1 - t0, nbls, nf, npol) array of integrations t0..t1, file channel order.
+    def read(self, name, t0, t1, scratch=None, ascending=False):
+        """(t1 - t0, nbls, nf, npol) array of integrations t0..t1, file channel order, or
+        ascending frequency with ``ascending`` (reversed while gathering, at no extra cost).
 
         ``scratch``: a dict this reader may keep buffers in and reuse between calls of one
         thread (fresh memory costs page faults: ~2 ms per MB on small VMs); the returned array
         is then one of them, valid until the next call with the same name."""
-        out = self._read_rows(name, t0 * self.nbls, t1 * self.nbls, scratch)
+        out = self._read_rows(name, t0 * self.nbls, t1 * self.nbls, scratch, ascending)
         return out.reshape(t1 - t0, self.nbls, self.nf, self.npol)
 
-    def _read_rows(self, name, r0, r1, scratch=None):
-        """(r1 - r0, nf, npol) rows r0..r1 of Data/<name>, file channel order."""
+    def _read_rows(self, name, r0, r1, scratch=None, ascending=False):
+        """(r1 - r0, nf, npol) rows r0..r1 of Data/<name>, file channel order (ascending
+        frequency with ``ascending``)."""
+        rev = bool(ascending and self.flip)
         tab = self.tables[name]
         if tab is None:
             import h5py
@@ -584,7 +639,7 @@ class _SubbandReader:
             with h5py.File(self.path, "r") as f:
                 d = f["Data"][name]
                 raw = d[r0:r1, 0, :, :] if len(d.shape) == 4 else d[r0:r1, :, :]
-            return np.ascontiguousarray(raw)
+            return np.ascontiguousarray(raw[:, ::-1] if rev else raw)
         R, C, P = tab["chunk"]
         g = tab["grid"][r0 // R: -(-r1 // R)]
         lo = int(g.min())
@@ -602,7 +657,7 @@ class _SubbandReader:
         if m is not None:
             try:
                 src = np.frombuffer(m, dtype=kind, count=(hi - lo) // isz, offset=lo - pa)
-                self._gather(src, grid, R, C, P, a, b, dst)
+                self._gather(src, grid, R, C, P, a, b, rev, dst)
                 del src
             finally:
                 m.close()
@@ -615,15 +670,15 @@ class _SubbandReader:
             if not n:
                 raise BadInputError(self.path, f"Data/{name}: file ends inside a chunk")
             got += n
-        self._gather(buf.view(np.uint8) if tab["dtype"].kind == "b" else buf, grid, R, C, P, a, b, dst)
+        self._gather(buf.view(np.uint8) if tab["dtype"].kind == "b" else buf, grid, R, C, P, a, b, rev, dst)
         return out
 
     @staticmethod
-    def _gather(src, grid, R, C, P, a, b, dst):
+    def _gather(src, grid, R, C, P, a, b, rev, dst):
         if P == 1:
-            gather_chunks_p1(src, grid, R, C, a, b, dst)
+            gather_chunks_p1(src, grid, R, C, a, b, bool(rev), dst)
         else:
-            gather_chunks(src, grid, R, C, P, a, b, dst)
+            gather_chunks(src, grid, R, C, P, a, b, bool(rev), dst)
 
 
 def _files_behind(ds, spws):
@@ -708,8 +763,7 @@ def _fused_flag_pass(ds, tiles, src_files, spws, dw, freq, a1, a2, strategy, fla
                 continue
             r = reader(si)
             for name, dst in (("visdata", vis), ("nsamples", ns), ("flags", fl)):
-                raw = r.read_baselines(name, b0, b1, ntime, sc)
-                dst[:, :, f0:f1] = raw[:, :, ::-1] if r.flip else raw
+                dst[:, :, f0:f1] = r.read_baselines(name, b0, b1, ntime, sc, ascending=True)
         tb = _time.perf_counter()
         fall = flag_mod.flag_block(np.abs(vis), fl, is_auto[b0:b1], s, static)
         flags_all[:, b0:b1] = fall
@@ -810,6 +864,7 @@ def convert_group(
     direct_write: bool = True,
     direct_read: bool = True,
     fuse_flags: bool = True,
+    use_templates: bool = True,
 ) -> Path:
     """Convert one subband group to a CASA Measurement Set; returns the MS path.
 
@@ -852,6 +907,10 @@ def convert_group(
         the RFI flags in the same single pass over the files that writes the MS (baseline blocks
         cut exactly as :func:`dsacont.flagging.flag_dataset` cuts them, so the flags are the
         same). False (or when those conditions fail): flags first, then a second read.
+    use_templates : bool
+        With direct writes, keep the MS skeleton of each new layout as a template in
+        ``<stage>/tmp/ms-templates`` and stamp later groups of that layout from it
+        (:func:`dsacont.msio.build_skeleton`); False: build every skeleton with casatools.
     """
     import xarray as xr
 
@@ -996,59 +1055,24 @@ def convert_group(
 
     # casacore zero-fills every tile of the skeleton when it is closed (1.5 GB at full size); on
     # tmpfs that costs RAM bandwidth, on disk a second write of the whole MS. So with direct
-    # writes the skeleton is built on tmpfs and copied without its bulk tile files, which are
-    # created sparse in the staging directory and filled once (msio.TileFiles.relocate).
-    skel_ms = tmp_ms
+    # writes a fresh skeleton is built on tmpfs and copied without its bulk tile files, which are
+    # created sparse in the staging directory and filled once (msio.TileFiles.relocate); and it
+    # is kept as a template, from which the next group of the same layout is stamped instead.
+    build_in = None
     if direct_write and not _same_fs(tmp_root, TMPFS) and _tmpfs_has_room(_estimate_ms_bytes(nrows, nchan, npol)):
-        skel_ms = Path(TMPFS) / f".{ms_path.name}.skeleton{os.getpid()}"
-        shutil.rmtree(skel_ms, ignore_errors=True)
+        build_in = Path(TMPFS) / f".{ms_path.name}.skeleton{os.getpid()}"
+        shutil.rmtree(build_in, ignore_errors=True)
+    # MS convention: UVW = x_ant1 - x_ant2 (minus the Dataset's uvw), DATA conjugated
+    rows = msio.MainRows(
+        time=t_ms, field_id=centre["field_of_time"].astype(np.int32),
+        scan=(centre["field_of_time"].astype(np.int32) + 1) if phase == "per_integration" else np.ones(ntime, np.int32),
+        nspw=nspw, ant1=a1, ant2=a2, uvw=-geo["uvw"], interval=tint)
+    templates = (Path(paths.tmp) / TEMPLATE_DIRNAME) if use_templates else None
 
     def _skeleton():
         """The MS with every row and all metadata, closed; returns TileFiles or None."""
-        try:
-            out = _skeleton_in(skel_ms)
-            tick = _time.perf_counter()
-            prof["skeleton_on_tmpfs"] = skel_ms != tmp_ms
-            if skel_ms != tmp_ms:
-                if out is not None:
-                    out = msio.TileFiles.relocate(out, skel_ms, tmp_ms)
-                else:
-                    shutil.copytree(skel_ms, tmp_ms)
-            prof["relocate"] = _time.perf_counter() - tick
-        finally:
-            if skel_ms != tmp_ms:
-                shutil.rmtree(skel_ms, ignore_errors=True)
-        return out
-
-    def _skeleton_in(tmp_ms):
-        tick = _time.perf_counter()
-        msio.create_ms(tmp_ms, layout)
-        prof["create"] = _time.perf_counter() - tick
-        tick = _time.perf_counter()
-        with msio.MSWriter(tmp_ms) as w:
-            # metadata: rows added in runs of one (integration, spw); IncrementalStMan columns
-            # get one value per run (constants once), ANTENNA1/2 and UVW per integration
-            fid = np.repeat(centre["field_of_time"].astype(np.int32), nspw)
-            t_run = np.repeat(t_ms, nspw)
-            w.add_runs(
-                np.full(ntime * nspw, nbl),
-                constants=dict(INTERVAL=tint, EXPOSURE=tint, STATE_ID=-1, ARRAY_ID=0, OBSERVATION_ID=0,
-                               PROCESSOR_ID=0, FEED1=0, FEED2=0, FLAG_ROW=False),
-                TIME=t_run, TIME_CENTROID=t_run, FIELD_ID=fid,
-                SCAN_NUMBER=(fid + 1) if phase == "per_integration" else np.ones(fid.size, np.int32),
-                DATA_DESC_ID=np.tile(np.arange(nspw, dtype=np.int32), ntime),
-            )
-            rows_t = nspw * nbl
-            ant1_t = np.tile(a1, nspw)
-            ant2_t = np.tile(a2, nspw)
-            for t in range(ntime):
-                # MS convention: UVW = x_ant1 - x_ant2 (minus the Dataset's uvw), DATA conjugated
-                w.put(t * rows_t, ANTENNA1=ant1_t, ANTENNA2=ant2_t, UVW=np.tile(-geo["uvw"][t], (nspw, 1)))
-            tile_layout = w.tile_layout() if direct_write else None
-        # bulk columns straight into their tiles when the layout checks out, else putcol
-        out = msio.TileFiles.open(tile_layout)
-        prof["metadata"] = _time.perf_counter() - tick
-        return out
+        return msio.build_skeleton(tmp_ms, layout, rows, direct=direct_write, templates=templates,
+                                   build_in=build_in, prof=prof)
 
     def _skeleton_thread():
         try:
@@ -1138,8 +1162,9 @@ def convert_group(
             tr = _time.perf_counter()
             if src_files is not None and src_files[si] is not None:
                 r = _reader(si)
-                v, n, f_, flip = (r.read("visdata", t0, t1, scratch), r.read("nsamples", t0, t1, scratch),
-                                  r.read("flags", t0, t1, scratch), r.flip)
+                # channels reversed while gathering (the kernel is ~2x slower on reversed input)
+                v, n, f_ = (r.read(name, t0, t1, scratch, ascending=True) for name in r.NAMES)
+                flip = False
             else:
                 v, n, f_ = dask.compute(vis[t0:t1, :, f0:f1, :], nsamp[t0:t1, :, f0:f1, :],
                                         fl[t0:t1, :, f0:f1, :], scheduler="sync")

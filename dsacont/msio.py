@@ -52,6 +52,18 @@ storage manager does, and what :class:`TileFiles` relies on and checks:
 - :meth:`TileFiles.relocate` copies a verified skeleton (built on tmpfs, where casacore's zero
   fill is cheap) without its bulk tile files, which it creates sparse at their full length in
   the destination: valid only because every byte of them is written afterwards.
+
+Skeleton templates (:func:`build_skeleton`)
+-------------------------------------------
+Building the skeleton with casatools (rows, ANTENNA1/2, UVW, probes; casacore then zero-fills
+every tile) costs 1.5-2.5 CPU-s per full-size group, as much as converting its data. Groups of
+one layout (same antennas, band, polarisations, row structure, field count, tiling, versions:
+:func:`template_key`) differ only in TIME/TIME_CENTROID, UVW and the FIELD, SOURCE, OBSERVATION,
+HISTORY rows and FEED's TIME. So the first verified skeleton of a layout is kept, without its
+bulk files, as a template; later groups copy it, create the bulk files (UVW too) sparse, write
+UVW into its tiles and rewrite the per-group columns and subtables (:func:`_write_group_subtables`
+is the same code that fills them in a fresh MS). Templates are immutable once saved (atomic
+rename); the ``TEMPLATES_KEPT`` most recently used are kept.
 """
 from __future__ import annotations
 
@@ -76,6 +88,11 @@ CORR_TYPE = {"XX": 9, "XY": 10, "YX": 11, "YY": 12, "RR": 5, "RL": 6, "LR": 7, "
 CORR_PRODUCT = {"XX": (0, 0), "XY": (0, 1), "YX": (1, 0), "YY": (1, 1)}
 # rows per tile of the main-table hypercubes (DATA tile ~ npol*nchan*8*rows bytes)
 DATA_TILE_ROWS = 1024
+# the main-table columns written straight into their tile files (TileFiles)
+BULK_COLUMNS = ("DATA", "FLAG", "WEIGHT", "SIGMA")
+# skeleton templates: bump when what a template holds, or how it is stamped, changes
+TEMPLATE_VERSION = 1
+TEMPLATES_KEPT = 4
 
 
 def jd_to_ms_time(jd):
@@ -220,12 +237,27 @@ def _open(tb, path, sub):
 
 
 def _write_subtables(path: str, L: MSLayout) -> None:
+    _write_static_subtables(path, L)
+    _write_group_subtables(path, L)
+
+
+def _rows_exactly(tb, n: int) -> None:
+    """Make the open table ``tb`` have exactly ``n`` rows (fresh rows when the count differs)."""
+    if tb.nrows() != n:
+        if tb.nrows():
+            tb.removerows(list(range(tb.nrows())))
+        if n:
+            tb.addrows(n)
+
+
+def _write_static_subtables(path: str, L: MSLayout) -> None:
+    """The subtables that depend only on the array and the band (ANTENNA, FEED but its TIME,
+    SPECTRAL_WINDOW, POLARIZATION, DATA_DESCRIPTION, PROCESSOR): the same for every group of
+    one layout (:func:`template_key`)."""
     ct = _ct()
     tb = ct.table()
     nant = len(L.antenna_names)
     nspw = L.spw_freqs.shape[0]
-    nfield = len(L.field_names)
-    tmid = float(np.mean(L.time_range))
 
     _open(tb, path, "ANTENNA")
     tb.addrows(nant)
@@ -248,7 +280,6 @@ def _write_subtables(path: str, L: MSLayout) -> None:
     tb.putcol("FEED_ID", np.zeros(nant, np.int32))
     tb.putcol("BEAM_ID", np.full(nant, -1, np.int32))
     tb.putcol("SPECTRAL_WINDOW_ID", np.full(nant, -1, np.int32))
-    tb.putcol("TIME", np.full(nant, tmid))
     tb.putcol("INTERVAL", np.full(nant, 0.0))
     tb.putcol("NUM_RECEPTORS", np.full(nant, 2, np.int32))
     tb.putcol("POLARIZATION_TYPE", np.array([["X"] * nant, ["Y"] * nant]))
@@ -294,9 +325,33 @@ def _write_subtables(path: str, L: MSLayout) -> None:
     tb.putcol("FLAG_ROW", np.zeros(nspw, bool))
     tb.close()
 
+    _open(tb, path, "PROCESSOR")
+    tb.addrows(1)
+    tb.putcell("TYPE", 0, "CORRELATOR")
+    tb.putcell("SUB_TYPE", 0, "DSA-110")
+    tb.putcell("TYPE_ID", 0, 0)
+    tb.putcell("MODE_ID", 0, 0)
+    tb.putcell("FLAG_ROW", 0, False)
+    tb.close()
+
+
+def _write_group_subtables(path: str, L: MSLayout) -> None:
+    """The subtables (and columns) that change from group to group: FEED TIME, FIELD, SOURCE,
+    OBSERVATION, HISTORY. Rewritten whole, so an MS copied from a template of another group
+    ends up exactly as if it had been created for this one."""
+    ct = _ct()
+    tb = ct.table()
+    nant = len(L.antenna_names)
+    nfield = len(L.field_names)
+    tmid = float(np.mean(L.time_range))
+
+    _open(tb, path, "FEED")
+    tb.putcol("TIME", np.full(nant, tmid))
+    tb.close()
+
     dirs = np.asarray(L.field_dirs, float).reshape(nfield, 2)
     _open(tb, path, "FIELD")
-    tb.addrows(nfield)
+    _rows_exactly(tb, nfield)
     for col in ("PHASE_DIR", "DELAY_DIR", "REFERENCE_DIR"):
         tb.putcol(col, np.ascontiguousarray(dirs.T[:, None, :]))
         mi = tb.getcolkeyword(col, "MEASINFO")
@@ -311,7 +366,7 @@ def _write_subtables(path: str, L: MSLayout) -> None:
     tb.close()
 
     _open(tb, path, "SOURCE")
-    tb.addrows(nfield)
+    _rows_exactly(tb, nfield)
     tb.putcol("SOURCE_ID", np.arange(nfield, dtype=np.int32))
     tb.putcol("NAME", np.array(L.field_names, dtype=str))
     tb.putcol("DIRECTION", np.ascontiguousarray(dirs.T))
@@ -325,7 +380,7 @@ def _write_subtables(path: str, L: MSLayout) -> None:
     tb.close()
 
     _open(tb, path, "OBSERVATION")
-    tb.addrows(1)
+    _rows_exactly(tb, 1)
     tb.putcell("TELESCOPE_NAME", 0, L.telescope_name)
     tb.putcell("TIME_RANGE", 0, np.array(L.time_range, float))
     tb.putcell("OBSERVER", 0, L.observer)
@@ -337,15 +392,9 @@ def _write_subtables(path: str, L: MSLayout) -> None:
     tb.putcell("FLAG_ROW", 0, False)
     tb.close()
 
-    _open(tb, path, "PROCESSOR")
-    tb.addrows(1)
-    tb.putcell("TYPE", 0, "CORRELATOR")
-    tb.putcell("SUB_TYPE", 0, "DSA-110")
-    tb.putcell("TYPE_ID", 0, 0)
-    tb.putcell("MODE_ID", 0, 0)
-    tb.putcell("FLAG_ROW", 0, False)
+    _open(tb, path, "HISTORY")
+    _rows_exactly(tb, 0)
     tb.close()
-
     if L.history:
         add_history(path, L.history, _tb=tb)
 
@@ -442,11 +491,14 @@ class MSWriter:
 
 
     # ------------------------------------------------------------------ direct tile writing
-    def tile_layout(self, columns=("DATA", "FLAG", "WEIGHT", "SIGMA"), seed: int = 12345):
+    def tile_layout(self, columns=BULK_COLUMNS, seed: int = 12345, known: dict | None = None):
         """Describe the tiled storage of ``columns`` and put probe values in their first and
         last rows (see :class:`TileFiles`). Returns a dict for :meth:`TileFiles.open`, or None if
         a column is not in a single-hypercube ``TiledColumnStMan`` whose tiles hold whole rows
-        of whole bytes. Call after all rows are added; :meth:`TileFiles.open` after closing."""
+        of whole bytes. Call after all rows are added; :meth:`TileFiles.open` after closing.
+
+        ``known``: ``{column: {row: cell value (row-major)}}`` for columns already written
+        (UVW): those values serve as the probes and nothing is put."""
         tb = self.tb
         nrows = int(tb.nrows())
         if nrows == 0:
@@ -471,7 +523,8 @@ class MSWriter:
             R = tshape[-1]
             ncell = int(np.prod(cell))
             vtype = str(tb.getcoldesc(col).get("valueType", "")).lower()
-            dtype = {"complex": np.complex64, "boolean": np.bool_, "float": np.float32}.get(vtype)
+            dtype = {"complex": np.complex64, "boolean": np.bool_, "float": np.float32,
+                     "double": np.float64}.get(vtype)
             if dtype is None or nrows % R:
                 return None
             if dtype is np.bool_:
@@ -483,7 +536,9 @@ class MSWriter:
             if int(cube["BucketSize"]) != bucket:
                 return None
             probes = {}
-            for row in (0, nrows - 1):
+            if known and col in known:
+                probes = {int(r): np.asarray(v, dtype) for r, v in known[col].items()}
+            for row in (() if probes else (0, nrows - 1)):
                 shape = tuple(reversed(cell))  # row-major cell as MSWriter.put takes it
                 if dtype is np.bool_:
                     v = rng.random(shape) < 0.5
@@ -527,6 +582,9 @@ class TileFiles:
         self.cols = layout["columns"]
         self.fds = {}
         self._lock = threading.Lock()
+        # one writer per file at a time: concurrent buffered writes to one file serialise on its
+        # inode lock in the kernel anyway, and waiting there spins (burns a core); here it sleeps
+        self._col_locks = {col: threading.Lock() for col in self.cols}
         self.bytes_written = 0
 
     @classmethod
@@ -566,13 +624,9 @@ class TileFiles:
         column is written exactly once), so casacore's zero-filled copies are never copied.
         ``tiles`` is closed; ``src_ms`` is left as it is (the caller removes it)."""
         src_ms, dst_ms = str(src_ms), str(dst_ms)
-        skip = {os.path.realpath(c["file"]) for c in tiles.cols.values()}
+        skip = _bulk_files(tiles.layout)
         tiles.close()
-
-        def ignore(d, names):
-            return [n for n in names if os.path.realpath(os.path.join(d, n)) in skip]
-
-        shutil.copytree(src_ms, dst_ms, ignore=ignore)
+        _copy_without(src_ms, dst_ms, skip)
         layout = dict(tiles.layout, path=dst_ms, columns={})
         for col, c in tiles.cols.items():
             rel = os.path.relpath(c["file"], src_ms)
@@ -599,6 +653,14 @@ class TileFiles:
             return pack_bits_le(a.reshape(-1), np.empty(a.size // 8, np.uint8))
         return np.ascontiguousarray(arr, dtype=np.dtype(c["dtype"]))
 
+    def forget(self, col) -> None:
+        """Stop handling column ``col`` (its file is left as it is)."""
+        fd = self.fds.pop(col, None)
+        if fd is not None:
+            os.close(fd)
+        self.cols = {k: v for k, v in self.cols.items() if k != col}
+        self.layout = dict(self.layout, columns=self.cols)
+
     def tile_rows(self, col="DATA") -> int:
         return int(self.cols[col]["tile_rows"])
 
@@ -620,8 +682,9 @@ class TileFiles:
                 raise ValueError(f"{col}: rows from {startrow} run past the end of the column")
             fd = self.fds[col]
             done = 0
-            while done < len(mv):
-                done += os.pwrite(fd, mv[done:], off + done)
+            with self._col_locks[col]:
+                while done < len(mv):
+                    done += os.pwrite(fd, mv[done:], off + done)
             with self._lock:
                 self.bytes_written += len(mv)
 
@@ -638,6 +701,240 @@ class TileFiles:
 
     def __exit__(self, *exc):
         self.close()
+
+
+@dataclass
+class MainRows:
+    """The main table of one group: ``ntime * nspw`` runs of ``nbl`` rows, in (time, spw,
+    baseline) order (sorted by TIME; one (integration, spw) is a contiguous run).
+
+    Attributes
+    ----------
+    time : ndarray (ntime,)         MS TIME (and TIME_CENTROID) of each integration, s
+    field_id : ndarray (ntime,)     FIELD_ID of each integration
+    scan : ndarray (ntime,)         SCAN_NUMBER of each integration
+    nspw : int                      runs per integration; DATA_DESC_ID = spw
+    ant1, ant2 : ndarray (nbl,)     ANTENNA1/ANTENNA2 of every run
+    uvw : ndarray (ntime, nbl, 3)   UVW, metres (MS convention: x[ANTENNA1] - x[ANTENNA2])
+    interval : float                INTERVAL = EXPOSURE, s
+    """
+
+    time: np.ndarray
+    field_id: np.ndarray
+    scan: np.ndarray
+    nspw: int
+    ant1: np.ndarray
+    ant2: np.ndarray
+    uvw: np.ndarray
+    interval: float
+
+    @property
+    def nbl(self) -> int:
+        return int(len(self.ant1))
+
+    @property
+    def nrows(self) -> int:
+        return int(len(self.time)) * int(self.nspw) * self.nbl
+
+    def run_start(self, t: int, spw: int) -> int:
+        """First row of integration ``t``, spw ``spw``."""
+        return (int(t) * int(self.nspw) + int(spw)) * self.nbl
+
+    def write_metadata(self, w: "MSWriter") -> None:
+        """Add every row to the (empty) main table of ``w`` with all columns but the bulk ones.
+        IncrementalStMan columns get one value per run (constants once); ANTENNA1/2 and UVW
+        one ``putcol`` per integration."""
+        ntime, nspw = len(self.time), int(self.nspw)
+        fid = np.repeat(np.asarray(self.field_id, np.int32), nspw)
+        t_run = np.repeat(np.asarray(self.time, float), nspw)
+        w.add_runs(
+            np.full(ntime * nspw, self.nbl),
+            constants=dict(INTERVAL=float(self.interval), EXPOSURE=float(self.interval), STATE_ID=-1, ARRAY_ID=0,
+                           OBSERVATION_ID=0, PROCESSOR_ID=0, FEED1=0, FEED2=0, FLAG_ROW=False),
+            TIME=t_run, TIME_CENTROID=t_run, FIELD_ID=fid,
+            SCAN_NUMBER=np.repeat(np.asarray(self.scan, np.int32), nspw),
+            DATA_DESC_ID=np.tile(np.arange(nspw, dtype=np.int32), ntime),
+        )
+        ant1_t = np.tile(np.asarray(self.ant1, np.int32), nspw)
+        ant2_t = np.tile(np.asarray(self.ant2, np.int32), nspw)
+        for t in range(ntime):
+            w.put(self.run_start(t, 0), ANTENNA1=ant1_t, ANTENNA2=ant2_t, UVW=np.tile(self.uvw[t], (nspw, 1)))
+
+    def static_digest(self, h) -> None:
+        """Feed everything but TIME and UVW (what a template holds) into hash ``h``."""
+        for a in (self.field_id, self.scan, self.ant1, self.ant2):
+            h.update(np.ascontiguousarray(a, np.int64).tobytes())
+        h.update(repr((int(self.nspw), float(self.interval), len(self.time))).encode())
+
+
+def template_key(layout: MSLayout, rows: MainRows) -> str:
+    """Name of the skeleton template of MSs with this layout: a hash of everything a template
+    holds (array, band, polarisations, row structure, field count, tiling, versions)."""
+    import hashlib
+
+    from dsacont import __version__
+
+    h = hashlib.sha1()
+    L = layout
+    h.update(repr((TEMPLATE_VERSION, __version__, _ct().version_string(),
+                   list(map(str, L.antenna_names)), float(L.dish_diameter), list(map(str, L.spw_names)),
+                   list(map(str, L.polarizations)), len(L.field_names), str(L.telescope_name), int(L.nrows),
+                   float(L.interval), int(L.tile_rows), L.mount, L.observer, L.project)).encode())
+    for a in (L.antenna_positions, L.spw_freqs, L.spw_widths):
+        h.update(np.ascontiguousarray(a, np.float64).tobytes())
+    rows.static_digest(h)
+    return h.hexdigest()[:20]
+
+
+def _bulk_files(tile_layout: dict) -> set:
+    return {os.path.realpath(c["file"]) for c in tile_layout["columns"].values()}
+
+
+def _copy_without(src, dst, skip: set) -> None:
+    """Copy the table directory ``src`` to ``dst`` without the files in ``skip`` (real paths)."""
+    def ignore(d, names):
+        return [n for n in names if os.path.realpath(os.path.join(d, n)) in skip]
+
+    shutil.copytree(src, dst, ignore=ignore)
+
+
+def _save_template(built, tile_layout: dict, root: Path, key: str) -> None:
+    """Keep the freshly built, verified skeleton ``built`` (closed) as template ``root/key``:
+    every file but the bulk tile files, and their layout. Atomic; a template another process
+    saved first is kept. Only the ``TEMPLATES_KEPT`` most recently used templates are kept."""
+    import json
+
+    dst = root / key
+    if dst.exists():
+        return
+    tmp = root / f".{key}.partial{os.getpid()}.{threading.get_ident()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        _copy_without(built, tmp / "ms", _bulk_files(tile_layout))
+        cols = {col: dict(file=os.path.relpath(c["file"], built), cell=c["cell"], tile_rows=c["tile_rows"],
+                          bucket=c["bucket"], dtype=c["dtype"], ntiles=c["ntiles"])
+                for col, c in tile_layout["columns"].items()}
+        (tmp / "layout.json").write_text(json.dumps({"key": key, "nrows": tile_layout["nrows"], "columns": cols}))
+        os.replace(tmp, dst)
+    except OSError as exc:
+        log.info("MS template not saved (%s)", exc)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        kept = sorted((p for p in root.iterdir() if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
+        for old in kept[:-TEMPLATES_KEPT]:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError:
+        pass
+
+
+def _from_template(root: Path, key: str, path, layout: MSLayout, rows: MainRows):
+    """The MS ``path`` from template ``root/key`` (None when there is none): the template's
+    files copied, the bulk tile files created sparse at full length, this group's TIME,
+    TIME_CENTROID and per-group subtables written with casatools and its UVW written into its
+    tiles. Returns the :class:`TileFiles` of the bulk columns (UVW already written)."""
+    import json
+
+    tpl = root / key
+    try:
+        meta = json.loads((tpl / "layout.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("key") != key or meta.get("nrows") != rows.nrows:
+        return None
+    try:
+        os.utime(tpl)
+    except OSError:
+        pass
+    path = str(path)
+    shutil.copytree(tpl / "ms", path)
+    cols = {}
+    for col, c in meta["columns"].items():
+        f = os.path.join(path, c["file"])
+        fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.ftruncate(fd, c["ntiles"] * c["bucket"])
+        finally:
+            os.close(fd)
+        cols[col] = dict(c, file=f, probes={})
+    tiles = TileFiles.open({"path": path, "nrows": meta["nrows"], "columns": cols}, check_probes=False)
+    if tiles is None:
+        return None
+    tb = _ct().table()
+    tb.open(path, nomodify=False)
+    try:
+        per_t = int(rows.nspw) * rows.nbl
+        for t, v in enumerate(np.asarray(rows.time, float)):
+            run = np.full(per_t, v)
+            tb.putcol("TIME", run, startrow=rows.run_start(t, 0), nrow=per_t)
+            tb.putcol("TIME_CENTROID", run, startrow=rows.run_start(t, 0), nrow=per_t)
+    finally:
+        tb.close()
+    _write_group_subtables(path, layout)
+    uvw = np.asarray(rows.uvw, np.float64)
+    for t in range(len(rows.time)):
+        for spw in range(int(rows.nspw)):
+            tiles.write(rows.run_start(t, spw), UVW=uvw[t])
+    return tiles
+
+
+def build_skeleton(path, layout: MSLayout, rows: MainRows, *, direct: bool = True, templates=None,
+                   build_in=None, prof: dict | None = None):
+    """Create the MS ``path`` with every row and all metadata; the bulk columns are left for
+    the caller. Returns :class:`TileFiles` for DATA/FLAG/WEIGHT/SIGMA (direct writing verified)
+    or None (write them with :class:`MSWriter`).
+
+    ``templates``: a directory of skeleton templates (:func:`template_key`). Building a
+    skeleton with casatools costs ~1.5-2.5 CPU-s at full size, most of it casacore zero-filling
+    every tile when the table closes; a group whose layout was seen before is instead copied
+    from its template (~60 MB of metadata) and stamped with its own TIME, UVW and per-group
+    subtables. ``build_in``: build a fresh skeleton there (tmpfs: zero-filling is cheap) and
+    move it to ``path`` without its bulk files (:meth:`TileFiles.relocate`).
+    """
+    prof = {} if prof is None else prof
+    tick = _time.perf_counter()
+    key = template_key(layout, rows) if (templates and direct) else None
+    if key:
+        try:
+            tiles = _from_template(Path(templates), key, path, layout, rows)
+        except Exception as exc:  # a damaged template: build afresh (and replace it)
+            log.warning("MS template %s unusable (%s); building the MS skeleton afresh", key, exc)
+            shutil.rmtree(Path(templates) / key, ignore_errors=True)
+            shutil.rmtree(path, ignore_errors=True)
+            tiles = None
+        if tiles is not None:
+            prof["skeleton_from_template"] = _time.perf_counter() - tick
+            return tiles
+    where = Path(build_in) if build_in else Path(path)
+    try:
+        create_ms(where, layout)
+        prof["create"] = _time.perf_counter() - tick
+        tick = _time.perf_counter()
+        with MSWriter(where) as w:
+            rows.write_metadata(w)
+            last = rows.nrows - 1
+            known = {"UVW": {0: rows.uvw[0, 0][None], last: rows.uvw[-1, -1][None]}}
+            tile_layout = w.tile_layout(BULK_COLUMNS + ("UVW",), known=known) if direct else None
+        tiles = TileFiles.open(tile_layout)
+        prof["metadata"] = _time.perf_counter() - tick
+        tick = _time.perf_counter()
+        if tiles is not None and key:
+            _save_template(where, tile_layout, Path(templates), key)
+            prof["template_saved"] = _time.perf_counter() - tick
+        if tiles is not None:  # UVW is already in place: not a column for the caller
+            tiles.forget("UVW")
+        if where != Path(path):
+            tick = _time.perf_counter()
+            if tiles is not None:
+                tiles = TileFiles.relocate(tiles, where, path)
+            else:
+                shutil.copytree(where, path)
+            prof["relocate"] = _time.perf_counter() - tick
+    finally:
+        if where != Path(path):
+            shutil.rmtree(where, ignore_errors=True)
+    return tiles
 
 
 def read_ms_summary(path) -> dict:

@@ -410,13 +410,15 @@ def test_gather_chunks_any_chunk_shape():
             src[slot * R * C * P:(slot + 1) * R * C * P] = chunk.ravel()
             grid[rk, ck, pk] = slot * R * C * P
         for r0, r1 in ((0, 50), (3, 29), (R, 2 * R)):
-            out = np.empty((r1 - r0, 10, 2), np.complex64)
-            gather_chunks(src, grid, R, C, P, r0, r1, out)
-            np.testing.assert_array_equal(out, full[r0:r1])
-            if P == 1:
-                out[:] = 0
-                gather_chunks_p1(src, grid, R, C, r0, r1, out)
-                np.testing.assert_array_equal(out, full[r0:r1])
+            for rev in (False, True):  # rev: channels reversed on the way
+                want = full[r0:r1, ::-1] if rev else full[r0:r1]
+                out = np.empty((r1 - r0, 10, 2), np.complex64)
+                gather_chunks(src, grid, R, C, P, r0, r1, rev, out)
+                np.testing.assert_array_equal(out, want)
+                if P == 1:
+                    out[:] = 0
+                    gather_chunks_p1(src, grid, R, C, r0, r1, rev, out)
+                    np.testing.assert_array_equal(out, want)
 
 
 @pytest.mark.parametrize("mmap_min", [0, 1 << 40])
@@ -437,13 +439,16 @@ def test_subband_reader_matches_loader(small_ds, mmap_min, monkeypatch):
         assert all(t is not None for t in r.tables.values())  # the simulator writes chunked, unfiltered files
         for (t0, t1) in ((0, small_ds.sizes["time"]), (1, 3)):
             for name, var in (("visdata", "vis"), ("nsamples", "nsamples"), ("flags", "flags")):
+                want = small_ds[var].data[t0:t1, :, f0:f0 + nf].compute()  # ascending
                 got = r.read(name, t0, t1, scratch={})
-                got = got[:, :, ::-1] if r.flip else got
-                np.testing.assert_array_equal(got, small_ds[var].data[t0:t1, :, f0:f0 + nf].compute())
+                np.testing.assert_array_equal(got[:, :, ::-1] if r.flip else got, want)
+                np.testing.assert_array_equal(r.read(name, t0, t1, scratch={}, ascending=True), want)
             # baseline ranges of every integration (the fused flag pass)
+            want = small_ds[var].data[:, 3:17, f0:f0 + nf].compute()
             got = r.read_baselines(name, 3, min(17, nbl), small_ds.sizes["time"], scratch={})
-            got = got[:, :, ::-1] if r.flip else got
-            np.testing.assert_array_equal(got, small_ds[var].data[:, 3:17, f0:f0 + nf].compute())
+            np.testing.assert_array_equal(got[:, :, ::-1] if r.flip else got, want)
+            got = r.read_baselines(name, 3, min(17, nbl), small_ds.sizes["time"], scratch={}, ascending=True)
+            np.testing.assert_array_equal(got, want)
 
 
 def test_loader_dataset_is_read_from_its_files_unless_modified(sim_small, small_ms, tmp_path):
@@ -500,6 +505,70 @@ def test_fast_paths_equal_putcol_and_dask_paths(sim_small, small_ms, tmp_path):
     c = _main_columns(again)
     for col in a:
         np.testing.assert_array_equal(a[col], c[col], err_msg=col)
+
+
+def _every_table(path):
+    """Every column of the main table and of every subtable, as numpy arrays (HISTORY's TIME,
+    the wall-clock time of writing, left out)."""
+    ct = ensure_casa()
+    tb = ct.table()
+    out = {}
+    subs = [""] + sorted(p.name for p in Path(path).iterdir() if (p / "table.dat").exists())
+    for sub in subs:
+        tb.open(os.path.join(str(path), sub))
+        try:
+            for col in tb.colnames():
+                if ((sub, col) == ("HISTORY", "TIME") or not tb.nrows() or not tb.iscelldefined(col, 0)
+                        or tb.coldatatype(col).lower() == "record"):
+                    continue
+                try:
+                    out[(sub, col)] = tb.getcol(col)
+                except RuntimeError:  # variable-shape cells
+                    out[(sub, col)] = tb.getvarcol(col)
+        finally:
+            tb.close()
+    return out
+
+
+def test_skeleton_template_gives_the_same_ms(sim_small, tmp_path, caplog):
+    """A group stamped from the MS template of an earlier group of the same layout (another
+    time, so other TIME, UVW, FIELD, SOURCE, OBSERVATION, HISTORY) equals, in every column of
+    every table, the MS built from scratch; a damaged template is rebuilt, not trusted."""
+    from dsacont import convert
+    from dsacont.config import get_paths
+    from dsacont.loader import open_group
+
+    paths = get_paths(root=tmp_path)
+    ds = open_group(sim_small[1])
+    first = convert.convert_group(ds, tmp_path / "first.ms", flag=False, paths=paths)
+    assert "template_saved" in convert.LAST_PROFILE
+    later = ds.assign_coords(time=ds["time"] + 0.4137)  # ~10 h later: another RA, other UVW
+    stamped = convert.convert_group(later, tmp_path / "stamped.ms", flag=False, paths=paths)
+    assert "skeleton_from_template" in convert.LAST_PROFILE
+    fresh = convert.convert_group(later, tmp_path / "fresh.ms", flag=False, paths=paths, use_templates=False)
+    assert "skeleton_from_template" not in convert.LAST_PROFILE
+    a, b, c = _every_table(stamped), _every_table(fresh), _every_table(first)
+    assert a.keys() == b.keys() and len(a) > 100
+    for key in a:
+        if isinstance(a[key], dict):
+            assert a[key].keys() == b[key].keys(), key
+            for r in a[key]:
+                np.testing.assert_array_equal(a[key][r], b[key][r], err_msg=str(key))
+        else:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))
+    # the stamped MS really is another group's: what changes with time changed
+    for key in (("", "TIME"), ("", "UVW"), ("FIELD", "PHASE_DIR"), ("OBSERVATION", "TIME_RANGE"), ("FEED", "TIME")):
+        assert not np.array_equal(a[key], c[key]), key
+    # a damaged template: a warning, a fresh skeleton (same MS), and the template replaced
+    (tpl,) = (paths.tmp / convert.TEMPLATE_DIRNAME).iterdir()
+    (tpl / "ms" / "table.dat").write_bytes(b"garbage")
+    with caplog.at_level("WARNING", logger="dsacont.msio"):
+        again = convert.convert_group(later, tmp_path / "again.ms", flag=False, paths=paths)
+    assert "unusable" in caplog.text and "skeleton_from_template" not in convert.LAST_PROFILE
+    d = _every_table(again)
+    for key in (("", "DATA"), ("", "UVW"), ("", "TIME"), ("FIELD", "PHASE_DIR")):
+        np.testing.assert_array_equal(d[key], b[key], err_msg=str(key))
+    assert "template_saved" in convert.LAST_PROFILE and (tpl / "ms" / "table.dat").read_bytes() != b"garbage"
 
 
 def test_fused_flags_equal_flags_first(sim_small, tmp_path):
