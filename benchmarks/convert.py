@@ -5,14 +5,28 @@ Run under the shared lock (heavy)::
     flock /tmp/dsacont-heavy.lock env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=2 \\
         python benchmarks/convert.py /tmp/shared-full --scratch /tmp/conv/bench
 
-Each measurement runs in its own process under ``/usr/bin/time -v`` (wall seconds, peak RSS).
-In order: dsacont, the I/O floor (read every input byte, then write as many bytes as dsacont's MS
-has to the same temp location dsacont built it in, and rename or copy them to the output
-directory, as dsacont's atomic move does),
-dsacont ``convert_group`` (flag=False, as pyuvdata's path does no flagging), then pyuvdata (read
-16 files, fast_concat, declare the drift centre, phase to the same ICRS centre, write_ms:
-``tests/pyuvdata_reference.py``). The input files are read once first, so all three see a warm
-page cache. Prints one JSON document.
+Each process runs under ``/usr/bin/time -v`` (wall seconds, peak RSS). Before every timed step
+3 GB are written and deleted in the temp directory and everything is flushed (``settle``), so
+each step starts in the same memory state with no write-back of an earlier step's output. In
+order:
+
+1. dsacont ``convert_group`` (flag=False, as pyuvdata's path does no flagging) in a new process:
+   one cold conversion (the first group of its layout: imports, IERS tables, the MS skeleton built
+   with casatools and kept as a template), then ``--warm`` conversions as the streaming service
+   does them (same process; each output removed after). After each warm conversion the same
+   process measures the I/O floor: read every input byte, write as many bytes as the MS has in
+   the temp location dsacont builds it in, and rename (or copy) them to the output directory.
+   Ratios use the medians. Why ``settle``: on this VM, writing 1.5 GB into page-cache memory
+   the guest has not used recently costs 3.4-4 s, into recently freed memory 0.4-0.9 s, for the
+   floor and for dsacont alike; unsettled, the order of the steps decided the ratios.
+2. dsacont cold again in a new process, the template now present (a service restart).
+3. ``--also-flag`` / ``--also-tmpfs`` variants.
+4. The I/O floor in its own process (for comparison with the interleaved one).
+5. pyuvdata (read 16 files, fast_concat, declare the drift centre, phase to the same ICRS
+   centre, write_ms: ``tests/pyuvdata_reference.py``).
+
+The input files are read once first, so everything sees a warm page cache. Prints one JSON
+document.
 
 Targets (issue 4): dsacont >= 5x faster than pyuvdata, peak RSS <= 2 GB, within 2x of the floor.
 """
@@ -62,62 +76,104 @@ def _du(path) -> int:
     return total
 
 
-FLOOR = r"""
-import os, sys, time, json, shutil
-files, nbytes_out, tmp_dir, out_dir = sys.argv[1:-3], int(sys.argv[-3]), sys.argv[-2], sys.argv[-1]
-buf = bytearray(16 << 20)
-t0 = time.perf_counter(); nin = 0
-for f in files:
-    with open(f, 'rb', buffering=0) as fh:
-        while True:
-            n = fh.readinto(buf)
-            if not n: break
-            nin += n
-t_read = time.perf_counter() - t0
-os.makedirs(tmp_dir, exist_ok=True); os.makedirs(out_dir, exist_ok=True)
-tmp = os.path.join(tmp_dir, 'floor.bin'); dst = os.path.join(out_dir, 'floor.bin')
-t1 = time.perf_counter(); left = nbytes_out
-with open(tmp, 'wb', buffering=0) as fh:
-    while left > 0:
-        left -= fh.write(memoryview(buf)[:min(len(buf), left)])
-t_write = time.perf_counter() - t1
-t2 = time.perf_counter()
-if os.stat(tmp_dir).st_dev != os.stat(out_dir).st_dev:
-    shutil.copyfile(tmp, dst)
-else:
-    os.replace(tmp, dst)
-t_move = time.perf_counter() - t2
-for p in (tmp, dst):
-    if os.path.exists(p): os.remove(p)
-print(json.dumps(dict(read_s=t_read, write_s=t_write, move_s=t_move, bytes_in=nin, bytes_out=nbytes_out)))
+FLOOR_FN = r"""
+import os, time, shutil
+def io_floor(files, nbytes_out, tmp_dir, out_dir):
+    # read every input byte, write nbytes_out bytes in tmp_dir, rename (or copy) into out_dir
+    buf = bytearray(16 << 20)
+    t0 = time.perf_counter(); nin = 0
+    for f in files:
+        with open(f, 'rb', buffering=0) as fh:
+            while True:
+                n = fh.readinto(buf)
+                if not n: break
+                nin += n
+    t_read = time.perf_counter() - t0
+    os.makedirs(tmp_dir, exist_ok=True); os.makedirs(out_dir, exist_ok=True)
+    tmp = os.path.join(tmp_dir, 'floor.bin'); dst = os.path.join(out_dir, 'floor.bin')
+    t1 = time.perf_counter(); left = nbytes_out
+    with open(tmp, 'wb', buffering=0) as fh:
+        while left > 0:
+            left -= fh.write(memoryview(buf)[:min(len(buf), left)])
+    t_write = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    if os.stat(tmp_dir).st_dev != os.stat(out_dir).st_dev:
+        shutil.copyfile(tmp, dst)
+    else:
+        os.replace(tmp, dst)
+    t_move = time.perf_counter() - t2
+    for p in (tmp, dst):
+        if os.path.exists(p): os.remove(p)
+    return dict(read_s=t_read, write_s=t_write, move_s=t_move, seconds=t_read + t_write + t_move,
+                bytes_in=nin, bytes_out=nbytes_out)
+
+def settle(tmp_dir, nbytes=3 << 30):
+    # the same memory state before every timed step: write and delete nbytes of page cache in
+    # tmp_dir (so new page-cache pages are recently freed ones), then flush all dirty data
+    os.makedirs(tmp_dir, exist_ok=True)
+    p = os.path.join(tmp_dir, 'settle.bin'); buf = bytearray(16 << 20); left = nbytes
+    with open(p, 'wb', buffering=0) as fh:
+        while left > 0:
+            left -= fh.write(buf)
+    os.remove(p)
+    os.sync()
 """
 
-DSACONT = r"""
-import json, logging, sys, time
+FLOOR = FLOOR_FN + r"""
+import json, sys
+files, nbytes_out, tmp_dir, out_dir = sys.argv[1:-3], int(sys.argv[-3]), sys.argv[-2], sys.argv[-1]
+print(json.dumps(io_floor(files, nbytes_out, tmp_dir, out_dir)))
+"""
+
+DSACONT = FLOOR_FN + r"""
+import json, logging, os, shutil, sys, time
 logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s', stream=sys.stderr)
 t0 = time.perf_counter()
 c0 = time.process_time()  # CPU of every thread of this process
 from dsacont.config import get_paths
 from dsacont import convert
-out, root, tmp_dir, flag = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == 'flag'
-files = sys.argv[5:]
-ms = convert.convert_group(files, out, flag=flag, paths=get_paths(root=root),
-                           tmp_dir=None if tmp_dir == 'auto' else tmp_dir, qa_dir=root + '/qa')
+out, root, tmp_dir, flag, nwarm = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == 'flag', int(sys.argv[5])
+files = sys.argv[6:]
+tmp = None if tmp_dir == 'auto' else tmp_dir
+ms = convert.convert_group(files, out, flag=flag, paths=get_paths(root=root), tmp_dir=tmp, qa_dir=root + '/qa')
 cold = dict(convert.LAST_PROFILE)
 t_cold = time.perf_counter() - t0
 cpu_cold = time.process_time() - c0
-res = dict(ms=str(ms), profile=cold, cold_in_process_s=t_cold, cold_cpu_s=cpu_cold)
-if not flag:
-    # the streaming service converts group after group in one process: time a second, warm call
+res = dict(ms=str(ms), profile=cold, cold_in_process_s=t_cold, cold_cpu_s=cpu_cold, warm=[], floor=[])
+ms_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(ms) for f in fs)
+floor_tmp = os.path.join(root, 'stage', 'tmp', 'floor') if tmp is None else tmp
+# the streaming service converts group after group in one process: time warm calls, each
+# followed by the I/O floor in this same process, so both see the same page cache and memory
+for k in range(nwarm):
+    settle(floor_tmp)
     t1 = time.perf_counter()
     c1 = time.process_time()
-    ms2 = convert.convert_group(files, out + '.warm.ms', flag=False, paths=get_paths(root=root),
-                                tmp_dir=None if tmp_dir == 'auto' else tmp_dir)
-    res.update(warm_seconds=time.perf_counter() - t1, warm_cpu_s=time.process_time() - c1,
-               warm_profile=dict(convert.LAST_PROFILE))
-    import shutil; shutil.rmtree(ms2, ignore_errors=True)
+    ms2 = convert.convert_group(files, out + f'.warm{k}.ms', flag=False, paths=get_paths(root=root), tmp_dir=tmp)
+    res['warm'].append(dict(seconds=time.perf_counter() - t1, cpu_s=time.process_time() - c1,
+                            profile=dict(convert.LAST_PROFILE)))
+    shutil.rmtree(ms2, ignore_errors=True)
+    settle(floor_tmp)
+    c2 = time.process_time()
+    f = io_floor(files, ms_bytes, floor_tmp, os.path.join(root, 'stage', 'tmp'))
+    f['cpu_s'] = time.process_time() - c2
+    res['floor'].append(f)
 print(json.dumps(res))
 """
+
+
+_FLOOR_NS: dict = {}
+exec(FLOOR_FN, _FLOOR_NS)
+
+
+def _settle(root):
+    """The same memory state before each timed process (see ``settle`` in FLOOR_FN)."""
+    _FLOOR_NS["settle"](str(Path(root) / "stage" / "tmp"))
+
+
+def _median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return float("nan") if not n else (xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2]))
 
 
 def main(argv=None):
@@ -130,6 +186,8 @@ def main(argv=None):
                     help="also time one dsacont conversion with flag=True (RFI flags in the same pass)")
     ap.add_argument("--also-tmpfs", action="store_true",
                     help="also time dsacont building the MS in /dev/shm (then copied to the output filesystem)")
+    ap.add_argument("--warm", type=int, default=3,
+                    help="warm conversions in the dsacont process, each followed by an in-process I/O floor")
     ap.add_argument("--keep", action="store_true", help="keep the MSs")
     args = ap.parse_args(argv)
 
@@ -151,22 +209,49 @@ def main(argv=None):
     # dsacont
     root = scratch / "root"
     ms = scratch / "dsacont.ms"
-    wall, rss, out = _timed([sys.executable, "-c", DSACONT, str(ms), str(root), args.tmp_dir, "noflag", *files],
-                            env=env)
+    _settle(root)
+    wall, rss, out = _timed([sys.executable, "-c", DSACONT, str(ms), str(root), args.tmp_dir, "noflag",
+                             str(max(1, args.warm)), *files], env=env)
     info = json.loads(out.strip().splitlines()[-1])
     ms_bytes = _du(ms)
-    result["dsacont"] = dict(child_seconds=wall, cpu_seconds=CPU["last"], peak_rss_mb=rss, ms_mb=ms_bytes / 1e6,
-                             mb_per_s_in=bytes_in / 1e6 / wall, mb_per_s_out=ms_bytes / 1e6 / wall,
-                             profile=info["profile"], warm_seconds=info["warm_seconds"],
-                             warm_profile=info["warm_profile"], cold_cpu_seconds=info["cold_cpu_s"],
-                             warm_cpu_seconds=info["warm_cpu_s"],
-                             note="child_seconds/cpu_seconds/peak_rss cover the whole child: a cold and a warm "
-                                  "conversion; cold_/warm_cpu_seconds are each conversion's own (all threads)")
+    warm = info["warm"]
+    floors = info["floor"]
+    info["warm_seconds"] = _median([w["seconds"] for w in warm])
+    info["warm_cpu_s"] = _median([w["cpu_s"] for w in warm])
+    result["dsacont"] = dict(
+        child_seconds=wall, cpu_seconds=CPU["last"], peak_rss_mb=rss, ms_mb=ms_bytes / 1e6,
+        mb_per_s_in=bytes_in / 1e6 / info["cold_in_process_s"], mb_per_s_out=ms_bytes / 1e6 / info["cold_in_process_s"],
+        profile=info["profile"], cold_seconds=info["cold_in_process_s"], cold_cpu_seconds=info["cold_cpu_s"],
+        warm_seconds=info["warm_seconds"], warm_cpu_seconds=info["warm_cpu_s"],
+        warm_runs=[round(w["seconds"], 3) for w in warm], warm_cpu_runs=[round(w["cpu_s"], 3) for w in warm],
+        warm_mb_per_s_in=bytes_in / 1e6 / info["warm_seconds"], warm_profile=warm[len(warm) // 2]["profile"],
+        note="cold: a new process, first group of its layout ever (imports, IERS tables, the MS skeleton "
+             "built with casatools and kept as a template); warm: the next groups in the same process "
+             "(median of the runs; each output removed after; settled before each run). "
+             "child_seconds/cpu_seconds/peak_rss cover the whole child")
+    result["io_floor_interleaved"] = dict(
+        seconds=_median([f["seconds"] for f in floors]), runs=[round(f["seconds"], 3) for f in floors],
+        read_s=_median([f["read_s"] for f in floors]), write_s=_median([f["write_s"] for f in floors]),
+        cpu_seconds=_median([f["cpu_s"] for f in floors]),
+        note="the floor measured in the dsacont process right after each warm conversion (same page cache and "
+             "memory state): read the inputs, write the MS's bytes in dsacont's temp dir, rename")
+
+    # a new process once the template exists (a service restart): cold again, but stamped
+    ms_t = scratch / "dsacont_restart.ms"
+    _settle(root)
+    wall_t, rss_t, out_t = _timed([sys.executable, "-c", DSACONT, str(ms_t), str(root), args.tmp_dir, "noflag", "0",
+                                   *files], env=env)
+    info_t = json.loads(out_t.strip().splitlines()[-1])
+    result["dsacont_restart"] = dict(cold_seconds=info_t["cold_in_process_s"], cold_cpu_seconds=info_t["cold_cpu_s"],
+                                     peak_rss_mb=rss_t, profile=info_t["profile"],
+                                     note="a new process, MS template of this layout present (service restart)")
+    shutil.rmtree(ms_t, ignore_errors=True)
 
     if args.also_flag:
         msf = scratch / "dsacont_flag.ms"
-        wallf, rssf, outf = _timed([sys.executable, "-c", DSACONT, str(msf), str(root), args.tmp_dir, "flag", *files],
-                                   env=env)
+        _settle(root)
+        wallf, rssf, outf = _timed([sys.executable, "-c", DSACONT, str(msf), str(root), args.tmp_dir, "flag", "0",
+                                    *files], env=env)
         infof = json.loads(outf.strip().splitlines()[-1])
         result["dsacont_flag"] = dict(cold_seconds=infof["cold_in_process_s"], cold_cpu_seconds=infof["cold_cpu_s"],
                                       peak_rss_mb=rssf, profile=infof["profile"],
@@ -175,21 +260,23 @@ def main(argv=None):
 
     if args.also_tmpfs:
         ms2 = scratch / "dsacont_tmpfs.ms"
-        wall2, rss2, out2 = _timed([sys.executable, "-c", DSACONT, str(ms2), str(root), "/dev/shm", "noflag",
+        _settle(root)
+        wall2, rss2, out2 = _timed([sys.executable, "-c", DSACONT, str(ms2), str(root), "/dev/shm", "noflag", "1",
                                     *files], env=env)
         info2 = json.loads(out2.strip().splitlines()[-1])
-        result["dsacont_tmpfs"] = dict(cold_seconds=info2["cold_in_process_s"], warm_seconds=info2["warm_seconds"],
-                                        peak_rss_mb=rss2, profile=info2["profile"], warm_profile=info2["warm_profile"])
+        result["dsacont_tmpfs"] = dict(cold_seconds=info2["cold_in_process_s"], warm_seconds=info2["warm"][0]["seconds"],
+                                        peak_rss_mb=rss2, profile=info2["profile"], warm_profile=info2["warm"][0]["profile"])
         shutil.rmtree(ms2, ignore_errors=True)
 
     # I/O floor: read the input bytes, write the output bytes where dsacont writes, move/copy
     # where dsacont built its MS: by default <stage>/tmp, on the output's filesystem (a rename)
     tmp_dir = str(root / "stage" / "tmp" / "floor") if args.tmp_dir == "auto" else args.tmp_dir
+    _settle(root)
     wall_f, _, out = _timed([sys.executable, "-c", FLOOR, *files, str(ms_bytes), tmp_dir, str(root / "stage" / "tmp")])
     floor = json.loads(out.strip().splitlines()[-1])
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    floor["seconds"] = floor["read_s"] + floor["write_s"] + floor["move_s"]
     floor["cpu_seconds"] = CPU["last"]
+    floor["note"] = "its own process, after the dsacont runs"
     result["io_floor"] = floor
 
     # pyuvdata
@@ -203,6 +290,7 @@ def main(argv=None):
         times = ds["time"].values
         ra, dec = phasing.meridian_icrs(0.5 * (times.min() + times.max()), float(ds.attrs["phase_center_dec"]))
         ref = scratch / "pyuvdata.ms"
+        _settle(root)
         wall_p, rss_p, out = _timed([sys.executable, str(REPO / "tests" / "pyuvdata_reference.py"), str(ref),
                                      repr(ra), repr(dec), *files], env=env)
         steps = json.loads(out.strip().splitlines()[-1])
@@ -214,9 +302,11 @@ def main(argv=None):
         result["cpu_ratio_pyuvdata_over_dsacont"] = result["pyuvdata"]["cpu_seconds"] / info["cold_cpu_s"]
         result["cpu_ratio_pyuvdata_over_dsacont_warm"] = result["pyuvdata"]["cpu_seconds"] / info["warm_cpu_s"]
         del np
-    result["dsacont"]["cold_seconds"] = info["cold_in_process_s"]
-    result["ratio_to_io_floor"] = info["cold_in_process_s"] / floor["seconds"]
-    result["ratio_to_io_floor_warm"] = info["warm_seconds"] / floor["seconds"]
+    fl = result["io_floor_interleaved"]["seconds"]
+    result["ratio_to_io_floor"] = info["cold_in_process_s"] / fl
+    result["ratio_to_io_floor_restart"] = info_t["cold_in_process_s"] / fl
+    result["ratio_to_io_floor_warm"] = info["warm_seconds"] / fl
+    result["ratio_to_io_floor_warm_runs"] = [round(w["seconds"] / f["seconds"], 2) for w, f in zip(warm, floors)]
     result["targets"] = dict(
         speedup_ge_5=result.get("speedup_vs_pyuvdata", float("nan")) >= 5,
         peak_rss_le_2gb=result["dsacont"]["peak_rss_mb"] <= 2048,
