@@ -78,7 +78,6 @@ import argparse
 import logging
 import math
 import mmap
-import operator
 import os
 import shutil
 import sys
@@ -91,7 +90,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from dsacont import msio, phasing
+from dsacont import h5index, msio, phasing
 from dsacont.errors import BadInputError
 from dsacont.telescope import SPEED_OF_LIGHT
 
@@ -474,7 +473,7 @@ class _SubbandReader:
     channel order (``flip`` says whether they descend).
 
     Chunked, unfiltered datasets (what the correlator writes) are read without h5py's per-chunk
-    machinery: the chunk table is read once (``chunk_iter``), then the byte range holding the
+    machinery: the chunk table is read once (:func:`dsacont.h5index.chunk_index`), then the byte range holding the
     requested rows is read with one ``readinto`` and scattered by :func:`gather_chunks` — both
     release the GIL, so subbands are read in parallel threads. Anything else (filters, big-endian,
     contiguous or unaligned layouts, an h5py without ``chunk_iter``) is read with h5py."""
@@ -516,18 +515,10 @@ class _SubbandReader:
                 ch = (ch[0], ch[2], ch[3])
             elif len(shape) != 3:
                 return None
-            # h5py's StoreInfo records, kept as they come (a Python callback per chunk is most of
-            # the cost: ~1 us here, ~200k chunks per full-size group), then taken apart in C
-            rows = []
-            d.id.chunk_iter(rows.append)
-            if not rows:
-                return None
-            field = operator.attrgetter
-            offs = np.fromiter(map(field("byte_offset"), rows), np.int64, len(rows))
-            sizes = np.fromiter(map(field("size"), rows), np.int64, len(rows))
-            masks = np.fromiter(map(field("filter_mask"), rows), np.int64, len(rows))
-            co = np.array(list(map(field("chunk_offset"), rows)), np.int64)
+            co, offs, sizes, masks = h5index.chunk_index(d)
         except (AttributeError, TypeError, ValueError, OSError):
+            return None
+        if not offs.size:
             return None
         nbytes = int(np.prod(d.chunks)) * dt.itemsize
         if np.any(sizes != nbytes) or np.any(masks != 0) or co.ndim != 2:
@@ -539,7 +530,7 @@ class _SubbandReader:
         # every chunk of the regular grid must be allocated (no fill-value chunks)
         nrows, nf, npol = shape[0], shape[-2], shape[-1]
         gshape = (-(-nrows // ch[0]), -(-nf // ch[1]), -(-npol // ch[2]))
-        if len(rows) != int(np.prod(gshape)) or np.any(co % np.array(ch)):
+        if offs.size != int(np.prod(gshape)) or np.any(co % np.array(ch)):
             return None
         grid = np.full(gshape, -1, np.int64)
         grid[co[:, 0] // ch[0], co[:, 1] // ch[1], co[:, 2] // ch[2]] = offs
