@@ -282,7 +282,9 @@ def _write_static_subtables(path: str, L: MSLayout) -> None:
     tb.putcol("SPECTRAL_WINDOW_ID", np.full(nant, -1, np.int32))
     tb.putcol("INTERVAL", np.full(nant, 0.0))
     tb.putcol("NUM_RECEPTORS", np.full(nant, 2, np.int32))
-    tb.putcol("POLARIZATION_TYPE", np.array([["X"] * nant, ["Y"] * nant]))
+    # Fortran order: casatools 6.7 reads a C-ordered 2-D string array from the wrong memory
+    # (garbage receptor types from antenna 59 on; numeric arrays are not affected)
+    tb.putcol("POLARIZATION_TYPE", np.asfortranarray(np.array([["X"] * nant, ["Y"] * nant])))
     tb.putcol("BEAM_OFFSET", np.zeros((2, 2, nant)))
     tb.putcol("POL_RESPONSE", np.repeat(np.eye(2, dtype=np.complex64)[:, :, None], nant, axis=2))
     tb.putcol("POSITION", np.zeros((3, nant)))
