@@ -54,7 +54,7 @@ DATA/FLAG/WEIGHT/SIGMA are then written straight into their ``TiledColumnStMan``
 first; any surprise falls back to casatools ``putcol``). Blocks are (``time`` chunk, one
 subband): given files, each worker thread reads them by their HDF5 chunk tables
 (:class:`_SubbandReader`: a short-lived mapping + a numba gather that also puts the channels in
-ascending order, no h5py per-chunk calls, GIL released), runs the fused numba :func:`block_kernel`
+ascending order, no h5py per-chunk calls, GIL released), runs the numba :func:`rotate_block_kernel` and :func:`flag_weight_kernel`
 (phase rotation with float64 phases, conjugation, flags, weights) and ``pwrite``s its rows (one
 writer per column file at a time); given a Dataset, blocks come from its dask
 arrays. With ``flag=True`` and files, the RFI flags are computed in the same pass
@@ -291,21 +291,15 @@ class _Computer:
 
 # ----------------------------------------------------------------------------- block kernels
 @numba.njit(nogil=True, cache=True)
-def block_kernel(vis, ns, fl, dw, freq, flip, uniform, data_out, flag_out, weight_out, sigma_out):
-    """One block of the MS main table from the correlator's arrays, in one pass.
+def rotate_block_kernel(vis, dw, freq, flip, uniform, data_out):
+    """DATA of one block: ``data_out <- conj(vis * exp(-2j pi freq dw / c))``, channels ascending.
 
-    Parameters
-    ----------
     vis : (nt, nbl, nf, npol) complex64   visibilities, channels in file order
-    ns : (nt, nbl, nf, npol) float32      nsamples, same order
-    fl : (nt, nbl, nf, npol) bool         input flags, same order
     dw : (nt, nbl) float64                w_new - w_old, metres
     freq : (nf,) float64                  channel frequencies, Hz, ascending (output order)
     flip : bool                           input channels descend (output channel f is input nf-1-f)
     uniform : bool                        ``freq`` is evenly spaced (phases by recurrence)
-    data_out : (nt, nbl, nf, npol) complex64 <- conj(vis * exp(-2j pi freq dw / c)), ascending
-    flag_out : (nt, nbl, nf, npol) bool      <- fl | (ns == 0)
-    weight_out, sigma_out : (nt, nbl, npol) float32 <- channel-mean nsamples; 1/sqrt(weight) (0 if 0)
+    data_out : (nt, nbl, nf, npol) complex64
 
     Phases are computed in float64 (with ``uniform``: the phasor of channel f is the phasor of
     channel 0 times the channel step's phasor f times, ~1e-15 rad of rounding over a subband;
@@ -322,9 +316,6 @@ def block_kernel(vis, ns, fl, dw, freq, flip, uniform, data_out, flag_out, weigh
     # one row (baseline of one integration) = m contiguous (channel, pol) items
     vr = vis.reshape(nt * nbl, m).view(np.float32)
     dr = data_out.reshape(nt * nbl, m).view(np.float32)
-    n2 = ns.reshape(nt * nbl, m)
-    fl2 = fl.reshape(nt * nbl, m).view(np.uint8)
-    fo2 = flag_out.reshape(nt * nbl, m).view(np.uint8)
     for row in range(nt * nbl):
         t = row // nbl
         b = row - t * nbl
@@ -347,25 +338,49 @@ def block_kernel(vis, ns, fl, dw, freq, flip, uniform, data_out, flag_out, weigh
                 ci[f * npol + p] = s
         vrow = vr[row]
         drow = dr[row]
-        nrow = n2[row]
-        frow = fl2[row]
-        orow = fo2[row]
         if flip:
             for f in range(nf):
                 for p in range(npol):
                     j = f * npol + p
                     i = (nf - 1 - f) * npol + p
-                    x = vrow[2 * i]
-                    y = vrow[2 * i + 1]
-                    drow[2 * j] = x * cr[j] - y * ci[j]
-                    drow[2 * j + 1] = -(x * ci[j] + y * cr[j])
-                    orow[j] = frow[i] | (nrow[i] == 0)
+                    drow[2 * j] = vrow[2 * i] * cr[j] - vrow[2 * i + 1] * ci[j]
+                    drow[2 * j + 1] = -(vrow[2 * i] * ci[j] + vrow[2 * i + 1] * cr[j])
         else:
             for j in range(m):
                 x = vrow[2 * j]
                 y = vrow[2 * j + 1]
                 drow[2 * j] = x * cr[j] - y * ci[j]
                 drow[2 * j + 1] = -(x * ci[j] + y * cr[j])
+    return data_out
+
+
+@numba.njit(nogil=True, cache=True)
+def flag_weight_kernel(ns, fl, flip, flag_out, weight_out, sigma_out):
+    """FLAG, WEIGHT and SIGMA of one block.
+
+    ns : (nt, nbl, nf, npol) float32   nsamples, channels in file order
+    fl : (nt, nbl, nf, npol) bool      the files' flags, same order
+    flip : bool                        input channels descend
+    flag_out : (nt, nbl, nf, npol) bool           <- fl | (ns == 0), channels ascending
+    weight_out, sigma_out : (nt, nbl, npol) float32 <- channel-mean nsamples; 1/sqrt(weight) (0 if 0)
+    """
+    nt, nbl, nf, npol = ns.shape
+    m = nf * npol
+    n2 = ns.reshape(nt * nbl, m)
+    fl2 = fl.reshape(nt * nbl, m).view(np.uint8)
+    fo2 = flag_out.reshape(nt * nbl, m).view(np.uint8)
+    for row in range(nt * nbl):
+        t = row // nbl
+        b = row - t * nbl
+        nrow = n2[row]
+        frow = fl2[row]
+        orow = fo2[row]
+        if flip:
+            for f in range(nf):
+                for p in range(npol):
+                    i = (nf - 1 - f) * npol + p
+                    orow[f * npol + p] = frow[i] | (nrow[i] == 0)
+        else:
             for j in range(m):
                 orow[j] = frow[j] | (nrow[j] == 0)
         for p in range(npol):
@@ -375,7 +390,32 @@ def block_kernel(vis, ns, fl, dw, freq, flip, uniform, data_out, flag_out, weigh
             w = np.float32(acc / nf)
             weight_out[t, b, p] = w
             sigma_out[t, b, p] = np.float32(1.0) / np.sqrt(w) if w > 0 else np.float32(0.0)
-    return data_out
+    return flag_out
+
+
+@numba.njit(nogil=True, cache=True)
+def rows_all_equal(src, grid, R, C, P, r0, r1, v):
+    """True when every item of rows ``r0 .. r1`` of a chunked (rows, chans, pols) dataset equals
+    ``v`` (compared as stored: pass bit patterns, e.g. uint32 for float32). ``src``/``grid``/
+    ``R, C, P`` as in :func:`gather_chunks`, ``grid`` starting at row chunk ``r0 // R``; all
+    ``C * P`` items of each row of a chunk are checked (edge chunks' padding too)."""
+    rk0 = r0 // R
+    run = C * P
+    for rk in range(grid.shape[0]):
+        top = (rk0 + rk) * R
+        a = max(r0, top) - top
+        b = min(r1, top + R) - top
+        if b <= a:
+            continue
+        for ck in range(grid.shape[1]):
+            for pk in range(grid.shape[2]):
+                base = grid[rk, ck, pk]
+                same = True
+                for i in range(base + a * run, base + b * run):
+                    same &= src[i] == v
+                if not same:
+                    return False
+    return True
 
 
 def _is_uniform(freq, dw_max) -> bool:
@@ -397,12 +437,15 @@ def _scratch(store, key, shape, dtype):
     return a
 
 
-def compute_block(vis, ns, fl, dw, freq, flip=False, scratch=None):
-    """numpy wrapper of :func:`block_kernel`: returns (data, flags, weight, sigma).
-    ``scratch``: optional dict of reusable output buffers (see :meth:`_SubbandReader.read`)."""
+def compute_block(vis, ns, fl, dw, freq, flip=False, scratch=None, nsamples=None):
+    """One block of the main table: returns (data, flags, weight, sigma) (see
+    :func:`rotate_block_kernel` and :func:`flag_weight_kernel` for shapes and conventions).
+
+    ``nsamples``: every nsamples of the block equals this value and no flag of the files is set
+    (``ns`` and ``fl`` are then not read; the correlator's usual case); FLAG is then
+    ``nsamples == 0`` everywhere and WEIGHT ``nsamples``. ``scratch``: optional dict of reusable
+    output buffers (see :meth:`_SubbandReader.read`)."""
     vis = np.ascontiguousarray(vis, dtype=np.complex64)
-    ns = np.ascontiguousarray(ns, dtype=np.float32)
-    fl = np.ascontiguousarray(fl, dtype=np.bool_)
     dw = np.ascontiguousarray(dw, dtype=np.float64)
     freq = np.ascontiguousarray(freq, dtype=np.float64)
     nt, nbl, nf, npol = vis.shape
@@ -411,7 +454,15 @@ def compute_block(vis, ns, fl, dw, freq, flip=False, scratch=None):
     weight = _scratch(scratch, "weight", (nt, nbl, npol), np.float32)
     sigma = _scratch(scratch, "sigma", (nt, nbl, npol), np.float32)
     uniform = _is_uniform(freq, float(np.max(np.abs(dw))) if dw.size else 0.0)
-    block_kernel(vis, ns, fl, dw, freq, bool(flip), uniform, data, flags, weight, sigma)
+    rotate_block_kernel(vis, dw, freq, bool(flip), uniform, data)
+    if nsamples is None:
+        flag_weight_kernel(np.ascontiguousarray(ns, dtype=np.float32), np.ascontiguousarray(fl, dtype=np.bool_),
+                           bool(flip), flags, weight, sigma)
+    else:
+        w = np.float32(nsamples)
+        flags.fill(w == 0)
+        weight.fill(w)
+        sigma.fill(np.float32(1.0) / np.sqrt(w) if w > 0 else np.float32(0.0))
     return data, flags, weight, sigma
 
 
@@ -608,6 +659,33 @@ class _SubbandReader:
 
         with h5py.File(self.path, "r") as f:
             return f["Data"][name].dtype
+
+    def uniform(self, name, t0, t1):
+        """The value every item of ``Data/<name>`` holds in integrations t0..t1 (numpy scalar of
+        its dtype), or None: values differ, or the dataset is not read directly. One pass over
+        the mapped rows (~20x cheaper than gathering them), stopping at the first difference."""
+        tab = self.tables[name]
+        isz = tab["dtype"].itemsize if tab is not None else 0
+        bits = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(isz)
+        if bits is None:
+            return None
+        R, C, P = tab["chunk"]
+        r0, r1 = t0 * self.nbls, t1 * self.nbls
+        g = tab["grid"][r0 // R: -(-r1 // R)]
+        lo, hi = int(g.min()), int(g.max()) + tab["nbytes"]
+        m, pa = self._map(lo, hi)
+        if m is None:
+            return None
+        try:
+            src = np.frombuffer(m, dtype=bits, count=(hi - lo) // isz, offset=lo - pa)
+            grid = np.ascontiguousarray((g - lo) // isz)
+            first = src[grid[0, 0, 0] + (r0 - (r0 // R) * R) * C * P]
+            same = rows_all_equal(src, grid, R, C, P, r0, r1, first)
+            value = np.array(first, bits).view(np.uint8 if tab["dtype"].kind == "b" else tab["dtype"])[()]
+            del src
+        finally:
+            m.close()
+        return value if same else None
 
     def read(self, name, t0, t1, scratch=None, ascending=False):
         """(t1 - t0, nbls, nf, npol) array of integrations t0..t1, file channel order, or
@@ -1153,17 +1231,27 @@ def convert_group(
             tr = _time.perf_counter()
             if src_files is not None and src_files[si] is not None:
                 r = _reader(si)
-                # channels reversed while gathering (the kernel is ~2x slower on reversed input)
-                v, n, f_ = (r.read(name, t0, t1, scratch, ascending=True) for name in r.NAMES)
+                # the correlator's usual block: no flag set, one nsamples value; then only the
+                # visibilities are gathered (channels reversed on the way: the kernel is ~2x
+                # slower on reversed input)
+                no_flags = r.uniform("flags", t0, t1)
+                ns_value = r.uniform("nsamples", t0, t1) if no_flags is not None and not no_flags else None
+                v = r.read("visdata", t0, t1, scratch, ascending=True)
+                if ns_value is None:
+                    n, f_ = (r.read(name, t0, t1, scratch, ascending=True) for name in ("nsamples", "flags"))
+                else:
+                    n = f_ = None
                 flip = False
             else:
                 v, n, f_ = dask.compute(vis[t0:t1, :, f0:f1, :], nsamp[t0:t1, :, f0:f1, :],
                                         fl[t0:t1, :, f0:f1, :], scheduler="sync")
                 flip = False
+                ns_value = None
             tk = _time.perf_counter()
             _add("read", tk - tr)
             tf = skel["tiles"] if skel_done.is_set() and skel["error"] is None else None
-            out = compute_block(v, n, f_, geo["dw"][t0:t1], freq[f0:f1], flip, scratch if tf is not None else None)
+            out = compute_block(v, n, f_, geo["dw"][t0:t1], freq[f0:f1], flip, scratch if tf is not None else None,
+                                nsamples=ns_value)
             _add("kernel", _time.perf_counter() - tk)
             _prep(t0, t1, si, out[0], out[1])
             if tf is None:
