@@ -64,13 +64,15 @@ them, so the flags are identical; the tiles are written in baseline ranges). Wit
 the blocks are computed on the workers and the client writes (flags first, then the blocks).
 
 Performance (``benchmarks/convert.py``, full-size group 2.33 GB -> 1.48 GB MS, this 2-core
-machine, warm page cache; figures in ``benchmarks/README.md``): ~2 s per group in the streaming
-service's steady state (same process, template present; 3.0-3.4 CPU-s), 7.8 s for the very first
-group in a new process (imports 1-2 s, IERS tables ~1.6 s, the casatools skeleton), 5.2 s for a new
-process once the template exists; 0.97 GB peak RSS. pyuvdata's path: 39 s, 7.0 GB. What remains
-per steady-state group, in CPU-s: HDF5 chunk tables (h5py ``chunk_iter``, ~1 us per chunk, ~200k
-chunks) ~0.4, chunk gathers ~0.8, the block kernel ~0.55, page-cache writes ~0.3-0.6, the stamped
-skeleton ~0.4, opening the group 0.2. ``flag=True``: ~80 % of its time is the flagger's kernels.
+machine, warm page cache; figures in ``benchmarks/README.md``): 1.4-1.8 s per group in the
+streaming service's steady state (same process, template present; 2.4-2.7 CPU-s), 5.7-7.2 s for
+the first group in a new process (imports and IERS tables ~2 s, the casatools skeleton), 4.8-5.1 s
+for a new process once the template exists; 0.99 GB peak RSS. pyuvdata's path: 39.6 s, 6.9 GB.
+The I/O floor (read the input, write the MS's bytes; one thread) takes 0.5-0.6 s, so a
+steady-state group is 2.3-3.5x the floor. Per steady-state group, in CPU-s: opening the group
+(headers through h5py) ~0.4, gathering the visibilities from their chunks (with the channel
+reversal, plus the chunk indexes and the nsamples/flags uniformity checks) ~1.1, the rotation
+kernel ~0.4, page-cache writes ~0.35, the stamped skeleton ~0.2.
 """
 from __future__ import annotations
 
