@@ -172,6 +172,17 @@ def _settle(root):
     _FLOOR_NS["settle"](str(Path(root) / "stage" / "tmp"))
 
 
+def _run_dsacont(ms, root, tmp_dir, mode, nwarm, files, env, keep=False):
+    """One dsacont child process (after ``_settle``): (its JSON, wall s, peak RSS MB); the MS it
+    wrote is removed unless ``keep``."""
+    _settle(root)
+    wall, rss, out = _timed([sys.executable, "-c", DSACONT, str(ms), str(root), tmp_dir, mode, str(nwarm), *files],
+                            env=env)
+    if not keep:
+        shutil.rmtree(ms, ignore_errors=True)
+    return json.loads(out.strip().splitlines()[-1]), wall, rss
+
+
 def _median(xs):
     xs = sorted(xs)
     n = len(xs)
@@ -210,18 +221,13 @@ def main(argv=None):
 
     # numba compiles the kernels into their on-disk cache the first time they run after an install
     # or an edit of their module (~3 s, once): do that untimed, in its own root (no MS template)
-    _timed([sys.executable, "-c", DSACONT, str(scratch / "jit.ms"), str(scratch / "jit-root"), args.tmp_dir, "noflag",
-            "0", *files], env=env)
-    shutil.rmtree(scratch / "jit.ms", ignore_errors=True)
+    _run_dsacont(scratch / "jit.ms", scratch / "jit-root", args.tmp_dir, "noflag", 0, files, env)
     shutil.rmtree(scratch / "jit-root", ignore_errors=True)
 
     # dsacont
     root = scratch / "root"
     ms = scratch / "dsacont.ms"
-    _settle(root)
-    wall, rss, out = _timed([sys.executable, "-c", DSACONT, str(ms), str(root), args.tmp_dir, "noflag",
-                             str(max(1, args.warm)), *files], env=env)
-    info = json.loads(out.strip().splitlines()[-1])
+    info, wall, rss = _run_dsacont(ms, root, args.tmp_dir, "noflag", max(1, args.warm), files, env, keep=True)
     ms_bytes = _du(ms)
     warm = info["warm"]
     floors = info["floor"]
@@ -246,36 +252,21 @@ def main(argv=None):
              "memory state): read the inputs, write the MS's bytes in dsacont's temp dir, rename")
 
     # a new process once the template exists (a service restart): cold again, but stamped
-    ms_t = scratch / "dsacont_restart.ms"
-    _settle(root)
-    wall_t, rss_t, out_t = _timed([sys.executable, "-c", DSACONT, str(ms_t), str(root), args.tmp_dir, "noflag", "0",
-                                   *files], env=env)
-    info_t = json.loads(out_t.strip().splitlines()[-1])
+    info_t, _, rss_t = _run_dsacont(scratch / "dsacont_restart.ms", root, args.tmp_dir, "noflag", 0, files, env)
     result["dsacont_restart"] = dict(cold_seconds=info_t["cold_in_process_s"], cold_cpu_seconds=info_t["cold_cpu_s"],
                                      peak_rss_mb=rss_t, profile=info_t["profile"],
                                      note="a new process, MS template of this layout present (service restart)")
-    shutil.rmtree(ms_t, ignore_errors=True)
 
     if args.also_flag:
-        msf = scratch / "dsacont_flag.ms"
-        _settle(root)
-        wallf, rssf, outf = _timed([sys.executable, "-c", DSACONT, str(msf), str(root), args.tmp_dir, "flag", "0",
-                                    *files], env=env)
-        infof = json.loads(outf.strip().splitlines()[-1])
+        infof, _, rssf = _run_dsacont(scratch / "dsacont_flag.ms", root, args.tmp_dir, "flag", 0, files, env)
         result["dsacont_flag"] = dict(cold_seconds=infof["cold_in_process_s"], cold_cpu_seconds=infof["cold_cpu_s"],
                                       peak_rss_mb=rssf, profile=infof["profile"],
                                       note="flag=True (RFI flags fused into the pass), one cold conversion")
-        shutil.rmtree(msf, ignore_errors=True)
 
     if args.also_tmpfs:
-        ms2 = scratch / "dsacont_tmpfs.ms"
-        _settle(root)
-        wall2, rss2, out2 = _timed([sys.executable, "-c", DSACONT, str(ms2), str(root), "/dev/shm", "noflag", "1",
-                                    *files], env=env)
-        info2 = json.loads(out2.strip().splitlines()[-1])
+        info2, _, rss2 = _run_dsacont(scratch / "dsacont_tmpfs.ms", root, "/dev/shm", "noflag", 1, files, env)
         result["dsacont_tmpfs"] = dict(cold_seconds=info2["cold_in_process_s"], warm_seconds=info2["warm"][0]["seconds"],
                                         peak_rss_mb=rss2, profile=info2["profile"], warm_profile=info2["warm"][0]["profile"])
-        shutil.rmtree(ms2, ignore_errors=True)
 
     # I/O floor: read the input bytes, write the output bytes where dsacont writes, move/copy
     # where dsacont built its MS: by default <stage>/tmp, on the output's filesystem (a rename)
