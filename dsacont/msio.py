@@ -835,7 +835,7 @@ def _from_template(root: Path, key: str, path, layout: MSLayout, rows: MainRows)
     """The MS ``path`` from template ``root/key`` (None when there is none): the template's
     files copied, the bulk tile files created sparse at full length, this group's TIME,
     TIME_CENTROID and per-group subtables written with casatools and its UVW written into its
-    tiles. Returns the :class:`TileFiles` of the bulk columns (UVW already written)."""
+    tiles. Returns the :class:`TileFiles` of the bulk columns."""
     import json
 
     tpl = root / key
@@ -878,6 +878,7 @@ def _from_template(root: Path, key: str, path, layout: MSLayout, rows: MainRows)
     for t in range(len(rows.time)):
         for spw in range(int(rows.nspw)):
             tiles.write(rows.run_start(t, spw), UVW=uvw[t])
+    tiles.forget("UVW")  # written: the caller's columns are the bulk ones
     return tiles
 
 
