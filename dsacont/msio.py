@@ -891,7 +891,7 @@ def build_skeleton(path, layout: MSLayout, rows: MainRows, *, direct: bool = Tru
     ``templates``: a directory of skeleton templates (:func:`template_key`). Building a
     skeleton with casatools costs ~1.5-2.5 CPU-s at full size, most of it casacore zero-filling
     every tile when the table closes; a group whose layout was seen before is instead copied
-    from its template (~60 MB of metadata) and stamped with its own TIME, UVW and per-group
+    from its template (~15 MB of metadata) and stamped with its own TIME, UVW and per-group
     subtables. ``build_in``: build a fresh skeleton there (tmpfs: zero-filling is cheap) and
     move it to ``path`` without its bulk files (:meth:`TileFiles.relocate`).
     """
@@ -919,10 +919,12 @@ def build_skeleton(path, layout: MSLayout, rows: MainRows, *, direct: bool = Tru
             last = rows.nrows - 1
             known = {"UVW": {0: rows.uvw[0, 0][None], last: rows.uvw[-1, -1][None]}}
             tile_layout = w.tile_layout(BULK_COLUMNS + ("UVW",), known=known) if direct else None
+            if direct and tile_layout is None:  # direct writes without a template (UVW stays casatools')
+                tile_layout = w.tile_layout(BULK_COLUMNS)
         tiles = TileFiles.open(tile_layout)
         prof["metadata"] = _time.perf_counter() - tick
         tick = _time.perf_counter()
-        if tiles is not None and key:
+        if tiles is not None and key and "UVW" in tiles.cols:
             _save_template(where, tile_layout, Path(templates), key)
             prof["template_saved"] = _time.perf_counter() - tick
         if tiles is not None:  # UVW is already in place: not a column for the caller
