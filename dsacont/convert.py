@@ -1236,8 +1236,8 @@ def convert_group(
                 # the correlator's usual block: no flag set, one nsamples value; then only the
                 # visibilities are gathered (channels reversed on the way: the kernel is ~2x
                 # slower on reversed input)
-                no_flags = r.uniform("flags", t0, t1)
-                ns_value = r.uniform("nsamples", t0, t1) if no_flags is not None and not no_flags else None
+                flag_value = r.uniform("flags", t0, t1)
+                ns_value = r.uniform("nsamples", t0, t1) if flag_value is not None and not flag_value else None
                 v = r.read("visdata", t0, t1, scratch, ascending=True)
                 if ns_value is None:
                     n, f_ = (r.read(name, t0, t1, scratch, ascending=True) for name in ("nsamples", "flags"))

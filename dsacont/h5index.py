@@ -6,7 +6,8 @@ so it needs every chunk's position in the dataset and byte offset in the file. h
 full-size group has ~200,000 chunks, so that alone cost ~0.4 CPU-s per group, all of it holding
 the GIL. Files written with HDF5's default ("earliest") format keep the chunk index in a version-1
 B-tree, whose nodes are a few kB of fixed-size records: :func:`chunk_index` reads them directly
-(``os.pread`` + numpy), ~100x faster.
+(``os.pread`` + numpy): 0.12 s for a full-size group's 48 datasets instead of 0.37-0.47 s, and
+without holding the GIL.
 
 Format (HDF5 File Format Specification 3.0, sections III.A.1, IV.A.1.a, IV.A.2.i):
 
