@@ -1243,16 +1243,15 @@ def convert_group(
                     n, f_ = (r.read(name, t0, t1, scratch, ascending=True) for name in ("nsamples", "flags"))
                 else:
                     n = f_ = None
-                flip = False
             else:
                 v, n, f_ = dask.compute(vis[t0:t1, :, f0:f1, :], nsamp[t0:t1, :, f0:f1, :],
                                         fl[t0:t1, :, f0:f1, :], scheduler="sync")
-                flip = False
                 ns_value = None
             tk = _time.perf_counter()
             _add("read", tk - tr)
             tf = skel["tiles"] if skel_done.is_set() and skel["error"] is None else None
-            out = compute_block(v, n, f_, geo["dw"][t0:t1], freq[f0:f1], flip, scratch if tf is not None else None,
+            # channels are ascending from both sources (the reader reverses them while gathering)
+            out = compute_block(v, n, f_, geo["dw"][t0:t1], freq[f0:f1], False, scratch if tf is not None else None,
                                 nsamples=ns_value)
             _add("kernel", _time.perf_counter() - tk)
             _prep(t0, t1, si, out[0], out[1])
