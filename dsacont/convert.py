@@ -67,9 +67,9 @@ Performance (``benchmarks/convert.py``, full-size group 2.33 GB -> 1.48 GB MS, t
 machine, warm page cache; figures in ``benchmarks/README.md``): 1.4-1.8 s per group in the
 streaming service's steady state (same process, template present; 2.4-2.7 CPU-s), 5.7-7.2 s for
 the first group in a new process (imports and IERS tables ~2 s, the casatools skeleton), 4.8-5.1 s
-for a new process once the template exists; 0.99 GB peak RSS. pyuvdata's path: 39.6 s, 6.9 GB.
-The I/O floor (read the input, write the MS's bytes; one thread) takes 0.5-0.6 s, so a
-steady-state group is 2.3-3.5x the floor. Per steady-state group, in CPU-s: opening the group
+for a new process once the template exists; 0.98 GB peak RSS. pyuvdata's path: 36.8-39.8 s, 6.9 GB.
+The I/O floor (read the input, write the MS's bytes; one thread) takes 0.5-0.9 s depending on the
+VM's memory state, so a steady-state group is 1.75-3.5x the floor (median of three runs: 2.3x). Per steady-state group, in CPU-s: opening the group
 (headers through h5py) ~0.4, gathering the visibilities from their chunks (with the channel
 reversal, plus the chunk indexes and the nsamples/flags uniformity checks) ~1.1, the rotation
 kernel ~0.4, page-cache writes ~0.35, the stamped skeleton ~0.2.
