@@ -526,10 +526,11 @@ class _SubbandReader:
     channel order (``flip`` says whether they descend).
 
     Chunked, unfiltered datasets (what the correlator writes) are read without h5py's per-chunk
-    machinery: the chunk table is read once (:func:`dsacont.h5index.chunk_index`), then the byte range holding the
-    requested rows is read with one ``readinto`` and scattered by :func:`gather_chunks` — both
-    release the GIL, so subbands are read in parallel threads. Anything else (filters, big-endian,
-    contiguous or unaligned layouts, an h5py without ``chunk_iter``) is read with h5py."""
+    machinery: the chunk table is read once (:func:`dsacont.h5index.chunk_index`), then the byte
+    range holding the requested rows is mapped (``MMAP_MIN_BYTES`` and up; smaller ranges are read
+    with one ``preadv``) and scattered by :func:`gather_chunks` — both release the GIL, so
+    subbands are read in parallel threads. Anything else (filters, big-endian, contiguous or
+    unaligned layouts, fill-value chunks) is read with h5py."""
 
     NAMES = ("visdata", "nsamples", "flags")
 
@@ -590,6 +591,17 @@ class _SubbandReader:
         if np.any(grid < 0):
             return None
         return dict(dtype=dt, chunk=ch, nbytes=nbytes, grid=grid)
+
+    @staticmethod
+    def _span(tab, r0, r1):
+        """Where rows r0..r1 of a directly read dataset are: file bytes [lo, hi) holding their
+        chunks, those chunks' grid as item offsets from ``lo``, and r0, r1 counted from the first
+        row of the first chunk. Returns (lo, hi, grid, a, b)."""
+        R = tab["chunk"][0]
+        g = tab["grid"][r0 // R: -(-r1 // R)]
+        lo, hi = int(g.min()), int(g.max()) + tab["nbytes"]
+        top = (r0 // R) * R
+        return lo, hi, np.ascontiguousarray((g - lo) // tab["dtype"].itemsize), r0 - top, r1 - top
 
     def _map(self, lo: int, hi: int):
         """A read-only mapping of file bytes [lo, hi) and its page-aligned start; (None, 0) when
@@ -673,15 +685,13 @@ class _SubbandReader:
             return None
         R, C, P = tab["chunk"]
         r0, r1 = t0 * self.nbls, t1 * self.nbls
-        g = tab["grid"][r0 // R: -(-r1 // R)]
-        lo, hi = int(g.min()), int(g.max()) + tab["nbytes"]
+        lo, hi, grid, a, _ = self._span(tab, r0, r1)
         m, pa = self._map(lo, hi)
         if m is None:
             return None
         try:
             src = np.frombuffer(m, dtype=bits, count=(hi - lo) // isz, offset=lo - pa)
-            grid = np.ascontiguousarray((g - lo) // isz)
-            first = src[grid[0, 0, 0] + (r0 - (r0 // R) * R) * C * P]
+            first = src[grid[0, 0, 0] + a * C * P]
             same = rows_all_equal(src, grid, R, C, P, r0, r1, first)
             value = np.array(first, bits).view(np.uint8 if tab["dtype"].kind == "b" else tab["dtype"])[()]
             del src
@@ -712,15 +722,11 @@ class _SubbandReader:
                 raw = d[r0:r1, 0, :, :] if len(d.shape) == 4 else d[r0:r1, :, :]
             return np.ascontiguousarray(raw[:, ::-1] if rev else raw)
         R, C, P = tab["chunk"]
-        g = tab["grid"][r0 // R: -(-r1 // R)]
-        lo = int(g.min())
-        hi = int(g.max()) + tab["nbytes"]
+        lo, hi, grid, a, b = self._span(tab, r0, r1)
         isz = tab["dtype"].itemsize
-        grid = np.ascontiguousarray((g - lo) // isz)
         out = _scratch(scratch, ("out", name), (r1 - r0, self.nf, self.npol), tab["dtype"])
         dst = out.view(np.uint8) if tab["dtype"].kind == "b" else out
         kind = np.uint8 if tab["dtype"].kind == "b" else tab["dtype"]
-        a, b = r0 - (r0 // R) * R, r1 - (r0 // R) * R
         m, pa = None, 0
         if hi - lo >= MMAP_MIN_BYTES:
             # large reads: straight from the page cache through a short-lived mapping (no copy)
