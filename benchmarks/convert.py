@@ -281,8 +281,6 @@ def main(argv=None):
 
     # pyuvdata
     if not args.skip_pyuvdata:
-        import numpy as np
-
         from dsacont import phasing
         from dsacont.loader import open_group
 
@@ -301,7 +299,6 @@ def main(argv=None):
         result["speedup_vs_pyuvdata_warm"] = steps["total"] / info["warm_seconds"]
         result["cpu_ratio_pyuvdata_over_dsacont"] = result["pyuvdata"]["cpu_seconds"] / info["cold_cpu_s"]
         result["cpu_ratio_pyuvdata_over_dsacont_warm"] = result["pyuvdata"]["cpu_seconds"] / info["warm_cpu_s"]
-        del np
     fl = result["io_floor_interleaved"]["seconds"]
     result["ratio_to_io_floor"] = info["cold_in_process_s"] / fl
     result["ratio_to_io_floor_restart"] = info_t["cold_in_process_s"] / fl
