@@ -281,8 +281,8 @@ def main(argv=None):
 
     # pyuvdata
     if not args.skip_pyuvdata:
-        from dsacont import phasing
-        from dsacont.loader import open_group
+        from dsacont.convert import phasing
+        from dsacont.io.uvh5 import open_group
 
         ds = open_group(files)
         times = ds["time"].values

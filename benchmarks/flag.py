@@ -151,7 +151,7 @@ def main(argv=None):
 
     from dsacont import load_truth
     from dsacont.flagging import flag_arrays, flag_dataset, load_strategy
-    from dsacont.loader import open_group
+    from dsacont.io.uvh5 import open_group
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     ms = args.ms
     if ms is None:
         from dsacont.convert import convert_group
-        from dsacont.groups import find_groups
+        from dsacont.io.groups import find_groups
 
         groups = [g for g in find_groups(args.group_dir) if g.complete]
         if not groups:
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
 
 def _mosaic_and_report(tile, work, paths, report, args, **extra) -> int:
     """The 12-tile mosaic of copies of ``tile`` (step 3), then print the JSON report."""
-    from dsacont.mosaic import make_mosaic
+    from dsacont.imaging.mosaic import make_mosaic
 
     tiles = fake_tiles(tile, work / "tiles12")
     mres, t = _timed(make_mosaic, tiles, paths.mosaics / "bench12.fits")

@@ -25,7 +25,7 @@ MODES = ("open", "compute", "reduce", "pyuvdata")
 
 
 def _paths(group_dir):
-    from dsacont.groups import find_groups
+    from dsacont.io.groups import find_groups
 
     groups = [g for g in find_groups(group_dir) if g.complete]
     if not groups:
@@ -44,7 +44,7 @@ def child(mode: str, group_dir: str) -> dict:
         import dask.array  # noqa: F401  (imports timed apart from the open)
         import xarray  # noqa: F401
 
-        from dsacont.loader import open_group
+        from dsacont.io.uvh5 import open_group
 
         out["import_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()

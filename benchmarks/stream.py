@@ -1,6 +1,6 @@
 """The streaming service's own overhead (not the pipeline stages): prints one JSON document.
 
-* ``validate``: the watcher's per-file check (:func:`dsacont.streaming.validate_subband_file`:
+* ``validate``: the watcher's per-file check (:func:`dsacont.service.streaming.validate_subband_file`:
   header + every visibility row read + NaN count) on a group directory (full size if given).
 * ``queue``: SQLite queue throughput: files recorded, groups finalised, claim+complete per second.
 * ``service``: one real ``dsacont stream --once`` process on N replayed copies of a group with a
@@ -33,7 +33,7 @@ def noop(group, context):
 
 
 def bench_validate(files):
-    from dsacont.streaming import validate_subband_file
+    from dsacont.service.streaming import validate_subband_file
 
     t = []
     for f in files:
@@ -47,7 +47,7 @@ def bench_validate(files):
 
 
 def bench_queue(tmp, n_groups=300):
-    from dsacont.queue import IngestQueue, WorkerId
+    from dsacont.service.queue import IngestQueue, WorkerId
 
     q = IngestQueue(Path(tmp) / "q.sqlite3")
     t0 = time.perf_counter()
@@ -73,7 +73,7 @@ def bench_queue(tmp, n_groups=300):
 def bench_service(group_files, n_groups, tmp):
     from streamtools import make_archive
 
-    from dsacont.replay import replay
+    from dsacont.service.replay import replay
 
     root = Path(tmp) / "run"
     make_archive(group_files, Path(tmp) / "archive", range(n_groups))
@@ -85,7 +85,7 @@ def bench_service(group_files, n_groups, tmp):
                        capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     assert r.returncode == 0, r.stderr[-2000:]
-    from dsacont.queue import IngestQueue
+    from dsacont.service.queue import IngestQueue
 
     q = IngestQueue(root / "state" / "ingest.sqlite3")
     gs = q.groups()

@@ -13,17 +13,17 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("dsacont.simulator.cli", "write simulated DSA-110 subband files with recorded truth"),
-    "groups": ("dsacont.groups", "list complete/incomplete 16-subband groups in a directory"),
+    "groups": ("dsacont.io.groups", "list complete/incomplete 16-subband groups in a directory"),
     "convert": ("dsacont.convert", "convert a subband group to a CASA Measurement Set"),
     "flag": ("dsacont.flagging", "flag RFI in an existing Measurement Set (FLAG column)"),
     "calibrate": ("dsacont.calibration", "solve bandpass and gains on a calibrator MS, register tables"),
     "applycal": ("dsacont.calibration", "apply the registered calibration to a target MS"),
     "image": ("dsacont.imaging", "image a calibrated MS with tclean, PB-corrected FITS"),
-    "mosaic": ("dsacont.mosaic", "combine tile images into a primary-beam-weighted mosaic"),
-    "products": ("dsacont.products", "query the products database"),
-    "stream": ("dsacont.streaming", "run the streaming service on an incoming directory"),
-    "replay": ("dsacont.replay", "feed archived subband files into an incoming directory in time order"),
-    "status": ("dsacont.streaming", "queue and products at a glance"),
+    "mosaic": ("dsacont.imaging.mosaic", "combine tile images into a primary-beam-weighted mosaic"),
+    "products": ("dsacont.service.products", "query the products database"),
+    "stream": ("dsacont.service.streaming", "run the streaming service on an incoming directory"),
+    "replay": ("dsacont.service.replay", "feed archived subband files into an incoming directory in time order"),
+    "status": ("dsacont.service.streaming", "queue and products at a glance"),
     "demo": ("dsacont.demo", "simulate the 0834+555 transit and run it through the streaming path"),
 }
 

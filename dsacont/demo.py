@@ -5,7 +5,7 @@
    ``<root>/archive`` (kept between runs, re-simulated only when the preset/seed change).
 2. Replay them into ``<root>/incoming`` in time order, as the correlator writes them
    (``_incomplete`` then rename), in a background thread.
-3. Run the streaming service (:func:`dsacont.streaming.run_service`, the same code path as
+3. Run the streaming service (:func:`dsacont.service.streaming.run_service`, the same code path as
    ``dsacont stream``) on ``<root>``: it finds the groups, converts and flags them, solves the
    calibration on the calibrator transit (the groups before it wait for it), applies it, images
    every tile and builds the 60-minute mosaic when its 12 tiles are done. Nothing is hand-picked.
@@ -45,7 +45,7 @@ def demo_window(n_groups: int = N_GROUPS):
 
 
 def _simulate_archive(archive: Path, preset: str, seed: int, n_groups: int) -> None:
-    from dsacont.groups import find_groups
+    from dsacont.io.groups import find_groups
     from dsacont.simulator import simulate
     from dsacont.simulator.core import PRESETS
 
@@ -100,10 +100,10 @@ def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_grou
              scheduler: str | None = None, max_inflight: int = 2, fresh: bool = True) -> dict:
     """Run the acceptance demo under ``root``; returns (and writes) the summary dict."""
     from dsacont.config import get_paths
-    from dsacont.products import Products
-    from dsacont.registry import Registry
-    from dsacont.replay import replay
-    from dsacont.streaming import run_service
+    from dsacont.service.products import Products
+    from dsacont.calibration.registry import Registry
+    from dsacont.service.replay import replay
+    from dsacont.service.streaming import run_service
 
     t_all = time.perf_counter()
     root = Path(root).absolute()

@@ -3,7 +3,7 @@
 ``summarise`` opens the group with the real lazy loader, computes the mean visibility amplitude
 of every channel (a real reduction of the real files), writes a small JSON product atomically
 (temp file under ``paths.tmp``, fsync, ``os.replace`` into ``paths.images``) and registers it in
-the real products database (``dsacont.products.Products.add_image``, keyed by path).
+the real products database (``dsacont.service.products.Products.add_image``, keyed by path).
 
 Test hooks, all through ``context.options`` (``dsacont stream --option KEY=VALUE``):
 
@@ -56,8 +56,8 @@ def _maybe_kill(context, group, point):
 
 def summarise(group, context) -> dict:
     from dsacont.errors import CalibrationUnavailable
-    from dsacont.loader import open_group
-    from dsacont.products import Products
+    from dsacont.io.uvh5 import open_group
+    from dsacont.service.products import Products
 
     paths = context.paths
     products = Products(paths.products_db)

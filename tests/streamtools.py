@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from dsacont.groups import parse_subband_name
+from dsacont.io.groups import parse_subband_name
 
 CADENCE_S = 309
 TESTS_DIR = Path(__file__).resolve().parent

@@ -1,0 +1,451 @@
+"""The products database: every Measurement Set, image and mosaic the pipeline made, with provenance.
+
+One SQLite file (``Paths.products_db``, WAL journal, parameterised SQL only). Tables::
+
+    ms               one row per Measurement Set: group timestamp, time range, source files,
+                     status, QA JSON
+    ms_caltables     calibration tables applied to an MS (path, kind, calibration-registry id)
+    images           one row per tile image: the MS it came from, FITS files, pointing,
+                     time range, imaging parameters, status, QA JSON (noise, peak, dynamic range...)
+    mosaics          one row per mosaic: FITS files, time range, status, QA JSON
+    mosaic_images    which images went into which mosaic
+
+Times are stored as ISO-8601 UTC strings (``YYYY-MM-DDTHH:MM:SS.sss``, sortable as text) and as
+MJD floats (``*_mjd`` columns, for range queries). Any time argument may be an ISO string, a
+``datetime`` (UTC), an ``astropy.time.Time`` or a float MJD.
+
+Rule: a product is registered only after it has been moved into place, so ``add_*`` refuses a
+path that does not exist (:class:`dsacont.errors.BadInputError`).
+
+Example (notebook)::
+
+    >>> from dsacont.service.products import Products
+    >>> db = Products(get_paths().products_db)
+    >>> for im in db.images_between("2025-10-29T13:25", "2025-10-29T14:25"):
+    ...     print(im["path"], im["qa"]["noise_jy"])
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from dsacont import db
+from dsacont.db import to_mjd
+from dsacont.errors import BadInputError
+from dsacont.jsonio import json_default
+
+log = logging.getLogger(__name__)
+
+KINDS = ("ms", "images", "mosaics")
+_KIND_ALIASES = {"ms": "ms", "image": "images", "images": "images", "mosaic": "mosaics", "mosaics": "mosaics"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ms (
+    id INTEGER PRIMARY KEY,
+    path TEXT UNIQUE NOT NULL,
+    group_timestamp TEXT,
+    start_time TEXT, end_time TEXT, mid_mjd REAL, start_mjd REAL, end_mjd REAL,
+    status TEXT NOT NULL,
+    inputs TEXT NOT NULL DEFAULT '[]',
+    qa TEXT NOT NULL DEFAULT '{}',
+    created TEXT NOT NULL, updated TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ms_caltables (
+    id INTEGER PRIMARY KEY,
+    ms_id INTEGER NOT NULL REFERENCES ms(id) ON DELETE CASCADE,
+    caltable TEXT NOT NULL,
+    kind TEXT,
+    registry_id INTEGER,
+    applied TEXT NOT NULL,
+    UNIQUE (ms_id, caltable)
+);
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY,
+    path TEXT UNIQUE NOT NULL,
+    ms_id INTEGER REFERENCES ms(id),
+    ms_path TEXT,
+    files TEXT NOT NULL DEFAULT '{}',
+    ra_deg REAL, dec_deg REAL,
+    start_time TEXT, end_time TEXT, mid_mjd REAL, start_mjd REAL, end_mjd REAL,
+    params TEXT NOT NULL DEFAULT '{}',
+    status TEXT NOT NULL,
+    qa TEXT NOT NULL DEFAULT '{}',
+    created TEXT NOT NULL, updated TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mosaics (
+    id INTEGER PRIMARY KEY,
+    path TEXT UNIQUE NOT NULL,
+    files TEXT NOT NULL DEFAULT '{}',
+    ra_deg REAL, dec_deg REAL,
+    start_time TEXT, end_time TEXT, mid_mjd REAL, start_mjd REAL, end_mjd REAL,
+    params TEXT NOT NULL DEFAULT '{}',
+    status TEXT NOT NULL,
+    qa TEXT NOT NULL DEFAULT '{}',
+    created TEXT NOT NULL, updated TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mosaic_images (
+    mosaic_id INTEGER NOT NULL REFERENCES mosaics(id) ON DELETE CASCADE,
+    image_id INTEGER REFERENCES images(id),
+    image_path TEXT NOT NULL,
+    PRIMARY KEY (mosaic_id, image_path)
+);
+CREATE INDEX IF NOT EXISTS ms_mid ON ms(mid_mjd);
+CREATE INDEX IF NOT EXISTS images_mid ON images(mid_mjd);
+CREATE INDEX IF NOT EXISTS mosaics_mid ON mosaics(mid_mjd);
+"""
+
+_JSON_COLS = ("inputs", "qa", "files", "params")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+
+
+def _iso(mjd: float | None) -> str | None:
+    if mjd is None:
+        return None
+    from astropy.time import Time
+
+    return Time(mjd, format="mjd", scale="utc").isot
+
+
+def _dumps(obj) -> str:
+    return json.dumps(obj if obj is not None else {}, default=json_default, sort_keys=True)
+
+
+class Products:
+    """Query and register pipeline products in one SQLite database.
+
+    Parameters
+    ----------
+    db_path : path
+        The SQLite file (created with its tables on first use; parent directory too).
+
+    Every method opens its own short connection, so one ``Products`` may be shared by threads
+    and several processes may use the same file (WAL journal, 30 s busy timeout).
+    """
+
+    def __init__(self, db_path):
+        self.db_path = Path(db_path)
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.executescript(_SCHEMA)
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _connect(self):
+        """A connection (WAL, busy_timeout, foreign keys: :func:`dsacont.db.connect`) that
+        closes when its ``with`` block ends."""
+        return contextlib.closing(db.connect(self.db_path, timeout_s=30.0))
+
+    @staticmethod
+    def _row(row: sqlite3.Row | None) -> dict | None:
+        if row is None:
+            return None
+        d = dict(row)
+        for c in _JSON_COLS:
+            if c in d and isinstance(d[c], str):
+                d[c] = json.loads(d[c])
+        return d
+
+    @staticmethod
+    def _require_exists(path) -> str:
+        p = os.path.abspath(os.fspath(path))
+        if not os.path.exists(p):
+            raise BadInputError(p, "product does not exist; register it only after it has been moved into place")
+        return p
+
+    @staticmethod
+    def _times(start, end):
+        s, e = to_mjd(start), to_mjd(end)
+        mid = None if s is None or e is None else 0.5 * (s + e)
+        if mid is None:
+            mid = s if s is not None else e
+        return _iso(s), _iso(e), mid, s, e
+
+    def _upsert(self, table: str, values: dict) -> int:
+        now = _now()
+        values = dict(values, updated=now)
+        cols = list(values)
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            row = con.execute(f"SELECT id FROM {table} WHERE path = ?", (values["path"],)).fetchone()
+            if row is None:
+                values["created"] = now
+                cols = list(values)
+                cur = con.execute(
+                    f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                    [values[c] for c in cols],
+                )
+                rid = cur.lastrowid
+            else:
+                rid = row["id"]
+                con.execute(
+                    f"UPDATE {table} SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
+                    [values[c] for c in cols] + [rid],
+                )
+            con.execute("COMMIT")
+        return int(rid)
+
+    def _table(self, kind: str) -> str:
+        try:
+            return _KIND_ALIASES[kind]
+        except KeyError:
+            raise ValueError(f"unknown product kind {kind!r}; one of ms, image, mosaic") from None
+
+    # -- registration ---------------------------------------------------------------------------
+    def add_ms(self, path, *, start=None, end=None, group_timestamp=None, inputs=None,
+               status: str = "converted", qa: dict | None = None, caltables=None) -> int:
+        """Register (or update) a Measurement Set that is already in place; returns its id.
+
+        ``inputs``: the subband files it was made from. ``caltables``: see :meth:`add_caltables`.
+        """
+        p = self._require_exists(path)
+        s, e, mid, smjd, emjd = self._times(start, end)
+        rid = self._upsert("ms", dict(
+            path=p, group_timestamp=None if group_timestamp is None else str(group_timestamp),
+            start_time=s, end_time=e, mid_mjd=mid, start_mjd=smjd, end_mjd=emjd, status=status,
+            inputs=_dumps([os.fspath(x) for x in (inputs or [])]), qa=_dumps(qa or {}),
+        ))
+        if caltables:
+            self.add_caltables(rid, caltables)
+        return rid
+
+    def add_caltables(self, ms, caltables) -> None:
+        """Record calibration tables applied to an MS (id or path).
+
+        ``caltables``: iterable of paths, or of dicts ``{"path", "kind", "registry_id"}``.
+        """
+        ms_id = self._ms_id(ms)
+        now = _now()
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            for ct in caltables:
+                d = {"path": ct} if not isinstance(ct, dict) else ct
+                con.execute(
+                    "INSERT OR REPLACE INTO ms_caltables (ms_id, caltable, kind, registry_id, applied) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (ms_id, os.path.abspath(os.fspath(d["path"])), d.get("kind"), d.get("registry_id"), now),
+                )
+            con.execute("COMMIT")
+
+    def add_image(self, path, *, ms=None, files: dict | None = None, ra_deg=None, dec_deg=None,
+                  start=None, end=None, params: dict | None = None, status: str = "imaged",
+                  qa: dict | None = None) -> int:
+        """Register (or update) a tile image already in place; returns its id.
+
+        ``path``: the primary FITS file (the PB-corrected image); ``files``: all FITS of the tile
+        (``{"image": ..., "pbcor": ..., "pb": ..., "residual": ...}``); ``ms``: id or path of the
+        MS it was made from (an unregistered MS path is kept as text).
+        """
+        p = self._require_exists(path)
+        ms_id, ms_path = None, None
+        if ms is not None:
+            ms_path = None if isinstance(ms, int) else os.path.abspath(os.fspath(ms))
+            row = self.get("ms", ms)
+            if row is not None:
+                ms_id, ms_path = row["id"], row["path"]
+        s, e, mid, smjd, emjd = self._times(start, end)
+        return self._upsert("images", dict(
+            path=p, ms_id=ms_id, ms_path=ms_path,
+            files=_dumps({k: os.fspath(v) for k, v in (files or {}).items()}),
+            ra_deg=ra_deg, dec_deg=dec_deg, start_time=s, end_time=e, mid_mjd=mid, start_mjd=smjd,
+            end_mjd=emjd, params=_dumps(params or {}), status=status, qa=_dumps(qa or {}),
+        ))
+
+    def add_mosaic(self, path, *, images=(), files: dict | None = None, ra_deg=None, dec_deg=None,
+                   start=None, end=None, params: dict | None = None, status: str = "mosaicked",
+                   qa: dict | None = None) -> int:
+        """Register (or update) a mosaic already in place; returns its id.
+
+        ``images``: the input tile images, as image ids or FITS paths (paths not in the database
+        are kept as text). When ``start``/``end`` are not given they are taken from the images.
+        """
+        p = self._require_exists(path)
+        links = []
+        for im in images:
+            row = self.get("image", im)
+            if row is not None:
+                links.append((row["id"], row["path"], row))
+            elif not isinstance(im, int):
+                links.append((None, os.path.abspath(os.fspath(im)), None))
+            else:
+                raise ValueError(f"no image with id {im} in {self.db_path}")
+        if start is None:
+            starts = [r["start_mjd"] for _, _, r in links if r and r["start_mjd"] is not None]
+            start = min(starts) if starts else None
+        if end is None:
+            ends = [r["end_mjd"] for _, _, r in links if r and r["end_mjd"] is not None]
+            end = max(ends) if ends else None
+        s, e, mid, smjd, emjd = self._times(start, end)
+        rid = self._upsert("mosaics", dict(
+            path=p, files=_dumps({k: os.fspath(v) for k, v in (files or {}).items()}),
+            ra_deg=ra_deg, dec_deg=dec_deg, start_time=s, end_time=e, mid_mjd=mid, start_mjd=smjd,
+            end_mjd=emjd, params=_dumps(params or {}), status=status, qa=_dumps(qa or {}),
+        ))
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("DELETE FROM mosaic_images WHERE mosaic_id = ?", (rid,))
+            con.executemany(
+                "INSERT INTO mosaic_images (mosaic_id, image_id, image_path) VALUES (?, ?, ?)",
+                [(rid, iid, ipath) for iid, ipath, _ in links],
+            )
+            con.execute("COMMIT")
+        return rid
+
+    def set_status(self, kind: str, key, status: str, qa: dict | None = None) -> None:
+        """Change a product's status (and merge ``qa`` into its QA JSON)."""
+        table = self._table(kind)
+        row = self.get(kind, key)
+        if row is None:
+            raise KeyError(f"no {kind} {key!r} in {self.db_path}")
+        merged = dict(row["qa"], **(qa or {}))
+        with self._connect() as con:
+            con.execute(f"UPDATE {table} SET status = ?, qa = ?, updated = ? WHERE id = ?",
+                        (status, _dumps(merged), _now(), row["id"]))
+
+    # -- queries --------------------------------------------------------------------------------
+    def _ms_id(self, ms) -> int:
+        row = self.get("ms", ms)
+        if row is None:
+            raise KeyError(f"no MS {ms!r} in {self.db_path}")
+        return row["id"]
+
+    def get(self, kind: str, key) -> dict | None:
+        """One product by id (int) or path, as a dict (JSON columns decoded); None if absent.
+
+        MS rows carry ``caltables`` (list of dicts); mosaic rows carry ``images`` (list of paths).
+        """
+        table = self._table(kind)
+        with self._connect() as con:
+            if isinstance(key, int):
+                row = con.execute(f"SELECT * FROM {table} WHERE id = ?", (key,)).fetchone()
+            else:
+                row = con.execute(f"SELECT * FROM {table} WHERE path = ?",
+                                  (os.path.abspath(os.fspath(key)),)).fetchone()
+            d = self._row(row)
+            if d is None:
+                return None
+            if table == "ms":
+                d["caltables"] = [dict(r) for r in con.execute(
+                    "SELECT caltable AS path, kind, registry_id, applied FROM ms_caltables "
+                    "WHERE ms_id = ? ORDER BY id", (d["id"],))]
+            elif table == "mosaics":
+                d["images"] = [r["image_path"] for r in con.execute(
+                    "SELECT image_path FROM mosaic_images WHERE mosaic_id = ? ORDER BY image_path", (d["id"],))]
+        return d
+
+    def _list(self, table: str, status=None, since=None, until=None, limit=None) -> list[dict]:
+        sql, args = f"SELECT * FROM {table} WHERE 1 = 1", []
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status)
+        if since is not None:
+            sql += " AND mid_mjd >= ?"
+            args.append(to_mjd(since))
+        if until is not None:
+            sql += " AND mid_mjd <= ?"
+            args.append(to_mjd(until))
+        sql += " ORDER BY mid_mjd, id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        with self._connect() as con:
+            return [self._row(r) for r in con.execute(sql, args)]
+
+    def list_ms(self, *, status=None, since=None, until=None, limit=None) -> list[dict]:
+        """MS rows ordered by mid-time; optional status and mid-time window filters."""
+        return self._list("ms", status, since, until, limit)
+
+    def list_images(self, *, status=None, since=None, until=None, limit=None) -> list[dict]:
+        """Image rows ordered by mid-time; optional status and mid-time window filters."""
+        return self._list("images", status, since, until, limit)
+
+    def list_mosaics(self, *, status=None, since=None, until=None, limit=None) -> list[dict]:
+        """Mosaic rows ordered by mid-time; optional status and mid-time window filters."""
+        return self._list("mosaics", status, since, until, limit)
+
+    def images_between(self, start, end, *, status=None) -> list[dict]:
+        """Images whose mid-time lies in [start, end], ordered by time (the tiles of a mosaic)."""
+        return self._list("images", status, start, end, None)
+
+    def counts(self) -> dict:
+        """Number of rows per product kind and status: ``{"images": {"imaged": 12}, ...}``."""
+        out = {}
+        with self._connect() as con:
+            for t in KINDS:
+                out[t] = {r[0]: r[1] for r in con.execute(f"SELECT status, COUNT(*) FROM {t} GROUP BY status")}
+        return out
+
+
+# -- CLI --------------------------------------------------------------------------------------------
+def _summary(kind: str, d: dict) -> str:
+    qa = d.get("qa") or {}
+    bits = [f"{d['id']:>5}", (d.get("start_time") or "-")[:19], f"{d['status']:<10}"]
+    if kind == "images":
+        if qa.get("noise_jy") is not None:
+            bits.append(f"rms={1e3 * qa['noise_jy']:.3f}mJy")
+        if qa.get("dynamic_range") is not None:
+            bits.append(f"DR={qa['dynamic_range']:.0f}")
+    if kind == "mosaics" and qa.get("n_tiles") is not None:
+        bits.append(f"tiles={qa['n_tiles']}")
+    bits.append(d["path"])
+    return "  ".join(bits)
+
+
+def cli(argv: list[str]) -> int:
+    """``dsacont products list|show|counts``: query the products database."""
+    ap = argparse.ArgumentParser(prog="dsacont products", description="query the products database")
+    ap.add_argument("--db", help="SQLite file (default: products_db of the configured paths)")
+    ap.add_argument("--root", help="dsacont root directory (as for get_paths(root=...))")
+    sub = ap.add_subparsers(dest="action", required=True)
+    p_list = sub.add_parser("list", help="list products of one kind")
+    p_list.add_argument("kind", choices=["ms", "images", "mosaics", "image", "mosaic"])
+    p_list.add_argument("--status")
+    p_list.add_argument("--since", help="ISO UTC time (mid-time >= since)")
+    p_list.add_argument("--until", help="ISO UTC time (mid-time <= until)")
+    p_list.add_argument("--limit", type=int)
+    p_list.add_argument("--json", action="store_true", help="print JSON rows")
+    p_show = sub.add_parser("show", help="show one product (all fields, JSON)")
+    p_show.add_argument("kind", choices=["ms", "image", "mosaic", "images", "mosaics"])
+    p_show.add_argument("key", help="id or path")
+    sub.add_parser("counts", help="number of products per kind and status")
+    args = ap.parse_args(argv)
+
+    if args.db:
+        db_path = Path(args.db)
+    else:
+        from dsacont.config import get_paths
+
+        db_path = get_paths(root=args.root).products_db
+    if not db_path.exists():
+        print(f"dsacont products: no products database at {db_path}", file=sys.stderr)
+        return 1
+    db = Products(db_path)
+    if args.action == "counts":
+        print(json.dumps(db.counts(), indent=2))
+        return 0
+    if args.action == "show":
+        key = int(args.key) if args.key.isdigit() else args.key
+        row = db.get(args.kind, key)
+        if row is None:
+            print(f"dsacont products: no {args.kind} {args.key!r} in {db_path}", file=sys.stderr)
+            return 1
+        print(json.dumps(row, indent=2, default=json_default))
+        return 0
+    kind = _KIND_ALIASES[args.kind]
+    rows = getattr(db, f"list_{kind if kind != 'ms' else 'ms'}")(
+        status=args.status, since=args.since, until=args.until, limit=args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=json_default))
+    else:
+        for r in rows:
+            print(_summary(kind, r))
+        print(f"{len(rows)} {kind}")
+    return 0

@@ -1,0 +1,193 @@
+"""Replay archived subband files into an incoming directory, in time order, as the correlator would.
+
+Each file is first written as ``<name>_incomplete.hdf5`` (copied, flushed to disk) and then
+renamed to its final ``YYYY-MM-DDTHH:MM:SS_sbNN.hdf5`` name, so a watcher never sees a partial
+file under a final name. Files go out in the order of the timestamps in their names (then by
+subband), whole groups only: the window ``[start, end]`` selects groups by their timestamp
+(the earliest file of the group, :func:`dsacont.io.groups.find_groups`), so no group is cut in two.
+
+``speed`` paces the delivery against the data's own clock: a file stamped ``dt`` seconds after
+the first one is delivered ``dt / speed`` wall seconds after the start (``speed=1`` is real
+time, 60 is one hour of data per minute); ``None`` or 0 delivers as fast as possible.
+
+Example::
+
+    dsacont replay /data/archive /data/incoming --start 2025-10-29T13:25 --end 2025-10-29T14:25 --speed 10
+
+A file already present under its final name in ``incoming`` is not delivered again (a replay can
+be resumed after an interruption).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import threading
+import time
+from datetime import timezone
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+INCOMPLETE_SUFFIX = "_incomplete.hdf5"
+
+
+def incomplete_name(final_name: str) -> str:
+    """``2025-10-29T13:52:51_sb03.hdf5`` -> ``2025-10-29T13:52:51_sb03_incomplete.hdf5``."""
+    stem = final_name[: -len(".hdf5")] if final_name.endswith(".hdf5") else final_name
+    return stem + INCOMPLETE_SUFFIX
+
+
+def plan(archive, start=None, end=None, *, tolerance_s: float = 30.0) -> list[tuple[float, int, str]]:
+    """The files a replay delivers, in delivery order: ``[(t_unix, subband, path), ...]``.
+
+    Whole groups whose timestamp lies in ``[start, end]`` (ISO string, datetime or astropy
+    Time, UTC); duplicates of a subband inside a group are delivered too (as the correlator
+    would have written them).
+    """
+    from dsacont.io.groups import find_groups, parse_subband_name
+
+    out = []
+    for g in find_groups(archive, start=start, end=end, tolerance_s=tolerance_s):
+        for p in list(g.present) + list(g.duplicates):
+            name = parse_subband_name(p)
+            out.append((name.timestamp.replace(tzinfo=timezone.utc).timestamp(), name.subband, str(p)))
+    out.sort()
+    return out
+
+
+def _deliver(src: str, incoming: Path, mode: str, fsync: bool) -> str:
+    final = incoming / os.path.basename(src)
+    tmp = incoming / incomplete_name(final.name)
+    if mode == "copy":
+        shutil.copyfile(src, tmp)
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    elif mode == "link":
+        if tmp.exists() or tmp.is_symlink():
+            tmp.unlink()
+        os.link(src, tmp)
+    elif mode == "symlink":
+        if tmp.exists() or tmp.is_symlink():
+            tmp.unlink()
+        os.symlink(os.path.abspath(src), tmp)
+    else:
+        raise ValueError(f"mode must be copy, link or symlink, not {mode!r}")
+    os.rename(tmp, final)
+    return str(final)
+
+
+def replay(archive, incoming, start=None, end=None, speed: float | None = None, *, mode: str = "copy",
+           tolerance_s: float = 30.0, fsync: bool = True, progress: bool = False,
+           stop_event: threading.Event | None = None) -> list[str]:
+    """Feed archived subband files into ``incoming`` in time order (see the module docstring).
+
+    Parameters
+    ----------
+    archive : path
+        Directory holding the archived ``*_sbNN.hdf5`` files (not recursive).
+    incoming : path
+        Directory the streaming service watches (created if missing).
+    start, end : str, datetime or astropy Time, optional
+        UTC window on group timestamps (inclusive).
+    speed : float, optional
+        Data seconds per wall second; None/0 = as fast as possible.
+    mode : {'copy', 'link', 'symlink'}
+        ``copy`` (default) writes real files; ``link`` hard-links (same filesystem, no extra
+        space); ``symlink`` links to the archive.
+    tolerance_s : float
+        Grouping tolerance for selecting whole groups.
+    fsync : bool
+        Flush each copied file to disk before its rename (as a correlator should).
+    progress : bool
+        Show a progress bar (tqdm).
+    stop_event : threading.Event, optional
+        Set it to stop the replay early (between files).
+
+    Returns
+    -------
+    list[str]
+        The final paths delivered, in order (files already present are skipped and not listed).
+    """
+    incoming = Path(incoming)
+    incoming.mkdir(parents=True, exist_ok=True)
+    files = plan(archive, start, end, tolerance_s=tolerance_s)
+    if not files:
+        log.warning("replay: no subband groups in %s between %s and %s", archive, start, end)
+        return []
+    log.info("replay: %d files (%s .. %s) from %s to %s, speed %s, %s", len(files),
+             time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(files[0][0])),
+             time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(files[-1][0])), archive, incoming,
+             f"x{speed:g}" if speed else "as fast as possible", mode)
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(files), unit="file", desc="replay")
+        except ImportError:  # progress then shows in the log only
+            pass
+    delivered = []
+    t_data0, t_wall0 = files[0][0], time.monotonic()
+    try:
+        for t, _sb, src in files:
+            if stop_event is not None and stop_event.is_set():
+                log.info("replay stopped after %d files", len(delivered))
+                break
+            if speed:
+                delay = t_wall0 + (t - t_data0) / speed - time.monotonic()
+                if delay > 0:
+                    if stop_event is not None:
+                        if stop_event.wait(delay):
+                            log.info("replay stopped after %d files", len(delivered))
+                            break
+                    else:
+                        time.sleep(delay)
+            if (incoming / os.path.basename(src)).exists():
+                log.info("replay: %s already in %s, skipped", os.path.basename(src), incoming)
+            else:
+                delivered.append(_deliver(src, incoming, mode, fsync))
+                log.debug("replay: delivered %s", delivered[-1])
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    log.info("replay: delivered %d files in %.1f s", len(delivered), time.monotonic() - t_wall0)
+    return delivered
+
+
+def cli(argv: list[str]) -> int:
+    """``dsacont replay ARCHIVE [INCOMING] --start --end [--speed X]``."""
+    ap = argparse.ArgumentParser(prog="dsacont replay", description="Feed archived subband files into an incoming "
+                                 "directory in time order, as the correlator writes them (_incomplete, then rename).")
+    ap.add_argument("archive", help="directory of archived *_sbNN.hdf5 files")
+    ap.add_argument("incoming", nargs="?", help="directory to feed (default: the configured incoming directory)")
+    ap.add_argument("--start", help="first group timestamp, UTC (e.g. 2025-10-29T13:25:00)")
+    ap.add_argument("--end", help="last group timestamp, UTC")
+    ap.add_argument("--speed", type=float, default=0.0,
+                    help="data seconds per wall second (1 = real time; default 0 = as fast as possible)")
+    ap.add_argument("--mode", choices=("copy", "link", "symlink"), default="copy",
+                    help="copy (default), hard-link or symlink the files")
+    ap.add_argument("--tolerance", type=float, default=30.0, help="grouping tolerance, s (default 30)")
+    ap.add_argument("--no-fsync", action="store_true", help="do not flush copies to disk before renaming")
+    ap.add_argument("--dry-run", action="store_true", help="list the files in delivery order and exit")
+    args = ap.parse_args(argv)
+    if args.dry_run:
+        for t, sb, p in plan(args.archive, args.start, args.end, tolerance_s=args.tolerance):
+            print(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)), f"sb{sb:02d}", p)
+        return 0
+    incoming = args.incoming
+    if incoming is None:
+        from dsacont.config import get_paths
+
+        incoming = get_paths().incoming
+    delivered = replay(args.archive, incoming, args.start, args.end, args.speed or None, mode=args.mode,
+                       tolerance_s=args.tolerance, fsync=not args.no_fsync, progress=True)
+    print(f"delivered {len(delivered)} files to {incoming}")
+    return 0

@@ -1,0 +1,78 @@
+"""End to end through the streaming path: simulate -> replay -> dsacont stream -> mosaic.
+
+A 3-group version of ``dsacont demo`` (the calibrator transits in the middle group, so the first
+group must wait for its calibration), then the notebook, executed against its products.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.casa]
+
+
+@pytest.fixture(scope="module")
+def mini_demo(tmp_path_factory):
+    from dsacont.demo import run_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    summary = run_demo(root, preset="small", seed=3, n_groups=3)
+    return root, summary
+
+
+def test_streaming_path_makes_a_calibrated_mosaic(mini_demo):
+    root, s = mini_demo
+    assert s["groups_completed"] == 3 and s["groups_failed"] == 0, s
+    assert s["ms"] == 3 and s["images"] == 3
+    assert len(s["mosaics"]) == 1 and Path(s["mosaics"][0]).exists()
+    kinds = sorted(t["kind"] for t in s["calibration_tables"])
+    assert any(k.upper().startswith("B") for k in kinds) and any(k.upper().startswith("G") for k in kinds), kinds
+    assert all(t["calibrator"] == "0834+555" for t in s["calibration_tables"])
+    cal = s["calibrator"]
+    # flux scale set by the amplitude-and-phase gain solve: the calibrator comes back at its
+    # true flux (the tight 2 % acceptance figure is measured by the demo and reported)
+    assert cal["ratio"] == pytest.approx(1.0, abs=0.05), cal
+    assert s["mosaic_png"] and Path(s["mosaic_png"]).exists()
+    assert json.loads((root / "summary.json").read_text())["groups_completed"] == 3
+
+
+def test_products_and_queue_agree(mini_demo):
+    from dsacont.config import get_paths
+    from dsacont.service.products import Products
+    from dsacont.service.queue import IngestQueue
+
+    root, _ = mini_demo
+    paths = get_paths(root=root)
+    q = IngestQueue(paths.queue_db)
+    done = q.groups("completed")
+    assert len(done) == 3 and len({g.timestamp for g in done}) == 3  # nothing doubled
+    db = Products(paths.products_db)
+    ms = db.list_ms()
+    assert sorted(Path(m["path"]).name for m in ms) == sorted(f"{g.timestamp}.ms" for g in done)
+    assert all(m["status"] == "calibrated" for m in ms)
+    for m in ms:  # the flag summary and waterfall of every group, saved with its MS
+        assert 0.0 < m["qa"]["flagged_fraction"] < 0.5
+        assert Path(m["qa"]["flag_summary"]).exists() and Path(m["qa"]["waterfall"]).exists()
+    noise = [im["qa"]["noise_jy"] for im in db.list_images()]
+    assert all(np.isfinite(noise)) and all(n > 0 for n in noise)
+
+
+def test_notebook_runs_against_the_products(mini_demo):
+    import nbformat
+    from nbclient import NotebookClient
+
+    root, _ = mini_demo
+    nb_path = Path(__file__).parents[2] / "notebooks" / "quicklook.ipynb"
+    nb = nbformat.read(nb_path, as_version=4)
+    os.environ["DSACONT_DEMO_ROOT"] = str(root)
+    try:
+        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(root)}}).execute()
+    finally:
+        os.environ.pop("DSACONT_DEMO_ROOT", None)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # waterfall, bandpass, mosaic
