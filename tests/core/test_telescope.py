@@ -38,3 +38,17 @@ def test_airy_beam():
     # broadcasting: (n_offsets, 1) x (n_freqs,)
     b = T.airy_beam(np.radians([0.5, 1.0])[:, None], np.array([1.31e9, 1.5e9]))
     assert b.shape == (2, 2) and b[0, 0] > b[0, 1]  # wider beam at lower frequency
+
+
+def test_station_file_against_published_site():
+    """The station file (shared by simulator and pipeline) against figures from outside it: every
+    pad lies in the Owens Valley, within 3 km of the observatory's published position (37.2339 N,
+    118.2820 W) at the valley floor's height (~1,180-1,240 m), and within 3 km of CASA's OVRO_MMA."""
+    s = T.stations()
+    lat, lon = np.radians(37.2339), np.radians(-118.2820)
+    lat_s, lon_s = s.lat_rad, s.lon_rad
+    d = 6.371e6 * np.arccos(np.clip(np.sin(lat) * np.sin(lat_s) + np.cos(lat) * np.cos(lat_s) * np.cos(lon_s - lon),
+                                    -1, 1))
+    assert d.max() < 3000
+    assert np.all((s.height_m > 1150) & (s.height_m < 1250))
+    assert np.linalg.norm(s.enu, axis=1).max() < 3000
