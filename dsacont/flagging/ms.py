@@ -54,6 +54,22 @@ def _read_ms_layout(tb, ms_path):
     return layout
 
 
+def _first_seen(keys):
+    """Distinct values of ``keys`` (N,) in order of first appearance, shape (K,), and the index of
+    each element into them, shape (N,) int64."""
+    vals, first, inv = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    return vals[order], rank[inv.ravel()]
+
+
+def _index_in(vals, keys):
+    """Index into ``vals`` (K,) (distinct, any order) of each of ``keys`` (N,); all must occur."""
+    sorter = np.argsort(vals, kind="stable")
+    return sorter[np.searchsorted(vals, keys, sorter=sorter)]
+
+
 def _ms_groups(ddid, times, a1, a2, layout):
     """Group data descriptions that can be flagged as one frequency-concatenated cube: same
     (time, baseline) rows and same number of correlations. Returns lists of dd ids."""
@@ -104,8 +120,9 @@ def flag_ms(ms_path, strategy=None, *, datacolumn="DATA", n_threads=1, summary_j
         for group in _ms_groups(ddid, times, a1, a2, layout):
             rows0 = np.nonzero(ddid == group[0])[0]
             tvals, ti = np.unique(np.round(times[rows0], 3), return_inverse=True)
-            bl_key = a1[rows0] * 100000 + a2[rows0]
-            bvals, bi = np.unique(bl_key, return_inverse=True)
+            # baselines in the MS's own order (first appearance), so the blocks hold the same
+            # baselines as the conversion's (which writes them in the Dataset's order)
+            bvals, bi = _first_seen(a1[rows0] * 100000 + a2[rows0])
             nt, nb = tvals.size, bvals.size
             order = sorted(group, key=lambda d: layout[d]["freq"][0])
             freqs = np.concatenate([layout[d]["freq"] for d in order])
@@ -123,7 +140,7 @@ def flag_ms(ms_path, strategy=None, *, datacolumn="DATA", n_threads=1, summary_j
                 rows = np.nonzero(ddid == d)[0]
                 # rows of every dd in the group are in the same (time, baseline) order as rows0
                 r_ti = ti if d == group[0] else np.unique(np.round(times[rows], 3), return_inverse=True)[1]
-                r_bi = bi if d == group[0] else np.unique(a1[rows] * 100000 + a2[rows], return_inverse=True)[1]
+                r_bi = bi if d == group[0] else _index_in(bvals, a1[rows] * 100000 + a2[rows])
                 nch = layout[d]["freq"].size
                 rows_of[d] = (rows, r_ti, r_bi, chan0, nch)
                 sub = tb.query(f"DATA_DESC_ID=={d}") if len(layout) > 1 else tb

@@ -123,3 +123,26 @@ def test_flag_dataset_is_lazy_and_meets_truth(small_ds, tmp_path):
         assert summ["per_time"][t]["fraction"] > 0.95
     png = F.plot_waterfall(ds, fl, tmp_path / "wf.png")
     assert png.exists() and png.stat().st_size > 10_000
+
+
+def test_baseline_blocks_one_cut_for_every_path(small_ds):
+    for nb, bb, sizes in [(4656, 256, [259] * 17 + [253]), (1176, 256, [294] * 4), (1176, 16, [17] * 69 + [3]),
+                          (10, 256, [10]), (7, 0, [1] * 7)]:
+        blocks = F.baseline_blocks(nb, bb)
+        assert [b1 - b0 for b0, b1 in blocks] == sizes
+        assert blocks[0][0] == 0 and blocks[-1][1] == nb
+        assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+    assert F.baseline_blocks(0, 256) == []
+    # flag_dataset's Dask chunks are these blocks
+    ds, _ = small_ds
+    fl = F.flag_dataset(ds, {"block_baselines": 16})
+    assert fl.data.chunks[1] == tuple(b1 - b0 for b0, b1 in F.baseline_blocks(ds.sizes["baseline"], 16))
+
+
+def test_flag_ms_keeps_the_ms_baseline_order():
+    from dsacont.flagging.ms import _first_seen, _index_in
+
+    keys = np.array([5, 3, 9, 5, 3, 9, 5, 3, 9])
+    vals, idx = _first_seen(keys)
+    assert vals.tolist() == [5, 3, 9] and idx.tolist() == [0, 1, 2] * 3
+    assert _index_in(vals, np.array([9, 5, 3])).tolist() == [2, 0, 1]

@@ -108,3 +108,68 @@ def _ms_cube_multi(ms, truth):
     finally:
         tb.close()
     return cube
+
+
+def _flag_column(ms):
+    """The FLAG column (ncorr, nchan, nrow) and DATA_DESC_ID of an MS, rows in table order (casatools)."""
+    from dsacont.casa import ensure_casa
+
+    tb = ensure_casa().table()
+    tb.open(str(ms))
+    try:
+        return tb.getcol("FLAG"), tb.getcol("DATA_DESC_ID")
+    finally:
+        tb.close()
+
+
+def test_dsacont_flag_ms_equals_the_conversions_flags_bit_for_bit(sim_small, tmp_path):
+    """`dsacont flag MS` on an MS converted with flag=False gives the FLAG column that the conversion
+    with flag=True writes (fused pass and flag_dataset path alike), bit for bit, on a cut where the
+    old twin disagreed: 1176 baselines in blocks of ``block_baselines`` = 16 are cut at a fixed
+    size of 17 (the last block 3 baselines) by baseline_blocks, and were cut at linspace edges
+    (16 or 17 each) by the old flag_arrays, which flagged 974 samples differently here."""
+    from dsacont import convert_group, load_truth
+    from dsacont.cli import main
+    from dsacont.io.uvh5 import open_group
+
+    out, paths = sim_small
+    truth = load_truth(out, paths[0])
+    strat = {"block_baselines": 16}
+    strat_file = tmp_path / "blocks16.json"
+    strat_file.write_text(json.dumps(strat))
+    s = F.load_strategy(strat_file)
+
+    # the two cuts differ on this baseline count, and so do their flags
+    ds = open_group(paths)
+    nb = ds.sizes["baseline"]
+    assert nb == 1176
+    blocks = F.baseline_blocks(nb, s.block_baselines)
+    edges = np.linspace(0, nb, nb // s.block_baselines + 1).astype(int)
+    assert blocks != list(zip(edges[:-1].tolist(), edges[1:].tolist()))
+    amp = np.abs(ds.vis.values)
+    pre = ds.flags.values
+    auto = ds.antenna1.values == ds.antenna2.values
+    static = s.static_channel_mask(ds.frequency.values)
+    new = F.flag_arrays(amp, pre, auto, s, static)
+    old = np.empty_like(new)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        old[:, lo:hi] = F.flag_block(amp[:, lo:hi], pre[:, lo:hi], auto[lo:hi], s, static)
+    assert (old != new).any()
+    del amp
+
+    kw = dict(tmp_dir=tmp_path / "tmp", progress=False)
+    fused = convert_group(paths, tmp_path / "fused.ms", flag=True, strategy=strat, qa_dir=tmp_path / "qa", **kw)
+    lazy = convert_group(paths, tmp_path / "lazy.ms", flag=True, strategy=strat, fuse_flags=False,
+                         qa_dir=tmp_path / "qa", **kw)
+    plain = convert_group(paths, tmp_path / "plain.ms", flag=False, **kw)
+    assert main(["flag", str(plain), "--strategy", str(strat_file)]) == 0
+
+    f_fused, dd_fused = _flag_column(fused)
+    f_plain, dd_plain = _flag_column(plain)
+    f_lazy, _ = _flag_column(lazy)
+    assert f_fused.shape == f_plain.shape and (dd_fused == dd_plain).all()
+    assert f_fused.any() and not f_fused.all()
+    assert np.array_equal(f_plain, f_fused)
+    assert np.array_equal(f_lazy, f_fused)
+    # and both are the in-memory flags of the one cut
+    assert np.array_equal(_ms_cube_multi(fused, truth), new)
