@@ -24,9 +24,9 @@ The algorithm (defaults in ``dsacont/data/flag_strategy_default.toml``, see :cla
 
    - a smooth background B(t, f) = s(f) * r(t): s is the per-channel median over time, smoothed
      in frequency with a running median (``freq_window`` channels; 1 = no smoothing, used for
-     autos); r is the per-time median over frequency of A/s, smoothed in time with a running
-     median (``time_window`` integrations). Running medians ignore narrow lines and short bursts,
-     so RFI does not leak into the background. Flagged samples are excluded from every median.
+     autos); r is the per-time median over frequency of A/s, smoothed in time by a local
+     robust line fit (``time_window`` integrations) after dropping outliers. Medians ignore
+     narrow lines and short bursts, so RFI does not leak into the background. Flagged samples are excluded from every median.
    - the relative residual x = A/B - 1, and its robust sigma (1.4826 * MAD over unflagged
      samples); z = x / sigma.
    - SumThreshold (Offringa et al. 2010, MNRAS 405, 155) on z, positive excursions only (RFI adds

@@ -25,9 +25,19 @@ import numpy as np
 
 @numba.njit(nogil=True, cache=True)
 def flag_invalid(amp, flags):
-    """Flags for non-finite (NaN/Inf) and exactly-zero amplitudes, OR-ed with ``flags``.
+    """Flag non-finite (NaN/Inf) and exactly-zero amplitudes.
 
-    amp: (Nt, Nf) float amplitudes |V|; flags: (Nt, Nf) bool. Returns a new (Nt, Nf) bool array.
+    Parameters
+    ----------
+    amp : numpy.ndarray of float, shape (Nt, Nf)
+        Amplitudes |V| (data units).
+    flags : numpy.ndarray of bool, shape (Nt, Nf)
+        Flags so far (not modified).
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (Nt, Nf)
+        ``flags`` OR-ed with the invalid samples (a new array).
     """
     nt, nf = amp.shape
     out = flags.copy()
@@ -99,11 +109,21 @@ def _median_buf(buf, n):
 
 @numba.njit(nogil=True, cache=True)
 def running_median(x, window, exclude_center=False):
-    """Running median of a 1-D array over ``window`` samples (odd; NaN entries ignored).
+    """Running median of a 1-D series over ``window`` samples, NaN entries ignored.
 
-    x: (N,) float. Returns (N,) float64; a position whose whole window is NaN gets NaN.
-    The window is truncated at the edges (centred where possible). ``exclude_center`` leaves
-    the sample itself out (a leave-one-out background: never exactly equal to the sample).
+    Parameters
+    ----------
+    x : numpy.ndarray of float, shape (N,)
+        The series (NaN = missing).
+    window : int
+        Window length in samples (odd); truncated at the edges (centred where possible).
+    exclude_center : bool
+        Leave the sample itself out (a leave-one-out background: never exactly equal to it).
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (N,)
+        NaN where the whole window is NaN.
     """
     n = x.shape[0]
     out = np.empty(n, dtype=np.float64)
@@ -131,7 +151,19 @@ def running_trend(x, window):
     For each i, the finite samples within ``window // 2`` of i give a Theil-Sen line (median of
     pairwise slopes, then median intercept), evaluated at i. Unlike a running median it follows
     a linear trend across gaps (flagged bursts) and at the ends, and ignores outliers up to ~29 %
-    of the window. x: (N,) float, NaN = missing. Returns (N,) float64 (NaN if no sample).
+    of the window.
+
+    Parameters
+    ----------
+    x : numpy.ndarray of float, shape (N,)
+        The series (NaN = missing).
+    window : int
+        Window length in samples.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (N,)
+        NaN where the window holds no finite sample.
     """
     n = x.shape[0]
     half = window // 2
@@ -166,6 +198,7 @@ def running_trend(x, window):
 
 @numba.njit(nogil=True, cache=True)
 def _fill_nan(x, fill):
+    """Replace the non-finite entries of ``x`` (N,) by ``fill``, in place; returns ``x``."""
     for i in range(x.shape[0]):
         if not np.isfinite(x[i]):
             x[i] = fill
@@ -174,9 +207,23 @@ def _fill_nan(x, fill):
 
 @numba.njit(nogil=True, cache=True)
 def channel_medians(amp, flags):
-    """Median over time of each channel's unflagged samples: (Nt, Nf) -> (Nf,) float64, NaN for a
-    channel with none. The raw spectrum shared by :func:`background` and
-    :func:`spectral_residual_spec`."""
+    """Median over time of each channel's unflagged samples: the raw spectrum s(f).
+
+    Shared by :func:`background_spec`, :func:`flag_plane_spec` and
+    :func:`spectral_residual_spec`.
+
+    Parameters
+    ----------
+    amp : numpy.ndarray of float, shape (Nt, Nf)
+        Amplitudes |V|.
+    flags : numpy.ndarray of bool, shape (Nt, Nf)
+        Samples to leave out.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (Nf,)
+        NaN for a channel with no unflagged sample.
+    """
     nt, nf = amp.shape
     buf = np.empty(nt, dtype=np.float64)
     spec = np.empty(nf, dtype=np.float64)
@@ -198,15 +245,41 @@ def background(amp, flags, freq_window, time_window):
     (1 = none). r(t): median over frequency of amp/s, then a local robust line fit over
     ``time_window`` integrations (:func:`running_trend`: follows the drift of a source through
     the beam across flagged bursts) after dropping values > 5 sigma off a running median.
-    amp: (Nt, Nf) float; flags: (Nt, Nf) bool. Returns (Nt, Nf) float64 (NaN-free; 1.0 where
-    nothing is known).
+
+    Parameters
+    ----------
+    amp : numpy.ndarray of float, shape (Nt, Nf)
+        Amplitudes |V|.
+    flags : numpy.ndarray of bool, shape (Nt, Nf)
+        Samples left out of every median.
+    freq_window : int
+        Running-median window along frequency (channels); 1 = per channel.
+    time_window : int
+        Window along time (integrations); 1 = no smoothing.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (Nt, Nf)
+        NaN-free; 1.0 where nothing is known.
     """
     return background_spec(amp, flags, channel_medians(amp, flags), freq_window, time_window)
 
 
 @numba.njit(nogil=True, cache=True)
 def background_spec(amp, flags, spec0, freq_window, time_window):
-    """:func:`background` with the raw spectrum ``spec0`` (:func:`channel_medians`) given."""
+    """:func:`background` with the raw spectrum given.
+
+    Parameters
+    ----------
+    amp, flags, freq_window, time_window
+        As :func:`background`.
+    spec0 : numpy.ndarray of float64, shape (Nf,)
+        ``channel_medians(amp, flags)`` (or a copy with channels set to NaN = unknown).
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (Nt, Nf)
+    """
     nt, nf = amp.shape
     buf = np.empty(max(nt, nf), dtype=np.float64)
     spec = spec0.copy()
@@ -256,10 +329,21 @@ def background_spec(amp, flags, spec0, freq_window, time_window):
 
 @numba.njit(nogil=True, cache=True)
 def robust_sigma(x, flags, max_samples=8192):
-    """Median and 1.4826 * median absolute deviation of the unflagged finite samples of a plane.
+    """Median and 1.4826 x median absolute deviation of the unflagged finite samples.
 
-    x: (Nt, Nf) float; flags: (Nt, Nf) bool. Planes larger than ``max_samples`` are subsampled
-    with a regular stride (plenty for a robust scale). Returns (median, sigma); (0, NaN) if none.
+    Parameters
+    ----------
+    x : numpy.ndarray of float, shape (Nt, Nf)
+        Values (any unit).
+    flags : numpy.ndarray of bool, shape (Nt, Nf)
+        Samples to leave out.
+    max_samples : int
+        Planes with more samples are subsampled with a regular stride (plenty for a robust scale).
+
+    Returns
+    -------
+    (float, float)
+        (median, sigma) in the unit of ``x``; (0.0, NaN) when no sample is usable.
     """
     nt, nf = x.shape
     n = nt * nf
@@ -353,12 +437,31 @@ def _sumthreshold_cols(z, cur, m, thr):
 
 @numba.njit(nogil=True, cache=True)
 def sumthreshold(z, flags, chi1, rho, max_window, time_direction, freq_direction):
-    """SumThreshold (Offringa et al. 2010) on a plane of residuals in sigma units.
+    """SumThreshold (Offringa et al. 2010, MNRAS 405, 155) on a plane of residuals.
 
-    z: (Nt, Nf) float, residual / sigma (positive = excess power). flags: (Nt, Nf) bool, samples
-    already flagged (they count as the window threshold, never as data). Windows M = 1, 2, 4, ...
-    <= max_window with threshold chi_M = chi1 / rho**log2(M); for each M the time direction then
-    the frequency direction. Returns the new flag plane (Nt, Nf) bool, including ``flags``.
+    Windows M = 1, 2, 4, ... <= ``max_window`` with threshold chi_M = chi1 / rho**log2(M); for each
+    M the time direction, then the frequency direction. Samples already flagged count as chi_M
+    inside a window, never as data. Positive excursions only (RFI adds power).
+
+    Parameters
+    ----------
+    z : numpy.ndarray of float, shape (Nt, Nf)
+        Residual in sigma units (positive = excess power).
+    flags : numpy.ndarray of bool, shape (Nt, Nf)
+        Samples already flagged.
+    chi1 : float
+        Threshold of a single sample (sigma).
+    rho : float
+        Threshold decay per doubling of the window.
+    max_window : int
+        Largest window (samples).
+    time_direction, freq_direction : bool
+        Run windows along time (integrations) / along frequency (channels).
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (Nt, Nf)
+        The new flags, including ``flags``.
     """
     cur = flags.copy()
     m = 1
@@ -374,7 +477,19 @@ def sumthreshold(z, flags, chi1, rho, max_window, time_direction, freq_direction
 
 @numba.njit(nogil=True, cache=True)
 def dilate(flags, n_time, n_freq):
-    """Grow flags by ``n_time`` integrations and ``n_freq`` channels each side. (Nt, Nf) bool."""
+    """Grow flags by ``n_time`` integrations and ``n_freq`` channels each side.
+
+    Parameters
+    ----------
+    flags : numpy.ndarray of bool, shape (Nt, Nf)
+    n_time, n_freq : int
+        Samples to add each side along time / frequency (0 = none).
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (Nt, Nf)
+        A new array.
+    """
     nt, nf = flags.shape
     out = flags.copy()
     if n_time <= 0 and n_freq <= 0:
@@ -391,8 +506,21 @@ def dilate(flags, n_time, n_freq):
 
 @numba.njit(nogil=True, cache=True)
 def extend_fraction(flags, time_fraction, channel_fraction):
-    """Flag whole integrations (channels) whose flagged fraction exceeds ``time_fraction``
-    (``channel_fraction``). Values >= 1 switch a rule off. (Nt, Nf) bool in, new array out."""
+    """Flag whole integrations (channels) whose flagged fraction exceeds a limit.
+
+    Parameters
+    ----------
+    flags : numpy.ndarray of bool, shape (Nt, Nf)
+    time_fraction : float
+        Flag an integration with more than this fraction of its channels flagged; >= 1: off.
+    channel_fraction : float
+        Flag a channel with more than this fraction of its integrations flagged; >= 1: off.
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (Nt, Nf)
+        A new array (both rules judge the input flags).
+    """
     nt, nf = flags.shape
     out = flags.copy()
     if time_fraction < 1.0:
@@ -414,9 +542,22 @@ def extend_fraction(flags, time_fraction, channel_fraction):
 
 @numba.njit(nogil=True, cache=True)
 def masked_box_smooth(x, flags, half_t, half_f):
-    """Mean of the unflagged samples of x in a (2 half_t + 1) x (2 half_f + 1) box around each
-    sample (truncated at the edges), by running sums: O(1) per sample. x: (Nt, Nf) float;
-    flags: (Nt, Nf) bool. Returns (Nt, Nf) float64; 0 where the box holds no unflagged sample."""
+    """Mean of the unflagged samples in a box around each sample, by running sums (O(1) each).
+
+    Parameters
+    ----------
+    x : numpy.ndarray of float, shape (Nt, Nf)
+    flags : numpy.ndarray of bool, shape (Nt, Nf)
+        Samples left out (non-finite ones are left out too).
+    half_t, half_f : int
+        Half-widths of the (2 half_t + 1) x (2 half_f + 1) box, in integrations and channels;
+        truncated at the edges.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (Nt, Nf)
+        0 where the box holds no unflagged sample.
+    """
     nt, nf = x.shape
     # pass 1: along frequency
     sf = np.zeros((nt, nf), dtype=np.float64)
@@ -454,12 +595,27 @@ def masked_box_smooth(x, flags, half_t, half_f):
 def zscore_plane_spec(amp, flags, spec0, freq_window, time_window, smooth_t, smooth_f):
     """Relative residual in sigma units: z = (amp/B - 1 - smooth) / sigma.
 
-    B from :func:`background` (separable running medians); ``smooth`` is the masked box mean
-    (half-widths ``smooth_t`` integrations, ``smooth_f`` channels; 0 and 0 = none) of the
-    relative residual, which removes the non-separable slow structure the sky leaves (fringe
-    beating in time and frequency). amp: (Nt, Nf) float; flags: (Nt, Nf) bool (excluded from
-    the background, the smoothing and the sigma). Returns (Nt, Nf) float32; NaN where amp is not
-    finite or the plane has no usable samples.
+    B from :func:`background_spec`; ``smooth`` is the masked box mean (:func:`masked_box_smooth`)
+    of the relative residual, which removes the non-separable slow structure the sky leaves
+    (fringe beating in time and frequency); sigma is :func:`robust_sigma` of what remains.
+
+    Parameters
+    ----------
+    amp : numpy.ndarray of float, shape (Nt, Nf)
+        Amplitudes |V|.
+    flags : numpy.ndarray of bool, shape (Nt, Nf)
+        Samples excluded from the background, the smoothing and the sigma.
+    spec0 : numpy.ndarray of float64, shape (Nf,)
+        The raw spectrum (:func:`channel_medians`); NaN channels are filled.
+    freq_window, time_window : int
+        Background windows (channels, integrations), as :func:`background`.
+    smooth_t, smooth_f : int
+        Half-widths of the box (integrations, channels); 0 and 0 = no smoothing.
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (Nt, Nf)
+        NaN where amp is not finite, or everywhere when the plane has no usable samples.
     """
     nt, nf = amp.shape
     bg = background_spec(amp, flags, spec0, freq_window, time_window)
@@ -485,11 +641,27 @@ def zscore_plane_spec(amp, flags, spec0, freq_window, time_window, smooth_t, smo
 
 @numba.njit(nogil=True, cache=True)
 def flag_plane(amp, flags, chi1, rho, max_window, freq_window, time_window, smooth_t, smooth_f, iterations):
-    """Per-plane RFI detection (steps 1-2 of the module doc) on one baseline and polarisation.
+    """Per-plane RFI detection (steps 1-2 of :mod:`dsacont.flagging`) on one baseline and pol.
 
-    amp: (Nt, Nf) float amplitudes; flags: (Nt, Nf) bool pre-flags (input, static mask).
-    Returns (new_flags (Nt, Nf) bool including ``flags`` and invalid samples,
-    z (Nt, Nf) float32 residual in sigma units from the last round's background).
+    Parameters
+    ----------
+    amp : numpy.ndarray of float, shape (Nt, Nf)
+        Amplitudes |V|.
+    flags : numpy.ndarray of bool, shape (Nt, Nf)
+        Pre-flags (input flags, static mask).
+    chi1, rho, max_window
+        SumThreshold parameters, as :func:`sumthreshold`.
+    freq_window, time_window, smooth_t, smooth_f
+        Background and smoothing, as :func:`zscore_plane_spec`.
+    iterations : int
+        Rounds of background and SumThreshold, each without the samples flagged so far.
+
+    Returns
+    -------
+    flags : numpy.ndarray of bool, shape (Nt, Nf)
+        The new flags, including ``flags`` and the invalid samples.
+    z : numpy.ndarray of float32, shape (Nt, Nf)
+        Residual in sigma units against the last round's background.
     """
     pre = flag_invalid(amp, flags)
     return flag_plane_spec(amp, pre, channel_medians(amp, pre), chi1, rho, max_window, freq_window, time_window,
@@ -499,9 +671,24 @@ def flag_plane(amp, flags, chi1, rho, max_window, freq_window, time_window, smoo
 @numba.njit(nogil=True, cache=True)
 def flag_plane_spec(amp, pre, spec0, chi1, rho, max_window, freq_window, time_window, smooth_t, smooth_f,
                     iterations):
-    """:func:`flag_plane` for pre-flags ``pre`` that already include invalid samples, with the
-    first round's raw spectrum ``spec0 = channel_medians(amp, pre)`` given (shared with the
-    across-baseline detectors)."""
+    """:func:`flag_plane` with the invalid samples already in ``pre`` and the spectrum given.
+
+    Parameters
+    ----------
+    amp : numpy.ndarray of float, shape (Nt, Nf)
+    pre : numpy.ndarray of bool, shape (Nt, Nf)
+        Pre-flags including the invalid samples (:func:`flag_invalid`).
+    spec0 : numpy.ndarray of float64, shape (Nf,)
+        ``channel_medians(amp, pre)``, the first round's raw spectrum (shared with the
+        across-baseline detectors).
+    chi1, rho, max_window, freq_window, time_window, smooth_t, smooth_f, iterations
+        As :func:`flag_plane`.
+
+    Returns
+    -------
+    (numpy.ndarray of bool, numpy.ndarray of float32), each shape (Nt, Nf)
+        As :func:`flag_plane`.
+    """
     cur = pre.copy()
     z = np.zeros(amp.shape, dtype=np.float32)
     for i in range(iterations):
@@ -518,9 +705,24 @@ def flag_plane_spec(amp, pre, spec0, chi1, rho, max_window, freq_window, time_wi
 
 @numba.njit(nogil=True, cache=True)
 def combined_statistic(z, use, pre):
-    """Median over baselines of z per (t, f): z (Nt, Nb, Nf) float32, use (Nb,) bool selects the
-    baselines (cross-correlations), pre (Nt, Nb, Nf) bool excludes samples. Returns
-    (S (Nt, Nf) float64, count (Nt, Nf) int64)."""
+    """Median over baselines of z at each (t, f).
+
+    Parameters
+    ----------
+    z : numpy.ndarray of float32, shape (Nt, Nb, Nf)
+        Residuals in sigma units (NaN = none).
+    use : numpy.ndarray of bool, shape (Nb,)
+        Baselines that take part (the cross-correlations).
+    pre : numpy.ndarray of bool, shape (Nt, Nb, Nf)
+        Samples left out.
+
+    Returns
+    -------
+    S : numpy.ndarray of float64, shape (Nt, Nf)
+        The median (NaN where no baseline contributes).
+    count : numpy.ndarray of int64, shape (Nt, Nf)
+        Baselines that contributed.
+    """
     nt, nb, nf = z.shape
     s = np.full((nt, nf), np.nan)
     cnt = np.zeros((nt, nf), dtype=np.int64)
@@ -542,10 +744,21 @@ def combined_statistic(z, use, pre):
 
 @numba.njit(nogil=True, cache=True)
 def flag_combined(z, use, pre, min_baselines, chi1, rho, max_window):
-    """Across-baseline detector: SumThreshold on the robustly normalised median-over-baselines z.
+    """Across-baseline detector: SumThreshold on the robustly normalised median over baselines.
 
-    Returns (Nt, Nf) bool: (t, f) samples to flag on every baseline of the block. All False when
-    fewer than ``min_baselines`` baselines are usable.
+    Parameters
+    ----------
+    z, use, pre
+        As :func:`combined_statistic`.
+    min_baselines : int
+        Fewer usable cross-correlations in the block (or at a sample): no detection there.
+    chi1, rho, max_window
+        SumThreshold parameters, as :func:`sumthreshold`.
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (Nt, Nf)
+        (t, f) samples to flag on every baseline of the block.
     """
     nt, nb, nf = z.shape
     out = np.zeros((nt, nf), dtype=np.bool_)
@@ -575,11 +788,22 @@ def flag_combined(z, use, pre, min_baselines, chi1, rho, max_window):
 def spectral_residual_spec(spec, freq_window):
     """Persistent spectral excess of one plane, in robust sigma units over channels.
 
-    spec: (Nf,) the raw spectrum s(f) (:func:`channel_medians`: median over time of the
-    unflagged samples). q(f) = s(f) / m(f) - 1 with m the median of the other channels within
-    ``freq_window // 2`` (leave-one-out running median), centred and scaled by its median and
-    1.4826 MAD over channels (so bandpass ripple the running median does not follow counts as
-    scatter, not as signal). Returns (Nf,) float64, NaN where a channel has no data.
+    q(f) = s(f) / m(f) - 1 with m the median of the other channels within ``freq_window // 2``
+    (leave-one-out running median), centred and scaled by its median and 1.4826 MAD over
+    channels (so bandpass ripple the running median does not follow counts as scatter, not as
+    signal).
+
+    Parameters
+    ----------
+    spec : numpy.ndarray of float64, shape (Nf,)
+        The raw spectrum s(f) (:func:`channel_medians`).
+    freq_window : int
+        Running-median window (channels; at least 3 is used).
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (Nf,)
+        NaN where a channel has no data.
     """
     nf = spec.shape[0]
     sm = running_median(spec, max(freq_window, 3), True)
@@ -602,10 +826,26 @@ def spectral_residual_spec(spec, freq_window):
 
 @numba.njit(nogil=True, cache=True)
 def flag_spectral(q, use, min_baselines, chi1, rho, max_window):
-    """Channels with persistent RFI common to the baselines: SumThreshold (frequency direction)
-    on the median over baselines of :func:`spectral_residual_spec`, scaled robustly over channels.
+    """Channels with persistent RFI common to the baselines.
 
-    q: (Nb, Nf) float (NaN = no data); use: (Nb,) bool. Returns (Nf,) bool.
+    SumThreshold (frequency direction) on the median over baselines of
+    :func:`spectral_residual_spec`, scaled robustly over channels.
+
+    Parameters
+    ----------
+    q : numpy.ndarray of float64, shape (Nb, Nf)
+        Spectral excess of each baseline (NaN = no data).
+    use : numpy.ndarray of bool, shape (Nb,)
+        Baselines that take part (the cross-correlations).
+    min_baselines : int
+        Channels with fewer usable baselines are not judged.
+    chi1, rho, max_window
+        SumThreshold parameters, as :func:`sumthreshold`.
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (Nf,)
+        Channels to flag at all times on every baseline of the block.
     """
     nb, nf = q.shape
     out = np.zeros((1, nf), dtype=np.bool_)
@@ -640,10 +880,40 @@ def flag_block_kernel(
     combine, c_chi1, min_baselines, c_max_window,
     time_fraction, channel_fraction, dilate_time, dilate_freq, combine_pols,
 ):
-    """Flag one block: amp (Nt, Nb, Nf, Np) float32 |V|; flags (Nt, Nb, Nf, Np) bool input flags;
-    is_auto (Nb,) bool; static_chan (Nf,) bool channels always flagged. Thresholds: ``x_*`` for
-    cross-correlations, ``a_*`` for autos, ``c_chi1`` for the across-baseline detector.
-    Returns (Nt, Nb, Nf, Np) bool, the input flags OR-ed with the new ones.
+    """Flag one block of baselines: per-plane detection, across-baseline detectors, extension.
+
+    Parameters
+    ----------
+    amp : numpy.ndarray of float32, shape (Nt, Nb, Nf, Np)
+        Amplitudes |V|, frequencies ascending.
+    flags : numpy.ndarray of bool, shape (Nt, Nb, Nf, Np)
+        Input flags.
+    is_auto : numpy.ndarray of bool, shape (Nb,)
+        True for autocorrelations.
+    static_chan : numpy.ndarray of bool, shape (Nf,)
+        Channels always flagged.
+    x_chi1, x_freq_window, x_time_window, x_smooth_t, x_smooth_f
+        Cross-correlations: SumThreshold chi_1 (sigma), background windows (channels,
+        integrations), smoothing half-widths (integrations, channels).
+    a_chi1, a_freq_window, a_time_window, a_smooth_t, a_smooth_f
+        The same for autocorrelations.
+    rho, max_window, iterations
+        SumThreshold decay and largest window (samples); rounds per plane.
+    combine : bool
+        Run the across-baseline detectors.
+    c_chi1, min_baselines, c_max_window
+        Their chi_1 (sigma), minimum cross-correlations, largest window (samples).
+    time_fraction, channel_fraction : float
+        Extension to whole integrations / channels (>= 1: off).
+    dilate_time, dilate_freq : int
+        Dilation (integrations, channels).
+    combine_pols : bool
+        OR the across-baseline hits of all polarisations.
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (Nt, Nb, Nf, Np)
+        The input flags OR-ed with the new ones.
     """
     nt, nb, nf, npol = amp.shape
     out = np.empty((nt, nb, nf, npol), dtype=np.bool_)

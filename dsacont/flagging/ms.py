@@ -21,10 +21,11 @@ from .summary import summarize
 
 log = logging.getLogger(__name__)
 
-_ROW_BLOCK = 100_000
+_ROW_BLOCK = 100_000  # rows per getcol/putcol call (bounds the memory of one read or write)
 
 
 def _subtable_col(tb, path, col):
+    """Every cell of column ``col`` of the table at ``path``, as a list ([] if it has no values)."""
     tb.open(str(path))
     try:
         n = tb.nrows()
@@ -38,7 +39,10 @@ def _subtable_col(tb, path, col):
 
 
 def _read_ms_layout(tb, ms_path):
-    """Per data-description: spw id, channel frequencies (Hz), number of correlations."""
+    """The MS's data descriptions: ``{dd: {"spw": int, "freq": (Nchan,) float64 Hz, "ncorr": int}}``.
+
+    ``tb`` is a casatools table tool (used to open the subtables, closed again).
+    """
     ms_path = Path(ms_path)
     dd_spw = _subtable_col(tb, ms_path / "DATA_DESCRIPTION", "SPECTRAL_WINDOW_ID")
     dd_pol = _subtable_col(tb, ms_path / "DATA_DESCRIPTION", "POLARIZATION_ID")
@@ -71,8 +75,12 @@ def _index_in(vals, keys):
 
 
 def _ms_groups(ddid, times, a1, a2, layout):
-    """Group data descriptions that can be flagged as one frequency-concatenated cube: same
-    (time, baseline) rows and same number of correlations. Returns lists of dd ids."""
+    """Data descriptions that can be flagged as one frequency-concatenated cube (same
+    (time, baseline) rows, same number of correlations), as a list of lists of dd ids.
+
+    ``ddid``, ``times`` (s), ``a1``, ``a2``: the main table's columns, shape (Nrow,); ``layout``
+    from :func:`_read_ms_layout`.
+    """
     keys = {}
     for dd in np.unique(ddid):
         sel = ddid == dd
@@ -85,17 +93,42 @@ def flag_ms(ms_path, strategy=None, *, datacolumn="DATA", n_threads=1, summary_j
             dry_run=False) -> dict:
     """Flag RFI in an existing Measurement Set and update its FLAG column (one writer).
 
-    ms_path: the MS directory. strategy: None/path/:class:`Strategy`/dict (see
-    :func:`load_strategy`). datacolumn: the column to flag on (DATA, CORRECTED_DATA...).
     Data descriptions (spectral windows) with identical rows are concatenated along frequency
-    (sorted ascending) and flagged as one band; others are flagged separately. The existing
-    FLAG (and FLAG_ROW) count as pre-flags and are kept. Every new flag is computed before the
-    first write; then FLAG is written in row blocks (and FLAG_ROW where a row is fully flagged).
-    ``dry_run`` computes without writing. Optional ``summary_json`` and ``waterfall`` (PNG
-    path, first band) are written atomically.
+    (sorted ascending) and flagged as one band; others are flagged separately. Baselines keep the
+    MS's order and are cut into blocks by :func:`dsacont.flagging.blocks.baseline_blocks`, so an
+    MS written by the conversion gets the flags the conversion itself computes. The existing FLAG
+    (and FLAG_ROW) count as pre-flags and are kept. Every new flag is computed before the first
+    write; then FLAG is written in row blocks (and FLAG_ROW where a row is fully flagged).
 
-    Returns the summary dict of :func:`summarize` (for the first band, or a list under
-    ``bands`` when there are several), plus ``ms``, ``strategy``, ``seconds`` and ``n_rows``.
+    Parameters
+    ----------
+    ms_path : str or Path
+        The MS directory.
+    strategy : None, Strategy, dict or path
+        See :func:`dsacont.flagging.strategy.as_strategy`.
+    datacolumn : str
+        The column whose amplitudes are flagged (DATA, CORRECTED_DATA, ...).
+    n_threads : int
+        Threads running the baseline blocks.
+    summary_json : str or Path, optional
+        Write the returned summary here (atomically).
+    waterfall : str or Path, optional
+        Write a waterfall PNG of the first band here (atomically; re-reads the data column).
+    dry_run : bool
+        Compute and report; the MS is opened read-only and nothing is written.
+
+    Returns
+    -------
+    dict
+        The summary of :func:`dsacont.flagging.summary.summarize` for the band (or a list of them
+        under ``bands`` when there are several), each with ``new_fraction`` (fraction of samples
+        newly flagged) and ``spws``; plus ``ms``, ``strategy`` (dict), ``seconds`` (wall time),
+        ``n_rows`` and ``datacolumn``.
+
+    Raises
+    ------
+    dsacont.errors.BadInputError
+        ``ms_path`` is not a Measurement Set, or has no column ``datacolumn``.
     """
     s = as_strategy(strategy)
     ms_path = Path(ms_path)
@@ -208,7 +241,8 @@ def flag_ms(ms_path, strategy=None, *, datacolumn="DATA", n_threads=1, summary_j
 
 
 def _amp_for_plot(tb, ms_path, rows_of, order, datacolumn, nt, nb, nf, ncorr, fsort, layout):
-    """Re-read amplitudes for the waterfall (only when a PNG is asked for)."""
+    """|data column| of a band as a (Nt, Nb, Nf, Ncorr) float32 cube, channels ascending: re-read
+    for the waterfall (only when a PNG is asked for)."""
     amp = np.zeros((nt, nb, nf, ncorr), dtype=np.float32)
     for d in order:
         rows, r_ti, r_bi, c0, nch = rows_of[d]
