@@ -1,5 +1,6 @@
-"""RFI flagging benchmark: dsacont vs AOFlagger on one full-size group, scored against the
-simulator's truth. Prints JSON (and writes it with --out).
+"""RFI flagging benchmark: dsacont vs AOFlagger on one full-size group.
+
+Both are scored against the simulator's truth. Prints JSON (and writes it with --out).
 
     flock /tmp/dsacont-heavy.lock env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=2 \
         python benchmarks/flag.py --group /tmp/shared-full --work /tmp/flag/bench
@@ -54,6 +55,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "NUMBA
 
 
 def children_cpu():
+    """CPU seconds (user + system) of the finished child processes so far."""
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 
@@ -67,6 +69,11 @@ def run_child(cmd, log_path):
 
 
 def score(flags, truth, auto):
+    """Score a (Nt, Nb, Nf, Np) flag cube against the truth mask.
+
+    Recall, false-flag and flagged fractions for all baselines, cross-correlations and
+    autocorrelations (``auto``: (Nb,) bool).
+    """
     out = {}
     for name, sel in (("all", slice(None)), ("cross", ~auto), ("auto", auto)):
         f = flags[:, sel]
@@ -78,6 +85,7 @@ def score(flags, truth, auto):
 
 
 def agreement(a, b):
+    """Agreement of two flag cubes: equal fraction, Jaccard index, fractions flagged by one only."""
     inter = np.count_nonzero(a & b)
     union = np.count_nonzero(a | b)
     return {"equal_fraction": float(np.count_nonzero(a == b) / a.size),
@@ -137,6 +145,7 @@ convert_group(sys.argv[2:], sys.argv[1], flag=False, progress=False)
 
 
 def main(argv=None):
+    """Run the benchmark; print (and with --out write) the JSON. Returns 0."""
     ap = argparse.ArgumentParser(description="RFI flagging benchmark: dsacont vs AOFlagger on one group.",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--group", default="/tmp/shared-full", help="directory with one simulated group + truth")

@@ -26,7 +26,8 @@ The algorithm (defaults in ``dsacont/data/flag_strategy_default.toml``, see :cla
      in frequency with a running median (``freq_window`` channels; 1 = no smoothing, used for
      autos); r is the per-time median over frequency of A/s, smoothed in time by a local
      robust line fit (``time_window`` integrations) after dropping outliers. Medians ignore
-     narrow lines and short bursts, so RFI does not leak into the background. Flagged samples are excluded from every median.
+     narrow lines and short bursts, so RFI does not leak into the background. Flagged samples
+     are excluded from every median.
    - the relative residual x = A/B - 1, and its robust sigma (1.4826 * MAD over unflagged
      samples); z = x / sigma.
    - SumThreshold (Offringa et al. 2010, MNRAS 405, 155) on z, positive excursions only (RFI adds
@@ -71,7 +72,7 @@ from .blocks import baseline_blocks, flag_arrays, flag_block, flag_dataset
 from .ms import flag_ms
 from .plots import plot_waterfall
 from .strategy import DEFAULT_STRATEGY_PATH, Strategy, as_strategy, load_strategy
-from .strategy import as_strategy as _as_strategy  # the name dsacont.convert uses
+from .strategy import as_strategy as _as_strategy  # noqa: F401  (the name dsacont.convert uses)
 from .summary import flag_summary, summarize
 
 __all__ = [

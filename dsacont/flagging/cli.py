@@ -9,7 +9,7 @@ from .strategy import DEFAULT_STRATEGY_PATH, load_strategy
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of ``dsacont flag``."""
+    """Build the argparse parser of ``dsacont flag``."""
     p = argparse.ArgumentParser(
         prog="dsacont flag",
         description="Flag RFI in a Measurement Set: read the data column, run the flagger (the same "

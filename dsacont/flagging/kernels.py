@@ -109,7 +109,7 @@ def _median_buf(buf, n):
 
 @numba.njit(nogil=True, cache=True)
 def running_median(x, window, exclude_center=False):
-    """Running median of a 1-D series over ``window`` samples, NaN entries ignored.
+    """Compute the running median of a 1-D series over ``window`` samples, NaN entries ignored.
 
     Parameters
     ----------
@@ -396,8 +396,11 @@ def _sumthreshold_line(x, fin, fout, m, thr):
 
 @numba.njit(nogil=True, cache=True)
 def _sumthreshold_rows(z, cur, m, thr):
-    """One window size along the last axis (frequency) of z; updates ``cur`` in place with the
-    hits found using the flags as they were before this call."""
+    """Run one SumThreshold window size along the last axis (frequency) of z.
+
+    z: (Nr, N) float; ``cur`` (Nr, N) bool is updated in place with the hits found using the
+    flags as they were before this call.
+    """
     nr, n = z.shape
     if m > n:
         return
@@ -410,8 +413,11 @@ def _sumthreshold_rows(z, cur, m, thr):
 
 @numba.njit(nogil=True, cache=True)
 def _sumthreshold_cols(z, cur, m, thr):
-    """One window size along the first axis (time) of z, all columns at once (contiguous rows);
-    updates ``cur`` in place with the hits found using the flags as they were before the call."""
+    """Run one SumThreshold window size along the first axis (time) of z, all columns at once.
+
+    z: (Nt, Nf) float (contiguous rows); ``cur`` (Nt, Nf) bool is updated in place with the hits
+    found using the flags as they were before the call.
+    """
     nt, nf = z.shape
     if m > nt:
         return
@@ -786,7 +792,7 @@ def flag_combined(z, use, pre, min_baselines, chi1, rho, max_window):
 
 @numba.njit(nogil=True, cache=True)
 def spectral_residual_spec(spec, freq_window):
-    """Persistent spectral excess of one plane, in robust sigma units over channels.
+    """Measure the persistent spectral excess of one plane, in robust sigma units over channels.
 
     q(f) = s(f) / m(f) - 1 with m the median of the other channels within ``freq_window // 2``
     (leave-one-out running median), centred and scaled by its median and 1.4826 MAD over

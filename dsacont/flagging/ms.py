@@ -39,7 +39,7 @@ def _subtable_col(tb, path, col):
 
 
 def _read_ms_layout(tb, ms_path):
-    """The MS's data descriptions: ``{dd: {"spw": int, "freq": (Nchan,) float64 Hz, "ncorr": int}}``.
+    """Read the data descriptions: ``{dd: {"spw": int, "freq": (Nchan,) float64 Hz, "ncorr": int}}``.
 
     ``tb`` is a casatools table tool (used to open the subtables, closed again).
     """
@@ -59,8 +59,11 @@ def _read_ms_layout(tb, ms_path):
 
 
 def _first_seen(keys):
-    """Distinct values of ``keys`` (N,) in order of first appearance, shape (K,), and the index of
-    each element into them, shape (N,) int64."""
+    """Find the distinct values of ``keys`` in order of first appearance.
+
+    keys: (N,) array. Returns the distinct values, shape (K,), and the index of each element of
+    ``keys`` into them, shape (N,) int64.
+    """
     vals, first, inv = np.unique(keys, return_index=True, return_inverse=True)
     order = np.argsort(first, kind="stable")
     rank = np.empty(order.size, dtype=np.int64)
@@ -75,8 +78,9 @@ def _index_in(vals, keys):
 
 
 def _ms_groups(ddid, times, a1, a2, layout):
-    """Data descriptions that can be flagged as one frequency-concatenated cube (same
-    (time, baseline) rows, same number of correlations), as a list of lists of dd ids.
+    """Group the data descriptions that can be flagged as one frequency-concatenated cube.
+
+    Same (time, baseline) rows and same number of correlations; returns a list of lists of dd ids.
 
     ``ddid``, ``times`` (s), ``a1``, ``a2``: the main table's columns, shape (Nrow,); ``layout``
     from :func:`_read_ms_layout`.
@@ -84,7 +88,8 @@ def _ms_groups(ddid, times, a1, a2, layout):
     keys = {}
     for dd in np.unique(ddid):
         sel = ddid == dd
-        sig = (layout[int(dd)]["ncorr"], int(sel.sum()), float(times[sel].sum()), int(a1[sel].sum()), int(a2[sel].sum()))
+        sig = (layout[int(dd)]["ncorr"], int(sel.sum()), float(times[sel].sum()), int(a1[sel].sum()),
+               int(a2[sel].sum()))
         keys.setdefault(sig, []).append(int(dd))
     return list(keys.values())
 
@@ -206,8 +211,9 @@ def flag_ms(ms_path, strategy=None, *, datacolumn="DATA", n_threads=1, summary_j
             summ["spws"] = [layout[d]["spw"] for d in order]
             bands.append(summ)
             if waterfall is not None and len(bands) == 1:
-                plot_waterfall({"amp": _amp_for_plot(tb, ms_path, rows_of, order, datacolumn, nt, nb, nf, ncorr, fsort, layout),
-                                "frequency": freqs, "antenna1": ant1, "antenna2": ant2}, newf, waterfall)
+                amp_plot = _amp_for_plot(tb, ms_path, rows_of, order, datacolumn, nt, nb, nf, ncorr, fsort, layout)
+                plot_waterfall({"amp": amp_plot, "frequency": freqs, "antenna1": ant1, "antenna2": ant2}, newf,
+                               waterfall)
             newf = newf[:, :, inv]  # back to the MS's channel order
             for d in order:
                 rows, r_ti, r_bi, c0, nch = rows_of[d]
@@ -241,8 +247,10 @@ def flag_ms(ms_path, strategy=None, *, datacolumn="DATA", n_threads=1, summary_j
 
 
 def _amp_for_plot(tb, ms_path, rows_of, order, datacolumn, nt, nb, nf, ncorr, fsort, layout):
-    """|data column| of a band as a (Nt, Nb, Nf, Ncorr) float32 cube, channels ascending: re-read
-    for the waterfall (only when a PNG is asked for)."""
+    """Re-read |data column| of a band for the waterfall (only when a PNG is asked for).
+
+    Returns a (Nt, Nb, Nf, Ncorr) float32 cube, channels ascending.
+    """
     amp = np.zeros((nt, nb, nf, ncorr), dtype=np.float32)
     for d in order:
         rows, r_ti, r_bi, c0, nch = rows_of[d]

@@ -1,5 +1,6 @@
-"""The flagging waterfall: one baseline's amplitudes before and after flagging, and the fraction
-of baselines flagged, as a PNG.
+"""The flagging waterfall PNG.
+
+One baseline's amplitudes before and after flagging, and the fraction of baselines flagged.
 
 Drawn on an object-oriented :class:`matplotlib.figure.Figure`: it never touches pyplot's global
 backend (a notebook's inline backend stays as it is).
@@ -18,8 +19,10 @@ from .summary import _flag_fractions, _raw
 
 
 def plot_waterfall(ds_or_arrays, flags, png_path, baseline=None, polarization=0) -> Path:
-    """Waterfall PNG: one baseline's amplitude (time x frequency) with its flags, and the
-    fraction flagged over all baselines.
+    """Draw a waterfall PNG: one baseline's amplitudes with its flags, and the fraction flagged.
+
+    Three panels against integration and frequency: the amplitude of one baseline, the same with
+    its flags blanked, and the fraction of all baselines flagged.
 
     Parameters
     ----------
@@ -60,7 +63,9 @@ def plot_waterfall(ds_or_arrays, flags, png_path, baseline=None, polarization=0)
         amp = np.abs(np.asarray(v.compute() if hasattr(v, "compute") else v))
     fplane = fl[:, baseline, :, polarization]
     fplane = np.asarray(fplane.compute() if hasattr(fplane, "compute") else fplane)
-    frac = fl[..., polarization].mean(axis=1) if not isinstance(fl, da.Array) else fl[..., polarization].mean(axis=1).compute()
+    frac = fl[..., polarization].mean(axis=1)
+    if isinstance(frac, da.Array):
+        frac = frac.compute()
     fmhz = freqs / 1e6
     ext = [fmhz[0], fmhz[-1], amp.shape[0] - 0.5, -0.5]
     fig = Figure(figsize=(10, 9), layout="constrained")

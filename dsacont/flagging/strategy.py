@@ -175,7 +175,7 @@ def load_strategy(path=None) -> Strategy:
 
 
 def as_strategy(strategy) -> Strategy:
-    """The :class:`Strategy` meant by ``strategy``.
+    """Return the :class:`Strategy` meant by ``strategy``.
 
     Parameters
     ----------

@@ -7,13 +7,16 @@ import numpy as np
 
 
 def _raw(x):
-    """The array inside an xarray object (dask or numpy); other arrays unchanged."""
+    """Return the array inside an xarray object (dask or numpy); other arrays unchanged."""
     return x.data if hasattr(x, "dims") and hasattr(x, "data") else x
 
 
 def _flag_fractions(flags):
-    """Fractions flagged of a (Nt, Nb, Nf, Np) cube: per baseline (Nb,), per time (Nt,), per
-    channel (Nf,), per polarisation (Np,) float64 arrays, and overall (float)."""
+    """Compute the fractions flagged of a (Nt, Nb, Nf, Np) cube.
+
+    Returns per baseline (Nb,), per time (Nt,), per channel (Nf,), per polarisation (Np,)
+    float64 arrays, and overall (float).
+    """
     data = _raw(flags)
     if isinstance(data, da.Array):
         d = data.astype(np.float32)

@@ -31,7 +31,7 @@ _WRITE_MS = textwrap.dedent(
 
 @pytest.fixture(scope="session")
 def small_ms(sim_small, tmp_path_factory):
-    """A Measurement Set of the small group (pyuvdata write_ms, 1 SPW, ascending)."""
+    """Write a Measurement Set of the small group (pyuvdata write_ms, 1 SPW, ascending)."""
     _, paths = sim_small
     ms = tmp_path_factory.mktemp("flag_ms") / "small.ms"
     subprocess.run([sys.executable, "-c", _WRITE_MS, str(ms), *paths], check=True,

@@ -1,5 +1,8 @@
-"""Flagging in baseline blocks (dsacont.flagging.blocks): the block cut, one block on synthetic data,
-and the lazy Dataset scored on simulator truth (with its summary and waterfall)."""
+"""Flagging in baseline blocks (dsacont.flagging.blocks).
+
+The block cut, one block on synthetic data, and the lazy Dataset scored on simulator truth (with
+its summary and waterfall).
+"""
 from __future__ import annotations
 
 import json

@@ -111,7 +111,7 @@ def _ms_cube_multi(ms, truth):
 
 
 def _flag_column(ms):
-    """The FLAG column (ncorr, nchan, nrow) and DATA_DESC_ID of an MS, rows in table order (casatools)."""
+    """Read FLAG (ncorr, nchan, nrow) and DATA_DESC_ID (nrow,) of an MS, rows in table order (casatools)."""
     from dsacont.casa import ensure_casa
 
     tb = ensure_casa().table()
@@ -123,11 +123,14 @@ def _flag_column(ms):
 
 
 def test_dsacont_flag_ms_equals_the_conversions_flags_bit_for_bit(sim_small, tmp_path):
-    """`dsacont flag MS` on an MS converted with flag=False gives the FLAG column that the conversion
-    with flag=True writes (fused pass and flag_dataset path alike), bit for bit, on a cut where the
-    old twin disagreed: 1176 baselines in blocks of ``block_baselines`` = 16 are cut at a fixed
+    """`dsacont flag MS` gives the conversion's own flags, bit for bit.
+
+    `dsacont flag` on an MS converted with flag=False gives the FLAG column that the conversion
+    with flag=True writes (fused pass and flag_dataset path alike), on a cut where the old twin
+    disagreed: 1176 baselines in blocks of ``block_baselines`` = 16 are cut at a fixed
     size of 17 (the last block 3 baselines) by baseline_blocks, and were cut at linspace edges
-    (16 or 17 each) by the old flag_arrays, which flagged 974 samples differently here."""
+    (16 or 17 each) by the old flag_arrays, which flagged 974 samples differently here.
+    """
     from dsacont import convert_group, load_truth
     from dsacont.cli import main
     from dsacont.io.uvh5 import open_group
