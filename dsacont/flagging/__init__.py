@@ -69,6 +69,17 @@ Flags are True = bad (MS/UVH5 convention). Frequencies are ascending (the Datase
 from __future__ import annotations
 
 from .blocks import baseline_blocks, flag_arrays, flag_block, flag_dataset
+from .kernels import (
+    background,
+    dilate,
+    extend_fraction,
+    flag_invalid,
+    flag_plane,
+    masked_box_smooth,
+    robust_sigma,
+    running_median,
+    sumthreshold,
+)
 from .ms import flag_ms
 from .plots import plot_waterfall
 from .strategy import DEFAULT_STRATEGY_PATH, Strategy, as_strategy, load_strategy
@@ -79,13 +90,22 @@ __all__ = [
     "DEFAULT_STRATEGY_PATH",
     "Strategy",
     "as_strategy",
+    "background",
     "baseline_blocks",
+    "dilate",
+    "extend_fraction",
     "flag_arrays",
     "flag_block",
     "flag_dataset",
+    "flag_invalid",
     "flag_ms",
+    "flag_plane",
     "flag_summary",
     "load_strategy",
+    "masked_box_smooth",
     "plot_waterfall",
+    "robust_sigma",
+    "running_median",
     "summarize",
+    "sumthreshold",
 ]
