@@ -1,5 +1,6 @@
-"""RFI flagging benchmark: dsacont vs AOFlagger on one full-size group, scored against the
-simulator's truth. Prints JSON (and writes it with --out).
+"""RFI flagging benchmark: dsacont vs AOFlagger on one full-size group.
+
+Both are scored against the simulator's truth. Prints JSON (and writes it with --out).
 
     flock /tmp/dsacont-heavy.lock env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=2 \
         python benchmarks/flag.py --group /tmp/shared-full --work /tmp/flag/bench
@@ -24,15 +25,7 @@ figures include the MS reading and the FLAG writing of each tool.
 python-casacore is used here (reading FLAG) only in this process; everything that uses
 casatools (conversion, dsacont flag) runs in a subprocess.
 
-Measured 2026-11-24 14:33 UTC (commit a6a8a41 flagging code), full-size group in /tmp/shared-full
-(24 x 4656 x 768 x 2 = 171.6 M visibilities, 17.2 % RFI in the truth), shared 2-core machine:
-
-    dsacont flag_dataset (HDF5 -> flags), 1 core   34.6 s wall  5.08 M vis/s/core  recall 1.000  false 0.000 %
-    dsacont kernels only (in-memory |V|), 1 thread 24.2 s CPU   7.11 M vis/s/core  (same flags)
-    dsacont flag MS (read, flag, write FLAG)        49.5 s wall  3.53 M vis/s/core  recall 1.000  false 0.000 %
-    aoflagger -j 1 (default strategy)              59.8 s wall  2.95 M vis/s/core  recall 0.979  false 37.5 %
-      (AOFlagger: recall 1.000 on cross-correlations, autocorrelations left unflagged)
-    per-core throughput dsacont MS / AOFlagger = 1.19; agreement: 68.6 % of samples equal, Jaccard 0.35
+Figures measured with this script are in ``benchmarks/README.md`` (RFI flagging).
 """
 from __future__ import annotations
 
@@ -47,16 +40,22 @@ import sys
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from dsacont import load_truth  # noqa: E402  (this checkout first on the path)
+from dsacont.flagging import flag_arrays, flag_block, flag_dataset, load_strategy  # noqa: E402
+from dsacont.io.uvh5 import open_group  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2",
        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def children_cpu():
+    """CPU seconds (user + system) of the finished child processes so far."""
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 
@@ -70,6 +69,11 @@ def run_child(cmd, log_path):
 
 
 def score(flags, truth, auto):
+    """Score a (Nt, Nb, Nf, Np) flag cube against the truth mask.
+
+    Recall, false-flag and flagged fractions for all baselines, cross-correlations and
+    autocorrelations (``auto``: (Nb,) bool).
+    """
     out = {}
     for name, sel in (("all", slice(None)), ("cross", ~auto), ("auto", auto)):
         f = flags[:, sel]
@@ -81,6 +85,7 @@ def score(flags, truth, auto):
 
 
 def agreement(a, b):
+    """Agreement of two flag cubes: equal fraction, Jaccard index, fractions flagged by one only."""
     inter = np.count_nonzero(a & b)
     union = np.count_nonzero(a | b)
     return {"equal_fraction": float(np.count_nonzero(a == b) / a.size),
@@ -91,6 +96,8 @@ def agreement(a, b):
 
 def ms_flags_cube(ms, truth_freq, ant_index, times_jd):
     """FLAG of an MS as a (time, baseline, freq ascending, pol) cube in the truth's order."""
+    # python-casacore only here, when an MS is read back (never next to casatools: those run in
+    # subprocesses)
     from casacore.tables import table
 
     nt, nb, nf = len(times_jd), len(ant_index), len(truth_freq)
@@ -138,20 +145,16 @@ convert_group(sys.argv[2:], sys.argv[1], flag=False, progress=False)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser()
+    """Run the benchmark; print (and with --out write) the JSON. Returns 0."""
+    ap = argparse.ArgumentParser(description="RFI flagging benchmark: dsacont vs AOFlagger on one group.",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--group", default="/tmp/shared-full", help="directory with one simulated group + truth")
-    ap.add_argument("--work", default="/tmp/flag/bench")
-    ap.add_argument("--out", help="also write the JSON here")
-    ap.add_argument("--skip-dataset", action="store_true")
-    ap.add_argument("--skip-ms", action="store_true")
+    ap.add_argument("--work", default="/tmp/flag/bench", help="scratch directory for the Measurement Sets and logs")
+    ap.add_argument("--out", default=None, help="also write the JSON here")
+    ap.add_argument("--skip-dataset", action="store_true", help="skip flag_dataset and the in-memory kernels")
+    ap.add_argument("--skip-ms", action="store_true", help="skip the Measurement Set runs (dsacont flag MS, AOFlagger)")
     ap.add_argument("--keep", action="store_true", help="keep the MS copies")
     a = ap.parse_args(argv)
-
-    import dask
-
-    from dsacont import load_truth
-    from dsacont.flagging import flag_arrays, flag_dataset, load_strategy
-    from dsacont.io.uvh5 import open_group
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -165,8 +168,6 @@ def main(argv=None):
            "machine": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()}}
 
     # warm-up: numba compiles (or loads its cache) here, not inside a timed section
-    from dsacont.flagging import flag_block
-
     rng = np.random.default_rng(0)
     warm = np.abs(rng.standard_normal((24, 16, 64, 2))).astype(np.float32) + 1
     flag_block(warm, None, np.arange(16) == 0, None)

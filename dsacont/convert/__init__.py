@@ -78,7 +78,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import mmap
 import os
 import shutil
@@ -804,9 +803,7 @@ def _fused_flag_pass(ds, tiles, src_files, spws, dw, freq, a1, a2, strategy, fla
     nspw = len(spws)
     nf = freq.size
     npol = ds.sizes["polarization"]
-    nblk = max(1, nbl // max(1, int(s.block_baselines)))
-    size = int(math.ceil(nbl / nblk))
-    bblocks = [(b0, min(b0 + size, nbl)) for b0 in range(0, nbl, size)]
+    bblocks = flag_mod.baseline_blocks(nbl, s.block_baselines)
     is_auto = np.asarray(a1) == np.asarray(a2)
     static = np.asarray(s.static_channel_mask(freq), dtype=bool)
     flags_all = np.empty((ntime, nbl, nf, npol), dtype=bool)
@@ -913,7 +910,8 @@ def _read_waterfall(tiles, bl, ntime, spws, nbl, npol):
 # ----------------------------------------------------------------------------- main entry
 def _write_flag_products(ds, flags_np, wf_bl, wf_amp, qa_dir: Path, ts: str) -> None:
     """Flag summary JSON and waterfall PNG of one group (see ``convert_group(qa_dir=)``)."""
-    from dsacont.flagging import flag_summary, plot_waterfall, write_json_atomic
+    from dsacont.flagging import flag_summary, plot_waterfall
+    from dsacont.io.atomic import write_json_atomic
 
     qa_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(flag_summary(flags_np, ds), qa_dir / f"{ts}.flags.json")
