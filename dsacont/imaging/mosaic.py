@@ -71,8 +71,16 @@ def _stem(path: str) -> str:
 def tile_files(item) -> dict:
     """Resolve one tile: a FITS path (image or pbcor) or an ``image_ms`` result dict.
 
-    Returns ``{"image", "pb", "residual", "qa_json", "noise"}``; ``noise`` (Jy/beam) comes from the
-    QA JSON, else from the residual's robust RMS.
+    Returns
+    -------
+    dict
+        ``{"image", "pb", "residual", "qa_json", "noise"}``: the sibling paths and the tile's
+        noise (Jy/beam), from its QA JSON, else the residual's robust RMS.
+
+    Raises
+    ------
+    BadInputError
+        Not a tile product, its image or pb is missing, or it has no usable noise estimate.
     """
     if isinstance(item, dict):
         stem = _stem(str(item.get("image") or item["pbcor"]))
@@ -246,24 +254,35 @@ def make_mosaic(image_fits_list, out_path, *, pb_cutoff: float = 0.2, projection
 
     Parameters
     ----------
-    image_fits_list : tiles, each a ``<name>.image.fits`` or ``<name>.pbcor.fits`` path (the
-        sibling ``.image``, ``.pb`` and ``.qa.json``/``.residual`` files are used) or an
-        ``image_ms`` result dict.
-    out_path : the mosaic FITS path (``.fits``); siblings ``.noise.fits``, ``.png``, ``.qa.json``.
-    pb_cutoff : a tile contributes only where its beam A_i >= pb_cutoff.
-    projection : 'SIN' or 'TAN'.
-    client : a ``dask.distributed.Client`` to run the reprojections on (default: Dask's threaded
-        scheduler in this process).
-    cell_arcsec : output cell (default: the finest tile cell).
-    truth : optional true source table (dict/structured array with ``ra_deg``, ``dec_deg``,
-        ``flux_jy``) to score completeness in the QA.
-    register : add the mosaic to ``paths.products_db`` after the move.
+    image_fits_list : list of str, path-like or dict
+        Tiles, each a ``<name>.image.fits`` or ``<name>.pbcor.fits`` path (the sibling ``.image``,
+        ``.pb`` and ``.qa.json``/``.residual`` files are used) or an ``image_ms`` result dict.
+    out_path : str or path-like
+        The mosaic FITS path (``.fits``); siblings ``.noise.fits``, ``.png``, ``.qa.json``.
+    pb_cutoff : float
+        A tile contributes only where its beam ``A_i >= pb_cutoff``.
+    projection : {'SIN', 'TAN'}
+        Projection of the output grid.
+    client : dask.distributed.Client, optional
+        Run the reprojections on this cluster (default: Dask's threaded scheduler in this process).
+    cell_arcsec : float, optional
+        Output cell, arcsec (default: the finest tile cell).
+    truth : dict or structured array, optional
+        True sources (``ra_deg``, ``dec_deg``, ``flux_jy``) to score completeness in the QA.
+    paths : dsacont.config.Paths, optional
+        For ``register`` (default ``get_paths()``).
+    register : bool
+        Add the mosaic to ``paths.products_db`` after the move.
+    png : bool
+        Write the PNG preview.
 
-    png : write the PNG preview.
-
-    Returns a dict: ``mosaic``, ``noise``, ``png``, ``qa_json`` paths, ``shape`` (ny, nx),
-    ``ra_deg``, ``dec_deg``, ``cell_arcsec``, ``n_tiles``, ``qa``, ``timing`` (s),
-    ``mosaic_id`` when registered.
+    Returns
+    -------
+    dict
+        ``mosaic``, ``noise``, ``png``, ``qa_json`` (paths), ``shape`` (ny, nx), ``ra_deg``,
+        ``dec_deg`` (grid centre), ``cell_arcsec``, ``n_tiles``, ``projection``, ``pb_cutoff``,
+        ``tiles``, ``qa`` (:func:`mosaic_qa`), ``timing`` (seconds per step), ``mosaic_id`` when
+        registered.
     """
     t_all = time.perf_counter()
     tiles = [tile_files(t) for t in image_fits_list]

@@ -55,11 +55,22 @@ def radiometer_noise(n_vis_unflagged: float, channel_width_hz: float, integratio
 
     Parameters
     ----------
-    n_vis_unflagged : number of unflagged (baseline, time, channel, pol) cross-correlation samples
-    channel_width_hz, integration_s : per sample
-    sefd_jy : system equivalent flux density per antenna (6000 Jy for DSA-110)
-    weighting_factor : noise penalty of the imaging weights over natural (>= 1), see
-        :func:`briggs_weighting_factor`
+    n_vis_unflagged : float
+        Number of unflagged (baseline, time, channel, pol) cross-correlation samples.
+    channel_width_hz : float
+        Channel width of a sample, Hz.
+    integration_s : float
+        Integration time of a sample, s.
+    sefd_jy : float
+        System equivalent flux density per antenna, Jy (6000 Jy for DSA-110).
+    weighting_factor : float
+        Noise penalty of the imaging weights over natural (>= 1), see
+        :func:`briggs_weighting_factor`.
+
+    Returns
+    -------
+    float
+        Stokes-I image noise, Jy/beam (inf without samples).
     """
     if n_vis_unflagged <= 0:
         return float("inf")
@@ -94,10 +105,19 @@ def briggs_weighting_factor(u_lambda, v_lambda, weights, cell_uv_lambda: float, 
 
     Parameters
     ----------
-    u_lambda, v_lambda : 1-D arrays, uv coordinates in wavelengths
-    weights : 1-D array, natural weight of each sample (e.g. count of unflagged visibilities)
-    cell_uv_lambda : uv cell size, wavelengths (1 / image field of view in radians)
-    robust : Briggs robust parameter
+    u_lambda, v_lambda : array, shape (Nsample,)
+        uv coordinates, wavelengths.
+    weights : array, shape (Nsample,)
+        Natural weight of each sample (e.g. count of unflagged visibilities).
+    cell_uv_lambda : float
+        uv cell size, wavelengths (1 / image field of view in radians).
+    robust : float
+        Briggs robust parameter.
+
+    Returns
+    -------
+    float
+        Noise ratio Briggs / natural.
     """
     w = np.asarray(weights, np.float64)
     ok = w > 0
@@ -215,11 +235,20 @@ def find_sources(image, wcs, noise, *, nsigma: float = 5.0, beam_px: float = 4.0
 
     Parameters
     ----------
-    image : 2-D array (Jy/beam), flat-noise or PB-corrected
-    noise : float or 2-D array (Jy/beam) of the same shape
-    beam_px : synthesized beam FWHM in pixels (sets the exclusion radius of the peak search)
-    pb : optional 2-D primary beam; when given, ``flux = peak / pb`` and pixels with
-         ``pb < pb_min`` are ignored
+    image : array, shape (ny, nx)
+        Image, Jy/beam (flat-noise or PB-corrected).
+    wcs : astropy.wcs.WCS
+        Celestial WCS of the image.
+    noise : float or array, shape (ny, nx)
+        Noise, Jy/beam.
+    nsigma : float
+        Detection threshold on ``image / noise``.
+    beam_px : float
+        Synthesized beam FWHM, pixels (sets the exclusion radius of the peak search).
+    pb : array, shape (ny, nx), optional
+        Primary beam; when given, ``flux = peak / pb`` and pixels with ``pb < pb_min`` are ignored.
+    pb_min : float
+        See ``pb``.
 
     Returns
     -------
@@ -263,10 +292,16 @@ def completeness(found: list[dict], truth_ra_deg, truth_dec_deg, truth_snr, *, s
 
     Parameters
     ----------
-    found : output of :func:`find_sources`
-    truth_ra_deg, truth_dec_deg : arrays, true positions (degrees)
-    truth_snr : array, each source's expected S/N in the image (true flux x PB / noise)
-    match_arcsec : match radius (use about one synthesized beam)
+    found : list of dict
+        Output of :func:`find_sources`.
+    truth_ra_deg, truth_dec_deg : array, shape (Nsrc,)
+        True positions, degrees.
+    truth_snr : array, shape (Nsrc,)
+        Each source's expected S/N in the image (true flux x PB / noise).
+    snr_min : float
+        Score only sources expected above this S/N.
+    match_arcsec : float
+        Match radius, arcsec (about one synthesized beam).
 
     Returns ``{"n_expected", "n_found", "completeness", "median_offset_arcsec"}``.
     """
