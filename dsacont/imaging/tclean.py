@@ -430,6 +430,7 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
             ct.tclean(**kq)
             qfits = str(work / "q.fits")
             ct.exportfits(imagename=imagename + "_q.residual", fitsimage=qfits, overwrite=True)
+            finish_casa_export(qfits)
             noise_q = robust_rms(read_fits_image(qfits)[0])
             timing["thermal_noise_s"] = time.perf_counter() - t0
         if flattened and flattened["sources"]:
