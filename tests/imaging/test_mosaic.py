@@ -2,7 +2,7 @@
 
 Tiles here are made analytically (a known sky x each tile's own Airy beam + Gaussian noise, with
 CASA-like FITS headers and the same file layout as ``image_ms``), so the expected mosaic is
-exact; the real tclean tiles are mosaicked in tests/test_imaging.py.
+exact; the real tclean tiles are mosaicked in tests/imaging/test_imaging.py.
 """
 from __future__ import annotations
 
