@@ -5,17 +5,7 @@
     python benchmarks/image.py --ms SMALL.ms --work /tmp/img/bsmall          # a small-preset tile
     python benchmarks/image.py --mosaic-only --imsize 2400 --cell 5.3         # full-size 12-tile mosaic
 
-Measured (2 shared cores, load ~4 from other jobs, 2026-11-24):
-- small preset (48 antennas within 600 m, 128 channels): 720^2 x 17.7" tile 37.6 s wall / 26.6 s CPU
-  (tclean 31.6 s, 6 major cycles); 0834+555 at 0.991 of its catalogue flux, 0.05" off;
-  12-tile mosaic 7.9 s (2364 x 807).
-- full-size 12-tile mosaic of 2400^2 x 5.3" tiles: 46.9 s wall / 36.2 s CPU, 7888 x 2675, 1.8 GB RSS.
-- full-size tile (96 antennas, 768 channels, CORRECTED_DATA of the calibration benchmark's MS of
-  /tmp/shared-full, under the heavy lock): 2304^2 x 5.56", 398.6 s wall / 395.4 s CPU (tclean
-  387.3 s: PSF + 6 major cycles, 16588 Hogbom iterations), beam 60.6" x 35.9"; rms 0.481 mJy/beam
-  vs radiometer 0.268 (1.79x: the 8.8 Jy calibrator's deconvolution errors, DR 17400);
-  0834+555 at 1.008 of its catalogue flux, 0.11" (0.002 beam) off. 12-tile mosaic of such tiles:
-  29.3 s wall, 7524 x 2568; peak RSS 2.2 GB.
+Measured figures: ``benchmarks/README.md`` (Imaging).
 
 Steps (each timed, wall and CPU):
 1. (if no ``--ms``) convert the group in ``--group-dir`` with ``convert_group`` (flag=False);
@@ -31,12 +21,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from dsacont.config import get_paths
+from dsacont.convert import convert_group
+from dsacont.imaging.beam import beam_image
+from dsacont.imaging.mosaic import make_mosaic
+from dsacont.imaging.tclean import image_ms
+from dsacont.io.groups import find_groups
 
 
 def _timed(fn, *a, **k):
@@ -47,8 +49,6 @@ def _timed(fn, *a, **k):
 
 def fake_tiles(tile: dict, out_dir: Path, n: int = 12, step_deg: float = 1.25) -> list[str]:
     """Copies of one tile's image/pb/qa with CRVAL1 moved by ``step_deg`` per tile."""
-    from astropy.io import fits
-
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for k in range(n):
@@ -64,14 +64,6 @@ def fake_tiles(tile: dict, out_dir: Path, n: int = 12, step_deg: float = 1.25) -
 
 def synthetic_tile(out_dir: Path, imsize: int, cell_arcsec: float) -> dict:
     """A tile-shaped FITS set (noise image, drift-free Airy pb, qa.json) at 0834+555's transit."""
-    import math
-
-    import numpy as np
-    from astropy.io import fits
-    from astropy.wcs import WCS
-
-    from dsacont.imaging import beam_image
-
     out_dir.mkdir(parents=True, exist_ok=True)
     w = WCS(naxis=4)
     w.wcs.ctype = ["RA---SIN", "DEC--SIN", "FREQ", "STOKES"]
@@ -101,9 +93,6 @@ def main(argv=None) -> int:
     ap.add_argument("--mosaic-only", action="store_true",
                     help="skip imaging: time a 12-tile mosaic of synthetic --imsize/--cell tiles")
     args = ap.parse_args(argv)
-
-    from dsacont.config import get_paths
-
     work = Path(args.work)
     paths = get_paths(root=work / "root").ensure()
     report = {"machine": {"cpus": os.cpu_count()}, "peer": {"old_pipeline_image_5040px_s": 480,
@@ -114,9 +103,6 @@ def main(argv=None) -> int:
                                   tile_imsize=args.imsize or 2400, tile_cell_arcsec=args.cell or 5.3)
     ms = args.ms
     if ms is None:
-        from dsacont.convert import convert_group
-        from dsacont.io.groups import find_groups
-
         groups = [g for g in find_groups(args.group_dir) if g.complete]
         if not groups:
             print(f"no complete group in {args.group_dir}", file=sys.stderr)
@@ -124,8 +110,6 @@ def main(argv=None) -> int:
         g = groups[0]
         ms, t = _timed(convert_group, g, paths.ms / f"{g.timestamp}.ms", flag=False, paths=paths, progress=False)
         report["convert"] = t
-    from dsacont.imaging import image_ms
-
     res, t = _timed(image_ms, ms, paths.images, datacolumn=args.datacolumn, paths=paths,
                     imsize=args.imsize, cell_arcsec=args.cell)
     qa = res["qa"]
@@ -145,8 +129,6 @@ def main(argv=None) -> int:
 
 def _mosaic_and_report(tile, work, paths, report, args, **extra) -> int:
     """The 12-tile mosaic of copies of ``tile`` (step 3), then print the JSON report."""
-    from dsacont.imaging.mosaic import make_mosaic
-
     tiles = fake_tiles(tile, work / "tiles12")
     mres, t = _timed(make_mosaic, tiles, paths.mosaics / "bench12.fits")
     report["mosaic_12"] = {**t, **extra, "steps_s": {k: round(v, 2) for k, v in mres["timing"].items()},

@@ -1,18 +1,29 @@
 """dsacont: continuum imaging for the DSA-110 radio telescope.
 
-Follow one group from files to mosaic, each stage a module named after it::
+Follow one group from files to mosaic, a package per stage (docs/ARCHITECTURE.md)::
 
-    groups.find_groups -> loader.open_group -> flagging -> convert.convert_group (MS)
-    -> calibration (solve / apply, registry) -> imaging.image_ms -> mosaic.make_mosaic
-    -> products (database); streaming runs them all as a service.
+    io.groups.find_groups -> io.uvh5.open_group -> flagging -> convert.convert_group (MS)
+    -> calibration (solve / apply, registry) -> imaging.image_ms -> imaging.make_mosaic
+    -> service (queue, products database, streaming) runs them all.
 
-``import dsacont`` is light: stages (and casatools) are imported on first use.
+``import dsacont`` is light: stages (and casatools) are imported on first use. It does one thing
+at once: it points CASA at the measures data of the ``casadata`` package (a site config named by
+``CASASITECONFIG``, :mod:`dsacont.casa`), so that a user's own ``import casatools`` or
+``import casatasks`` later in the same process works offline. A user's own CASA configuration wins.
 """
 from __future__ import annotations
 
 import importlib
 
+from dsacont import casa as _casa
+
 __version__ = "0.1.0"
+
+# before anyone imports casatools: cheap (no casatools import), and never fatal for the import
+try:
+    _casa.configure()
+except (ImportError, OSError):  # no casadata, or an unwritable cache: CASA's own defaults apply
+    pass
 
 # public name -> module that defines it (imported lazily, PEP 562)
 _EXPORTS = {
@@ -31,6 +42,8 @@ _EXPORTS = {
     "load_catalogue": "dsacont.calibrators",
     "transit_time": "dsacont.calibrators",
     "airy_beam": "dsacont.telescope",
+    "image_ms": "dsacont.imaging",
+    "make_mosaic": "dsacont.imaging",
 }
 
 

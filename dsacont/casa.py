@@ -15,8 +15,10 @@ Precedence (nothing the user set is overridden):
 3. casaconfig loads the user's own ``~/.casa/config.py`` *after* the site config, so a user's
    own ``measurespath`` always wins.
 
-Every dsacont module that needs CASA calls :func:`ensure_casa` (or imports ``casatools`` only
-after it has run); importing ``dsacont`` itself never imports casatools.
+``import dsacont`` runs :func:`configure` (cheap: it imports only the ``casadata`` data package),
+so a user's own ``import casatools`` / ``import casatasks`` later in the same process works
+offline too; importing ``dsacont`` never imports casatools itself. Every dsacont module that needs
+CASA gets it through :func:`ensure_casa` (or :func:`casatasks`).
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ def site_config_path() -> str | None:
         return None
     if any(os.path.isfile(p) for p in _STANDARD_SITE_CONFIGS):
         return None
-    import casadata  # the data package; small import, no casatools
+    import casadata  # imported here: optional for `import dsacont`, and only needed without a site config
 
     datapath = os.path.abspath(casadata.datapath)
     path = _cache_dir() / "casasiteconfig.py"
@@ -71,7 +73,7 @@ def configure() -> None:
     """Set ``CASASITECONFIG`` so that casatools finds casadata's measures offline.
 
     Must run before ``casatools`` is first imported in this process; calling it later is
-    harmless but has no effect (a warning is logged).
+    harmless but has no effect.
     """
     if "casatools" in sys.modules:
         return

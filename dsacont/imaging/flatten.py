@@ -41,15 +41,17 @@ the MS; the pipeline does that by itself.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time as _time
 
 import numpy as np
 
 from dsacont import calibration as C
+from dsacont.calibrators import get_calibrator, load_catalogue
+from dsacont.casa import ensure_casa
 from dsacont.io.ms import KEYWORD_FLATTEN as KEYWORD
 from dsacont.io.ms import FlattenInterrupted, clear_state, flatten_state, set_flatten_state  # noqa: F401
+from dsacont.telescope import airy_beam
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +78,6 @@ def bright_sources(info, *, min_apparent_jy: float = DEFAULT_MIN_APPARENT_JY,
 
     Returns a list of :class:`dsacont.calibrators.Calibrator`, brightest (apparent) first.
     """
-    from dsacont.calibrators import load_catalogue
-    from dsacont.telescope import airy_beam
-
     if pointing_dec_rad is None:
         pointing_dec_rad = C._pointing_dec(info)
     mjds = np.array([info.times_s.min(), info.mid_mjd * 86400.0, info.times_s.max()]) / 86400.0
@@ -150,9 +149,6 @@ def flatten_sources(ms, sources="auto", *, column: str = "CORRECTED_DATA", fit: 
     Nothing is written when no source qualifies (``sources`` empty).
     An earlier flattening recorded on the MS is undone first.
     """
-    from dsacont.calibrators import get_calibrator
-    from dsacont.casa import ensure_casa
-
     ms = str(ms)
     t0 = _time.perf_counter()
     info = info or C.read_ms_info(ms)
@@ -238,8 +234,6 @@ def unflatten(ms, *, info=None) -> dict | None:
     """Undo the flattening recorded on ``ms`` (adds the recorded model back); None if there is none.
 
     ``info``: its :class:`dsacont.calibration.MSInfo` if the caller has it (read otherwise)."""
-    from dsacont.casa import ensure_casa
-
     ms = str(ms)
     state = flatten_state(ms)
     if state is None:

@@ -27,22 +27,32 @@ so they run on any worker), and the per-tile numerators/denominators are summed.
 
 Outputs (written to a temporary name and moved into place): ``<out>.fits`` (Jy/beam, PB-corrected,
 NaN outside coverage), ``<out>.noise.fits`` (the effective-noise map ``1/sqrt(sum w A^2)``, Jy/beam),
-``<out>.png``, ``<out>.qa.json``.
+both with the array centre's OBSGEO cards (:mod:`dsacont.io.fits`), ``<out>.png``, ``<out>.qa.json``.
+The command line is ``dsacont mosaic`` (:mod:`dsacont.imaging.cli`).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
+from astropy.time import Time
+from astropy.wcs import WCS
+from dask.distributed import as_completed
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy import ndimage
+from tqdm.auto import tqdm
 
+from dsacont.calibrators import load_catalogue
 from dsacont.errors import BadInputError
+from dsacont.imaging import qa as Q
+from dsacont.io.fits import read_fits_image, read_header, write_image
 from dsacont.jsonio import json_default
 
 log = logging.getLogger(__name__)
@@ -61,8 +71,16 @@ def _stem(path: str) -> str:
 def tile_files(item) -> dict:
     """Resolve one tile: a FITS path (image or pbcor) or an ``image_ms`` result dict.
 
-    Returns ``{"image", "pb", "residual", "qa_json", "noise"}``; ``noise`` (Jy/beam) comes from the
-    QA JSON, else from the residual's robust RMS.
+    Returns
+    -------
+    dict
+        ``{"image", "pb", "residual", "qa_json", "noise"}``: the sibling paths and the tile's
+        noise (Jy/beam), from its QA JSON, else the residual's robust RMS.
+
+    Raises
+    ------
+    BadInputError
+        Not a tile product, its image or pb is missing, or it has no usable noise estimate.
     """
     if isinstance(item, dict):
         stem = _stem(str(item.get("image") or item["pbcor"]))
@@ -80,10 +98,7 @@ def tile_files(item) -> dict:
         except (KeyError, ValueError, TypeError):
             noise = None
     if noise is None and os.path.exists(files["residual"]):
-        from dsacont.imaging import read_fits_image
-        from dsacont.imaging.qa import robust_rms
-
-        noise = robust_rms(read_fits_image(files["residual"])[0])
+        noise = Q.robust_rms(read_fits_image(files["residual"])[0])
     if noise is None or not np.isfinite(noise) or noise <= 0:
         raise BadInputError(files["image"], "no usable noise estimate (no qa.json or residual)")
     files["noise"] = noise
@@ -91,10 +106,9 @@ def tile_files(item) -> dict:
 
 
 def _header_info(path) -> dict:
-    from astropy.io import fits
-    from astropy.wcs import WCS
-
-    hdr = fits.getheader(path)
+    """What the mosaic needs from a tile's header: celestial WCS, shape (ny, nx), cell (deg),
+    frequency (Hz), restoring beam (deg), reference direction (deg) and observation date."""
+    hdr = read_header(path)
     w = WCS(hdr).celestial
     ny, nx = int(hdr["NAXIS2"]), int(hdr["NAXIS1"])
     cell = abs(float(w.wcs.cdelt[1])) if w.wcs.has_cd() is False else abs(float(w.pixel_scale_matrix[1, 1]))
@@ -104,7 +118,8 @@ def _header_info(path) -> dict:
             freq = float(hdr[f"CRVAL{i}"])
     return {"wcs": w, "shape": (ny, nx), "cell_deg": cell, "freq_hz": freq,
             "bmaj": float(hdr.get("BMAJ", np.nan)), "bmin": float(hdr.get("BMIN", np.nan)),
-            "bpa": float(hdr.get("BPA", np.nan)), "ra": float(w.wcs.crval[0]), "dec": float(w.wcs.crval[1])}
+            "bpa": float(hdr.get("BPA", np.nan)), "ra": float(w.wcs.crval[0]), "dec": float(w.wcs.crval[1]),
+            "date_obs": str(hdr["DATE-OBS"]).strip() if "DATE-OBS" in hdr else None}
 
 
 def _footprint_world(info: dict, n: int = 16):
@@ -119,9 +134,25 @@ def mosaic_grid(infos: list[dict], *, projection: str = "SIN", cell_deg: float |
     """Common output WCS (2-D) and shape (ny, nx) covering every tile's footprint.
 
     Centre: the mean of the tiles' centre unit vectors; cell: the finest tile cell (or ``cell_deg``).
-    """
-    from astropy.wcs import WCS
 
+    Parameters
+    ----------
+    infos : list of dict
+        Per tile, :func:`_header_info`.
+    projection : {'SIN', 'TAN'}
+        Projection of the output grid.
+    cell_deg : float, optional
+        Output cell, degrees.
+    pad_px : int
+        Margin around the footprints, pixels.
+
+    Returns
+    -------
+    wcs : astropy.wcs.WCS
+        2-D celestial WCS of the grid.
+    shape : tuple (ny, nx)
+        Grid shape, pixels.
+    """
     projection = projection.upper()
     if projection not in ("SIN", "TAN"):
         raise ValueError(f"projection must be 'SIN' or 'TAN', not {projection!r}")
@@ -160,12 +191,20 @@ def reproject_tile(image_path: str, pb_path: str, noise: float, out_wcs_header: 
     Returns ``(y0, x0, num, den)``: the sub-array origin in the output grid and, on that
     sub-array, ``num = w A I`` and ``den = w A^2`` (float32; zero where the tile does not
     contribute), ``w = 1 / noise^2``. Pure function of its inputs (reads two FITS files).
+
+    Parameters
+    ----------
+    image_path, pb_path : str
+        The tile's flat-noise image and effective beam (FITS).
+    noise : float
+        The tile's noise sigma_i, Jy/beam.
+    out_wcs_header : dict
+        The output grid's WCS as header cards.
+    out_shape : tuple (ny, nx)
+        The output grid's shape.
+    pb_cutoff : float
+        The tile contributes only where its beam reaches this.
     """
-    from astropy.wcs import WCS
-    from scipy import ndimage
-
-    from dsacont.imaging import read_fits_image
-
     img, _, wi = read_fits_image(image_path)
     pb, _, _ = read_fits_image(pb_path)
     out_wcs = WCS(out_wcs_header)
@@ -215,25 +254,36 @@ def make_mosaic(image_fits_list, out_path, *, pb_cutoff: float = 0.2, projection
 
     Parameters
     ----------
-    image_fits_list : tiles, each a ``<name>.image.fits`` or ``<name>.pbcor.fits`` path (the
-        sibling ``.image``, ``.pb`` and ``.qa.json``/``.residual`` files are used) or an
-        ``image_ms`` result dict.
-    out_path : the mosaic FITS path (``.fits``); siblings ``.noise.fits``, ``.png``, ``.qa.json``.
-    pb_cutoff : a tile contributes only where its beam A_i >= pb_cutoff.
-    projection : 'SIN' or 'TAN'.
-    client : a ``dask.distributed.Client`` to run the reprojections on (default: Dask's threaded
-        scheduler in this process).
-    cell_arcsec : output cell (default: the finest tile cell).
-    truth : optional true source table (dict/structured array with ``ra_deg``, ``dec_deg``,
-        ``flux_jy``) to score completeness in the QA.
-    register : add the mosaic to ``paths.products_db`` after the move.
+    image_fits_list : list of str, path-like or dict
+        Tiles, each a ``<name>.image.fits`` or ``<name>.pbcor.fits`` path (the sibling ``.image``,
+        ``.pb`` and ``.qa.json``/``.residual`` files are used) or an ``image_ms`` result dict.
+    out_path : str or path-like
+        The mosaic FITS path (``.fits``); siblings ``.noise.fits``, ``.png``, ``.qa.json``.
+    pb_cutoff : float
+        A tile contributes only where its beam ``A_i >= pb_cutoff``.
+    projection : {'SIN', 'TAN'}
+        Projection of the output grid.
+    client : dask.distributed.Client, optional
+        Run the reprojections on this cluster (default: Dask's threaded scheduler in this process).
+    cell_arcsec : float, optional
+        Output cell, arcsec (default: the finest tile cell).
+    truth : dict or structured array, optional
+        True sources (``ra_deg``, ``dec_deg``, ``flux_jy``) to score completeness in the QA.
+    paths : dsacont.config.Paths, optional
+        For ``register`` (default ``get_paths()``).
+    register : bool
+        Add the mosaic to ``paths.products_db`` after the move.
+    png : bool
+        Write the PNG preview.
 
-    Returns a dict: ``mosaic``, ``noise``, ``png``, ``qa_json`` paths, ``shape``, ``ra_deg``,
-    ``dec_deg``, ``cell_arcsec``, ``n_tiles``, ``qa``, ``timing``, ``mosaic_id`` when registered.
+    Returns
+    -------
+    dict
+        ``mosaic``, ``noise``, ``png``, ``qa_json`` (paths), ``shape`` (ny, nx), ``ra_deg``,
+        ``dec_deg`` (grid centre), ``cell_arcsec``, ``n_tiles``, ``projection``, ``pb_cutoff``,
+        ``tiles``, ``qa`` (:func:`mosaic_qa`), ``timing`` (seconds per step), ``mosaic_id`` when
+        registered.
     """
-    import dask
-    from astropy.io import fits
-
     t_all = time.perf_counter()
     tiles = [tile_files(t) for t in image_fits_list]
     if not tiles:
@@ -250,22 +300,24 @@ def make_mosaic(image_fits_list, out_path, *, pb_cutoff: float = 0.2, projection
     t0 = time.perf_counter()
     num = np.zeros(shape, np.float64)
     den = np.zeros(shape, np.float64)
-    if client is not None:
-        futures = client.compute(tasks)
-        from dask.distributed import as_completed
-
-        for fut in as_completed(futures):
-            y0, x0, n_, d_ = fut.result()
-            num[y0:y0 + n_.shape[0], x0:x0 + n_.shape[1]] += n_
-            den[y0:y0 + d_.shape[0], x0:x0 + d_.shape[1]] += d_
-            fut.release()
-    else:
-        # accumulate in batches so at most a few tiles' arrays are alive at once
-        batch = max(2, os.cpu_count() or 2)
-        for k in range(0, len(tasks), batch):
-            for y0, x0, n_, d_ in dask.compute(*tasks[k:k + batch], scheduler="threads"):
+    # tiles reprojected, in a terminal or notebook (no bar in logs: disable=None)
+    with tqdm(total=len(tasks), desc="mosaic", unit="tile", disable=None, leave=False) as bar:
+        if client is not None:
+            futures = client.compute(tasks)
+            for fut in as_completed(futures):
+                y0, x0, n_, d_ = fut.result()
                 num[y0:y0 + n_.shape[0], x0:x0 + n_.shape[1]] += n_
                 den[y0:y0 + d_.shape[0], x0:x0 + d_.shape[1]] += d_
+                fut.release()
+                bar.update()
+        else:
+            # accumulate in batches so at most a few tiles' arrays are alive at once
+            batch = max(2, os.cpu_count() or 2)
+            for k in range(0, len(tasks), batch):
+                for y0, x0, n_, d_ in dask.compute(*tasks[k:k + batch], scheduler="threads"):
+                    num[y0:y0 + n_.shape[0], x0:x0 + n_.shape[1]] += n_
+                    den[y0:y0 + d_.shape[0], x0:x0 + d_.shape[1]] += d_
+                    bar.update()
     t_rep = time.perf_counter() - t0
     covered = den > 0
     mosaic = np.full(shape, np.nan, np.float32)
@@ -285,6 +337,10 @@ def make_mosaic(image_fits_list, out_path, *, pb_cutoff: float = 0.2, projection
     hdr["NTILES"] = len(tiles)
     hdr["PBCUTOFF"] = pb_cutoff
     hdr["ORIGIN"] = "dsacont.imaging.mosaic"
+    dates = sorted(i["date_obs"] for i in infos if i["date_obs"])
+    if dates:  # the earliest tile's (write_image adds MJD-OBS)
+        hdr["DATE-OBS"] = (Time(dates[0], format="isot", scale="utc").isot, "first tile")
+        hdr["TIMESYS"] = "UTC"
     for k, t in enumerate(tiles):
         hdr[f"TILE{k:03d}"] = os.path.basename(t["image"])
 
@@ -294,11 +350,11 @@ def make_mosaic(image_fits_list, out_path, *, pb_cutoff: float = 0.2, projection
     final = {"mosaic": str(out_path), "noise": stem + ".noise.fits", "png": stem + ".png", "qa_json": stem + ".qa.json"}
     tmp = {k: f"{os.path.dirname(v)}/.{os.path.basename(v)}.partial{os.getpid()}" for k, v in final.items()}
     t0 = time.perf_counter()
-    fits.PrimaryHDU(mosaic, hdr).writeto(tmp["mosaic"], overwrite=True, output_verify="silentfix")
+    write_image(tmp["mosaic"], mosaic, hdr)
     nh = hdr.copy()
     nh["BUNIT"] = "Jy/beam"
     nh["COMMENT"] = "effective noise 1/sqrt(sum_i A_i^2 / sigma_i^2)"
-    fits.PrimaryHDU(noise, nh).writeto(tmp["noise"], overwrite=True, output_verify="silentfix")
+    write_image(tmp["noise"], noise, nh)
     if png:
         _write_png(mosaic, noise, out_wcs, tmp["png"])
     t_write = time.perf_counter() - t0
@@ -352,9 +408,6 @@ def make_mosaic(image_fits_list, out_path, *, pb_cutoff: float = 0.2, projection
 
 def _write_png(mosaic, noise, wcs, path, max_px: int = 2000) -> None:
     """PNG preview through an object-oriented Figure (never touches pyplot or the session backend)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     step = max(1, int(math.ceil(max(mosaic.shape) / max_px)))
     m = mosaic[::step, ::step]
     s = float(np.nanmedian(noise)) if np.isfinite(noise).any() else 1.0
@@ -369,9 +422,29 @@ def _write_png(mosaic, noise, wcs, path, max_px: int = 2000) -> None:
 
 
 def mosaic_qa(mosaic, noise, wcs, infos, tiles, *, truth=None, calibrators="auto") -> dict:
-    """QA of a mosaic: noise range, S/N-map RMS, calibrators' fitted flux/position, completeness."""
-    from dsacont.imaging import qa as Q
+    """QA of a mosaic: noise range, S/N-map RMS, calibrators' fitted flux/position, completeness.
 
+    Parameters
+    ----------
+    mosaic, noise : arrays, shape (ny, nx)
+        The mosaic and its noise map, Jy/beam (NaN outside coverage).
+    wcs : astropy.wcs.WCS
+        Celestial WCS of the grid.
+    infos, tiles : list of dict
+        Per tile, :func:`_header_info` and :func:`tile_files`.
+    truth : dict, optional
+        True sources (``ra_deg``, ``dec_deg``, ``flux_jy``) for the completeness score.
+    calibrators : 'auto' or falsy
+        Fit every catalogue calibrator in the mosaic.
+
+    Returns
+    -------
+    dict
+        ``n_tiles``, ``noise_min_jy``, ``noise_median_jy``, ``tile_noise_jy``,
+        ``covered_fraction``, ``snr_map_rms``, ``beam_arcsec``, ``calibrators`` (name,
+        ``flux_jy``, ``expected_jy``, ``detected``, ``ratio``, ``offset_arcsec``, ``offset_beams``,
+        ``noise_jy``) and, with ``truth``, ``n_found`` and ``completeness_10sigma``.
+    """
     finite = np.isfinite(noise)
     out = {"n_tiles": len(tiles), "noise_min_jy": float(np.nanmin(noise)) if finite.any() else float("nan"),
            "noise_median_jy": float(np.nanmedian(noise)) if finite.any() else float("nan"),
@@ -386,8 +459,6 @@ def mosaic_qa(mosaic, noise, wcs, infos, tiles, *, truth=None, calibrators="auto
     out["beam_arcsec"] = [bmaj, bmin]
     freqs = [i["freq_hz"] for i in infos]
     if calibrators:
-        from dsacont.calibrators import load_catalogue
-
         cals = []
         ny, nx = mosaic.shape
         for cal in load_catalogue():
@@ -422,54 +493,3 @@ def mosaic_qa(mosaic, noise, wcs, infos, tiles, *, truth=None, calibrators="auto
         out["n_found"] = len(found)
         out["completeness_10sigma"] = Q.completeness(found, tra, tde, exp_snr, snr_min=10.0, match_arcsec=bmaj)
     return out
-
-
-# ------------------------------------------------------------------------------------------------
-# CLI
-# ------------------------------------------------------------------------------------------------
-def cli(argv: list[str]) -> int:
-    """``dsacont mosaic``: combine tile images (or the images of a time window) into a mosaic."""
-    ap = argparse.ArgumentParser(prog="dsacont mosaic", description="PB-weighted mosaic of tile images")
-    ap.add_argument("images", nargs="*", help="tile FITS (<name>.image.fits or <name>.pbcor.fits)")
-    ap.add_argument("-o", "--out", help="mosaic FITS path (default <mosaics dir>/<first>_<last>.mosaic.fits)")
-    ap.add_argument("--start", help="use the registered images with mid-time >= START (ISO UTC)")
-    ap.add_argument("--end", help="... and <= END (ISO UTC)")
-    ap.add_argument("--root", help="dsacont root directory (get_paths(root=...))")
-    ap.add_argument("--pb-cutoff", type=float, default=0.2)
-    ap.add_argument("--projection", default="SIN", choices=["SIN", "TAN"])
-    ap.add_argument("--cell", type=float, dest="cell_arcsec", help="output cell, arcsec")
-    ap.add_argument("--no-register", action="store_true")
-    args = ap.parse_args(argv)
-    from dsacont.config import get_paths
-
-    paths = get_paths(root=args.root)
-    images = list(args.images)
-    if args.start or args.end:
-        from dsacont.service.products import Products
-
-        if not paths.products_db.exists():
-            print(f"dsacont mosaic: no products database at {paths.products_db}", file=sys.stderr)
-            return 1
-        rows = Products(paths.products_db).images_between(args.start or 0.0, args.end or 1e9, status="imaged")
-        images += [r["path"] for r in rows]
-    if not images:
-        print("dsacont mosaic: no tile images given (paths, or --start/--end with a products database)", file=sys.stderr)
-        return 2
-    out = args.out
-    if out is None:
-        paths.ensure("mosaics")
-        first, last = Path(_stem(images[0])).name, Path(_stem(images[-1])).name
-        out = str(paths.mosaics / f"{first}_{last}.mosaic.fits")
-    try:
-        res = make_mosaic(images, out, pb_cutoff=args.pb_cutoff, projection=args.projection,
-                          cell_arcsec=args.cell_arcsec, paths=paths, register=not args.no_register)
-    except BadInputError as exc:
-        print(f"dsacont mosaic: {exc}", file=sys.stderr)
-        return 1
-    qa = res["qa"]
-    print(f"{res['mosaic']}  {res['shape'][1]}x{res['shape'][0]}  {res['n_tiles']} tiles  "
-          f"min noise {1e3 * qa['noise_min_jy']:.3f} mJy/beam  {res['timing']['total_s']:.1f} s")
-    for c in qa.get("calibrators", []):
-        if c.get("detected"):
-            print(f"  {c['name']}: {c['flux_jy']:.4f} Jy (expected {c['expected_jy']:.4f}), offset {c['offset_arcsec']:.2f}\"")
-    return 0

@@ -6,6 +6,9 @@
 - :func:`fit_source`: a 2D Gaussian fit (sub-pixel peak and position) around a sky position.
 - :func:`find_sources`: a simple peak finder on a signal-to-noise map, and :func:`completeness`
   to score it against a true source list.
+- :func:`tile_qa`: the QA record of one tclean tile (noise in the main lobe against the radiometer
+  figure, peak, dynamic range, CASA's beam against ours), with :func:`calibrator_checks`, the fitted
+  flux and position of every catalogue calibrator in the tile against the catalogue.
 
 Conventions: images are 2D arrays indexed ``[y, x]`` (FITS order, 0-based pixels); a ``wcs`` is a
 2D celestial ``astropy.wcs.WCS``; angles in degrees at this user-facing level; fluxes in Jy
@@ -13,9 +16,20 @@ Conventions: images are 2D arrays indexed ``[y, x]`` (FITS order, 0-based pixels
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from scipy import ndimage
+from scipy.optimize import least_squares
+
+from dsacont.calibrators import get_calibrator, load_catalogue
+from dsacont.imaging.beam import band_samples
+from dsacont.io.fits import beam_from_header, freq_from_header
+from dsacont.telescope import airy_beam, angular_separation
 
 SEFD_JY = 6000.0
+# the tile noise is measured where the tile's effective beam is at least this
+MAIN_LOBE_PB = 0.5
 
 
 def robust_rms(data, mask=None) -> float:
@@ -41,11 +55,22 @@ def radiometer_noise(n_vis_unflagged: float, channel_width_hz: float, integratio
 
     Parameters
     ----------
-    n_vis_unflagged : number of unflagged (baseline, time, channel, pol) cross-correlation samples
-    channel_width_hz, integration_s : per sample
-    sefd_jy : system equivalent flux density per antenna (6000 Jy for DSA-110)
-    weighting_factor : noise penalty of the imaging weights over natural (>= 1), see
-        :func:`briggs_weighting_factor`
+    n_vis_unflagged : float
+        Number of unflagged (baseline, time, channel, pol) cross-correlation samples.
+    channel_width_hz : float
+        Channel width of a sample, Hz.
+    integration_s : float
+        Integration time of a sample, s.
+    sefd_jy : float
+        System equivalent flux density per antenna, Jy (6000 Jy for DSA-110).
+    weighting_factor : float
+        Noise penalty of the imaging weights over natural (>= 1), see
+        :func:`briggs_weighting_factor`.
+
+    Returns
+    -------
+    float
+        Stokes-I image noise, Jy/beam (inf without samples).
     """
     if n_vis_unflagged <= 0:
         return float("inf")
@@ -72,20 +97,27 @@ def briggs_weights(u_lambda, v_lambda, weights, cell_uv_lambda: float, robust: f
     return wp[: len(u_lambda)]
 
 
-def briggs_weighting_factor(u_lambda, v_lambda, weights, cell_uv_lambda: float, robust: float,
-                            npix_uv: int | None = None) -> float:
+def briggs_weighting_factor(u_lambda, v_lambda, weights, cell_uv_lambda: float, robust: float) -> float:
     """Noise penalty of Briggs (robust) weighting relative to natural weighting (>= 1).
 
     With Briggs weights ``w'`` (:func:`briggs_weights`) and natural weights ``w`` (inverse
     variances), the image noise ratio is ``sqrt(sum(w'^2 / w) * sum(w)) / sum(w')``.
-    ``npix_uv`` is accepted for compatibility and unused.
 
     Parameters
     ----------
-    u_lambda, v_lambda : 1-D arrays, uv coordinates in wavelengths
-    weights : 1-D array, natural weight of each sample (e.g. count of unflagged visibilities)
-    cell_uv_lambda : uv cell size, wavelengths (1 / image field of view in radians)
-    robust : Briggs robust parameter
+    u_lambda, v_lambda : array, shape (Nsample,)
+        uv coordinates, wavelengths.
+    weights : array, shape (Nsample,)
+        Natural weight of each sample (e.g. count of unflagged visibilities).
+    cell_uv_lambda : float
+        uv cell size, wavelengths (1 / image field of view in radians).
+    robust : float
+        Briggs robust parameter.
+
+    Returns
+    -------
+    float
+        Noise ratio Briggs / natural.
     """
     w = np.asarray(weights, np.float64)
     ok = w > 0
@@ -157,8 +189,6 @@ def fit_source(image, wcs, ra_deg: float, dec_deg: float, *, box_px: int = 15, b
         centre), ``x``, ``y`` (0-based pixels), ``offset_arcsec`` (from the requested position),
         ``sigma_px`` (major, minor), ``pixel_peak`` (brightest pixel value).
     """
-    from scipy.optimize import least_squares
-
     img = np.asarray(image, dtype=np.float64)
     ny, nx = img.shape
     x0, y0 = wcs.world_to_pixel_values(ra_deg, dec_deg)
@@ -190,8 +220,6 @@ def fit_source(image, wcs, ra_deg: float, dec_deg: float, *, box_px: int = 15, b
     if not (x1 <= fx < x2 and y1 <= fy < y2):
         fx, fy, amp = float(cx), float(cy), pk
     ra_f, dec_f = wcs.pixel_to_world_values(fx, fy)
-    from dsacont.telescope import angular_separation
-
     off = np.degrees(angular_separation(np.radians(ra_deg), np.radians(dec_deg), np.radians(float(ra_f)),
                                         np.radians(float(dec_f)))) * 3600.0
     return {
@@ -207,19 +235,26 @@ def find_sources(image, wcs, noise, *, nsigma: float = 5.0, beam_px: float = 4.0
 
     Parameters
     ----------
-    image : 2-D array (Jy/beam), flat-noise or PB-corrected
-    noise : float or 2-D array (Jy/beam) of the same shape
-    beam_px : synthesized beam FWHM in pixels (sets the exclusion radius of the peak search)
-    pb : optional 2-D primary beam; when given, ``flux = peak / pb`` and pixels with
-         ``pb < pb_min`` are ignored
+    image : array, shape (ny, nx)
+        Image, Jy/beam (flat-noise or PB-corrected).
+    wcs : astropy.wcs.WCS
+        Celestial WCS of the image.
+    noise : float or array, shape (ny, nx)
+        Noise, Jy/beam.
+    nsigma : float
+        Detection threshold on ``image / noise``.
+    beam_px : float
+        Synthesized beam FWHM, pixels (sets the exclusion radius of the peak search).
+    pb : array, shape (ny, nx), optional
+        Primary beam; when given, ``flux = peak / pb`` and pixels with ``pb < pb_min`` are ignored.
+    pb_min : float
+        See ``pb``.
 
     Returns
     -------
     list of dict, brightest first: ``ra_deg``, ``dec_deg``, ``x``, ``y`` (sub-pixel by a
     parabola through the peak and its neighbours), ``peak`` (image units), ``snr``, ``flux``.
     """
-    from scipy import ndimage
-
     img = np.asarray(image, dtype=np.float64)
     snr = img / noise
     valid = np.isfinite(snr)
@@ -257,15 +292,19 @@ def completeness(found: list[dict], truth_ra_deg, truth_dec_deg, truth_snr, *, s
 
     Parameters
     ----------
-    found : output of :func:`find_sources`
-    truth_ra_deg, truth_dec_deg : arrays, true positions (degrees)
-    truth_snr : array, each source's expected S/N in the image (true flux x PB / noise)
-    match_arcsec : match radius (use about one synthesized beam)
+    found : list of dict
+        Output of :func:`find_sources`.
+    truth_ra_deg, truth_dec_deg : array, shape (Nsrc,)
+        True positions, degrees.
+    truth_snr : array, shape (Nsrc,)
+        Each source's expected S/N in the image (true flux x PB / noise).
+    snr_min : float
+        Score only sources expected above this S/N.
+    match_arcsec : float
+        Match radius, arcsec (about one synthesized beam).
 
     Returns ``{"n_expected", "n_found", "completeness", "median_offset_arcsec"}``.
     """
-    from dsacont.telescope import angular_separation
-
     tra = np.radians(np.asarray(truth_ra_deg, float))
     tde = np.radians(np.asarray(truth_dec_deg, float))
     sel = np.asarray(truth_snr, float) >= snr_min
@@ -283,3 +322,148 @@ def completeness(found: list[dict], truth_ra_deg, truth_dec_deg, truth_snr, *, s
             offs.append(d[j])
     return {"n_expected": int(sel.sum()), "n_found": n_found, "completeness": n_found / int(sel.sum()),
             "median_offset_arcsec": float(np.median(offs)) if offs else float("nan")}
+
+
+def tile_qa(info: dict, image, residual, pb, hdr, wcs2d, *, robust: float, imsize: int, cell_arcsec: float,
+            calibrators="auto", casa_pb=None, centre=None) -> dict:
+    """QA of one tile: noise vs radiometer expectation, peak, dynamic range, calibrator check.
+
+    Parameters
+    ----------
+    info : dict
+        From :func:`dsacont.imaging.tclean.inspect_ms` (uv sample, channel widths, counts).
+    image, residual, pb : arrays, shape (ny, nx)
+        Restored image and residual (Jy/beam, flat noise) and the tile's effective beam (0..1).
+    hdr : astropy.io.fits.Header
+        The image header (restoring beam, frequency).
+    wcs2d : astropy.wcs.WCS
+        Celestial WCS of the image.
+    robust : float
+        Briggs robust parameter used.
+    imsize : int
+        Image side, pixels.
+    cell_arcsec : float
+        Cell, arcsec.
+    calibrators : 'auto', list of str, or None
+        Calibrators to check (:func:`calibrator_checks`).
+    casa_pb : array, shape (ny, nx), optional
+        CASA's single-pointing beam from the vptable, compared with
+        :func:`dsacont.telescope.airy_beam` and the effective beam.
+    centre : tuple (ra, dec), radians, optional
+        Image centre, for that comparison.
+
+    Returns
+    -------
+    dict
+        ``noise_jy`` (robust RMS of the residual in the tile's main lobe, effective beam >= 0.5;
+        ``noise_image_jy`` over the inner 90 % of the image), ``radiometer_jy`` (expected, with
+        ``weighting_factor`` and the flags), ``noise_ratio``, ``peak_jy`` (image peak, flat-noise),
+        ``dynamic_range``, ``flagged_fraction``, ``n_ant``, ``beam_px``, ``casa_pb_max_abs_diff``
+        (CASA's vptable beam vs telescope.airy_beam at the image frequency, where the beam > 0.2),
+        and ``calibrators``: per calibrator in the field, the fitted PB-corrected ``flux_jy``, the
+        catalogue ``expected_jy`` (band-averaged over the tile beam), ``ratio``, ``offset_arcsec``
+        and ``offset_beams``.
+    """
+    ny, nx = residual.shape
+    b = max(1, int(0.05 * nx))
+    inner = np.zeros(residual.shape, bool)
+    inner[b:ny - b, b:nx - b] = True
+    # the noise of the tile is measured in its main lobe (effective beam >= 0.5), the same sky area
+    # whatever the image size: a larger field adds low-beam area with few sources (less
+    # deconvolution error), which would flatter a figure taken over the whole image
+    main = inner & (np.asarray(pb) >= MAIN_LOBE_PB)
+    noise_image = robust_rms(residual, inner)
+    noise = robust_rms(residual, main) if main.sum() >= 1000 else noise_image
+    npix = int(imsize)
+    cell_uv = 1.0 / (npix * math.radians(cell_arcsec / 3600.0))
+    wfac = briggs_weighting_factor(info["uv_u"], info["uv_v"], info["uv_w"], cell_uv, robust) \
+        if len(info["uv_u"]) else 1.0
+    dnu = float(np.median(info["chan_width"]))
+    expected = radiometer_noise(info["n_vis_unflagged"], dnu, info["interval"], weighting_factor=wfac)
+    peak = float(np.nanmax(image))
+    beam = beam_from_header(hdr)
+    beam_px = math.sqrt(beam["bmaj_arcsec"] * beam["bmin_arcsec"]) / cell_arcsec
+    out = {
+        "noise_jy": noise, "noise_image_jy": noise_image, "noise_region": f"pb >= {MAIN_LOBE_PB}",
+        "radiometer_jy": expected, "radiometer_natural_jy": expected / wfac,
+        "noise_ratio": noise / expected, "weighting_factor": wfac, "peak_jy": peak,
+        "dynamic_range": peak / noise if noise > 0 else float("nan"),
+        "flagged_fraction": info["flagged_fraction"], "n_ant": info["n_ant"], "beam_px": beam_px,
+        "n_channels": int(len(info["freqs"])), "n_times": int(len(info["times"])),
+    }
+    if casa_pb is not None and centre is not None:
+        yy, xx = np.mgrid[0:ny:8, 0:nx:8]
+        ra, dec = wcs2d.pixel_to_world_values(xx, yy)
+        sep = angular_separation(centre[0], centre[1], np.radians(ra), np.radians(dec))
+        model = airy_beam(sep, freq_from_header(hdr))
+        cp = casa_pb[::8, ::8]
+        sel = (model > 0.2) & np.isfinite(cp)
+        out["casa_pb_max_abs_diff"] = float(np.max(np.abs(cp[sel] - model[sel]))) if sel.any() else float("nan")
+        out["pb_drift_band_vs_casa_centre"] = float(pb[ny // 2, nx // 2] / casa_pb[ny // 2, nx // 2])
+    if calibrators:
+        out["calibrators"] = calibrator_checks(image, pb, wcs2d, info, cell_arcsec, beam, calibrators)
+    return out
+
+
+def calibrator_checks(image, pb, wcs2d, info, cell_arcsec, beam, calibrators="auto", *,
+                      pb_min: float = 0.3) -> list[dict]:
+    """Fit every catalogue calibrator in the field (beam >= ``pb_min``) and compare with the catalogue.
+
+    ``expected_jy`` is the catalogue spectrum averaged over the tile's channels and weighted by the
+    beam at each frequency, divided by the band-averaged beam (what a PB-corrected MFS image of
+    that source should show).
+
+    Parameters
+    ----------
+    image, pb : arrays, shape (ny, nx)
+        Flat-noise image (Jy/beam) and effective beam (0..1).
+    wcs2d : astropy.wcs.WCS
+        Celestial WCS of the image.
+    info : dict
+        From :func:`dsacont.imaging.tclean.inspect_ms` (``freqs``, ``chan_unflagged``).
+    cell_arcsec : float
+        Cell, arcsec.
+    beam : dict
+        Restoring beam, :func:`dsacont.io.fits.beam_from_header`.
+    calibrators : 'auto' or list of str
+        Every catalogue calibrator, or these names.
+    pb_min : float
+        Only calibrators where the beam reaches this.
+
+    Returns
+    -------
+    list of dict
+        Per calibrator: ``name``, ``ra_deg``, ``dec_deg``, ``pb``, ``detected``, ``flux_jy``,
+        ``expected_jy``, ``ratio``, ``offset_arcsec``, ``offset_beams``, ``fit_ra_deg``,
+        ``fit_dec_deg``.
+    """
+    cals = load_catalogue() if calibrators == "auto" else [get_calibrator(n) for n in calibrators]
+    ny, nx = image.shape
+    beam_px = math.sqrt(beam["bmaj_arcsec"] * beam["bmin_arcsec"]) / cell_arcsec
+    out = []
+    for cal in cals:
+        if not np.isfinite(cal.flux_jy):
+            continue
+        x, y = wcs2d.world_to_pixel_values(cal.ra_deg, cal.dec_deg)
+        if not (np.isfinite(x) and 3 <= x < nx - 3 and 3 <= y < ny - 3):
+            continue
+        a = float(pb[int(round(float(y))), int(round(float(x)))])
+        if a < pb_min:
+            continue
+        fit = fit_source(image, wcs2d, cal.ra_deg, cal.dec_deg, beam_px=beam_px, box_px=int(max(6, 3 * beam_px)))
+        if fit is None:
+            continue
+        a_fit = float(pb[int(round(fit["y"])), int(round(fit["x"]))])
+        fq, fw = band_samples(info["freqs"], info["chan_unflagged"], 64)
+        expected = float(np.sum(fw * cal.flux_at(fq)) / np.sum(fw))
+        flux = fit["peak"] / a_fit
+        out.append({
+            "name": cal.name, "ra_deg": cal.ra_deg, "dec_deg": cal.dec_deg, "pb": a_fit,
+            "detected": bool(fit["peak"] > 0.5 * expected * a_fit
+                             and fit["offset_arcsec"] < 0.5 * beam["bmaj_arcsec"]),
+            "flux_jy": flux, "expected_jy": expected, "ratio": flux / expected,
+            "offset_arcsec": fit["offset_arcsec"],
+            "offset_beams": fit["offset_arcsec"] / beam["bmaj_arcsec"],
+            "fit_ra_deg": fit["ra_deg"], "fit_dec_deg": fit["dec_deg"],
+        })
+    return out

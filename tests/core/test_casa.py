@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -83,3 +84,42 @@ def test_existing_site_config_is_left_alone(tmp_path):
     env["CASASITECONFIG"] = str(site)
     res, _ = _run(env, tmp_path)
     assert res["site"] == str(site)
+
+
+USER_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import dsacont
+    light = 'casatools' not in sys.modules and 'casatasks' not in sys.modules
+    import casatools  # the user's own import, after dsacont's
+    me = casatools.measures()
+    me.doframe(me.observatory('OVRO_MMA'))
+    me.doframe(me.epoch('utc', '2025-10-29T13:55:26'))
+    d = me.measure(me.direction('J2000', '08h34m54.904s', '55d34m21.07s'), 'HADEC')
+    print(json.dumps({'light': light, 'ha': d['m0']['value'], 'dec': d['m1']['value']}))
+    """
+)
+
+
+def _no_network(cmd):
+    """``cmd`` in a private network namespace (no interface but loopback) when the system allows one."""
+    if shutil.which("unshare") and subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0:
+        return ["unshare", "-rn", *cmd]
+    return cmd
+
+
+def test_import_dsacont_makes_users_casatools_work_offline(tmp_path):
+    """``import dsacont`` then the user's own ``import casatools``: a measures conversion works with
+    an empty HOME and no network, and importing dsacont did not import casatools itself."""
+    env = _fresh_env(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                         env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    out = subprocess.run(_no_network([sys.executable, "-c", USER_CHILD]), env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["light"], "import dsacont imported casatools"
+    assert res["ha"] == pytest.approx(-0.0086976, abs=2e-6)
+    assert res["dec"] == pytest.approx(0.96832, abs=1e-4)
+    for bad in ("measurespath", "Traceback"):
+        assert bad not in out.stderr, out.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -31,7 +32,10 @@ def tile(tmp_path_factory):
     paths = get_paths(root=base / "root").ensure()
     ms = convert_group(files, paths.ms / f"{GROUP_START}.ms", flag=False, paths=paths, progress=False)
     _corrected_equals_data(ms)  # no gains were simulated: the calibrated data are DATA
-    res = image_ms(ms, paths=paths, register=True, thermal_noise=True)
+    with warnings.catch_warnings(record=True) as caught:  # checked by test_no_fits_warnings_while_imaging
+        warnings.simplefilter("always")
+        res = image_ms(ms, paths=paths, register=True, thermal_noise=True)
+    res["_warnings"] = [f"{w.category.__name__}: {w.message}" for w in caught]
     truth = load_truth(base / "raw", files[0])
     return res, truth, paths, str(ms)
 
@@ -81,6 +85,43 @@ def test_products_and_headers(tile):
     # full array 10 rad -> 0.3 rad)
     assert qa["qa"]["wterm_phase_edge_rad"] < 0.5
     assert qa["qa"]["wterm_phase_edge_rad"] < 0.2 * qa["qa"]["wterm_phase_edge_no_slant_rad"]
+
+
+def test_fits_headers_carry_ovro_without_warnings(tile, tmp_path):
+    """Every FITS of a tile (and a mosaic of it) carries OVRO's true position and reads without
+    any astropy warning (no FITSFixedWarning fix-ups, no truncated card)."""
+    import warnings
+
+    from astropy import units as u
+    from astropy.coordinates import EarthLocation
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    from dsacont.imaging import read_fits_image
+    from dsacont.imaging.mosaic import make_mosaic
+    from dsacont.telescope import OVRO_HEIGHT_M, OVRO_LAT_RAD, OVRO_LON_RAD
+
+    res, _, _, _ = tile
+    ref = EarthLocation.from_geodetic(math.degrees(OVRO_LON_RAD) * u.deg, math.degrees(OVRO_LAT_RAD) * u.deg,
+                                      OVRO_HEIGHT_M * u.m)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = make_mosaic([res], tmp_path / "one.fits", png=False)
+        for f in [res[k] for k in ("image", "pb", "pbcor", "residual")] + [m["mosaic"], m["noise"]]:
+            hdr = fits.getheader(f)
+            WCS(hdr)
+            read_fits_image(f)
+            loc = EarthLocation.from_geocentric(hdr["OBSGEO-X"], hdr["OBSGEO-Y"], hdr["OBSGEO-Z"], unit=u.m)
+            assert np.linalg.norm(u.Quantity(loc.geocentric).to_value(u.m) - u.Quantity(ref.geocentric).to_value(u.m)) < 1.0, f
+            assert abs(loc.geodetic.height.to_value(u.m) - OVRO_HEIGHT_M) < 1.0, f
+            assert "MJD-OBS" in hdr or f in (m["mosaic"], m["noise"])
+
+
+def test_no_fits_warnings_while_imaging(tile):
+    """Making a tile raises no astropy FITS fix-up or card-truncation warning."""
+    res, _, _, _ = tile
+    bad = [w for w in res["_warnings"] if w.startswith(("FITSFixedWarning", "VerifyWarning"))]
+    assert not bad, bad
 
 
 def test_calibrator_flux_and_position(tile):

@@ -2,7 +2,7 @@
 
 Tiles here are made analytically (a known sky x each tile's own Airy beam + Gaussian noise, with
 CASA-like FITS headers and the same file layout as ``image_ms``), so the expected mosaic is
-exact; the real tclean tiles are mosaicked in tests/test_imaging.py.
+exact; the real tclean tiles are mosaicked in tests/imaging/test_imaging.py.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from dsacont.imaging import beam_image, read_fits_image
 from dsacont.imaging.mosaic import make_mosaic, mosaic_grid, tile_files, _header_info
-from dsacont.imaging.qa import fit_source, robust_rms
+from dsacont.imaging.qa import fit_source
 
 DEC0 = 55.5725
 FREQ = 1.405e9
@@ -192,3 +192,34 @@ def test_register(tiles, tmp_path):
     row = Products(p.products_db).get("mosaic", res["mosaic_id"])
     assert row["qa"]["n_tiles"] == 2 and len(row["images"]) == 2
     assert row["start_mjd"] == pytest.approx(60977.5)
+
+
+def _assert_ovro_obsgeo(hdr):
+    from astropy import units as u
+    from astropy.coordinates import EarthLocation
+
+    from dsacont.telescope import OVRO_HEIGHT_M, OVRO_LAT_RAD, OVRO_LON_RAD
+
+    loc = EarthLocation.from_geocentric(hdr["OBSGEO-X"], hdr["OBSGEO-Y"], hdr["OBSGEO-Z"], unit=u.m)
+    ref = EarthLocation.from_geodetic(math.degrees(OVRO_LON_RAD) * u.deg, math.degrees(OVRO_LAT_RAD) * u.deg,
+                                      OVRO_HEIGHT_M * u.m)
+    assert np.linalg.norm(u.Quantity(loc.geocentric).to_value(u.m) - u.Quantity(ref.geocentric).to_value(u.m)) < 1.0
+    assert abs(loc.geodetic.height.to_value(u.m) - OVRO_HEIGHT_M) < 1.0
+
+
+def test_mosaic_headers_carry_ovro_without_warnings(tiles, tmp_path):
+    """The mosaic and its noise map carry the array centre (OBSGEO) and read without any warning."""
+    import warnings
+
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    _, paths, _, _ = tiles
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = make_mosaic(paths[:2], tmp_path / "h.fits", png=False)
+        for f in (res["mosaic"], res["noise"]):
+            hdr = fits.getheader(f)
+            WCS(hdr)
+            read_fits_image(f)
+            _assert_ovro_obsgeo(hdr)

@@ -1,0 +1,140 @@
+"""Image geometry of one tile: cell, image side, the w-term budget and the drifting pointing.
+
+- **Cell**: ``cell = c / (f_max * B_max) / cells_per_beam``, ``cells_per_beam = 3``: the fringe
+  spacing of the longest unflagged baseline at the top of the band over 3, and at most the PSF main
+  lobe's narrowest FWHM over 3.5 (estimated from the uv coverage,
+  :func:`dsacont.imaging.qa.psf_fwhm_arcsec`; on a compact small-preset layout the main lobe is
+  only ~0.7 fringe spacings wide and 2 pixels across it cost 2.4 % of an off-pixel source's peak;
+  on the full array the core's estimated 16.6" FWHM gives 4.75" cells instead of 5.56").
+- **Field**: ``fov_deg = 5`` (the drift-averaged Airy beam is ~0.1 at the edge at 1.4 GHz): sources
+  in the outer beam are deconvolved instead of leaving their sidelobes (the T-shaped array's PSF
+  has long linear sidelobes) across the tile. The image side is rounded up to a 2^a 3^b 5^c size.
+- **w-term**: DSA-110 is nearly coplanar and phased near the meridian ~18 deg from zenith, so
+  ``w = a u + b v + w_res``; only ``w_res`` defocuses an image made with a 2-D gridder (the plane
+  part is the slant SIN projection, :func:`dsacont.io.fits.set_slant_sin`).
+  :func:`wterm_phase_error_rad` is the phase error of ignoring a given w at the field edge.
+- **Pointing**: the dishes stay at a fixed az/el while the sky drifts; :func:`pointing_track` gives
+  the ICRS pointing at each time of the tile.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from astropy import units as u
+from astropy.coordinates import AltAz, SkyCoord
+from astropy.time import Time
+
+from dsacont.telescope import SPEED_OF_LIGHT as C_M_S
+from dsacont.telescope import ovro_location
+
+DEFAULT_FOV_DEG = 5.0
+DEFAULT_CELLS_PER_BEAM = 3.0
+PIXELS_PER_MINOR_AXIS = 3.5
+
+
+def good_fft_size(n: int) -> int:
+    """Smallest even integer >= ``n`` whose only prime factors are 2, 3 and 5 (pixels)."""
+    m = max(2, int(n) + (int(n) % 2))
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 2
+
+
+def choose_geometry(info: dict, *, fov_deg: float = DEFAULT_FOV_DEG, imsize: int | None = None,
+                    cell_arcsec: float | None = None, cells_per_beam: float = DEFAULT_CELLS_PER_BEAM,
+                    psf_minor_arcsec: float | None = None) -> tuple[int, float]:
+    """Image side (pixels) and cell (arcsec) of a tile.
+
+    Cell: the fringe spacing of the longest unflagged baseline at the top of the band,
+    ``c / (f_max B_max)``, over ``cells_per_beam``. DSA-110's Briggs-0 PSF is a narrow core
+    (~1.2 c/(f B_max) across the east-west arm) on a broad pedestal from the dense core of the
+    array, so CASA's fitted restoring beam is 2-3x wider than the core: with 3 cells per fringe
+    spacing the core is sampled at Nyquist or better and the restoring beam spans 6-10 pixels.
+    But a compact array (the small preset) has a main lobe only ~0.7 fringe spacings wide, so
+    when ``psf_minor_arcsec`` is given, the cell is also at most
+    ``psf_minor_arcsec / PIXELS_PER_MINOR_AXIS`` (3.5): with 2 pixels across the minor axis an
+    off-pixel 8.8 Jy source was spread over several Hogbom components and its restored peak came
+    out 2.4 % low (measured). Side: ``fov_deg / cell`` rounded up to a 2^a 3^b 5^c size.
+
+    Parameters
+    ----------
+    info : dict
+        From :func:`dsacont.imaging.tclean.inspect_ms`; uses ``freqs`` (Hz) and
+        ``max_baseline_m`` (m).
+    fov_deg : float
+        Field of view (image side), degrees.
+    imsize : int, optional
+        Image side in pixels (overrides ``fov_deg``).
+    cell_arcsec : float, optional
+        Cell in arcsec (overrides the rule above).
+    cells_per_beam : float
+        Cells per fringe spacing of the longest baseline.
+    psf_minor_arcsec : float, optional
+        FWHM of the PSF main lobe along its narrowest direction, arcsec
+        (:func:`dsacont.imaging.qa.psf_fwhm_arcsec`).
+
+    Returns
+    -------
+    imsize : int
+        Image side, pixels.
+    cell_arcsec : float
+        Cell, arcsec (3 significant digits when computed).
+    """
+    if cell_arcsec is None:
+        res_rad = C_M_S / (info["freqs"].max() * info["max_baseline_m"])
+        cell = math.degrees(res_rad) * 3600.0 / cells_per_beam
+        if psf_minor_arcsec is not None and np.isfinite(psf_minor_arcsec):
+            cell = min(cell, psf_minor_arcsec / PIXELS_PER_MINOR_AXIS)
+        cell_arcsec = float(f"{cell:.3g}")
+    if imsize is None:
+        imsize = good_fft_size(int(math.ceil(fov_deg * 3600.0 / cell_arcsec)))
+    return int(imsize), float(cell_arcsec)
+
+
+def wterm_phase_error_rad(max_w_m: float, f_max_hz: float, half_width_rad: float) -> float:
+    """Largest phase error (rad) of ignoring ``w`` at ``half_width_rad`` from the phase centre.
+
+    ``2 pi w (1 - sqrt(1 - r^2))`` with ``w = max_w_m f_max / c`` in wavelengths and
+    ``r = sin(half_width_rad)``.
+    """
+    w_lambda = max_w_m * f_max_hz / C_M_S
+    r = math.sin(half_width_rad)
+    return 2.0 * math.pi * w_lambda * (1.0 - math.sqrt(1.0 - r * r))
+
+
+def pointing_track(phase_ra_rad: float, phase_dec_rad: float, mid_mjd: float,
+                   times_mjd) -> tuple[np.ndarray, np.ndarray]:
+    """ICRS pointing of dishes parked at the az/el of the phase centre at mid-time.
+
+    The DSA-110 drifts: the dishes stay at a fixed az/el (the meridian at the pointing declination)
+    and the MS phase centre is that direction at the group's mid-time. No refraction.
+
+    Parameters
+    ----------
+    phase_ra_rad, phase_dec_rad : float
+        Phase centre (ICRS), radians.
+    mid_mjd : float
+        Mid-time of the tile, MJD (UTC).
+    times_mjd : float or array, shape (Nt,)
+        Times, MJD (UTC).
+
+    Returns
+    -------
+    ra, dec : numpy.ndarray, shape (Nt,)
+        ICRS pointing at each time, radians.
+    """
+    loc = ovro_location()
+    t_mid = Time(mid_mjd, format="mjd", scale="utc")
+    pc = SkyCoord(phase_ra_rad * u.rad, phase_dec_rad * u.rad, frame="icrs")
+    aa = pc.transform_to(AltAz(obstime=t_mid, location=loc, pressure=0 * u.hPa))
+    tt = Time(np.atleast_1d(times_mjd), format="mjd", scale="utc")
+    fixed = SkyCoord(AltAz(az=np.full(len(tt), aa.az.rad) * u.rad, alt=np.full(len(tt), aa.alt.rad) * u.rad,
+                           obstime=tt, location=loc, pressure=0 * u.hPa))
+    icrs = fixed.icrs
+    return icrs.ra.rad, icrs.dec.rad
