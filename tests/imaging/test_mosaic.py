@@ -170,13 +170,16 @@ def test_tile_files_resolution(tiles, tmp_path):
 
 def test_dask_distributed_client(tiles, tmp_path):
     """Reprojection tasks on a real (in-process) Dask cluster give the same mosaic."""
-    from dask.distributed import Client, LocalCluster
+    from dask.distributed import Client, LocalCluster, get_task_stream
 
     d, paths, _, _ = tiles
     ref = make_mosaic(paths[:3], tmp_path / "a.fits", png=False)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+            Client(cluster) as client, get_task_stream(client) as ts:
         res = make_mosaic(paths[:3], tmp_path / "b.fits", client=client, png=False)
+    # the work ran on the cluster's workers (a make_mosaic that ignored ``client`` gives the same
+    # mosaic, so the equality below alone could not tell)
+    assert len({t["worker"] for t in ts.data}) >= 1 and len(ts.data) >= 3, ts.data
     a, _, _ = read_fits_image(ref["mosaic"])
     b, _, _ = read_fits_image(res["mosaic"])
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
