@@ -67,6 +67,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from dsacont.calibration.skymodel import SkySource, load_sky_csv, sky_from_arrays  # noqa: F401  (public)
 from dsacont.errors import BadInputError, CalibrationUnavailable
 
 log = logging.getLogger(__name__)
@@ -395,45 +396,6 @@ def point_model(uvw, freqs, tidx, fidx, lmn_sf, amp, sign=MODEL_SIGN, npol=2):
     return _point_sources_kernel(np.ascontiguousarray(uvw, dtype=np.float64), f,
                                  np.asarray(tidx, dtype=np.int64), np.asarray(fidx, dtype=np.int64),
                                  np.ascontiguousarray(lmn_sf), np.ascontiguousarray(amp), float(sign), int(npol))
-
-
-@dataclass(frozen=True)
-class SkySource:
-    """A point source of the model: ICRS position (deg), flux (Jy) at ``ref_freq_hz``, S ~ nu^alpha."""
-
-    name: str
-    ra_deg: float
-    dec_deg: float
-    flux_jy: float
-    spectral_index: float = -0.7
-    ref_freq_hz: float = 1.4e9
-
-    def flux_at(self, freq_hz):
-        return self.flux_jy * (np.asarray(freq_hz, dtype=float) / self.ref_freq_hz) ** self.spectral_index
-
-
-def sky_from_arrays(name, ra_deg, dec_deg, flux_jy, spectral_index, ref_freq_hz=1.4e9) -> list[SkySource]:
-    """SkySources from parallel arrays (e.g. a survey catalogue, or the simulator's truth)."""
-    return [SkySource(str(n), float(r), float(d), float(s), float(a), float(ref_freq_hz))
-            for n, r, d, s, a in zip(name, ra_deg, dec_deg, flux_jy, spectral_index)]
-
-
-def load_sky_csv(path) -> list[SkySource]:
-    """Field sources from a CSV file with a header naming the columns
-    ``name, ra_deg, dec_deg, flux_jy[, spectral_index[, ref_freq_hz]]`` (flux at 1.4 GHz by default)."""
-    import csv
-
-    out = []
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            row = {k.strip(): v for k, v in row.items()}
-            try:
-                out.append(SkySource(row.get("name", ""), float(row["ra_deg"]), float(row["dec_deg"]),
-                                     float(row["flux_jy"]), float(row.get("spectral_index") or -0.7),
-                                     float(row.get("ref_freq_hz") or 1.4e9)))
-            except (KeyError, ValueError) as exc:
-                raise BadInputError(path, f"bad sky-model row {row}: {exc}") from exc
-    return out
 
 
 def _pointing_dec(info: MSInfo) -> float:
