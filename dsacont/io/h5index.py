@@ -1,6 +1,7 @@
 """Where the chunks of a chunked HDF5 dataset are in its file: the chunk index, read fast.
 
-The converter reads the correlator's files by their chunks (:class:`dsacont.convert._SubbandReader`),
+The UVH5 array backend reads the correlator's files by their chunks
+(:class:`dsacont.io.uvh5_backend.SubbandReader`),
 so it needs every chunk's position in the dataset and byte offset in the file. h5py's
 ``DatasetID.chunk_iter`` gives them through a Python callback per chunk (~1-2 us each); a
 full-size group has ~200,000 chunks, so that alone cost ~0.4 CPU-s per group, all of it holding
@@ -32,6 +33,7 @@ import logging
 import operator
 import os
 
+import h5py
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -110,8 +112,6 @@ def _btree_index(fd, root: int, k: int):
 
 def _via_btree(dset):
     """The v1 B-tree read directly; raises _Unsupported when this file is not of that kind."""
-    import h5py
-
     fid = dset.file.id
     if fid.get_create_plist().get_sizes() != (8, 8):
         raise _Unsupported("offset/length sizes")

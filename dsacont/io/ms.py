@@ -76,10 +76,10 @@ import time as _time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numba
 import numpy as np
 
 from dsacont.errors import DsacontError
+from dsacont.io.kernels import pack_bits_le
 
 log = logging.getLogger(__name__)
 
@@ -557,22 +557,6 @@ class MSWriter:
                                        cell=cell, tile_rows=R, bucket=bucket, dtype=np.dtype(dtype).str,
                                        ntiles=nrows // R, probes=probes)
         return out
-
-
-@numba.njit(nogil=True, cache=True)
-def pack_bits_le(flags, out):
-    """Pack a 1-D bool array (``size % 8 == 0``) into ``out`` (1-D uint8, ``size // 8``) as
-    casacore stores Bool: 8 values per byte, least significant bit first."""
-    f = flags
-    n = out.size
-    for i in range(n):
-        b = 0
-        base = 8 * i
-        for k in range(8):
-            if f[base + k]:
-                b |= 1 << k
-        out[i] = b
-    return out
 
 
 class TileFiles:
