@@ -402,7 +402,7 @@ def open_group(paths, *, chunks=None, allow_missing: bool = False):
     source = tuple(p if p is not None else "" for p in slots)
     ds.encoding["source"] = source
     for var in DATA_VARIABLES:
-        ds[var].encoding = {"source": source, "original_shape": shape, "dask_name": ds[var].data.name}
+        ds[var].encoding = {"source": source, "original_shape": tuple(ds[var].shape), "dask_name": ds[var].data.name}
     log.debug("opened group %s lazily: %s", group_ts, dict(ds.sizes))
     return ds
 

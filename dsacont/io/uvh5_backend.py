@@ -265,7 +265,7 @@ class SubbandReader:
         ascending frequency with ``ascending`` (reversed while gathering, at no extra cost).
 
         ``scratch``: a dict this reader may keep buffers in and reuse between calls of one
-        thread (fresh memory costs page faults: ~2 ms per MB on small VMs); the returned array
+        thread (fresh memory costs page faults, slow on small VMs); the returned array
         is then one of them, valid until the next call with the same name."""
         out = self._read_rows(name, t0 * self.nbls, t1 * self.nbls, scratch, ascending)
         return out.reshape(t1 - t0, self.nbls, self.nf, self.npol)

@@ -8,14 +8,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dsacont.convert import phasing
 from dsacont.casa import ensure_casa
+from dsacont.convert import phasing
 
 HERE = Path(__file__).resolve().parents[1]
 C = 299_792_458.0
@@ -120,7 +119,8 @@ def test_uvw_kernel_is_rotation_of_baselines():
 # ----------------------------------------------------------------------------- geometry vs CASA
 def test_phase_centre_and_uvw_against_casa_measures(small_ds):
     """Independent check: casatools measures (HADEC -> J2000, baseline -> uvw)."""
-    from dsacont.convert import _geometry, phase_centre
+    from dsacont.convert.plan import geometry as _geometry
+    from dsacont.convert.plan import phase_centre
     from dsacont.telescope import ARRAY_CENTRE_ECEF
 
     ct = ensure_casa()
@@ -278,7 +278,7 @@ def test_tclean_puts_point_source_at_true_position(sim_clean, tmp_path):
 # ----------------------------------------------------------------------------- modes, zarr, CLI
 @pytest.mark.casa
 def test_per_integration_layout_and_cli(sim_small, tmp_path, small_ms):
-    from dsacont.convert import cli
+    from dsacont.convert.cli import cli
 
     out = tmp_path / "per_int.ms"
     assert cli([*sim_small[1], "-o", str(out), "--phase", "per_integration", "--no-flag",
@@ -314,7 +314,6 @@ def test_to_zarr_roundtrip(small_ds, small_ms, tmp_path):
 
 
 def test_failure_leaves_nothing(small_ds, tmp_path):
-    import dask.array as da
 
     from dsacont.config import get_paths
     from dsacont.convert import convert_group
@@ -393,7 +392,7 @@ def test_tile_files_write_every_cell_as_putcol_does(tmp_path):
 def test_gather_chunks_any_chunk_shape():
     """The chunk gathers rebuild a (rows, chans, pols) array from its chunks stored in any order,
     with edge chunks stored whole, for any time slice."""
-    from dsacont.convert import gather_chunks, gather_chunks_p1
+    from dsacont.io.kernels import gather_chunks, gather_chunks_p1
 
     rng = np.random.default_rng(7)
     full = (rng.standard_normal((50, 10, 2)) + 1j * rng.standard_normal((50, 10, 2))).astype(np.complex64)
@@ -425,10 +424,10 @@ def test_gather_chunks_any_chunk_shape():
 def test_subband_reader_matches_loader(small_ds, mmap_min, monkeypatch):
     """The chunk-table reader returns exactly what h5py (the loader) reads, for any time slice,
     through a mapping or a copy."""
-    from dsacont import convert
-    from dsacont.convert import _SubbandReader
+    from dsacont.io import uvh5_backend
+    from dsacont.io.uvh5_backend import SubbandReader as _SubbandReader
 
-    monkeypatch.setattr(convert, "MMAP_MIN_BYTES", mmap_min)
+    monkeypatch.setattr(uvh5_backend, "MMAP_MIN_BYTES", mmap_min)
 
     sb = np.asarray(small_ds["subband"].values)
     nbl = small_ds.sizes["baseline"]
@@ -456,12 +455,12 @@ def test_loader_dataset_is_read_from_its_files_unless_modified(sim_small, small_
     a selected or transformed Dataset is read through its own dask arrays."""
     from dsacont import convert
     from dsacont.config import get_paths
-    from dsacont.io.uvh5 import open_group
+    from dsacont.io.uvh5 import group_files, open_group
 
     paths = get_paths(root=tmp_path)
     ds = open_group(sim_small[1])
     ms = convert.convert_group(ds, tmp_path / "ds.ms", flag=False, paths=paths)
-    assert convert.LAST_PROFILE["direct_read"] is True
+    assert ms.profile["direct_read"] is True
     a, b = _main_columns(small_ms[0]), _main_columns(ms)
     for col in a:
         np.testing.assert_array_equal(a[col], b[col], err_msg=col)
@@ -471,19 +470,19 @@ def test_loader_dataset_is_read_from_its_files_unless_modified(sim_small, small_
     slots[5] = None
     holey = open_group(slots, allow_missing=True)
     one = convert.convert_group(holey, tmp_path / "holey1.ms", flag=True, paths=paths, qa_dir=tmp_path / "q1")
-    assert convert.LAST_PROFILE["direct_read"] is True and "fused_flag_threads" in convert.LAST_PROFILE
+    assert one.profile["direct_read"] is True and "fused_flag_threads" in one.profile
     two = convert.convert_group(holey, tmp_path / "holey2.ms", flag=True, paths=paths, qa_dir=tmp_path / "q2",
                                 direct_read=False)
-    assert convert.LAST_PROFILE["direct_read"] is False
+    assert two.profile["direct_read"] is False
     a, b = _main_columns(one), _main_columns(two)
     for col in a:
         np.testing.assert_array_equal(a[col], b[col], err_msg=col)
     sub = ds.isel(time=slice(0, 2))
-    convert.convert_group(sub, tmp_path / "sub.ms", flag=False, paths=paths)
-    assert convert.LAST_PROFILE["direct_read"] is False
+    res = convert.convert_group(sub, tmp_path / "sub.ms", flag=False, paths=paths)
+    assert res.profile["direct_read"] is False
     scaled = ds.copy()
     scaled["vis"] = ds["vis"] * 2
-    assert convert._files_behind(scaled, convert._spw_layout(scaled)) is None
+    assert group_files(scaled) is None
 
 
 def test_fast_paths_equal_putcol_and_dask_paths(sim_small, small_ms, tmp_path):
@@ -495,13 +494,13 @@ def test_fast_paths_equal_putcol_and_dask_paths(sim_small, small_ms, tmp_path):
     fast = small_ms[0]
     slow = convert.convert_group(sim_small[1], tmp_path / "slow.ms", flag=False, paths=get_paths(root=tmp_path),
                                  direct_write=False, direct_read=False)
-    assert convert.LAST_PROFILE["direct_tiles"] is False and convert.LAST_PROFILE["direct_read"] is False
+    assert slow.profile["direct_tiles"] is False and slow.profile["direct_read"] is False
     a, b = _main_columns(fast), _main_columns(slow)
     for col in a:
         np.testing.assert_array_equal(a[col], b[col], err_msg=col)
     # and the default really took the fast paths
     again = convert.convert_group(sim_small[1], tmp_path / "fast.ms", flag=False, paths=get_paths(root=tmp_path))
-    assert convert.LAST_PROFILE["direct_tiles"] is True and convert.LAST_PROFILE["direct_read"] is True
+    assert again.profile["direct_tiles"] is True and again.profile["direct_read"] is True
     c = _main_columns(again)
     for col in a:
         np.testing.assert_array_equal(a[col], c[col], err_msg=col)
@@ -541,12 +540,12 @@ def test_skeleton_template_gives_the_same_ms(sim_small, tmp_path, caplog):
     paths = get_paths(root=tmp_path)
     ds = open_group(sim_small[1])
     first = convert.convert_group(ds, tmp_path / "first.ms", flag=False, paths=paths)
-    assert "template_saved" in convert.LAST_PROFILE
+    assert "template_saved" in first.profile
     later = ds.assign_coords(time=ds["time"] + 0.4137)  # ~10 h later: another RA, other UVW
     stamped = convert.convert_group(later, tmp_path / "stamped.ms", flag=False, paths=paths)
-    assert "skeleton_from_template" in convert.LAST_PROFILE
+    assert "skeleton_from_template" in stamped.profile
     fresh = convert.convert_group(later, tmp_path / "fresh.ms", flag=False, paths=paths, use_templates=False)
-    assert "skeleton_from_template" not in convert.LAST_PROFILE
+    assert "skeleton_from_template" not in fresh.profile
     a, b, c = _every_table(stamped), _every_table(fresh), _every_table(first)
     assert a.keys() == b.keys() and len(a) > 100
     pol_type = a[("FEED", "POLARIZATION_TYPE")]  # every antenna's receptors (casatools string bug)
@@ -566,11 +565,11 @@ def test_skeleton_template_gives_the_same_ms(sim_small, tmp_path, caplog):
     (tpl / "ms" / "table.dat").write_bytes(b"garbage")
     with caplog.at_level("WARNING", logger="dsacont.io.ms"):
         again = convert.convert_group(later, tmp_path / "again.ms", flag=False, paths=paths)
-    assert "unusable" in caplog.text and "skeleton_from_template" not in convert.LAST_PROFILE
+    assert "unusable" in caplog.text and "skeleton_from_template" not in again.profile
     d = _every_table(again)
     for key in (("", "DATA"), ("", "UVW"), ("", "TIME"), ("FIELD", "PHASE_DIR")):
         np.testing.assert_array_equal(d[key], b[key], err_msg=str(key))
-    assert "template_saved" in convert.LAST_PROFILE and (tpl / "ms" / "table.dat").read_bytes() != b"garbage"
+    assert "template_saved" in again.profile and (tpl / "ms" / "table.dat").read_bytes() != b"garbage"
 
 
 def test_uniform_blocks_and_varied_ones_give_the_same_ms(sim_small, tmp_path):
@@ -581,6 +580,7 @@ def test_uniform_blocks_and_varied_ones_give_the_same_ms(sim_small, tmp_path):
 
     from dsacont import convert
     from dsacont.config import get_paths
+    from dsacont.io.uvh5_backend import SubbandReader
 
     files = [Path(shutil.copy(p, tmp_path / Path(p).name)) for p in sim_small[1]]
     with h5py.File(files[3], "r+") as f:  # one subband: odd nsamples in integration 1, a flag in 3
@@ -594,14 +594,14 @@ def test_uniform_blocks_and_varied_ones_give_the_same_ms(sim_small, tmp_path):
         fb = fl[3 * nbl:4 * nbl]
         fb[11, 0, 6, 1] = True
         fl[3 * nbl:4 * nbl] = fb
-    r = convert._SubbandReader(files[3], nbl)
+    r = SubbandReader(files[3], nbl)
     assert r.uniform("nsamples", 0, 1) == np.float32(1.0) and r.uniform("flags", 0, 1) == 0
     assert r.uniform("nsamples", 1, 2) is None and r.uniform("nsamples", 0, 3) is None
     assert r.uniform("nsamples", 2, 3) == np.float32(1.0)
     assert r.uniform("flags", 3, 4) is None and r.uniform("flags", 0, 3) == 0
     paths = get_paths(root=tmp_path)
     fast = convert.convert_group(files, tmp_path / "fast.ms", flag=False, paths=paths, chunks={"time": 1})
-    assert convert.LAST_PROFILE["direct_read"] is True
+    assert fast.profile["direct_read"] is True
     slow = convert.convert_group(files, tmp_path / "slow.ms", flag=False, paths=paths, direct_read=False)
     a, b = _main_columns(fast), _main_columns(slow)
     for col in a:
@@ -618,10 +618,10 @@ def test_fused_flags_equal_flags_first(sim_small, tmp_path):
 
     paths = get_paths(root=tmp_path)
     one = convert.convert_group(sim_small[1], tmp_path / "one.ms", flag=True, paths=paths, qa_dir=tmp_path / "qa1")
-    assert "fused_flag_threads" in convert.LAST_PROFILE
+    assert "fused_flag_threads" in one.profile
     two = convert.convert_group(sim_small[1], tmp_path / "two.ms", flag=True, paths=paths, qa_dir=tmp_path / "qa2",
                                 fuse_flags=False)
-    assert "fused_flag_threads" not in convert.LAST_PROFILE
+    assert "fused_flag_threads" not in two.profile
     a, b = _main_columns(one), _main_columns(two)
     assert a["FLAG"].mean() > 0
     for col in a:
