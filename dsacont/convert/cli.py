@@ -22,25 +22,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a 16-subband group (its files, or every complete group of a directory) to a CASA "
                     "Measurement Set: 16 SPWs ascending, one phase centre, RFI flags, built in a staging "
                     "directory and moved into place.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", help="the subband files of one group, or one directory (every complete group)")
     p.add_argument("-o", "--output", default=None,
-                   help="output MS path (one group, ending in .ms) or directory of MSs; none: <stage>/ms/<timestamp>.ms")
+                   help="output MS path (one group, ending in .ms) or directory of MSs (default: <stage>/ms/<timestamp>.ms)")
     p.add_argument("--phase", choices=PHASE_MODES, default="common",
                    help="'common': one phase centre, the meridian at the group's mid-time; "
-                        "'per_integration': one field per integration (the correlator's own centres)")
-    p.add_argument("--no-flag", action="store_true", help="do not compute RFI flags (the files' flags are kept)")
+                        "'per_integration': one field per integration (the correlator's own centres) (default: common)")
+    p.add_argument("--no-flag", action="store_true", help="do not compute RFI flags; the files' flags are kept (default: RFI flags computed)")
     p.add_argument("--strategy", default=None,
-                   help="flagging strategy file (TOML/JSON); none: dsacont/data/flag_strategy_default.toml")
-    p.add_argument("--time-chunk", type=int, default=DEFAULT_TIME_CHUNK, help="integrations per block")
+                   help="flagging strategy file, TOML or JSON (default: dsacont/data/flag_strategy_default.toml)")
+    p.add_argument("--time-chunk", type=int, default=DEFAULT_TIME_CHUNK, help=f"integrations per block (default: {DEFAULT_TIME_CHUNK})")
     p.add_argument("--tmp-dir", default=None,
-                   help="where to build the MS before the atomic move; none: <stage>/tmp when on the output's "
-                        "filesystem, else tmpfs when it has room, else <stage>/tmp")
+                   help="where to build the MS before the atomic move (default: <stage>/tmp when on the output's "
+                        "filesystem, else tmpfs when it has room, else <stage>/tmp)")
     p.add_argument("--scheduler", default=None,
-                   help="dask-scheduler address (tcp://host:8786) whose workers compute the blocks; none: local threads")
-    p.add_argument("--root", default=None, help="put everything under this directory (as CONTIMG_ROOT)")
-    p.add_argument("--zarr", default=None, help="also write the phased Dataset to this zarr store (one group only)")
+                   help="dask-scheduler address (tcp://host:8786) whose workers compute the blocks (default: local threads)")
+    p.add_argument("--root", default=None, help="put everything under this directory, as CONTIMG_ROOT does (default: CONTIMG_* paths)")
+    p.add_argument("--zarr", default=None, help="also write the phased Dataset to this zarr store, one group only (default: none)")
     return p
 
 

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from dsacont.casa import ensure_casa
-from dsacont.convert import phasing
 
 HERE = Path(__file__).resolve().parents[1]
 C = 299_792_458.0
@@ -81,39 +80,6 @@ def small_ms(sim_small, tmp_path_factory):
     paths = get_paths(root=root)
     ms = convert_group(sim_small[1], paths=paths, flag=False)
     return ms, paths
-
-
-# ----------------------------------------------------------------------------- kernels
-def test_rotate_kernel_matches_float64_formula():
-    rng = np.random.default_rng(0)
-    vis = (rng.standard_normal((3, 5, 7, 2)) + 1j * rng.standard_normal((3, 5, 7, 2))).astype(np.complex64)
-    dw = rng.uniform(-2000, 2000, (3, 5))  # metres: phases of ~60000 rad, float32 phases would fail
-    freq = np.linspace(1.31e9, 1.5e9, 7)
-    expect = vis.astype(np.complex128) * np.exp(-2j * np.pi * freq[None, None, :, None] * dw[:, :, None, None] / C)
-    out = phasing.rotate_vis_numpy(vis, dw, freq)
-    assert out.dtype == np.complex64
-    np.testing.assert_allclose(out, expect, rtol=0, atol=2e-6 * np.abs(vis).max())
-    np.testing.assert_allclose(phasing.rotate_vis_numpy(vis, dw, freq, conjugate=True), np.conj(expect),
-                               rtol=0, atol=2e-6 * np.abs(vis).max())
-    # the dask wrapper gives the same, block by block
-    import dask.array as da
-
-    lazy = phasing.rotate_vis(da.from_array(vis, chunks=(2, 5, 3, 2)), dw, freq)
-    np.testing.assert_array_equal(lazy.compute(), out)
-
-
-def test_uvw_kernel_is_rotation_of_baselines():
-    rng = np.random.default_rng(1)
-    pos = rng.uniform(-1500, 1500, (6, 3))
-    a1 = np.array([0, 0, 1, 2, 5])
-    a2 = np.array([0, 1, 3, 4, 5])
-    rot = phasing.uvw_rotation(np.array([2460978.08, 2460978.09]), 2.24, 0.97)
-    uvw = phasing.baseline_uvw(rot, pos, a1, a2)
-    b = pos[a2] - pos[a1]
-    np.testing.assert_allclose(uvw, np.einsum("tij,bj->tbi", rot, b), atol=1e-9)
-    # rotations are orthonormal; autocorrelations are zero
-    np.testing.assert_allclose(np.einsum("tij,tkj->tik", rot, rot), np.broadcast_to(np.eye(3), (2, 3, 3)), atol=1e-12)
-    assert np.all(uvw[:, 0] == 0) and np.all(uvw[:, -1] == 0)
 
 
 # ----------------------------------------------------------------------------- geometry vs CASA
@@ -345,111 +311,6 @@ def _main_columns(path):
         tb.close()
 
 
-def test_tile_files_write_every_cell_as_putcol_does(tmp_path):
-    """msio.TileFiles: bytes written straight into the tiles read back through casatools getcol
-    identically to what putcol would have stored, for every cell of DATA/FLAG/WEIGHT/SIGMA, for
-    row ranges that start and end inside tiles; and the probe check accepts this layout."""
-    from dsacont.io import ms as msio
-
-    nbl, nchan, npol, nspw, ntime = 6, 8, 2, 3, 2
-    layout = msio.MSLayout(
-        antenna_names=[str(i + 1) for i in range(4)], antenna_positions=np.full((4, 3), 6.0e6) + np.arange(12).reshape(4, 3),
-        dish_diameter=4.65, spw_freqs=1.3e9 + 1e6 * np.arange(nspw * nchan, dtype=float).reshape(nspw, nchan),
-        spw_widths=np.full((nspw, nchan), 1e5), spw_names=["a", "b", "c"], polarizations=["XX", "YY"],
-        field_names=["f"], field_dirs=np.array([[1.0, 0.9]]), field_times=np.array([5e9]),
-        time_range=(5e9, 5e9 + 20), nrows=ntime * nspw * nbl, interval=10.0, tile_rows=nbl)
-    ms = tmp_path / "t.ms"
-    msio.create_ms(ms, layout)
-    nrows = ntime * nspw * nbl
-    with msio.MSWriter(ms) as w:
-        w.add_runs(np.full(ntime * nspw, nbl), constants=dict(INTERVAL=10.0),
-                   TIME=np.repeat([5e9, 5e9 + 10], nspw), DATA_DESC_ID=np.tile(np.arange(nspw), ntime))
-        lay = w.tile_layout()
-    tiles = msio.TileFiles.open(lay)
-    assert tiles is not None
-    rng = np.random.default_rng(3)
-    data = (rng.standard_normal((nrows, nchan, npol)) + 1j * rng.standard_normal((nrows, nchan, npol))).astype(np.complex64)
-    flag = rng.random((nrows, nchan, npol)) < 0.3
-    wt = rng.random((nrows, npol)).astype(np.float32)
-    with tiles:
-        for a, b in ((0, 4), (4, 11), (11, nrows)):  # across tile boundaries
-            packed = msio.pack_bits_le(flag[a:b].reshape(-1), np.empty(flag[a:b].size // 8, np.uint8))
-            tiles.write(a, DATA=data[a:b], FLAG=packed if a else flag[a:b], WEIGHT=wt[a:b], SIGMA=2 * wt[a:b])
-    cols = _main_columns(ms)
-    np.testing.assert_array_equal(cols["DATA"].T, data)
-    np.testing.assert_array_equal(cols["FLAG"].T, flag)
-    np.testing.assert_array_equal(cols["WEIGHT"].T, wt)
-    np.testing.assert_array_equal(cols["SIGMA"].T, 2 * wt)
-    # a layout it does not know (tiles of 4 rows: runs of 6 rows would straddle them) is refused
-    ms2 = tmp_path / "t2.ms"
-    layout.tile_rows = 4
-    msio.create_ms(ms2, layout)
-    with msio.MSWriter(ms2) as w:
-        w.add_runs([nrows - 2])
-        assert w.tile_layout() is None  # 34 rows are not whole tiles of 4
-
-
-def test_gather_chunks_any_chunk_shape():
-    """The chunk gathers rebuild a (rows, chans, pols) array from its chunks stored in any order,
-    with edge chunks stored whole, for any time slice."""
-    from dsacont.io.kernels import gather_chunks, gather_chunks_p1
-
-    rng = np.random.default_rng(7)
-    full = (rng.standard_normal((50, 10, 2)) + 1j * rng.standard_normal((50, 10, 2))).astype(np.complex64)
-    for R, C, P in ((8, 4, 1), (16, 3, 2), (7, 10, 2)):
-        gshape = (-(-50 // R), -(-10 // C), -(-2 // P))
-        order = rng.permutation(int(np.prod(gshape)))
-        src = np.zeros(order.size * R * C * P, np.complex64)
-        grid = np.empty(gshape, np.int64)
-        for slot, k in enumerate(order):
-            rk, ck, pk = np.unravel_index(k, gshape)
-            chunk = np.zeros((R, C, P), np.complex64)
-            part = full[rk * R:(rk + 1) * R, ck * C:(ck + 1) * C, pk * P:(pk + 1) * P]
-            chunk[:part.shape[0], :part.shape[1], :part.shape[2]] = part
-            src[slot * R * C * P:(slot + 1) * R * C * P] = chunk.ravel()
-            grid[rk, ck, pk] = slot * R * C * P
-        for r0, r1 in ((0, 50), (3, 29), (R, 2 * R)):
-            for rev in (False, True):  # rev: channels reversed on the way
-                want = full[r0:r1, ::-1] if rev else full[r0:r1]
-                out = np.empty((r1 - r0, 10, 2), np.complex64)
-                gather_chunks(src, grid, R, C, P, r0, r1, rev, out)
-                np.testing.assert_array_equal(out, want)
-                if P == 1:
-                    out[:] = 0
-                    gather_chunks_p1(src, grid, R, C, r0, r1, rev, out)
-                    np.testing.assert_array_equal(out, want)
-
-
-@pytest.mark.parametrize("mmap_min", [0, 1 << 40])
-def test_subband_reader_matches_loader(small_ds, mmap_min, monkeypatch):
-    """The chunk-table reader returns exactly what h5py (the loader) reads, for any time slice,
-    through a mapping or a copy."""
-    from dsacont.io import uvh5_backend
-    from dsacont.io.uvh5_backend import SubbandReader as _SubbandReader
-
-    monkeypatch.setattr(uvh5_backend, "MMAP_MIN_BYTES", mmap_min)
-
-    sb = np.asarray(small_ds["subband"].values)
-    nbl = small_ds.sizes["baseline"]
-    for k in (0, 7, 15):
-        f0 = int(np.flatnonzero(sb == k)[0])
-        nf = int((sb == k).sum())
-        r = _SubbandReader(small_ds.attrs["source_files"][k], nbl)
-        assert all(t is not None for t in r.tables.values())  # the simulator writes chunked, unfiltered files
-        for (t0, t1) in ((0, small_ds.sizes["time"]), (1, 3)):
-            for name, var in (("visdata", "vis"), ("nsamples", "nsamples"), ("flags", "flags")):
-                want = small_ds[var].data[t0:t1, :, f0:f0 + nf].compute()  # ascending
-                got = r.read(name, t0, t1, scratch={})
-                np.testing.assert_array_equal(got[:, :, ::-1] if r.flip else got, want)
-                np.testing.assert_array_equal(r.read(name, t0, t1, scratch={}, ascending=True), want)
-            # baseline ranges of every integration (the fused flag pass)
-            want = small_ds[var].data[:, 3:17, f0:f0 + nf].compute()
-            got = r.read_baselines(name, 3, min(17, nbl), small_ds.sizes["time"], scratch={})
-            np.testing.assert_array_equal(got[:, :, ::-1] if r.flip else got, want)
-            got = r.read_baselines(name, 3, min(17, nbl), small_ds.sizes["time"], scratch={}, ascending=True)
-            np.testing.assert_array_equal(got, want)
-
-
 def test_loader_dataset_is_read_from_its_files_unless_modified(sim_small, small_ms, tmp_path):
     """The pipeline passes open_group's Dataset: it is read from the files directly (same MS);
     a selected or transformed Dataset is read through its own dask arrays."""
@@ -630,28 +491,6 @@ def test_fused_flags_equal_flags_first(sim_small, tmp_path):
     j2 = json.loads(next((tmp_path / "qa2").glob("*.flags.json")).read_text())
     assert j1 == j2
     assert next((tmp_path / "qa1").glob("*.waterfall.png")).stat().st_size > 0
-
-
-def test_block_kernel_matches_rotate_kernel():
-    """The fused block kernel (flip, recurrence phases, weights, flags) against phasing's kernel."""
-    from dsacont.convert import compute_block
-
-    rng = np.random.default_rng(5)
-    shape = (3, 7, 48, 2)
-    vis = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
-    ns = rng.choice([0.0, 0.5, 1.0], size=shape).astype(np.float32)
-    fl = rng.random(shape) < 0.1
-    dw = rng.uniform(-3000, 3000, shape[:2])
-    for freq in (1.31e9 + 244140.625 * np.arange(48), np.sort(rng.uniform(1.3e9, 1.5e9, 48))):
-        for flip in (False, True):
-            src = lambda x: x[:, :, ::-1] if flip else x  # noqa: E731
-            data, flags, weight, sigma = compute_block(vis, ns, fl, dw, freq, flip)
-            expect = phasing.rotate_vis_numpy(src(vis), dw, freq, conjugate=True)
-            np.testing.assert_allclose(data, expect, rtol=0, atol=3e-6 * np.abs(vis).max())
-            np.testing.assert_array_equal(flags, src(fl) | (src(ns) == 0))
-            w = ns.mean(axis=2, dtype=np.float64).astype(np.float32)
-            np.testing.assert_allclose(weight, w, rtol=1e-6)
-            np.testing.assert_allclose(sigma, np.where(w > 0, 1 / np.sqrt(np.maximum(w, 1e-30)), 0), rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- distributed
