@@ -1,5 +1,10 @@
 """Measurement Set writing and reading with the casatools ``table`` tool (no python-casacore).
 
+Every table is opened through :func:`table`, a context manager that closes the table and releases
+its tool whatever happens (the pattern of dask-ms's ``TableProxy``). The metadata of an MS
+(times, SPWs, data descriptions, polarisations, fields, antennas, telescope) is read in one
+place, :func:`read_ms_info` (:class:`MSInfo`).
+
 Layout written by :func:`create_ms` (what CASA's tasks need; columns and keywords checked
 against pyuvdata's ``write_ms`` and casatools' own ``simulator`` skeleton):
 
