@@ -138,7 +138,7 @@ out, root, tmp_dir, flag, nwarm = sys.argv[1], sys.argv[2], sys.argv[3], sys.arg
 files = sys.argv[6:]
 tmp = None if tmp_dir == 'auto' else tmp_dir
 ms = convert.convert_group(files, out, flag=flag, paths=get_paths(root=root), tmp_dir=tmp, qa_dir=root + '/qa')
-cold = dict(convert.LAST_PROFILE)
+cold = dict(ms.profile)
 t_cold = time.perf_counter() - t0
 cpu_cold = time.process_time() - c0
 res = dict(ms=str(ms), profile=cold, cold_in_process_s=t_cold, cold_cpu_s=cpu_cold, warm=[], floor=[])
@@ -152,7 +152,7 @@ for k in range(nwarm):
     c1 = time.process_time()
     ms2 = convert.convert_group(files, out + f'.warm{k}.ms', flag=False, paths=get_paths(root=root), tmp_dir=tmp)
     res['warm'].append(dict(seconds=time.perf_counter() - t1, cpu_s=time.process_time() - c1,
-                            profile=dict(convert.LAST_PROFILE)))
+                            profile=dict(ms2.profile)))
     shutil.rmtree(ms2, ignore_errors=True)
     settle(floor_tmp)
     c2 = time.process_time()

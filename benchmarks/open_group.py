@@ -34,8 +34,6 @@ def _paths(group_dir):
 
 
 def child(mode: str, group_dir: str) -> dict:
-    import numpy as np
-
     paths = _paths(group_dir)
     out = {"mode": mode}
     t0 = time.perf_counter()

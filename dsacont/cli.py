@@ -14,7 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("dsacont.simulator.cli", "write simulated DSA-110 subband files with recorded truth"),
     "groups": ("dsacont.io.groups", "list complete/incomplete 16-subband groups in a directory"),
-    "convert": ("dsacont.convert", "convert a subband group to a CASA Measurement Set"),
+    "convert": ("dsacont.convert.cli", "convert a subband group to a CASA Measurement Set"),
     "flag": ("dsacont.flagging.cli", "flag RFI in an existing Measurement Set (FLAG column)"),
     "calibrate": ("dsacont.calibration", "solve bandpass and gains on a calibrator MS, register tables"),
     "applycal": ("dsacont.calibration", "apply the registered calibration to a target MS"),

@@ -18,17 +18,22 @@ The new phase centre is a fixed ICRS direction (RA, Dec). Its apparent place per
 (precession, nutation, aberration, UT1 from the IERS tables shipped with astropy) and the
 position angle between the apparent and ICRS frames come from pyuvdata's ERFA-based
 astrometry (``pyuvdata.utils.phasing``), so the UVWs agree with pyuvdata's to floating-point
-precision and with CASA measures to millimetres (``tests/test_convert.py`` checks both).
+precision and with CASA measures to millimetres (``tests/convert/test_convert.py`` checks both).
 That per-integration astrometry is condensed into one 3x3 rotation per integration,
 ``uvw = R[t] @ b`` (u east, v north in the ICRS frame, w towards the phase centre); the
-per-baseline work is done by small numba kernels.
+per-baseline work is done by the numba kernels of :mod:`dsacont.convert.kernels`, which this
+module wraps (numpy in/out, and :func:`rotate_vis` mapping the rotation over a Dask array).
 """
 from __future__ import annotations
 
-import numba
+import dask.array as da
 import numpy as np
+from pyuvdata.utils.phasing import calc_app_coords, calc_frame_pos_angle, calc_uvw, transform_app_to_icrs
+from pyuvdata.utils.times import get_lst_for_time
 
-from dsacont.telescope import SPEED_OF_LIGHT
+from dsacont import telescope
+from dsacont.convert.kernels import baseline_uvw_kernel, delta_w_kernel, rotate_kernel
+from dsacont.telescope import OVRO_LAT_RAD, OVRO_LON_RAD
 
 __all__ = [
     "lst",
@@ -48,8 +53,6 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- astrometry (per time)
 def _location():
-    from dsacont import telescope
-
     return telescope.ovro_location()
 
 
@@ -58,8 +61,6 @@ def lst(jd) -> np.ndarray:
 
     Same computation as pyuvdata's ``lst_array`` (ERFA, IERS UT1-UTC).
     """
-    from pyuvdata.utils.times import get_lst_for_time
-
     jd = np.atleast_1d(np.asarray(jd, dtype=float))
     return np.asarray(get_lst_for_time(jd, telescope_loc=_location()), dtype=float)
 
@@ -69,8 +70,6 @@ def hadec_to_icrs(ha_rad, dec_rad, jd) -> tuple[np.ndarray, np.ndarray]:
 
     ``ha_rad``, ``dec_rad`` and ``jd`` broadcast; returns two float64 arrays.
     """
-    from pyuvdata.utils.phasing import transform_app_to_icrs
-
     ha, dec, jd = np.broadcast_arrays(
         np.atleast_1d(np.asarray(ha_rad, float)),
         np.atleast_1d(np.asarray(dec_rad, float)),
@@ -97,7 +96,7 @@ def hadec_direction_ecef(dec_rad: float, ha_rad: float = 0.0, lon_rad: float | N
     not move with time. ``lon_rad`` defaults to the array centre's longitude.
     """
     if lon_rad is None:
-        from dsacont.telescope import OVRO_LON_RAD as lon_rad
+        lon_rad = OVRO_LON_RAD
     gl = lon_rad - ha_rad
     return np.array([np.cos(dec_rad) * np.cos(gl), np.cos(dec_rad) * np.sin(gl), np.sin(dec_rad)])
 
@@ -118,10 +117,6 @@ def uvw_rotation(jd, ra_rad, dec_rad) -> np.ndarray:
         Row 2 is the apparent direction of the phase centre in ECEF axes; rows 0, 1 are u (east)
         and v (north) rotated by the ICRS frame position angle, as pyuvdata's ``calc_uvw``.
     """
-    from pyuvdata.utils.phasing import calc_app_coords, calc_frame_pos_angle, calc_uvw
-
-    from dsacont.telescope import OVRO_LAT_RAD, OVRO_LON_RAD
-
     jd = np.atleast_1d(np.asarray(jd, dtype=float))
     nt = jd.size
     ra = np.broadcast_to(np.asarray(ra_rad, float), (nt,))
@@ -153,79 +148,6 @@ def uvw_rotation(jd, ra_rad, dec_rad) -> np.ndarray:
     )
     # out[3 t + j] = R[t] @ e_j  -> column j of R[t]
     return np.ascontiguousarray(np.asarray(out, float).reshape(nt, 3, 3).transpose(0, 2, 1))
-
-
-# ----------------------------------------------------------------------------- kernels
-@numba.njit(nogil=True, cache=True)
-def baseline_uvw_kernel(rot, antpos, ant1, ant2):
-    """uvw (ntime, nbl, 3) float64 = rot[t] @ (antpos[ant2] - antpos[ant1]).
-
-    rot (ntime, 3, 3) float64; antpos (nant, 3) float64 metres; ant1, ant2 (nbl,) int indices.
-    """
-    nt = rot.shape[0]
-    nbl = ant1.shape[0]
-    out = np.empty((nt, nbl, 3), dtype=np.float64)
-    for t in range(nt):
-        for b in range(nbl):
-            i = ant1[b]
-            j = ant2[b]
-            bx = antpos[j, 0] - antpos[i, 0]
-            by = antpos[j, 1] - antpos[i, 1]
-            bz = antpos[j, 2] - antpos[i, 2]
-            for k in range(3):
-                out[t, b, k] = rot[t, k, 0] * bx + rot[t, k, 1] * by + rot[t, k, 2] * bz
-    return out
-
-
-@numba.njit(nogil=True, cache=True)
-def delta_w_kernel(w_new_dir, w_old_dir, antpos, ant1, ant2):
-    """dw (ntime, nbl) float64 = b . (w_new_dir[t] - w_old_dir[t]), metres.
-
-    w_new_dir, w_old_dir (ntime, 3): unit vectors of the new/old phase centres in ECEF axes.
-    """
-    nt = w_new_dir.shape[0]
-    nbl = ant1.shape[0]
-    out = np.empty((nt, nbl), dtype=np.float64)
-    for t in range(nt):
-        dx = w_new_dir[t, 0] - w_old_dir[t, 0]
-        dy = w_new_dir[t, 1] - w_old_dir[t, 1]
-        dz = w_new_dir[t, 2] - w_old_dir[t, 2]
-        for b in range(nbl):
-            i = ant1[b]
-            j = ant2[b]
-            out[t, b] = (
-                (antpos[j, 0] - antpos[i, 0]) * dx
-                + (antpos[j, 1] - antpos[i, 1]) * dy
-                + (antpos[j, 2] - antpos[i, 2]) * dz
-            )
-    return out
-
-
-@numba.njit(nogil=True, cache=True)
-def rotate_kernel(vis, dw, freq, conjugate):
-    """Phase-rotate visibilities to a new phase centre.
-
-    vis (ntime, nbl, nfreq, npol) complex64/128; dw (ntime, nbl) float64 metres (w_new - w_old);
-    freq (nfreq,) float64 Hz; conjugate (bool). Returns vis * exp(-2j pi freq dw / c), complex
-    conjugated if ``conjugate`` (the MS convention), same dtype, phases in float64.
-    """
-    sgn = -1.0 if conjugate else 1.0
-    nt, nbl, nf, npol = vis.shape
-    out = np.empty_like(vis)
-    k = -2.0 * np.pi / SPEED_OF_LIGHT
-    for t in range(nt):
-        for b in range(nbl):
-            d = k * dw[t, b]
-            for f in range(nf):
-                ph = d * freq[f]
-                c = np.cos(ph)
-                s = np.sin(ph)
-                for p in range(npol):
-                    v = vis[t, b, f, p]
-                    re = v.real * c - v.imag * s
-                    im = v.real * s + v.imag * c
-                    out[t, b, f, p] = re + 1j * (sgn * im)
-    return out
 
 
 # ----------------------------------------------------------------------------- wrappers
@@ -268,8 +190,6 @@ def rotate_vis(vis, dw, freq):
     dw : array (time, baseline) float64 metres; rechunked to match ``vis``
     freq : array (frequency,) float64 Hz; rechunked to match ``vis``
     """
-    import dask.array as da
-
     dw = da.asarray(dw).rechunk((vis.chunks[0], vis.chunks[1]))
     freq = da.asarray(freq).rechunk((vis.chunks[2],))
     return da.blockwise(

@@ -1,13 +1,13 @@
 """Where the chunks of a chunked HDF5 dataset are in its file: the chunk index, read fast.
 
-The converter reads the correlator's files by their chunks (:class:`dsacont.convert._SubbandReader`),
+The UVH5 array backend reads the correlator's files by their chunks
+(:class:`dsacont.io.uvh5_backend.SubbandReader`),
 so it needs every chunk's position in the dataset and byte offset in the file. h5py's
-``DatasetID.chunk_iter`` gives them through a Python callback per chunk (~1-2 us each); a
-full-size group has ~200,000 chunks, so that alone cost ~0.4 CPU-s per group, all of it holding
-the GIL. Files written with HDF5's default ("earliest") format keep the chunk index in a version-1
-B-tree, whose nodes are a few kB of fixed-size records: :func:`chunk_index` reads them directly
-(``os.pread`` + numpy): 0.12 s for a full-size group's 48 datasets instead of 0.37-0.47 s, and
-without holding the GIL.
+``DatasetID.chunk_iter`` gives them through a Python callback per chunk, holding the GIL; a
+full-size group has ~200,000 chunks. Files written with HDF5's default ("earliest") format keep
+the chunk index in a version-1 B-tree, whose nodes are a few kB of fixed-size records:
+:func:`chunk_index` reads them directly (``os.pread`` + numpy), several times faster and without
+holding the GIL (figures: ``benchmarks/README.md``, Conversion).
 
 Format (HDF5 File Format Specification 3.0, sections III.A.1, IV.A.1.a, IV.A.2.i):
 
@@ -32,6 +32,7 @@ import logging
 import operator
 import os
 
+import h5py
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,6 @@ def _btree_index(fd, root: int, k: int):
 
 def _via_btree(dset):
     """The v1 B-tree read directly; raises _Unsupported when this file is not of that kind."""
-    import h5py
-
     fid = dset.file.id
     if fid.get_create_plist().get_sizes() != (8, 8):
         raise _Unsupported("offset/length sizes")

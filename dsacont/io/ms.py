@@ -1,5 +1,10 @@
 """Measurement Set writing and reading with the casatools ``table`` tool (no python-casacore).
 
+Every table is opened through :func:`table`, a context manager that closes the table and releases
+its tool whatever happens (the pattern of dask-ms's ``TableProxy``). The metadata of an MS
+(times, SPWs, data descriptions, polarisations, fields, antennas, telescope) is read in one
+place, :func:`read_ms_info` (:class:`MSInfo`).
+
 Layout written by :func:`create_ms` (what CASA's tasks need; columns and keywords checked
 against pyuvdata's ``write_ms`` and casatools' own ``simulator`` skeleton):
 
@@ -25,8 +30,8 @@ Casacore tables are not thread-safe: one :class:`MSWriter` per MS, used from one
 
 Direct tile writing (:class:`TileFiles`)
 ---------------------------------------
-casatools ``putcol`` moves ~250-350 MB/s (it copies through its own variant type and holds
-the GIL), which made it the bottleneck of a conversion. When each main-table run of rows fills
+casatools ``putcol`` copies through its own variant type and holds the GIL, which made it the
+bottleneck of a conversion (figures: ``benchmarks/README.md``, Conversion). When each main-table run of rows fills
 whole tiles, the bulk columns (DATA, FLAG, WEIGHT, SIGMA) are instead written straight into
 their ``TiledColumnStMan`` files, at memory speed and from several threads. What casacore's
 storage manager does, and what :class:`TileFiles` relies on and checks:
@@ -56,7 +61,7 @@ storage manager does, and what :class:`TileFiles` relies on and checks:
 Skeleton templates (:func:`build_skeleton`)
 -------------------------------------------
 Building the skeleton with casatools (rows, ANTENNA1/2, UVW, probes; casacore then zero-fills
-every tile) costs 1.5-2.5 CPU-s per full-size group, as much as converting its data. Groups of
+every tile) costs about as much CPU as converting the group's data. Groups of
 one layout (same antennas, band, polarisations, row structure, field count, tiling, versions:
 :func:`template_key`) differ only in TIME/TIME_CENTROID, UVW and the FIELD, SOURCE, OBSERVATION,
 HISTORY rows and FEED's TIME. So the first verified skeleton of a layout is kept, without its
@@ -67,6 +72,8 @@ rename); the ``TEMPLATES_KEPT`` most recently used are kept.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -76,10 +83,12 @@ import time as _time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numba
 import numpy as np
 
-from dsacont.errors import DsacontError
+from dsacont import __version__
+from dsacont.casa import ensure_casa
+from dsacont.errors import BadInputError, DsacontError
+from dsacont.io.kernels import pack_bits_le
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +112,60 @@ def jd_to_ms_time(jd):
     return (np.asarray(jd, dtype=np.float64) - MJD0_JD) * SECONDS_PER_DAY
 
 
-def ms_time_to_jd(t):
-    """MS TIME (seconds since MJD 0) -> JD (UTC)."""
-    return np.asarray(t, dtype=np.float64) / SECONDS_PER_DAY + MJD0_JD
-
-
 def _ct():
-    from dsacont.casa import ensure_casa
-
+    """casatools, configured for offline use (:func:`dsacont.casa.ensure_casa`)."""
     return ensure_casa()
+
+
+@contextlib.contextmanager
+def table(path, subtable: str | None = None, *, readonly: bool = True, **open_options):
+    """A casatools table, open for the ``with`` block and closed (and its tool released) after it,
+    whatever happens inside.
+
+    Every casacore table dsacont reads or writes is opened here (the pattern of dask-ms's
+    ``TableProxy``, with casatools instead of python-casacore).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The table (an MS directory, a calibration table, an image's table...).
+    subtable : str, optional
+        A subtable of ``path`` (``"SPECTRAL_WINDOW"``, ``"ANTENNA"``...).
+    readonly : bool
+        Open for reading only (default). False: open for writing; changes are flushed to disk
+        when the block ends.
+    **open_options
+        Passed on to casatools ``table.open`` (e.g. ``lockoptions``).
+
+    Yields
+    ------
+    casatools.table
+        The open table tool.
+
+    Raises
+    ------
+    RuntimeError
+        casatools' own error when the table cannot be opened (no such table...).
+
+    Examples
+    --------
+    >>> with table(ms, "SPECTRAL_WINDOW") as tb:
+    ...     freqs = tb.getcell("CHAN_FREQ", 0)
+    >>> with table(ms, readonly=False) as tb:
+    ...     tb.putcol("FLAG", flags)
+    """
+    tb = _ct().table()
+    where = str(path) if subtable is None else os.path.join(str(path), subtable)
+    try:
+        tb.open(where, nomodify=bool(readonly), **open_options)
+        try:
+            yield tb
+            if not readonly:
+                tb.flush()
+        finally:
+            tb.close()
+    finally:
+        tb.done()
 
 
 @dataclass
@@ -195,12 +249,10 @@ def create_ms(path: str | os.PathLike, layout: MSLayout) -> None:
         sm.close()
     finally:
         sm.done()
-    tb = ct.table()
-    tb.open(skel)
-    desc = tb.getdesc()
-    keywords = tb.getkeywords()
-    info = tb.info()
-    tb.close()
+    with table(skel) as tb:
+        desc = tb.getdesc()
+        keywords = tb.getkeywords()
+        info = tb.info()
     for col in ("MODEL_DATA", "CORRECTED_DATA"):
         desc.pop(col, None)
     desc.pop("_define_hypercolumn_", None)
@@ -218,25 +270,21 @@ def create_ms(path: str | os.PathLike, layout: MSLayout) -> None:
     # constant or slowly changing columns in the IncrementalStMan (a value per change, not per row)
     for col in ("FLAG_ROW", "DATA_DESC_ID"):
         desc[col].update(dataManagerType="IncrementalStMan", dataManagerGroup="ismdata")
-    tb.create(path, desc, dminfo=dminfo)
-    tb.close()
+    tb = ct.table()
+    try:
+        tb.create(path, desc, dminfo=dminfo)
+        tb.close()
+    finally:
+        tb.done()
     subtables = [k for k, v in keywords.items() if isinstance(v, str) and v.startswith("Table:")]
     for sub in subtables:
         os.rename(os.path.join(skel, sub), os.path.join(path, sub))
     shutil.rmtree(skel, ignore_errors=True)
-    tb.open(path, nomodify=False)
-    try:
+    with table(path, readonly=False) as tb:
         for k, v in keywords.items():
             tb.putkeyword(k, f"Table: {os.path.join(path, k)}" if k in subtables else v)
         tb.putinfo(info)
-    finally:
-        tb.close()
     _write_subtables(path, layout)
-
-
-def _open(tb, path, sub):
-    tb.open(os.path.join(path, sub), nomodify=False)
-    return tb
 
 
 def _write_subtables(path: str, L: MSLayout) -> None:
@@ -257,160 +305,141 @@ def _write_static_subtables(path: str, L: MSLayout) -> None:
     """The subtables that depend only on the array and the band (ANTENNA, FEED but its TIME,
     SPECTRAL_WINDOW, POLARIZATION, DATA_DESCRIPTION, PROCESSOR): the same for every group of
     one layout (:func:`template_key`)."""
-    ct = _ct()
-    tb = ct.table()
     nant = len(L.antenna_names)
     nspw = L.spw_freqs.shape[0]
 
-    _open(tb, path, "ANTENNA")
-    tb.addrows(nant)
-    tb.putcol("NAME", np.array(L.antenna_names, dtype=str))
-    tb.putcol("STATION", np.array([f"DSA-{int(n):03d}" if str(n).isdigit() else str(n) for n in L.antenna_names]))
-    tb.putcol("TYPE", np.array(["GROUND-BASED"] * nant))
-    tb.putcol("MOUNT", np.array([L.mount] * nant))
-    tb.putcol("POSITION", np.ascontiguousarray(np.asarray(L.antenna_positions, float).T))
-    tb.putcol("OFFSET", np.zeros((3, nant)))
-    tb.putcol("DISH_DIAMETER", np.full(nant, float(L.dish_diameter)))
-    tb.putcol("FLAG_ROW", np.zeros(nant, bool))
-    mi = tb.getcolkeyword("POSITION", "MEASINFO")
-    mi["Ref"] = "ITRF"
-    tb.putcolkeyword("POSITION", "MEASINFO", mi)
-    tb.close()
+    with table(path, "ANTENNA", readonly=False) as tb:
+        tb.addrows(nant)
+        tb.putcol("NAME", np.array(L.antenna_names, dtype=str))
+        tb.putcol("STATION", np.array([f"DSA-{int(n):03d}" if str(n).isdigit() else str(n) for n in L.antenna_names]))
+        tb.putcol("TYPE", np.array(["GROUND-BASED"] * nant))
+        tb.putcol("MOUNT", np.array([L.mount] * nant))
+        tb.putcol("POSITION", np.ascontiguousarray(np.asarray(L.antenna_positions, float).T))
+        tb.putcol("OFFSET", np.zeros((3, nant)))
+        tb.putcol("DISH_DIAMETER", np.full(nant, float(L.dish_diameter)))
+        tb.putcol("FLAG_ROW", np.zeros(nant, bool))
+        mi = tb.getcolkeyword("POSITION", "MEASINFO")
+        mi["Ref"] = "ITRF"
+        tb.putcolkeyword("POSITION", "MEASINFO", mi)
 
-    _open(tb, path, "FEED")
-    tb.addrows(nant)
-    tb.putcol("ANTENNA_ID", np.arange(nant, dtype=np.int32))
-    tb.putcol("FEED_ID", np.zeros(nant, np.int32))
-    tb.putcol("BEAM_ID", np.full(nant, -1, np.int32))
-    tb.putcol("SPECTRAL_WINDOW_ID", np.full(nant, -1, np.int32))
-    tb.putcol("INTERVAL", np.full(nant, 0.0))
-    tb.putcol("NUM_RECEPTORS", np.full(nant, 2, np.int32))
-    # Fortran order: casatools 6.7 reads a C-ordered 2-D string array from the wrong memory
-    # (garbage receptor types from antenna 59 on; numeric arrays are not affected)
-    tb.putcol("POLARIZATION_TYPE", np.asfortranarray(np.array([["X"] * nant, ["Y"] * nant])))
-    tb.putcol("BEAM_OFFSET", np.zeros((2, 2, nant)))
-    tb.putcol("POL_RESPONSE", np.repeat(np.eye(2, dtype=np.complex64)[:, :, None], nant, axis=2))
-    tb.putcol("POSITION", np.zeros((3, nant)))
-    tb.putcol("RECEPTOR_ANGLE", np.repeat(np.array([[0.0], [np.pi / 2]]), nant, axis=1))
-    tb.close()
+    with table(path, "FEED", readonly=False) as tb:
+        tb.addrows(nant)
+        tb.putcol("ANTENNA_ID", np.arange(nant, dtype=np.int32))
+        tb.putcol("FEED_ID", np.zeros(nant, np.int32))
+        tb.putcol("BEAM_ID", np.full(nant, -1, np.int32))
+        tb.putcol("SPECTRAL_WINDOW_ID", np.full(nant, -1, np.int32))
+        tb.putcol("INTERVAL", np.full(nant, 0.0))
+        tb.putcol("NUM_RECEPTORS", np.full(nant, 2, np.int32))
+        # Fortran order: casatools 6.7 reads a C-ordered 2-D string array from the wrong memory
+        # (garbage receptor types from antenna 59 on; numeric arrays are not affected)
+        tb.putcol("POLARIZATION_TYPE", np.asfortranarray(np.array([["X"] * nant, ["Y"] * nant])))
+        tb.putcol("BEAM_OFFSET", np.zeros((2, 2, nant)))
+        tb.putcol("POL_RESPONSE", np.repeat(np.eye(2, dtype=np.complex64)[:, :, None], nant, axis=2))
+        tb.putcol("POSITION", np.zeros((3, nant)))
+        tb.putcol("RECEPTOR_ANGLE", np.repeat(np.array([[0.0], [np.pi / 2]]), nant, axis=1))
 
-    _open(tb, path, "SPECTRAL_WINDOW")
-    tb.addrows(nspw)
-    for i in range(nspw):
-        f = np.asarray(L.spw_freqs[i], float)
-        w = np.asarray(L.spw_widths[i], float)
-        tb.putcell("NUM_CHAN", i, int(f.size))
-        tb.putcell("CHAN_FREQ", i, f)
-        tb.putcell("CHAN_WIDTH", i, w)
-        tb.putcell("EFFECTIVE_BW", i, w)
-        tb.putcell("RESOLUTION", i, w)
-        tb.putcell("TOTAL_BANDWIDTH", i, float(np.sum(w)))
-        tb.putcell("REF_FREQUENCY", i, float(f[0]))
-        tb.putcell("MEAS_FREQ_REF", i, 5)  # TOPO
-        tb.putcell("NET_SIDEBAND", i, 1)
-        tb.putcell("NAME", i, str(L.spw_names[i]))
-        tb.putcell("FREQ_GROUP", i, 0)
-        tb.putcell("FREQ_GROUP_NAME", i, "")
-        tb.putcell("IF_CONV_CHAIN", i, 0)
-        tb.putcell("FLAG_ROW", i, False)
-    tb.close()
+    with table(path, "SPECTRAL_WINDOW", readonly=False) as tb:
+        tb.addrows(nspw)
+        for i in range(nspw):
+            f = np.asarray(L.spw_freqs[i], float)
+            w = np.asarray(L.spw_widths[i], float)
+            tb.putcell("NUM_CHAN", i, int(f.size))
+            tb.putcell("CHAN_FREQ", i, f)
+            tb.putcell("CHAN_WIDTH", i, w)
+            tb.putcell("EFFECTIVE_BW", i, w)
+            tb.putcell("RESOLUTION", i, w)
+            tb.putcell("TOTAL_BANDWIDTH", i, float(np.sum(w)))
+            tb.putcell("REF_FREQUENCY", i, float(f[0]))
+            tb.putcell("MEAS_FREQ_REF", i, 5)  # TOPO
+            tb.putcell("NET_SIDEBAND", i, 1)
+            tb.putcell("NAME", i, str(L.spw_names[i]))
+            tb.putcell("FREQ_GROUP", i, 0)
+            tb.putcell("FREQ_GROUP_NAME", i, "")
+            tb.putcell("IF_CONV_CHAIN", i, 0)
+            tb.putcell("FLAG_ROW", i, False)
 
-    _open(tb, path, "POLARIZATION")
-    tb.addrows(1)
-    tb.putcell("NUM_CORR", 0, L.npol)
-    tb.putcell("CORR_TYPE", 0, np.array([CORR_TYPE[p] for p in L.polarizations], np.int32))
-    tb.putcell("CORR_PRODUCT", 0, np.array([CORR_PRODUCT[p] for p in L.polarizations], np.int32).T.copy())
-    tb.putcell("FLAG_ROW", 0, False)
-    tb.close()
+    with table(path, "POLARIZATION", readonly=False) as tb:
+        tb.addrows(1)
+        tb.putcell("NUM_CORR", 0, L.npol)
+        tb.putcell("CORR_TYPE", 0, np.array([CORR_TYPE[p] for p in L.polarizations], np.int32))
+        tb.putcell("CORR_PRODUCT", 0, np.array([CORR_PRODUCT[p] for p in L.polarizations], np.int32).T.copy())
+        tb.putcell("FLAG_ROW", 0, False)
 
-    _open(tb, path, "DATA_DESCRIPTION")
-    tb.addrows(nspw)
-    tb.putcol("SPECTRAL_WINDOW_ID", np.arange(nspw, dtype=np.int32))
-    tb.putcol("POLARIZATION_ID", np.zeros(nspw, np.int32))
-    tb.putcol("FLAG_ROW", np.zeros(nspw, bool))
-    tb.close()
+    with table(path, "DATA_DESCRIPTION", readonly=False) as tb:
+        tb.addrows(nspw)
+        tb.putcol("SPECTRAL_WINDOW_ID", np.arange(nspw, dtype=np.int32))
+        tb.putcol("POLARIZATION_ID", np.zeros(nspw, np.int32))
+        tb.putcol("FLAG_ROW", np.zeros(nspw, bool))
 
-    _open(tb, path, "PROCESSOR")
-    tb.addrows(1)
-    tb.putcell("TYPE", 0, "CORRELATOR")
-    tb.putcell("SUB_TYPE", 0, "DSA-110")
-    tb.putcell("TYPE_ID", 0, 0)
-    tb.putcell("MODE_ID", 0, 0)
-    tb.putcell("FLAG_ROW", 0, False)
-    tb.close()
+    with table(path, "PROCESSOR", readonly=False) as tb:
+        tb.addrows(1)
+        tb.putcell("TYPE", 0, "CORRELATOR")
+        tb.putcell("SUB_TYPE", 0, "DSA-110")
+        tb.putcell("TYPE_ID", 0, 0)
+        tb.putcell("MODE_ID", 0, 0)
+        tb.putcell("FLAG_ROW", 0, False)
 
 
 def _write_group_subtables(path: str, L: MSLayout) -> None:
     """The subtables (and columns) that change from group to group: FEED TIME, FIELD, SOURCE,
     OBSERVATION, HISTORY. Rewritten whole, so an MS copied from a template of another group
     ends up exactly as if it had been created for this one."""
-    ct = _ct()
-    tb = ct.table()
     nant = len(L.antenna_names)
     nfield = len(L.field_names)
     tmid = float(np.mean(L.time_range))
 
-    _open(tb, path, "FEED")
-    tb.putcol("TIME", np.full(nant, tmid))
-    tb.close()
+    with table(path, "FEED", readonly=False) as tb:
+        tb.putcol("TIME", np.full(nant, tmid))
 
     dirs = np.asarray(L.field_dirs, float).reshape(nfield, 2)
-    _open(tb, path, "FIELD")
-    _rows_exactly(tb, nfield)
-    for col in ("PHASE_DIR", "DELAY_DIR", "REFERENCE_DIR"):
-        tb.putcol(col, np.ascontiguousarray(dirs.T[:, None, :]))
-        mi = tb.getcolkeyword(col, "MEASINFO")
-        mi["Ref"] = "J2000"
-        tb.putcolkeyword(col, "MEASINFO", mi)
-    tb.putcol("NAME", np.array(L.field_names, dtype=str))
-    tb.putcol("CODE", np.array([""] * nfield))
-    tb.putcol("NUM_POLY", np.zeros(nfield, np.int32))
-    tb.putcol("SOURCE_ID", np.arange(nfield, dtype=np.int32))
-    tb.putcol("TIME", np.asarray(L.field_times, float))
-    tb.putcol("FLAG_ROW", np.zeros(nfield, bool))
-    tb.close()
+    with table(path, "FIELD", readonly=False) as tb:
+        _rows_exactly(tb, nfield)
+        for col in ("PHASE_DIR", "DELAY_DIR", "REFERENCE_DIR"):
+            tb.putcol(col, np.ascontiguousarray(dirs.T[:, None, :]))
+            mi = tb.getcolkeyword(col, "MEASINFO")
+            mi["Ref"] = "J2000"
+            tb.putcolkeyword(col, "MEASINFO", mi)
+        tb.putcol("NAME", np.array(L.field_names, dtype=str))
+        tb.putcol("CODE", np.array([""] * nfield))
+        tb.putcol("NUM_POLY", np.zeros(nfield, np.int32))
+        tb.putcol("SOURCE_ID", np.arange(nfield, dtype=np.int32))
+        tb.putcol("TIME", np.asarray(L.field_times, float))
+        tb.putcol("FLAG_ROW", np.zeros(nfield, bool))
 
-    _open(tb, path, "SOURCE")
-    _rows_exactly(tb, nfield)
-    tb.putcol("SOURCE_ID", np.arange(nfield, dtype=np.int32))
-    tb.putcol("NAME", np.array(L.field_names, dtype=str))
-    tb.putcol("DIRECTION", np.ascontiguousarray(dirs.T))
-    tb.putcol("PROPER_MOTION", np.zeros((2, nfield)))
-    tb.putcol("TIME", np.full(nfield, tmid))
-    tb.putcol("INTERVAL", np.full(nfield, float(L.time_range[1] - L.time_range[0])))
-    tb.putcol("SPECTRAL_WINDOW_ID", np.full(nfield, -1, np.int32))
-    tb.putcol("NUM_LINES", np.zeros(nfield, np.int32))
-    tb.putcol("CALIBRATION_GROUP", np.zeros(nfield, np.int32))
-    tb.putcol("CODE", np.array([""] * nfield))
-    tb.close()
+    with table(path, "SOURCE", readonly=False) as tb:
+        _rows_exactly(tb, nfield)
+        tb.putcol("SOURCE_ID", np.arange(nfield, dtype=np.int32))
+        tb.putcol("NAME", np.array(L.field_names, dtype=str))
+        tb.putcol("DIRECTION", np.ascontiguousarray(dirs.T))
+        tb.putcol("PROPER_MOTION", np.zeros((2, nfield)))
+        tb.putcol("TIME", np.full(nfield, tmid))
+        tb.putcol("INTERVAL", np.full(nfield, float(L.time_range[1] - L.time_range[0])))
+        tb.putcol("SPECTRAL_WINDOW_ID", np.full(nfield, -1, np.int32))
+        tb.putcol("NUM_LINES", np.zeros(nfield, np.int32))
+        tb.putcol("CALIBRATION_GROUP", np.zeros(nfield, np.int32))
+        tb.putcol("CODE", np.array([""] * nfield))
 
-    _open(tb, path, "OBSERVATION")
-    _rows_exactly(tb, 1)
-    tb.putcell("TELESCOPE_NAME", 0, L.telescope_name)
-    tb.putcell("TIME_RANGE", 0, np.array(L.time_range, float))
-    tb.putcell("OBSERVER", 0, L.observer)
-    tb.putcell("PROJECT", 0, L.project)
-    tb.putcell("SCHEDULE_TYPE", 0, "")
-    tb.putcell("RELEASE_DATE", 0, 0.0)
-    tb.putcell("LOG", 0, np.array([""]))
-    tb.putcell("SCHEDULE", 0, np.array([""]))
-    tb.putcell("FLAG_ROW", 0, False)
-    tb.close()
+    with table(path, "OBSERVATION", readonly=False) as tb:
+        _rows_exactly(tb, 1)
+        tb.putcell("TELESCOPE_NAME", 0, L.telescope_name)
+        tb.putcell("TIME_RANGE", 0, np.array(L.time_range, float))
+        tb.putcell("OBSERVER", 0, L.observer)
+        tb.putcell("PROJECT", 0, L.project)
+        tb.putcell("SCHEDULE_TYPE", 0, "")
+        tb.putcell("RELEASE_DATE", 0, 0.0)
+        tb.putcell("LOG", 0, np.array([""]))
+        tb.putcell("SCHEDULE", 0, np.array([""]))
+        tb.putcell("FLAG_ROW", 0, False)
 
-    _open(tb, path, "HISTORY")
-    _rows_exactly(tb, 0)
-    tb.close()
+    with table(path, "HISTORY", readonly=False) as tb:
+        _rows_exactly(tb, 0)
     if L.history:
-        add_history(path, L.history, _tb=tb)
+        add_history(path, L.history)
 
 
-def add_history(path, messages, origin: str = "dsacont.convert", _tb=None) -> None:
+def add_history(path, messages, origin: str = "dsacont.convert") -> None:
     """Append ``messages`` (list of str) to the MS HISTORY table."""
-    from dsacont import __version__
-
-    tb = _tb or _ct().table()
-    _open(tb, str(path), "HISTORY")
-    try:
+    with table(path, "HISTORY", readonly=False) as tb:
         n0 = tb.nrows()
         n = len(messages)
         tb.addrows(n)
@@ -426,8 +455,6 @@ def add_history(path, messages, origin: str = "dsacont.convert", _tb=None) -> No
             tb.putcell("APPLICATION", r, f"dsacont {__version__}")
             tb.putcell("CLI_COMMAND", r, np.array([""]))
             tb.putcell("APP_PARAMS", r, np.array([""]))
-    finally:
-        tb.close()
 
 
 class MSWriter:
@@ -438,8 +465,8 @@ class MSWriter:
 
     def __init__(self, path):
         self.path = str(path)
-        self.tb = _ct().table()
-        self.tb.open(self.path, nomodify=False)
+        self._open = table(self.path, readonly=False)
+        self.tb = self._open.__enter__()
 
     def __enter__(self):
         return self
@@ -448,10 +475,10 @@ class MSWriter:
         self.close()
 
     def close(self):
+        """Flush and close the table (idempotent)."""
         if self.tb is not None:
-            self.tb.flush()
-            self.tb.close()
             self.tb = None
+            self._open.__exit__(None, None, None)
 
     def put(self, startrow: int, **columns) -> None:
         """Write columns for rows ``startrow .. startrow + n``.
@@ -466,11 +493,6 @@ class MSWriter:
             arr = np.asarray(arr)
             n = arr.shape[0]
             tb.putcol(name, arr.T, startrow=int(startrow), nrow=int(n))
-
-    def put_const(self, startrow: int, nrow: int, **values) -> None:
-        """Write a constant scalar value to ``nrow`` rows of each named column."""
-        for name, value in values.items():
-            self.tb.putcol(name, np.full(int(nrow), value), startrow=int(startrow), nrow=int(nrow))
 
     def add_runs(self, lengths, constants: dict | None = None, **columns) -> None:
         """Append rows in runs; ``columns[name][k]`` is the value of run ``k`` (``lengths[k]`` rows).
@@ -559,22 +581,6 @@ class MSWriter:
         return out
 
 
-@numba.njit(nogil=True, cache=True)
-def pack_bits_le(flags, out):
-    """Pack a 1-D bool array (``size % 8 == 0``) into ``out`` (1-D uint8, ``size // 8``) as
-    casacore stores Bool: 8 values per byte, least significant bit first."""
-    f = flags
-    n = out.size
-    for i in range(n):
-        b = 0
-        base = 8 * i
-        for k in range(8):
-            if f[base + k]:
-                b |= 1 << k
-        out[i] = b
-    return out
-
-
 class TileFiles:
     """Write whole tiles of DATA/FLAG/WEIGHT/SIGMA straight into a closed MS's storage files.
 
@@ -586,11 +592,9 @@ class TileFiles:
         self.layout = layout
         self.cols = layout["columns"]
         self.fds = {}
-        self._lock = threading.Lock()
         # one writer per file at a time: concurrent buffered writes to one file serialise on its
         # inode lock in the kernel anyway, and waiting there spins (burns a core); here it sleeps
         self._col_locks = {col: threading.Lock() for col in self.cols}
-        self.bytes_written = 0
 
     @classmethod
     def open(cls, layout, check_probes: bool = True):
@@ -666,9 +670,6 @@ class TileFiles:
         self.cols = {k: v for k, v in self.cols.items() if k != col}
         self.layout = dict(self.layout, columns=self.cols)
 
-    def tile_rows(self, col="DATA") -> int:
-        return int(self.cols[col]["tile_rows"])
-
     def write(self, startrow: int, **columns) -> None:
         """Write rows ``startrow ..`` of each column; arrays row-major as :meth:`MSWriter.put`
         takes them (DATA (n, nchan, npol) ...). FLAG may be given already packed (uint8, from
@@ -690,8 +691,6 @@ class TileFiles:
             with self._col_locks[col]:
                 while done < len(mv):
                     done += os.pwrite(fd, mv[done:], off + done)
-            with self._lock:
-                self.bytes_written += len(mv)
 
     def close(self):
         for fd in self.fds.values():
@@ -775,10 +774,6 @@ class MainRows:
 def template_key(layout: MSLayout, rows: MainRows) -> str:
     """Name of the skeleton template of MSs with this layout: a hash of everything a template
     holds (array, band, polarisations, row structure, field count, tiling, versions)."""
-    import hashlib
-
-    from dsacont import __version__
-
     h = hashlib.sha1()
     L = layout
     h.update(repr((TEMPLATE_VERSION, __version__, _ct().version_string(),
@@ -864,16 +859,12 @@ def _from_template(root: Path, key: str, path, layout: MSLayout, rows: MainRows)
     tiles = TileFiles.open({"path": path, "nrows": meta["nrows"], "columns": cols}, check_probes=False)
     if tiles is None:
         return None
-    tb = _ct().table()
-    tb.open(path, nomodify=False)
-    try:
+    with table(path, readonly=False) as tb:
         per_t = int(rows.nspw) * rows.nbl
         for t, v in enumerate(np.asarray(rows.time, float)):
             run = np.full(per_t, v)
             tb.putcol("TIME", run, startrow=rows.run_start(t, 0), nrow=per_t)
             tb.putcol("TIME_CENTROID", run, startrow=rows.run_start(t, 0), nrow=per_t)
-    finally:
-        tb.close()
     _write_group_subtables(path, layout)
     uvw = np.asarray(rows.uvw, np.float64)
     for t in range(len(rows.time)):
@@ -890,8 +881,8 @@ def build_skeleton(path, layout: MSLayout, rows: MainRows, *, direct: bool = Tru
     or None (write them with :class:`MSWriter`).
 
     ``templates``: a directory of skeleton templates (:func:`template_key`). Building a
-    skeleton with casatools costs ~1.5-2.5 CPU-s at full size, most of it casacore zero-filling
-    every tile when the table closes; a group whose layout was seen before is instead copied
+    skeleton with casatools is costly, most of it casacore zero-filling every tile when the
+    table closes; a group whose layout was seen before is instead copied
     from its template (~15 MB of metadata) and stamped with its own TIME, UVW and per-group
     subtables. ``build_in``: build a fresh skeleton there (tmpfs: zero-filling is cheap) and
     move it to ``path`` without its bulk files (:meth:`TileFiles.relocate`).
@@ -943,27 +934,162 @@ def build_skeleton(path, layout: MSLayout, rows: MainRows, *, direct: bool = Tru
     return tiles
 
 
-def read_ms_summary(path) -> dict:
-    """Small summary of an MS via casatools (rows, spws, channels, fields, times, antennas)."""
-    ct = _ct()
-    tb = ct.table()
-    out = {}
-    tb.open(str(path))
-    out["nrows"] = tb.nrows()
-    out["time"] = np.unique(tb.getcol("TIME"))
-    tb.close()
-    tb.open(os.path.join(str(path), "SPECTRAL_WINDOW"))
-    out["chan_freq"] = [tb.getcell("CHAN_FREQ", i) for i in range(tb.nrows())]
-    tb.close()
-    tb.open(os.path.join(str(path), "FIELD"))
-    out["field_names"] = list(tb.getcol("NAME"))
-    out["phase_dir"] = tb.getcol("PHASE_DIR")[:, 0, :].T
-    tb.close()
-    tb.open(os.path.join(str(path), "ANTENNA"))
-    out["antenna_names"] = list(tb.getcol("NAME"))
-    out["antenna_positions"] = tb.getcol("POSITION").T
-    tb.close()
-    return out
+@dataclass
+class MSInfo:
+    """The metadata of a Measurement Set (no data column is read): :func:`read_ms_info`.
+
+    Attributes
+    ----------
+    path : str
+    nrows : int
+        Rows of the main table.
+    columns : list of str
+        Main-table column names (``"CORRECTED_DATA" in info.columns``...).
+    times_s : ndarray (ntime,) float64
+        Unique TIME values, seconds since MJD 0 (UTC), integration centres, ascending.
+    interval_s : float
+        Median INTERVAL, seconds.
+    spw_freqs : list of ndarray (nchan_spw,) float64
+        Channel frequencies of each SPECTRAL_WINDOW row, Hz.
+    spw_widths : list of ndarray (nchan_spw,) float64
+        Channel widths, Hz, positive.
+    spw_names : list of str
+    ddid_spw, ddid_pol : ndarray (nddid,) int
+        SPECTRAL_WINDOW_ID and POLARIZATION_ID of each DATA_DESCRIPTION row.
+    corr_types : list of ndarray (ncorr,) int
+        CORR_TYPE (Stokes codes: 9 = XX, 12 = YY) of each POLARIZATION row.
+    field_names : list of str
+    field_dirs : ndarray (nfield, 2) float64
+        PHASE_DIR (RA, Dec) of each field, radians, in frame ``field_frame``.
+    field_frame : str
+        The PHASE_DIR reference frame (``"J2000"`` for dsacont's MSs).
+    antenna_names : list of str
+    antenna_positions : ndarray (nant, 3) float64
+        ITRF (ECEF) metres.
+    telescope_name : str
+        OBSERVATION row 0 (``""`` when the table is empty).
+    """
+
+    path: str
+    nrows: int
+    columns: list
+    times_s: np.ndarray
+    interval_s: float
+    spw_freqs: list
+    spw_widths: list
+    spw_names: list
+    ddid_spw: np.ndarray
+    ddid_pol: np.ndarray
+    corr_types: list
+    field_names: list
+    field_dirs: np.ndarray
+    field_frame: str
+    antenna_names: list
+    antenna_positions: np.ndarray
+    telescope_name: str
+
+    @property
+    def mid_mjd(self) -> float:
+        """MJD (UTC) halfway between the first and last integration centre."""
+        return float(0.5 * (self.times_s.min() + self.times_s.max()) / SECONDS_PER_DAY)
+
+    @property
+    def time_range_s(self) -> tuple[float, float]:
+        """(first, last) integration centre, seconds since MJD 0 (UTC)."""
+        return float(self.times_s.min()), float(self.times_s.max())
+
+    @property
+    def start_end_mjd(self) -> tuple[float, float]:
+        """MJD (UTC) of the start of the first and the end of the last integration."""
+        half = 0.5 * self.interval_s
+        return float((self.times_s.min() - half) / SECONDS_PER_DAY), float((self.times_s.max() + half) / SECONDS_PER_DAY)
+
+    def ddid_layout(self) -> dict:
+        """Per DATA_DESCRIPTION id: ``{"spw": int, "freq": ndarray (nchan,) Hz, "ncorr": int}``."""
+        return {dd: {"spw": int(spw), "freq": np.asarray(self.spw_freqs[int(spw)], np.float64).ravel(),
+                     "ncorr": int(np.asarray(self.corr_types[int(pol)]).size)}
+                for dd, (spw, pol) in enumerate(zip(self.ddid_spw, self.ddid_pol))}
+
+
+def _cells(tb, col) -> list:
+    """Every cell of column ``col`` (variable shapes allowed); [] for an empty table."""
+    return [tb.getcell(col, i) for i in range(tb.nrows())]
+
+
+def read_ms_info(path, *, require_rows: bool = True) -> MSInfo:
+    """Read the metadata of a Measurement Set with casatools (:class:`MSInfo`).
+
+    Reads the subtables (SPECTRAL_WINDOW, DATA_DESCRIPTION, POLARIZATION, FIELD, ANTENNA,
+    OBSERVATION) and the main table's TIME and INTERVAL columns; no data column.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The MS directory.
+    require_rows : bool
+        Raise when the main table has no rows (default).
+
+    Returns
+    -------
+    MSInfo
+
+    Raises
+    ------
+    dsacont.errors.BadInputError
+        Naming the MS: not a table directory, no rows (``require_rows``), or casatools cannot
+        read it.
+
+    Notes
+    -----
+    For the callers that read MS metadata themselves today:
+
+    - ``calibration.read_ms_info(ms)`` -> this; :class:`MSInfo` has the same ``path``, ``times_s``,
+      ``spw_freqs``, ``ddid_spw``, ``field_dirs``, ``antenna_names``, ``antenna_positions``,
+      ``nrows`` and ``mid_mjd`` (check ``field_frame in ("J2000", "ICRS")`` where needed);
+    - ``imaging.inspect_ms``'s metadata: ``phase_dirs`` = ``field_dirs``, ``telescope`` =
+      ``telescope_name``, ``spw_freqs``/``spw_widths``, ``dd_spw`` = ``ddid_spw``, the column
+      check = ``columns``, ``nrow`` = ``nrows``, ``times`` = ``times_s``, ``interval`` =
+      ``interval_s``, ``start_mjd, end_mjd`` = ``start_end_mjd``;
+    - ``flagging._read_ms_layout(tb, ms)`` -> ``read_ms_info(ms).ddid_layout()``;
+    - ``service.pipeline._time_range(ms)`` -> ``time_range_s`` (seconds since MJD 0) or
+      ``mid_mjd``.
+    """
+    path = str(path)
+    if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "table.dat")):
+        raise BadInputError(path, "not a Measurement Set (no table.dat)")
+    try:
+        with table(path) as tb:
+            nrows = int(tb.nrows())
+            if nrows == 0 and require_rows:
+                raise BadInputError(path, "the Measurement Set has no rows")
+            columns = [str(c) for c in tb.colnames()]
+            times = np.unique(np.asarray(tb.getcol("TIME"), np.float64)) if nrows else np.zeros(0)
+            interval = float(np.median(tb.getcol("INTERVAL"))) if nrows else 0.0
+        with table(path, "SPECTRAL_WINDOW") as tb:
+            spw_freqs = [np.asarray(f, np.float64).ravel() for f in _cells(tb, "CHAN_FREQ")]
+            spw_widths = [np.abs(np.asarray(w, np.float64).ravel()) for w in _cells(tb, "CHAN_WIDTH")]
+            spw_names = [str(n) for n in _cells(tb, "NAME")]
+        with table(path, "DATA_DESCRIPTION") as tb:
+            ddid_spw = np.asarray(_cells(tb, "SPECTRAL_WINDOW_ID"), dtype=int)
+            ddid_pol = np.asarray(_cells(tb, "POLARIZATION_ID"), dtype=int)
+        with table(path, "POLARIZATION") as tb:
+            corr_types = [np.asarray(c, int).ravel() for c in _cells(tb, "CORR_TYPE")]
+        with table(path, "FIELD") as tb:
+            field_names = [str(n) for n in _cells(tb, "NAME")]
+            pd = np.asarray(tb.getcol("PHASE_DIR")) if tb.nrows() else np.zeros((2, 1, 0))  # (2, npoly+1, nfield)
+            frame = str(tb.getcolkeyword("PHASE_DIR", "MEASINFO").get("Ref", "J2000"))
+        with table(path, "ANTENNA") as tb:
+            antenna_names = [str(n) for n in _cells(tb, "NAME")]
+            positions = np.asarray(tb.getcol("POSITION"), np.float64).T if tb.nrows() else np.zeros((0, 3))
+        with table(path, "OBSERVATION") as tb:
+            telescope = str(tb.getcell("TELESCOPE_NAME", 0)) if tb.nrows() else ""
+    except RuntimeError as exc:
+        raise BadInputError(path, f"casatools cannot read it: {exc}") from exc
+    return MSInfo(path=path, nrows=nrows, columns=columns, times_s=times, interval_s=interval, spw_freqs=spw_freqs,
+                  spw_widths=spw_widths, spw_names=spw_names, ddid_spw=ddid_spw, ddid_pol=ddid_pol,
+                  corr_types=corr_types, field_names=field_names, field_dirs=np.ascontiguousarray(pd[:, 0, :].T),
+                  field_frame=frame, antenna_names=antenna_names, antenna_positions=positions,
+                  telescope_name=telescope)
 
 
 def move_into_place(src: str | os.PathLike, dst: str | os.PathLike, staging_dir: str | os.PathLike | None = None) -> Path:
@@ -1005,15 +1131,8 @@ class FlattenInterrupted(DsacontError):
 def flatten_state(ms) -> dict | None:
     """The recorded flattening of ``ms`` (dict) or None; raises :class:`FlattenInterrupted` when a
     previous write was interrupted."""
-    from dsacont.casa import ensure_casa
-
-    tb = ensure_casa().table()
-    tb.open(str(ms))
-    try:
+    with table(ms) as tb:
         kw = tb.getkeywords()
-    finally:
-        tb.close()
-        tb.done()
     if KEYWORD_FLATTEN not in kw:
         return None
     state = json.loads(str(kw[KEYWORD_FLATTEN]))
@@ -1026,16 +1145,9 @@ def flatten_state(ms) -> dict | None:
 
 def clear_state(ms) -> None:
     """Forget the flattening record (after CORRECTED_DATA was rewritten from DATA by applycal)."""
-    from dsacont.casa import ensure_casa
-
-    tb = ensure_casa().table()
-    tb.open(str(ms), nomodify=False)
-    try:
+    with table(ms, readonly=False) as tb:
         if KEYWORD_FLATTEN in tb.keywordnames():
             tb.removekeyword(KEYWORD_FLATTEN)
-    finally:
-        tb.close()
-        tb.done()
 
 
 def set_flatten_state(tb, state: dict) -> None:

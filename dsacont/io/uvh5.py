@@ -1,9 +1,11 @@
-"""Lazy loader: one subband group -> one xarray Dataset, dask-chunked by time and frequency.
+"""The one UVH5 reader: a subband group -> a lazy xarray Dataset, dask-chunked by time and
+frequency; and the header of one subband file.
 
 ``open_group(paths)`` reads only the small header datasets of the 16 files. The visibilities,
-flags and nsamples stay on disk until computed: each dask chunk is one slice of one file
-(``Data/visdata[rows, 0, :, :]`` for a block of integrations of one subband), so a chunk never
-spans two subbands and memory is bounded by the chunk size.
+flags and nsamples stay on disk until computed: each dask chunk is one slice of one file (a block
+of integrations of one subband), read by the array backend
+(:class:`dsacont.io.uvh5_backend.SubbandReader`: the file's HDF5 chunk table, mapped bytes and a
+numba gather), so a chunk never spans two subbands and memory is bounded by the chunk size.
 
 Frequency order: the correlator writes sb00 at the top of the band and channels descending
 inside each file. The Dataset is **ascending** across all subbands (sb15's lowest channel
@@ -20,7 +22,14 @@ Dataset layout (see docs/ARCHITECTURE.md)::
             as stored: the correlator's drift phasing), subband (frequency), channel_width
             (frequency, Hz), antenna_name / antenna_position (antenna; ECEF rel. to centre, m)
     attrs   phase_center_dec (rad), telescope_name, integration_time (s), source_files,
-            group_timestamp, missing_subbands
+            group_timestamp, missing_subbands, fs_table, applied_delays_ns
+    encoding (``ds.encoding`` and each data variable's, as xarray's backends record them)
+            source          tuple of the 16 paths, sb00..sb15 ('' for a missing subband)
+            original_shape  (time, baseline, frequency, polarization) as opened
+            dask_name       the name of the dask array open_group made for the variable
+
+:func:`group_files` tells whether a Dataset's data are still exactly what was opened (so a
+consumer may read the files themselves, as the converter does) from that encoding.
 """
 from __future__ import annotations
 
@@ -28,13 +37,22 @@ import logging
 import os
 import threading
 
+import dask.array as da
 import h5py
 import numpy as np
+import xarray as xr
 
 from dsacont.errors import BadInputError
-from dsacont.io.groups import N_SUBBANDS, parse_subband_name
+from dsacont.io.groups import N_SUBBANDS, Group, parse_subband_name
+from dsacont.io.uvh5_backend import SubbandReader
 
 log = logging.getLogger(__name__)
+
+__all__ = ["open_group", "group_files", "SubbandHeader", "read_subband_header", "scan_subband_data",
+           "DATA_VARIABLES"]
+
+# the Dataset's data variables and the file datasets they are read from
+DATA_VARIABLES = {"vis": "visdata", "flags": "flags", "nsamples": "nsamples"}
 
 POL_NAMES = {-5: "XX", -6: "YY", -7: "XY", -8: "YX", -1: "RR", -2: "LL", -3: "RL", -4: "LR", 1: "I"}
 DEFAULT_TIME_CHUNK = 8
@@ -43,11 +61,6 @@ DEFAULT_TIME_CHUNK = 8
 # show that opening a group reads nothing).
 READ_COUNT = {"chunks": 0}
 _READ_LOCK = threading.Lock()
-
-
-def _h5_read(h5file, name):
-    ds = h5file[name]
-    return ds[()] if ds.shape != () else ds[()]
 
 
 def _as_str(x):
@@ -59,7 +72,47 @@ def _as_str(x):
 
 
 class SubbandHeader:
-    """The header of one subband file (small arrays only) and checks on its layout."""
+    """The header of one UVH5 subband file (small arrays only), checked on construction.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Attributes
+    ----------
+    path : str
+    nblts, ntimes, nbls, nfreqs, npols : int
+        Rows (Ntimes x Nbls, time-major), integrations, baselines, channels, polarisations.
+    freq : ndarray (nfreqs,) float64
+        Channel centres, Hz, in file order (descending for the correlator's files).
+    channel_width : ndarray (nfreqs,) float64
+        Hz, positive.
+    time : ndarray (nblts,) float64
+        JD (UTC) of each row's integration centre; :attr:`times` (ntimes,) one per integration.
+    ant1, ant2 : ndarray (nblts,) int32
+        0-based antenna numbers of each row.
+    uvw : ndarray (nblts, 3) float64
+        Metres, as stored.
+    pols : ndarray (npols,) int64
+        AIPS polarisation codes (-5, -6 = XX, YY).
+    integration_time : ndarray float64
+        Seconds (per row, as stored).
+    telescope_name : str
+    antenna_names : list of str; antenna_numbers : ndarray (nant,) int32
+    antenna_positions : ndarray (nant, 3) float64
+        ECEF metres relative to the array centre.
+    extra : dict
+        ``Header/extra_keywords`` (``phase_center_dec`` radians, ``fs_table``, ...).
+    vis_shape : tuple
+        Shape of ``Data/visdata``: (nblts, 1, nfreqs, npols) (old UVH5) or (nblts, nfreqs, npols).
+    dtypes : dict
+        numpy dtype of ``Data/visdata``, ``Data/flags``, ``Data/nsamples``.
+
+    Raises
+    ------
+    dsacont.errors.BadInputError
+        Naming the file and what is wrong (see :func:`read_subband_header`).
+    """
 
     def __init__(self, path):
         self.path = str(path)
@@ -134,21 +187,42 @@ class SubbandHeader:
         return float(self.extra["phase_center_dec"])
 
 
+class _SubbandFile:
+    """The :class:`SubbandReader` of one subband file, created at the first read and shared by
+    the file's three datasets. Pickles as its path (to Dask workers)."""
+
+    def __init__(self, path, nbls):
+        self.path = str(path)
+        self.nbls = int(nbls)
+        self._reader = None
+        self._lock = threading.Lock()
+
+    def reader(self) -> SubbandReader:
+        if self._reader is None:
+            with self._lock:
+                if self._reader is None:
+                    self._reader = SubbandReader(self.path, self.nbls)
+        return self._reader
+
+    def __getstate__(self):
+        return {"path": self.path, "nbls": self.nbls}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"], state["nbls"])
+
+
 class _SubbandArray:
     """Array-like (Ntimes, Nbls, Nfreqs, Npols) view of one dataset of one subband file.
 
-    Indexing reads only the requested integrations (a contiguous row slice), drops the old
-    UVH5 spw axis and returns channels in ascending frequency. Holds a path, never an open
-    file, so it pickles to Dask workers.
+    Indexing reads only the requested integrations (a contiguous time slice) through the file's
+    :class:`SubbandReader`, drops the old UVH5 spw axis and returns channels in ascending
+    frequency.
     """
 
-    def __init__(self, path, name, header: SubbandHeader, flip: bool):
-        self.path = path
+    def __init__(self, source: _SubbandFile, name, header: SubbandHeader):
+        self.source = source
         self.name = name
-        self.flip = flip
-        self.nbls = header.nbls
         self.shape = (header.ntimes, header.nbls, header.nfreqs, header.npols)
-        self.old_shape = len(header.vis_shape) == 4
         self.dtype = header.dtypes[name]
         self.ndim = 4
 
@@ -160,18 +234,9 @@ class _SubbandArray:
         if not isinstance(tsl, slice) or tsl.step not in (None, 1):
             raise IndexError("subband arrays are read by contiguous time slices")
         t0, t1, _ = tsl.indices(self.shape[0])
-        rows = slice(t0 * self.nbls, t1 * self.nbls)
         with _READ_LOCK:
             READ_COUNT["chunks"] += 1
-        try:
-            with h5py.File(self.path, "r") as f:
-                dset = f["Data"][self.name]
-                raw = dset[rows, 0, :, :] if self.old_shape else dset[rows, :, :]
-        except OSError as exc:
-            raise BadInputError(self.path, f"reading Data/{self.name} failed ({exc})") from exc
-        block = raw.reshape(t1 - t0, self.nbls, self.shape[2], self.shape[3])
-        if self.flip:
-            block = block[:, :, ::-1, :]
+        block = self.source.reader().read(self.name, t0, t1, ascending=True)
         return np.ascontiguousarray(block[(slice(None),) + key[1:]])
 
 
@@ -205,11 +270,6 @@ def open_group(paths, *, chunks=None, allow_missing: bool = False):
         Naming the file: unreadable, not UVH5, or inconsistent with the rest of the group
         (times, baselines, polarisations, channel count, declination).
     """
-    import dask.array as da
-    import xarray as xr
-
-    from dsacont.io.groups import Group
-
     if isinstance(paths, Group):
         group_ts, slots = paths.timestamp, list(paths.paths)
     else:
@@ -283,6 +343,8 @@ def open_group(paths, *, chunks=None, allow_missing: bool = False):
     fchunks = tuple([fchunk] * (nf // fchunk) + ([nf % fchunk] if nf % fchunk else []))
     shape = (ref.ntimes, ref.nbls, nf, ref.npols)
 
+    files = {k: _SubbandFile(slots[k], ref.nbls) for k in present}
+
     def build(name, dtype):
         blocks = []
         for k in sb_order:
@@ -290,9 +352,7 @@ def open_group(paths, *, chunks=None, allow_missing: bool = False):
                 fill = True if name == "flags" else 0
                 blocks.append(da.full(shape, fill, dtype=dtype, chunks=(tchunk, ref.nbls, fchunks, ref.npols)))
                 continue
-            h = headers[k]
-            flip = bool(h.freq[0] > h.freq[-1])
-            arr = _SubbandArray(slots[k], name, h, flip)
+            arr = _SubbandArray(files[k], name, headers[k])
             blocks.append(
                 da.from_array(arr, chunks=(tchunk, ref.nbls, fchunks, ref.npols), lock=False, asarray=True,
                               name=f"{name}-{os.path.basename(slots[k])}-{tchunk}-{fchunk}",
@@ -339,5 +399,112 @@ def open_group(paths, *, chunks=None, allow_missing: bool = False):
             "applied_delays_ns": _as_str(ref.extra.get("applied_delays_ns", "")),
         },
     )
+    source = tuple(p if p is not None else "" for p in slots)
+    ds.encoding["source"] = source
+    for var in DATA_VARIABLES:
+        ds[var].encoding = {"source": source, "original_shape": tuple(ds[var].shape), "dask_name": ds[var].data.name}
     log.debug("opened group %s lazily: %s", group_ts, dict(ds.sizes))
     return ds
+
+
+def group_files(ds) -> list[str | None] | None:
+    """The subband files behind ``ds`` when its data are still exactly what :func:`open_group`
+    opened, else None.
+
+    Decided from each data variable's ``encoding`` (see the module docstring): every one of
+    ``vis``, ``flags`` and ``nsamples`` still carries this reader's ``source`` and has its
+    ``original_shape``, and its data is still the dask array ``open_group`` made
+    (``dask_name``). Any selection, reordering or arithmetic gives a new array (or drops the
+    encoding): then None, and a consumer must compute the Dataset's own arrays. Coordinates and
+    attributes may differ (they are not read from the files by consumers of this answer).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+
+    Returns
+    -------
+    list of (str or None), length 16, or None
+        The file of each subband slot, sb00..sb15 (None for a missing subband, which the
+        Dataset fills with zeros, flagged); None when the data are not the files' as opened, or
+        no file is present.
+    """
+    source = None
+    for var in DATA_VARIABLES:
+        if var not in ds:
+            return None
+        enc = ds[var].encoding
+        src = enc.get("source")
+        if not isinstance(src, tuple) or len(src) != N_SUBBANDS or (source is not None and src != source):
+            return None
+        data = ds[var].data
+        if (tuple(ds[var].shape) != tuple(enc.get("original_shape", ())) or not isinstance(data, da.Array)
+                or data.name != enc.get("dask_name")):
+            return None
+        source = src
+    files = [p or None for p in source]
+    return files if any(files) else None
+
+
+def read_subband_header(path) -> SubbandHeader:
+    """The header of one UVH5 subband file, checked (see :class:`SubbandHeader`).
+
+    Reads only the ``Header`` datasets and the shapes and dtypes of ``Data/*``: ~10 ms.
+
+    Raises
+    ------
+    dsacont.errors.BadInputError
+        Naming the file: not HDF5, not UVH5 (a missing dataset), or an inconsistent layout
+        (Nblts != Ntimes x Nbls, data shapes, not time-major, baseline order changing, non-finite
+        frequencies or times).
+    """
+    return SubbandHeader(path)
+
+
+def scan_subband_data(path, *, check_values: bool = True, rows_per_read: int = 4096) -> int:
+    """Read a subband file's visibilities through (catches truncation and corrupt chunks) and
+    count the non-finite ones.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    check_values : bool
+        Read every row of ``Data/visdata`` in blocks of ``rows_per_read`` baseline-times
+        (memory bounded) and count NaN/Inf items. False: read only the last row of each of
+        ``Data/visdata``, ``Data/flags`` and ``Data/nsamples`` (a truncated file fails there).
+    rows_per_read : int
+        Rows (baseline-times) per read.
+
+    Returns
+    -------
+    int
+        Visibility items (complex values, all channels and polarisations) that are NaN or Inf;
+        0 with ``check_values=False``.
+
+    Raises
+    ------
+    dsacont.errors.BadInputError
+        The data cannot be read (naming the file, its size and the dataset).
+    """
+    path = str(path)
+    nonfinite = 0
+    try:
+        with h5py.File(path, "r") as f:
+            vis = f["Data/visdata"]
+            nrows = vis.shape[0]
+            if check_values:
+                for r0 in range(0, nrows, rows_per_read):
+                    block = vis[r0:r0 + rows_per_read]
+                    if block.dtype.names:  # compound (r, i) integer storage
+                        block = block[block.dtype.names[0]].astype(np.float32) + 1j * block[block.dtype.names[1]]
+                    nonfinite += int(block.size - np.count_nonzero(np.isfinite(block)))
+            else:
+                vis[nrows - 1:nrows]  # the last row: a truncated file fails here
+            for name in ("flags", "nsamples"):
+                d = f["Data/" + name]
+                d[d.shape[0] - 1:d.shape[0]]
+    except OSError as exc:
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        raise BadInputError(path, f"truncated or corrupt HDF5 data ({size} bytes): cannot read "
+                                  f"Data/visdata ({exc})") from exc
+    return nonfinite

@@ -7,8 +7,8 @@ import h5py
 import numpy as np
 import pytest
 
-from dsacont.io import uvh5 as loader
 from dsacont.errors import BadInputError
+from dsacont.io import uvh5 as loader
 from dsacont.io.uvh5 import open_group
 
 
@@ -100,3 +100,59 @@ def test_not_hdf5_and_truncated_files(sim_small, tmp_path):
         fh.truncate(size // 2)
     with pytest.raises(BadInputError, match=r"_sb09\.hdf5"):
         open_group(bad).vis.compute()
+
+
+def test_encoding_names_the_files_until_the_data_change(sim_small):
+    """open_group records its files in encoding['source']; group_files gives them back only while
+    the data are exactly what was opened (coordinates may change), so a consumer knows when it may
+    read the files itself."""
+    from dsacont.io.uvh5 import group_files
+
+    _, paths = sim_small
+    ds = open_group(paths)
+    assert ds.encoding["source"] == tuple(paths)
+    for v in ("vis", "flags", "nsamples"):
+        assert ds[v].encoding["source"] == tuple(paths) and ds[v].encoding["original_shape"] == ds[v].shape
+    assert group_files(ds) == list(paths)
+    assert group_files(ds.copy()) == list(paths)
+    assert group_files(ds.assign_coords(time=ds.time + 0.25)) == list(paths)
+    scaled = ds.copy()
+    scaled["vis"] = ds.vis * 2
+    reordered = ds.copy()
+    reordered["flags"] = ds.flags.copy(data=ds.flags.data[::-1])
+    for changed in (ds.isel(time=slice(0, 2)), ds.isel(time=list(range(ds.sizes["time"]))[::-1]), ds.roll(time=1),
+                    scaled, reordered, ds.chunk({"time": 3})):
+        assert group_files(changed) is None
+    holey = open_group([None if p.endswith("_sb07.hdf5") else p for p in paths], allow_missing=True)
+    assert group_files(holey) == [None if k == 7 else p for k, p in enumerate(paths)]
+
+
+def test_lazy_dataset_pickles(sim_small):
+    """The array backend travels to Dask workers as paths (no open file in the graph)."""
+    import pickle
+
+    _, paths = sim_small
+    ds = open_group(paths)
+    ds.vis.data[2:5, :, :10].compute()  # the readers exist now, with open files
+    vis = pickle.loads(pickle.dumps(ds.vis.data))
+    np.testing.assert_array_equal(vis[2:5].compute(), ds.vis.data[2:5].compute())
+
+
+def test_header_and_data_scan_for_the_watcher(sim_small, tmp_path):
+    from dsacont.io.uvh5 import read_subband_header, scan_subband_data
+
+    _, paths = sim_small
+    h = read_subband_header(paths[3])
+    assert h.nblts == h.ntimes * h.nbls and h.freq[0] > h.freq[-1] and h.pols.tolist() == [-5, -6]
+    assert scan_subband_data(paths[3]) == 0 and scan_subband_data(paths[3], check_values=False) == 0
+    bad = shutil.copy(paths[4], tmp_path)
+    with h5py.File(bad, "r+") as f:
+        v = f["Data/visdata"]
+        block = v[0:2]
+        block[1, 0, 3, 1] = np.nan
+        v[0:2] = block
+    assert scan_subband_data(bad) == 1
+    with open(bad, "r+b") as fh:
+        fh.truncate(len(open(paths[4], "rb").read()) // 2)
+    with pytest.raises(BadInputError, match=r"_sb04\.hdf5"):
+        read_subband_header(bad) and scan_subband_data(bad)

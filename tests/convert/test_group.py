@@ -8,13 +8,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dsacont.convert import phasing
 from dsacont.casa import ensure_casa
 
 HERE = Path(__file__).resolve().parents[1]
@@ -84,43 +82,11 @@ def small_ms(sim_small, tmp_path_factory):
     return ms, paths
 
 
-# ----------------------------------------------------------------------------- kernels
-def test_rotate_kernel_matches_float64_formula():
-    rng = np.random.default_rng(0)
-    vis = (rng.standard_normal((3, 5, 7, 2)) + 1j * rng.standard_normal((3, 5, 7, 2))).astype(np.complex64)
-    dw = rng.uniform(-2000, 2000, (3, 5))  # metres: phases of ~60000 rad, float32 phases would fail
-    freq = np.linspace(1.31e9, 1.5e9, 7)
-    expect = vis.astype(np.complex128) * np.exp(-2j * np.pi * freq[None, None, :, None] * dw[:, :, None, None] / C)
-    out = phasing.rotate_vis_numpy(vis, dw, freq)
-    assert out.dtype == np.complex64
-    np.testing.assert_allclose(out, expect, rtol=0, atol=2e-6 * np.abs(vis).max())
-    np.testing.assert_allclose(phasing.rotate_vis_numpy(vis, dw, freq, conjugate=True), np.conj(expect),
-                               rtol=0, atol=2e-6 * np.abs(vis).max())
-    # the dask wrapper gives the same, block by block
-    import dask.array as da
-
-    lazy = phasing.rotate_vis(da.from_array(vis, chunks=(2, 5, 3, 2)), dw, freq)
-    np.testing.assert_array_equal(lazy.compute(), out)
-
-
-def test_uvw_kernel_is_rotation_of_baselines():
-    rng = np.random.default_rng(1)
-    pos = rng.uniform(-1500, 1500, (6, 3))
-    a1 = np.array([0, 0, 1, 2, 5])
-    a2 = np.array([0, 1, 3, 4, 5])
-    rot = phasing.uvw_rotation(np.array([2460978.08, 2460978.09]), 2.24, 0.97)
-    uvw = phasing.baseline_uvw(rot, pos, a1, a2)
-    b = pos[a2] - pos[a1]
-    np.testing.assert_allclose(uvw, np.einsum("tij,bj->tbi", rot, b), atol=1e-9)
-    # rotations are orthonormal; autocorrelations are zero
-    np.testing.assert_allclose(np.einsum("tij,tkj->tik", rot, rot), np.broadcast_to(np.eye(3), (2, 3, 3)), atol=1e-12)
-    assert np.all(uvw[:, 0] == 0) and np.all(uvw[:, -1] == 0)
-
-
 # ----------------------------------------------------------------------------- geometry vs CASA
 def test_phase_centre_and_uvw_against_casa_measures(small_ds):
     """Independent check: casatools measures (HADEC -> J2000, baseline -> uvw)."""
-    from dsacont.convert import _geometry, phase_centre
+    from dsacont.convert.plan import geometry as _geometry
+    from dsacont.convert.plan import phase_centre
     from dsacont.telescope import ARRAY_CENTRE_ECEF
 
     ct = ensure_casa()
@@ -278,7 +244,7 @@ def test_tclean_puts_point_source_at_true_position(sim_clean, tmp_path):
 # ----------------------------------------------------------------------------- modes, zarr, CLI
 @pytest.mark.casa
 def test_per_integration_layout_and_cli(sim_small, tmp_path, small_ms):
-    from dsacont.convert import cli
+    from dsacont.convert.cli import cli
 
     out = tmp_path / "per_int.ms"
     assert cli([*sim_small[1], "-o", str(out), "--phase", "per_integration", "--no-flag",
@@ -314,7 +280,6 @@ def test_to_zarr_roundtrip(small_ds, small_ms, tmp_path):
 
 
 def test_failure_leaves_nothing(small_ds, tmp_path):
-    import dask.array as da
 
     from dsacont.config import get_paths
     from dsacont.convert import convert_group
@@ -346,122 +311,17 @@ def _main_columns(path):
         tb.close()
 
 
-def test_tile_files_write_every_cell_as_putcol_does(tmp_path):
-    """msio.TileFiles: bytes written straight into the tiles read back through casatools getcol
-    identically to what putcol would have stored, for every cell of DATA/FLAG/WEIGHT/SIGMA, for
-    row ranges that start and end inside tiles; and the probe check accepts this layout."""
-    from dsacont.io import ms as msio
-
-    nbl, nchan, npol, nspw, ntime = 6, 8, 2, 3, 2
-    layout = msio.MSLayout(
-        antenna_names=[str(i + 1) for i in range(4)], antenna_positions=np.full((4, 3), 6.0e6) + np.arange(12).reshape(4, 3),
-        dish_diameter=4.65, spw_freqs=1.3e9 + 1e6 * np.arange(nspw * nchan, dtype=float).reshape(nspw, nchan),
-        spw_widths=np.full((nspw, nchan), 1e5), spw_names=["a", "b", "c"], polarizations=["XX", "YY"],
-        field_names=["f"], field_dirs=np.array([[1.0, 0.9]]), field_times=np.array([5e9]),
-        time_range=(5e9, 5e9 + 20), nrows=ntime * nspw * nbl, interval=10.0, tile_rows=nbl)
-    ms = tmp_path / "t.ms"
-    msio.create_ms(ms, layout)
-    nrows = ntime * nspw * nbl
-    with msio.MSWriter(ms) as w:
-        w.add_runs(np.full(ntime * nspw, nbl), constants=dict(INTERVAL=10.0),
-                   TIME=np.repeat([5e9, 5e9 + 10], nspw), DATA_DESC_ID=np.tile(np.arange(nspw), ntime))
-        lay = w.tile_layout()
-    tiles = msio.TileFiles.open(lay)
-    assert tiles is not None
-    rng = np.random.default_rng(3)
-    data = (rng.standard_normal((nrows, nchan, npol)) + 1j * rng.standard_normal((nrows, nchan, npol))).astype(np.complex64)
-    flag = rng.random((nrows, nchan, npol)) < 0.3
-    wt = rng.random((nrows, npol)).astype(np.float32)
-    with tiles:
-        for a, b in ((0, 4), (4, 11), (11, nrows)):  # across tile boundaries
-            packed = msio.pack_bits_le(flag[a:b].reshape(-1), np.empty(flag[a:b].size // 8, np.uint8))
-            tiles.write(a, DATA=data[a:b], FLAG=packed if a else flag[a:b], WEIGHT=wt[a:b], SIGMA=2 * wt[a:b])
-    cols = _main_columns(ms)
-    np.testing.assert_array_equal(cols["DATA"].T, data)
-    np.testing.assert_array_equal(cols["FLAG"].T, flag)
-    np.testing.assert_array_equal(cols["WEIGHT"].T, wt)
-    np.testing.assert_array_equal(cols["SIGMA"].T, 2 * wt)
-    # a layout it does not know (tiles of 4 rows: runs of 6 rows would straddle them) is refused
-    ms2 = tmp_path / "t2.ms"
-    layout.tile_rows = 4
-    msio.create_ms(ms2, layout)
-    with msio.MSWriter(ms2) as w:
-        w.add_runs([nrows - 2])
-        assert w.tile_layout() is None  # 34 rows are not whole tiles of 4
-
-
-def test_gather_chunks_any_chunk_shape():
-    """The chunk gathers rebuild a (rows, chans, pols) array from its chunks stored in any order,
-    with edge chunks stored whole, for any time slice."""
-    from dsacont.convert import gather_chunks, gather_chunks_p1
-
-    rng = np.random.default_rng(7)
-    full = (rng.standard_normal((50, 10, 2)) + 1j * rng.standard_normal((50, 10, 2))).astype(np.complex64)
-    for R, C, P in ((8, 4, 1), (16, 3, 2), (7, 10, 2)):
-        gshape = (-(-50 // R), -(-10 // C), -(-2 // P))
-        order = rng.permutation(int(np.prod(gshape)))
-        src = np.zeros(order.size * R * C * P, np.complex64)
-        grid = np.empty(gshape, np.int64)
-        for slot, k in enumerate(order):
-            rk, ck, pk = np.unravel_index(k, gshape)
-            chunk = np.zeros((R, C, P), np.complex64)
-            part = full[rk * R:(rk + 1) * R, ck * C:(ck + 1) * C, pk * P:(pk + 1) * P]
-            chunk[:part.shape[0], :part.shape[1], :part.shape[2]] = part
-            src[slot * R * C * P:(slot + 1) * R * C * P] = chunk.ravel()
-            grid[rk, ck, pk] = slot * R * C * P
-        for r0, r1 in ((0, 50), (3, 29), (R, 2 * R)):
-            for rev in (False, True):  # rev: channels reversed on the way
-                want = full[r0:r1, ::-1] if rev else full[r0:r1]
-                out = np.empty((r1 - r0, 10, 2), np.complex64)
-                gather_chunks(src, grid, R, C, P, r0, r1, rev, out)
-                np.testing.assert_array_equal(out, want)
-                if P == 1:
-                    out[:] = 0
-                    gather_chunks_p1(src, grid, R, C, r0, r1, rev, out)
-                    np.testing.assert_array_equal(out, want)
-
-
-@pytest.mark.parametrize("mmap_min", [0, 1 << 40])
-def test_subband_reader_matches_loader(small_ds, mmap_min, monkeypatch):
-    """The chunk-table reader returns exactly what h5py (the loader) reads, for any time slice,
-    through a mapping or a copy."""
-    from dsacont import convert
-    from dsacont.convert import _SubbandReader
-
-    monkeypatch.setattr(convert, "MMAP_MIN_BYTES", mmap_min)
-
-    sb = np.asarray(small_ds["subband"].values)
-    nbl = small_ds.sizes["baseline"]
-    for k in (0, 7, 15):
-        f0 = int(np.flatnonzero(sb == k)[0])
-        nf = int((sb == k).sum())
-        r = _SubbandReader(small_ds.attrs["source_files"][k], nbl)
-        assert all(t is not None for t in r.tables.values())  # the simulator writes chunked, unfiltered files
-        for (t0, t1) in ((0, small_ds.sizes["time"]), (1, 3)):
-            for name, var in (("visdata", "vis"), ("nsamples", "nsamples"), ("flags", "flags")):
-                want = small_ds[var].data[t0:t1, :, f0:f0 + nf].compute()  # ascending
-                got = r.read(name, t0, t1, scratch={})
-                np.testing.assert_array_equal(got[:, :, ::-1] if r.flip else got, want)
-                np.testing.assert_array_equal(r.read(name, t0, t1, scratch={}, ascending=True), want)
-            # baseline ranges of every integration (the fused flag pass)
-            want = small_ds[var].data[:, 3:17, f0:f0 + nf].compute()
-            got = r.read_baselines(name, 3, min(17, nbl), small_ds.sizes["time"], scratch={})
-            np.testing.assert_array_equal(got[:, :, ::-1] if r.flip else got, want)
-            got = r.read_baselines(name, 3, min(17, nbl), small_ds.sizes["time"], scratch={}, ascending=True)
-            np.testing.assert_array_equal(got, want)
-
-
 def test_loader_dataset_is_read_from_its_files_unless_modified(sim_small, small_ms, tmp_path):
     """The pipeline passes open_group's Dataset: it is read from the files directly (same MS);
     a selected or transformed Dataset is read through its own dask arrays."""
     from dsacont import convert
     from dsacont.config import get_paths
-    from dsacont.io.uvh5 import open_group
+    from dsacont.io.uvh5 import group_files, open_group
 
     paths = get_paths(root=tmp_path)
     ds = open_group(sim_small[1])
     ms = convert.convert_group(ds, tmp_path / "ds.ms", flag=False, paths=paths)
-    assert convert.LAST_PROFILE["direct_read"] is True
+    assert ms.profile["direct_read"] is True
     a, b = _main_columns(small_ms[0]), _main_columns(ms)
     for col in a:
         np.testing.assert_array_equal(a[col], b[col], err_msg=col)
@@ -471,19 +331,19 @@ def test_loader_dataset_is_read_from_its_files_unless_modified(sim_small, small_
     slots[5] = None
     holey = open_group(slots, allow_missing=True)
     one = convert.convert_group(holey, tmp_path / "holey1.ms", flag=True, paths=paths, qa_dir=tmp_path / "q1")
-    assert convert.LAST_PROFILE["direct_read"] is True and "fused_flag_threads" in convert.LAST_PROFILE
+    assert one.profile["direct_read"] is True and "fused_flag_threads" in one.profile
     two = convert.convert_group(holey, tmp_path / "holey2.ms", flag=True, paths=paths, qa_dir=tmp_path / "q2",
                                 direct_read=False)
-    assert convert.LAST_PROFILE["direct_read"] is False
+    assert two.profile["direct_read"] is False
     a, b = _main_columns(one), _main_columns(two)
     for col in a:
         np.testing.assert_array_equal(a[col], b[col], err_msg=col)
     sub = ds.isel(time=slice(0, 2))
-    convert.convert_group(sub, tmp_path / "sub.ms", flag=False, paths=paths)
-    assert convert.LAST_PROFILE["direct_read"] is False
+    res = convert.convert_group(sub, tmp_path / "sub.ms", flag=False, paths=paths)
+    assert res.profile["direct_read"] is False
     scaled = ds.copy()
     scaled["vis"] = ds["vis"] * 2
-    assert convert._files_behind(scaled, convert._spw_layout(scaled)) is None
+    assert group_files(scaled) is None
 
 
 def test_fast_paths_equal_putcol_and_dask_paths(sim_small, small_ms, tmp_path):
@@ -495,13 +355,13 @@ def test_fast_paths_equal_putcol_and_dask_paths(sim_small, small_ms, tmp_path):
     fast = small_ms[0]
     slow = convert.convert_group(sim_small[1], tmp_path / "slow.ms", flag=False, paths=get_paths(root=tmp_path),
                                  direct_write=False, direct_read=False)
-    assert convert.LAST_PROFILE["direct_tiles"] is False and convert.LAST_PROFILE["direct_read"] is False
+    assert slow.profile["direct_tiles"] is False and slow.profile["direct_read"] is False
     a, b = _main_columns(fast), _main_columns(slow)
     for col in a:
         np.testing.assert_array_equal(a[col], b[col], err_msg=col)
     # and the default really took the fast paths
     again = convert.convert_group(sim_small[1], tmp_path / "fast.ms", flag=False, paths=get_paths(root=tmp_path))
-    assert convert.LAST_PROFILE["direct_tiles"] is True and convert.LAST_PROFILE["direct_read"] is True
+    assert again.profile["direct_tiles"] is True and again.profile["direct_read"] is True
     c = _main_columns(again)
     for col in a:
         np.testing.assert_array_equal(a[col], c[col], err_msg=col)
@@ -541,12 +401,12 @@ def test_skeleton_template_gives_the_same_ms(sim_small, tmp_path, caplog):
     paths = get_paths(root=tmp_path)
     ds = open_group(sim_small[1])
     first = convert.convert_group(ds, tmp_path / "first.ms", flag=False, paths=paths)
-    assert "template_saved" in convert.LAST_PROFILE
+    assert "template_saved" in first.profile
     later = ds.assign_coords(time=ds["time"] + 0.4137)  # ~10 h later: another RA, other UVW
     stamped = convert.convert_group(later, tmp_path / "stamped.ms", flag=False, paths=paths)
-    assert "skeleton_from_template" in convert.LAST_PROFILE
+    assert "skeleton_from_template" in stamped.profile
     fresh = convert.convert_group(later, tmp_path / "fresh.ms", flag=False, paths=paths, use_templates=False)
-    assert "skeleton_from_template" not in convert.LAST_PROFILE
+    assert "skeleton_from_template" not in fresh.profile
     a, b, c = _every_table(stamped), _every_table(fresh), _every_table(first)
     assert a.keys() == b.keys() and len(a) > 100
     pol_type = a[("FEED", "POLARIZATION_TYPE")]  # every antenna's receptors (casatools string bug)
@@ -566,11 +426,11 @@ def test_skeleton_template_gives_the_same_ms(sim_small, tmp_path, caplog):
     (tpl / "ms" / "table.dat").write_bytes(b"garbage")
     with caplog.at_level("WARNING", logger="dsacont.io.ms"):
         again = convert.convert_group(later, tmp_path / "again.ms", flag=False, paths=paths)
-    assert "unusable" in caplog.text and "skeleton_from_template" not in convert.LAST_PROFILE
+    assert "unusable" in caplog.text and "skeleton_from_template" not in again.profile
     d = _every_table(again)
     for key in (("", "DATA"), ("", "UVW"), ("", "TIME"), ("FIELD", "PHASE_DIR")):
         np.testing.assert_array_equal(d[key], b[key], err_msg=str(key))
-    assert "template_saved" in convert.LAST_PROFILE and (tpl / "ms" / "table.dat").read_bytes() != b"garbage"
+    assert "template_saved" in again.profile and (tpl / "ms" / "table.dat").read_bytes() != b"garbage"
 
 
 def test_uniform_blocks_and_varied_ones_give_the_same_ms(sim_small, tmp_path):
@@ -581,6 +441,7 @@ def test_uniform_blocks_and_varied_ones_give_the_same_ms(sim_small, tmp_path):
 
     from dsacont import convert
     from dsacont.config import get_paths
+    from dsacont.io.uvh5_backend import SubbandReader
 
     files = [Path(shutil.copy(p, tmp_path / Path(p).name)) for p in sim_small[1]]
     with h5py.File(files[3], "r+") as f:  # one subband: odd nsamples in integration 1, a flag in 3
@@ -594,14 +455,14 @@ def test_uniform_blocks_and_varied_ones_give_the_same_ms(sim_small, tmp_path):
         fb = fl[3 * nbl:4 * nbl]
         fb[11, 0, 6, 1] = True
         fl[3 * nbl:4 * nbl] = fb
-    r = convert._SubbandReader(files[3], nbl)
+    r = SubbandReader(files[3], nbl)
     assert r.uniform("nsamples", 0, 1) == np.float32(1.0) and r.uniform("flags", 0, 1) == 0
     assert r.uniform("nsamples", 1, 2) is None and r.uniform("nsamples", 0, 3) is None
     assert r.uniform("nsamples", 2, 3) == np.float32(1.0)
     assert r.uniform("flags", 3, 4) is None and r.uniform("flags", 0, 3) == 0
     paths = get_paths(root=tmp_path)
     fast = convert.convert_group(files, tmp_path / "fast.ms", flag=False, paths=paths, chunks={"time": 1})
-    assert convert.LAST_PROFILE["direct_read"] is True
+    assert fast.profile["direct_read"] is True
     slow = convert.convert_group(files, tmp_path / "slow.ms", flag=False, paths=paths, direct_read=False)
     a, b = _main_columns(fast), _main_columns(slow)
     for col in a:
@@ -618,10 +479,10 @@ def test_fused_flags_equal_flags_first(sim_small, tmp_path):
 
     paths = get_paths(root=tmp_path)
     one = convert.convert_group(sim_small[1], tmp_path / "one.ms", flag=True, paths=paths, qa_dir=tmp_path / "qa1")
-    assert "fused_flag_threads" in convert.LAST_PROFILE
+    assert "fused_flag_threads" in one.profile
     two = convert.convert_group(sim_small[1], tmp_path / "two.ms", flag=True, paths=paths, qa_dir=tmp_path / "qa2",
                                 fuse_flags=False)
-    assert "fused_flag_threads" not in convert.LAST_PROFILE
+    assert "fused_flag_threads" not in two.profile
     a, b = _main_columns(one), _main_columns(two)
     assert a["FLAG"].mean() > 0
     for col in a:
@@ -630,28 +491,6 @@ def test_fused_flags_equal_flags_first(sim_small, tmp_path):
     j2 = json.loads(next((tmp_path / "qa2").glob("*.flags.json")).read_text())
     assert j1 == j2
     assert next((tmp_path / "qa1").glob("*.waterfall.png")).stat().st_size > 0
-
-
-def test_block_kernel_matches_rotate_kernel():
-    """The fused block kernel (flip, recurrence phases, weights, flags) against phasing's kernel."""
-    from dsacont.convert import compute_block
-
-    rng = np.random.default_rng(5)
-    shape = (3, 7, 48, 2)
-    vis = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
-    ns = rng.choice([0.0, 0.5, 1.0], size=shape).astype(np.float32)
-    fl = rng.random(shape) < 0.1
-    dw = rng.uniform(-3000, 3000, shape[:2])
-    for freq in (1.31e9 + 244140.625 * np.arange(48), np.sort(rng.uniform(1.3e9, 1.5e9, 48))):
-        for flip in (False, True):
-            src = lambda x: x[:, :, ::-1] if flip else x  # noqa: E731
-            data, flags, weight, sigma = compute_block(vis, ns, fl, dw, freq, flip)
-            expect = phasing.rotate_vis_numpy(src(vis), dw, freq, conjugate=True)
-            np.testing.assert_allclose(data, expect, rtol=0, atol=3e-6 * np.abs(vis).max())
-            np.testing.assert_array_equal(flags, src(fl) | (src(ns) == 0))
-            w = ns.mean(axis=2, dtype=np.float64).astype(np.float32)
-            np.testing.assert_allclose(weight, w, rtol=1e-6)
-            np.testing.assert_allclose(sigma, np.where(w > 0, 1 / np.sqrt(np.maximum(w, 1e-30)), 0), rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- distributed
