@@ -262,6 +262,28 @@ def test_per_integration_layout_and_cli(sim_small, tmp_path, small_ms):
     np.testing.assert_allclose(np.abs(a["data"]), np.abs(b["data"]), rtol=1e-4, atol=1e-5)
     # UVW for integration t: its own meridian; |uvw| equal (same baselines, same instant)
     np.testing.assert_allclose(np.linalg.norm(a["uvw"], axis=-1), np.linalg.norm(b["uvw"], axis=-1), atol=1e-3)
+    # each field's phase centre is the correlator's fringe-stop centre at its integration, HADEC(0,
+    # dec) with the simulator's pointing declination, turned into ICRS by astropy (an outside referee)
+    import astropy.units as u
+    from astropy.coordinates import EarthLocation, HADec, SkyCoord
+    from astropy.time import Time
+
+    from dsacont import load_truth
+
+    truth = load_truth(sim_small[0], sim_small[1][0])
+    tb = ct.table()
+    tb.open(str(out) + "/FIELD")
+    try:
+        phase_dir = tb.getcol("PHASE_DIR")[:, 0, :]  # (2, nfield) radians, J2000
+    finally:
+        tb.close()
+    loc = EarthLocation.from_geodetic(lon=-2.0644277991 * u.rad, lat=0.6498455107 * u.rad, height=1188.05 * u.m)
+    t = Time(truth["time_jd"], format="jd", scale="utc")
+    centre = SkyCoord(ha=np.zeros(t.size) * u.rad, dec=np.full(t.size, float(truth["pointing_dec_rad"])) * u.rad,
+                      frame=HADec(obstime=t, location=loc, pressure=0 * u.hPa)).icrs
+    fields = SkyCoord(ra=phase_dir[0] * u.rad, dec=phase_dir[1] * u.rad)
+    assert fields.size == t.size == 24
+    assert fields.separation(centre).arcsec.max() < 1.0
 
 
 def test_to_zarr_roundtrip(small_ds, small_ms, tmp_path):
@@ -473,7 +495,6 @@ def test_uniform_blocks_and_varied_ones_give_the_same_ms(sim_small, tmp_path):
 def test_fused_flags_equal_flags_first(sim_small, tmp_path):
     """flag=True in one pass (baseline blocks: read, flag, rotate, write partial tiles) gives the
     same MS and the same flag summary as computing flag_dataset first and writing in time blocks."""
-    pytest.importorskip("dsacont.flagging")
     from dsacont import convert
     from dsacont.config import get_paths
 
@@ -538,12 +559,25 @@ def test_dask_scheduler_and_worker_processes(sim_small, small_ms, tmp_path):
 
 def test_rfi_flags_are_ored_into_flag(sim_small, small_ms, tmp_path):
     """flag=True: dsacont.flagging's lazy flags (computed in one pass first) end up in FLAG."""
-    pytest.importorskip("dsacont.flagging")
     from dsacont.config import get_paths
     from dsacont.convert import convert_group
 
-    ms = convert_group(sim_small[1], tmp_path / "flagged.ms", flag=True, paths=get_paths(root=tmp_path))
+    import h5py
+
+    # the correlator's flags are kept: the simulator writes none, so set some in a copy of the files
+    # (all of XX in sb03, ascending subband 12)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    files = [shutil.copyfile(f, raw / Path(f).name) for f in sim_small[1]]
+    with h5py.File(files[3], "r+") as h:
+        fl = h["Data/flags"][...]
+        fl[..., 0] = True
+        h["Data/flags"][...] = fl
+    ms = convert_group([str(f) for f in files], tmp_path / "flagged.ms", flag=True, paths=get_paths(root=tmp_path))
     a, b = _ms_cube(ms), _ms_cube(small_ms[0])
-    assert np.all(a["flags"][b["flags"]])  # the correlator's flags are kept
+    nch = a["flags"].shape[2] // 16
+    sb03 = slice(12 * nch, 13 * nch)
+    assert a["flags"][:, :, sb03, 0].all() and not b["flags"][:, :, sb03, 0].any()
+    assert not a["flags"][:, :, sb03, 1].all()
     assert a["flags"].mean() > b["flags"].mean()  # and RFI flags added (sim_small has RFI)
     np.testing.assert_array_equal(a["data"], b["data"])
