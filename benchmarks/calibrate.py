@@ -172,7 +172,7 @@ def main(argv=None) -> int:
 
         from dsacont.telescope import airy_beam
 
-        dec_p = C._pointing_dec(info)
+        dec_p = C.pointing_dec(info)
         src = truth["sources"]
         sky = [s for s in C.sky_from_arrays(src["name"], src["ra_deg"], src["dec_deg"], src["flux_jy"],
                                             src["spectral_index"])

@@ -50,7 +50,7 @@ from dsacont import calibration as C
 from dsacont.calibrators import get_calibrator, load_catalogue
 from dsacont.casa import ensure_casa
 from dsacont.io.ms import KEYWORD_FLATTEN as KEYWORD
-from dsacont.io.ms import FlattenInterrupted, clear_state, flatten_state, set_flatten_state  # noqa: F401
+from dsacont.io.ms import FlattenInterrupted, clear_state, flatten_state, iter_ddid, set_flatten_state  # noqa: F401
 from dsacont.telescope import airy_beam
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def bright_sources(info, *, min_apparent_jy: float = DEFAULT_MIN_APPARENT_JY,
     Returns a list of :class:`dsacont.calibrators.Calibrator`, brightest (apparent) first.
     """
     if pointing_dec_rad is None:
-        pointing_dec_rad = C._pointing_dec(info)
+        pointing_dec_rad = C.pointing_dec(info)
     mjds = np.array([info.times_s.min(), info.mid_mjd * 86400.0, info.times_s.max()]) / 86400.0
     dec0 = np.degrees(pointing_dec_rad)
     out = []
@@ -113,7 +113,7 @@ def _models(info, sources, pointing_dec_rad):
 
 
 def _chunks(tb, info):
-    for d, sub, s, n in C._iter_ddid(tb, range(len(info.ddid_spw))):
+    for d, sub, s, n in iter_ddid(tb, range(len(info.ddid_spw))):
         spw = int(info.ddid_spw[d])
         uvw = np.asarray(sub.getcol("UVW", s, n)).T
         tidx = np.searchsorted(info.times_s, sub.getcol("TIME", s, n))
@@ -154,7 +154,7 @@ def flatten_sources(ms, sources="auto", *, column: str = "CORRECTED_DATA", fit: 
     info = info or C.read_ms_info(ms)
     if flatten_state(ms) is not None:
         unflatten(ms, info=info)
-    pdec = C._pointing_dec(info)
+    pdec = C.pointing_dec(info)
     if isinstance(sources, str) and sources == "auto":
         sources = bright_sources(info, min_apparent_jy=min_apparent_jy, max_offset_deg=max_offset_deg,
                                  pointing_dec_rad=pdec)

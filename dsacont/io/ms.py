@@ -1153,3 +1153,32 @@ def clear_state(ms) -> None:
 def set_flatten_state(tb, state: dict) -> None:
     tb.putkeyword(KEYWORD_FLATTEN, json.dumps(state))
     tb.flush()
+
+
+# ---- data columns: add one, read one DATA_DESCRIPTION at a time
+
+def ensure_column(ms: str, name: str, like: str = "DATA") -> None:
+    """Add a data column shaped like ``like`` (tiled storage) if the MS has none."""
+    with table(ms, readonly=False) as tb:
+        if name in tb.colnames():
+            return
+        desc = tb.getcoldesc(like)
+        desc.pop("comment", None)
+        cell = [int(x) for x in tb.getcell(like, 0).shape]
+        # tiles of ~1 MiB holding whole cells: the same row blocks as DATA
+        rows = int(np.clip(2**20 // (8 * int(np.prod(cell))), 64, 8192))
+        dm = {"TYPE": "TiledShapeStMan", "NAME": f"Tiled{name}", "SEQNR": 0,
+              "SPEC": {"DEFAULTTILESHAPE": np.array(cell + [rows], dtype=np.int32)}}
+        tb.addcols({name: desc}, dm)
+
+
+def iter_ddid(tb, ddids, chunk_rows: int = 200_000):
+    """Yield (ddid, subtable, start, nrow) chunks of one DATA_DESC_ID at a time."""
+    for d in ddids:
+        sub = tb.query(f"DATA_DESC_ID=={int(d)}")
+        try:
+            n = sub.nrows()
+            for s in range(0, n, chunk_rows):
+                yield int(d), sub, s, min(chunk_rows, n - s)
+        finally:
+            sub.close()

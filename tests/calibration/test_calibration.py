@@ -21,6 +21,8 @@ import pytest
 from conftest import GROUP_START
 
 from dsacont import calibration as C
+from dsacont.calibration import cli as cal_cli
+from dsacont.calibration.transits import _as_time
 
 pytestmark = pytest.mark.casa
 
@@ -84,7 +86,7 @@ def _bright_field_sources(truth, ms):
     from dsacont.telescope import airy_beam
 
     info = C.read_ms_info(ms)
-    dec_p = C._pointing_dec(info)
+    dec_p = C.pointing_dec(info)
     src = truth["sources"]
     sky = C.sky_from_arrays(src["name"], src["ra_deg"], src["dec_deg"], src["flux_jy"], src["spectral_index"])
     keep = []
@@ -114,7 +116,7 @@ def solved(conv_ms, tmp_path_factory):
     root = base / "root"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = C.cli([ms, "--calibrator", CAL, "--root", str(root), "--sky", str(sky_csv)])
+        rc = cal_cli.cli([ms, "--calibrator", CAL, "--root", str(root), "--sky", str(sky_csv)])
     summary = json.loads(buf.getvalue())
     from dsacont.config import get_paths
 
@@ -210,7 +212,7 @@ def test_find_calibrator_transits():
     assert CAL in names
     tr = found[names.index(CAL)]
     # catalogue transit 13:55:26 (the operators'), true meridian crossing ~2 min later
-    assert abs((tr.transit_catalogue.unix - C._as_time("2025-10-29T13:55:26").unix)) < 2.0
+    assert abs((tr.transit_catalogue.unix - _as_time("2025-10-29T13:55:26").unix)) < 2.0
     assert 60 < tr.transit.unix - tr.transit_catalogue.unix < 180
     assert tr.pb > 0.99 and abs(tr.apparent_flux_jy - 8.8 * tr.pb) < 1e-9
     assert tr.groups == [GROUP_START]  # both transit times fall in the group at 13:52:51
@@ -245,7 +247,10 @@ def test_point_model_sums_sources_and_steps_phase_exactly():
 
 def test_choose_refant_prefers_unflagged_central():
     pos = np.array([[0.0, 0, 0], [10, 0, 0], [2000, 0, 0], [3, 1, 0], [-1500, 0, 0]])
-    info = C.MSInfo("x.ms", np.array([0.0]), [], np.array([0]), np.zeros((1, 2)), ["1", "2", "3", "4", "5"], pos, 1)
+    info = C.MSInfo(path="x.ms", nrows=1, columns=[], times_s=np.array([0.0]), interval_s=12.9, spw_freqs=[],
+                    spw_widths=[], spw_names=[], ddid_spw=np.array([0]), ddid_pol=np.array([0]), corr_types=[],
+                    field_names=["x"], field_dirs=np.zeros((1, 2)), field_frame="J2000",
+                    antenna_names=["1", "2", "3", "4", "5"], antenna_positions=pos, telescope_name="OVRO_MMA")
     flags = {"1": 0.6, "2": 0.02, "3": 0.0, "4": 0.01, "5": 1.0}
     ranked = C.choose_refant(info, flags)
     assert ranked[0] == "4"  # low flags and nearest the centroid; '1' is central but 60 % flagged
@@ -260,7 +265,7 @@ def test_pointing_and_beam_offsets_match_simulator(conv_ms):
 
     ms, truth = conv_ms
     info = C.read_ms_info(ms)
-    dec_p = C._pointing_dec(info)
+    dec_p = C.pointing_dec(info)
     assert abs(dec_p - truth["pointing_dec_rad"]) < np.radians(1 / 3600)  # recovered to < 1 arcsec
     cal = truth["sources"]
     offs = C.beam_offsets(np.radians(cal["ra_deg"][0]), np.radians(cal["dec_deg"][0]), dec_p, info.times_s / 86400)
@@ -399,7 +404,7 @@ def test_gains_and_bandpass_match_truth(solved):
 def test_applycal_reproduces_model_flux(solved):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = C.cli_applycal([solved["ms"], "--root", str(solved["root"])])
+        rc = cal_cli.cli_applycal([solved["ms"], "--root", str(solved["root"])])
     assert rc == 0
     out = json.loads(buf.getvalue())
     assert out["tables"] == [solved["summary"]["tables"]["B"], solved["summary"]["tables"]["G"]]
@@ -438,7 +443,7 @@ def test_apply_outside_validity_raises(solved, tmp_path):
         C.apply_calibration(solved["ms"], registry=empty)
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        rc = C.cli_applycal([solved["ms"], "--registry", str(tmp_path / "empty.sqlite3")])
+        rc = cal_cli.cli_applycal([solved["ms"], "--registry", str(tmp_path / "empty.sqlite3")])
     assert rc == 3 and "no valid" in err.getvalue()
     assert to_mjd("2025-10-29T13:55:26") < mid + 1  # sanity of the time helpers
 

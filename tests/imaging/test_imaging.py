@@ -41,7 +41,7 @@ def tile(tmp_path_factory):
 
 
 def _corrected_equals_data(ms):
-    from dsacont.calibration import _ensure_column
+    from dsacont.io.ms import ensure_column as _ensure_column
     from dsacont.casa import ensure_casa
 
     _ensure_column(str(ms), "CORRECTED_DATA")

@@ -1,0 +1,218 @@
+"""Bandpass (B) and complex gain (G) solves on a calibrator group, with CASA.
+
+    solve_calibration(ms, "0834+555")   flag autocorrelations and zeros, write MODEL_DATA
+                                        (:mod:`dsacont.calibration.model`), solve G0 (phase, per
+                                        integration) -> B (solint inf, solnorm) -> G (amplitude+phase)
+
+- Reference antenna: chosen automatically among the antennas with (nearly) the fewest flags,
+  the one closest to the array's centroid; CASA gets a ranked list to fall back on.
+- ``G0``: phase-only, per integration, per SPW: removes the time-variable phase before the
+  bandpass average (applied while solving B only; never registered).
+- ``B``: ``bandtype='B'``, ``solint='inf'``, ``combine='scan'``, ``solnorm=True``, per SPW
+  (subbands are never combined).
+- ``G``: ``calmode='ap'`` per SPW with B applied; the amplitude follows the model, which sets
+  the flux scale. ``solint`` default 'inf' (one per SPW per tile; 'int' possible).
+
+Tables are written under ``paths.tmp`` and moved into ``paths.caltables`` atomically; with a
+registry, each is registered in 'writing' state before the solve and marked valid (or rejected,
+with the reason) afterwards. A G records the B it was solved on (``depends_on``), so applying
+picks B and G that belong together.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time as _time
+from pathlib import Path
+
+import numpy as np
+
+from dsacont.calibration.model import select_calibrator, write_model
+from dsacont.calibration.msinfo import MSInfo, read_ms_info
+from dsacont.calibration.plots import plot_bandpass, plot_gains
+from dsacont.calibration.registry import Registry
+from dsacont.calibration.tables import caltable_metrics
+from dsacont.calibrators import get_calibrator
+from dsacont.casa import casatasks
+from dsacont.config import get_paths
+from dsacont.errors import BadInputError
+from dsacont.io.ms import move_into_place
+
+log = logging.getLogger(__name__)
+
+#: a solve is rejected when more than this fraction of its solutions is flagged
+MAX_FLAGGED_SOLUTIONS = 0.5
+
+def flag_for_calibration(ms) -> dict:
+    """Flag autocorrelations and exact zeros (FLAG column); returns flag fractions per antenna."""
+    ct = casatasks()
+    ct.flagdata(vis=str(ms), mode="manual", autocorr=True, flagbackup=False)
+    ct.flagdata(vis=str(ms), mode="clip", clipzeros=True, flagbackup=False)
+    summary = ct.flagdata(vis=str(ms), mode="summary")
+    per_ant = {k: v["flagged"] / v["total"] for k, v in summary["antenna"].items() if v["total"] > 0}
+    return {"total": summary["flagged"] / max(summary["total"], 1), "antenna": per_ant}
+
+
+def choose_refant(info: MSInfo, antenna_flags: dict, n: int = 5) -> list[str]:
+    """Rank antennas for reference: low flag fraction first, then closeness to the array centre (median position).
+
+    Antennas whose flag fraction exceeds the best by more than 5 percentage points are ranked
+    after all others. Returns up to ``n`` antenna names (CASA takes them as a fall-back list).
+    """
+    names = [n_ for n_ in info.antenna_names if n_ in antenna_flags]
+    if not names:
+        raise BadInputError(info.path, "no antenna has unflagged data")
+    idx = {a: i for i, a in enumerate(info.antenna_names)}
+    pos = info.antenna_positions[[idx[a] for a in names]]
+    dist = np.linalg.norm(pos - np.median(pos, axis=0), axis=1)  # median: robust to outriggers
+    best = min(antenna_flags[a] for a in names)
+    key = [(antenna_flags[a] > best + 0.05, d, a) for a, d in zip(names, dist)]
+    key.sort()
+    return [a for bad, _, a in key if antenna_flags[a] < 0.99][:n]
+
+
+def solve_calibration(ms_path, calibrator=None, *, paths=None, registry=None, refant=None,
+                      gain_solint: str = "inf", minsnr: float = 3.0, beam: str = "time",
+                      validity_h: dict | None = None, plots: bool = True, uvrange: str = "",
+                      sky=None) -> dict:
+    """Solve bandpass (B) and complex gains (G) on a calibrator MS and register them.
+
+    The MS is modified: autocorrelations and zeros are flagged, MODEL_DATA is written.
+
+    Parameters
+    ----------
+    ms_path : path of the calibrator Measurement Set
+    calibrator : str or Calibrator, optional
+        Default: the brightest catalogue calibrator in the primary beam (:func:`select_calibrator`).
+    paths : dsacont.config.Paths, optional (default ``get_paths()``); caltables go to
+        ``paths.caltables``, temporaries to ``paths.tmp``.
+    registry : Registry, path, or False
+        Default: ``Registry(paths.registry_db)``. ``False``: do not register.
+    refant : str, optional
+        Reference antenna name(s), comma separated; default chosen automatically.
+    gain_solint : str
+        CASA solint of the G solve: 'inf' (default: one solution per SPW for the tile; the
+        instrumental gains drift by well under 1 % and 1 deg in 5 minutes, and the SNR per
+        solution is sqrt(24) higher than per integration), 'int' (one per 12.9 s), or e.g. '60s'.
+    minsnr : float
+        Solutions below this SNR are flagged.
+    beam : 'time' | 'mid' | 'none'
+        Primary-beam model (see :func:`write_model`).
+    validity_h : dict, optional
+        Half-width of the validity windows in hours per kind, e.g. ``{"B": 24, "G": 1}``.
+    plots : bool
+        Write bandpass and gain PNGs next to the tables.
+    sky : list of SkySource, optional
+        Field sources to add to the model (see :func:`write_model`).
+
+    Returns
+    -------
+    dict with ``tables`` ({'B': path, 'G': path}), ``ids`` (registry ids), ``refant``,
+    ``calibrator``, ``metrics`` ({'B': {...}, 'G': {...}, 'flags': ..., 'model': ..., 'timings_s': ...}),
+    ``plots`` (list of PNG paths), ``status`` ('valid' or 'rejected').
+    """
+    ms = str(Path(ms_path).absolute())
+    paths = paths or get_paths()
+    paths.ensure("caltables", "tmp", "state")
+    if registry is None:
+        registry = Registry(paths.registry_db)
+    elif registry is not False and not hasattr(registry, "lookup"):
+        registry = Registry(registry)
+    timings = {}
+    t_all = _time.perf_counter()
+
+    info = read_ms_info(ms)
+    if calibrator is None:
+        cal = select_calibrator(ms, info=info)
+    else:
+        cal = get_calibrator(calibrator) if isinstance(calibrator, str) else calibrator
+    ct = casatasks()
+
+    t = _time.perf_counter()
+    flags = flag_for_calibration(ms)
+    timings["flag"] = _time.perf_counter() - t
+    t = _time.perf_counter()
+    model_meta = write_model(ms, cal, sky=sky, beam=beam, info=info)
+    timings["model"] = _time.perf_counter() - t
+    refants = refant.split(",") if refant else choose_refant(info, flags["antenna"])
+    refant_str = ",".join(refants)
+    log.info("%s: reference antenna(s) %s", ms, refant_str)
+
+    stem = f"{Path(ms).name.removesuffix('.ms')}_{cal.name}"
+    work = Path(paths.tmp) / f"{stem}.cal.{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    final = {k: Path(paths.caltables) / f"{stem}.{k}" for k in ("B", "G")}
+    solve_mjd = info.mid_mjd
+    validity_h = validity_h or {}
+    ids = {}
+    if registry:
+        ids["B"] = registry.register_begin("B", cal.name, solve_mjd, final["B"], source_ms=ms,
+                                           valid_before_h=validity_h.get("B"), valid_after_h=validity_h.get("B"))
+        ids["G"] = registry.register_begin("G", cal.name, solve_mjd, final["G"], source_ms=ms, depends_on=ids["B"],
+                                           valid_before_h=validity_h.get("G"), valid_after_h=validity_h.get("G"))
+    tmp = {k: work / f"{stem}.{k}" for k in ("G0", "B", "G")}
+    metrics = {"flags": {"total": flags["total"]}, "model": model_meta, "refant": refant_str,
+               "calibrator": cal.name, "ms": ms, "solve_mjd": solve_mjd}
+    try:
+        t = _time.perf_counter()
+        ct.gaincal(vis=ms, caltable=str(tmp["G0"]), solint="int", refant=refant_str, calmode="p",
+                   gaintype="G", minsnr=minsnr, uvrange=uvrange)
+        timings["prephase"] = _time.perf_counter() - t
+        _require_table(tmp["G0"], "phase pre-solve")
+        t = _time.perf_counter()
+        ct.bandpass(vis=ms, caltable=str(tmp["B"]), solint="inf", combine="scan", refant=refant_str,
+                    bandtype="B", solnorm=True, minsnr=minsnr, gaintable=[str(tmp["G0"])], interp=["linear"],
+                    uvrange=uvrange)
+        timings["bandpass"] = _time.perf_counter() - t
+        _require_table(tmp["B"], "bandpass")
+        t = _time.perf_counter()
+        ct.gaincal(vis=ms, caltable=str(tmp["G"]), solint=gain_solint, refant=refant_str, calmode="ap",
+                   gaintype="G", minsnr=minsnr, gaintable=[str(tmp["B"])], interp=["nearest"], uvrange=uvrange)
+        timings["gaincal"] = _time.perf_counter() - t
+        _require_table(tmp["G"], "gain")
+        present = [i for i, a in enumerate(info.antenna_names) if flags["antenna"].get(a, 1.0) < 1.0]
+        metrics["n_antennas"] = len(present)
+        metrics["B"] = caltable_metrics(tmp["B"], present)
+        metrics["G"] = caltable_metrics(tmp["G"], present)
+    except Exception as exc:
+        if registry:
+            for k in ("B", "G"):
+                registry.reject(ids[k], f"solve failed: {exc}")
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    bad = {k: metrics[k]["flagged_fraction"] for k in ("B", "G") if metrics[k]["flagged_fraction"] > MAX_FLAGGED_SOLUTIONS}
+    for k in ("B", "G"):
+        move_into_place(tmp[k], final[k])
+    shutil.rmtree(work, ignore_errors=True)
+    timings["total"] = _time.perf_counter() - t_all
+    metrics["timings_s"] = timings
+    status = "valid"
+    if registry:
+        if bad:
+            status = "rejected"
+            why = ", ".join(f"{k}: {100 * v:.0f} % of solutions flagged" for k, v in bad.items())
+            for k in ("B", "G"):
+                registry.reject(ids[k], why, metrics={**metrics[k], "refant": refant_str, "model": model_meta})
+        else:
+            for k in ("B", "G"):
+                registry.mark_valid(ids[k], {**metrics[k], "refant": refant_str,
+                                             "beam_mid_error": model_meta["beam_mid_error"],
+                                             "timings_s": timings})
+    pngs = []
+    if plots:
+        try:
+            pngs = [plot_bandpass(final["B"]), plot_gains(final["G"])]
+        except Exception as exc:  # a plot must never lose a solve
+            log.warning("calibration plots failed: %s", exc)
+    log.info("%s: B %.1f %% / G %.1f %% flagged solutions; bandpass %.1f s, gains %.1f s",
+             ms, 100 * metrics["B"]["flagged_fraction"], 100 * metrics["G"]["flagged_fraction"],
+             timings["bandpass"], timings["gaincal"])
+    return {"tables": {k: str(v) for k, v in final.items()}, "ids": ids, "refant": refant_str,
+            "calibrator": cal.name, "metrics": metrics, "plots": [str(p) for p in pngs], "status": status}
+
+
+def _require_table(path, what):
+    if not Path(path).is_dir():
+        raise RuntimeError(f"CASA wrote no {what} table ({path}); see the CASA log")
