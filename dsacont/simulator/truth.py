@@ -17,7 +17,7 @@ _STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)")
 
 def write_group_truth(out_dir, g0, *, times_jd, freqs_asc, channel_width_hz, antennas, ant1, ant2, gains_t,
                       bandpass_asc, rfi_tf_mask, rfi_amp, sigma, sefd, dead_antenna, sources, dec_rad, az_el,
-                      files, settings) -> str:
+                      files, settings, extra=None) -> str:
     tdir = os.path.join(os.fspath(out_dir), TRUTH_DIR)
     os.makedirs(tdir, exist_ok=True)
     nt, na = len(times_jd), len(antennas)
@@ -30,6 +30,9 @@ def write_group_truth(out_dir, g0, *, times_jd, freqs_asc, channel_width_hz, ant
     if dead_antenna is not None:
         i = int(np.nonzero(np.asarray(antennas) == int(dead_antenna))[0][0])
         gains_t[:, i, :] = 0.0
+    nsrc = len(sources["name"])
+    shapes = {f"source_{k}": np.asarray(sources.get(k, np.zeros(nsrc)), float)
+              for k in ("major_arcsec", "minor_arcsec", "pa_deg")}
     stamp = g0.strftime("%Y-%m-%dT%H:%M:%S")
     final = os.path.join(tdir, f"{stamp}.npz")
     tmp = final[:-4] + ".tmp.npz"
@@ -62,6 +65,8 @@ def write_group_truth(out_dir, g0, *, times_jd, freqs_asc, channel_width_hz, ant
         pointing_el_rad=np.float64(az_el[1]),
         files=np.asarray(files, dtype="U64"),
         settings=np.str_(json.dumps(settings)),
+        **shapes,
+        **{k: np.asarray(v) for k, v in (extra or {}).items()},
     )
     os.replace(tmp, final)
     return final
@@ -154,6 +159,9 @@ def load_truth(out_dir, group_timestamp_or_path) -> dict:
     out["sources"] = dict(name=d["source_name"], ra_deg=d["source_ra_deg"], dec_deg=d["source_dec_deg"],
                           flux_jy=d["source_flux_jy"], spectral_index=d["source_spectral_index"],
                           ref_freq_hz=float(d["source_ref_freq_hz"]))
+    for k in ("major_arcsec", "minor_arcsec", "pa_deg"):
+        if f"source_{k}" in d:
+            out["sources"][k] = d[f"source_{k}"]
     nt, nf = out["rfi_tf_mask"].shape
     nbls = out["ant1"].size
     out["rfi_mask"] = np.broadcast_to(out["rfi_tf_mask"][:, None, :, None], (nt, nbls, nf, 2))
