@@ -176,28 +176,32 @@ def _meridian_window(dec_deg, times_jd):
 def _real_sources_for_group(seed, dec_deg, times_jd, s0, field=True):
     """The realistic sky of one group: catalogue sources (0834+555 first, every VLA calibrator of the
     dec band, Cas A) always considered; with ``field`` also NVSS and the faint power law.  Kept when
-    they come within FIELD_RADIUS_DEG of the pointing and their peak apparent flux at the band bottom,
+    they come within FIELD_RADIUS_DEG of the pointing (BRIGHT_RADIUS_DEG for sources of at least
+    BRIGHT_FLUX_JY: Cas A reaches the far sidelobes) and their peak apparent flux at the band bottom,
     centre or top reaches APPARENT_MIN_JY (three frequencies: a source near a beam null at 1.4 GHz,
     as Cas A is at transit, is still bright at the band edges)."""
     last, half_span, dra = _meridian_window(dec_deg, times_jd)
-    r = sky.FIELD_RADIUS_DEG
     cat = sky.catalogue_bright_sources(dec_deg)
     if field:
         fld = sky.real_field_sources(seed, dec_deg, last - dra, last + dra)
         cat = {k: np.concatenate([cat[k], fld[k]]) for k in cat}
+    # per-source radius: FIELD_RADIUS_DEG, or BRIGHT_RADIUS_DEG for the sidelobe sources (Cas A)
+    r = np.where(cat["flux_jy"] >= sky.BRIGHT_FLUX_JY, sky.BRIGHT_RADIUS_DEG, sky.FIELD_RADIUS_DEG)
     cosd = (np.sin(np.radians(cat["dec_deg"])) * np.sin(np.radians(dec_deg))
             + np.cos(np.radians(cat["dec_deg"])) * np.cos(np.radians(dec_deg)) * np.cos(np.radians(cat["ra_deg"] - last)))
     pre = np.degrees(np.arccos(np.clip(cosd, -1, 1))) <= r + half_span + 1.0
     pre[0] = True
     cat = {k: v[pre] for k, v in cat.items()}
+    r = r[pre]
     vec = geometry.source_vectors(cat["ra_deg"], cat["dec_deg"], times_jd)
     cos_off = vec @ s0
     cmax = cos_off.max(axis=0)
-    keep = np.degrees(np.arccos(np.clip(cmax, -1, 1))) <= r
+    off = np.degrees(np.arccos(np.clip(cmax, -1, 1)))
+    keep = off <= r
     fr = np.array([BAND_TOP_HZ - BAND_WIDTH_HZ, sky.REF_FREQ_HZ, BAND_TOP_HZ])
     peak = (cat["flux_jy"][:, None] * geometry.airy_beam(cmax, fr)).max(axis=1)
     keep &= peak >= sky.APPARENT_MIN_JY
-    keep[0] = np.degrees(np.arccos(np.clip(cmax[0], -1, 1))) <= r
+    keep[0] = off[0] <= sky.FIELD_RADIUS_DEG
     srcs = {k: v[keep] for k, v in cat.items()}
     return srcs, vec[:, keep], cos_off[:, keep]
 

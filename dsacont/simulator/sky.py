@@ -149,6 +149,10 @@ CAL_MATCH_ARCSEC = 60.0
 CASA = dict(name="CasA", ra_deg=(23 + 23 / 60 + 24 / 3600) * 15.0, dec_deg=58 + 48 / 60 + 54 / 3600,
             flux_jy=1700.0, spectral_index=-0.77, major_arcsec=300.0, minor_arcsec=300.0, pa_deg=0.0)
 TAG_NVSS_ALPHA = 151
+# sources this bright (Cas A) are predicted out to BRIGHT_RADIUS_DEG from the pointing: the Airy
+# beam's far sidelobes (~1e-3 at 10 deg) still give them Jy-level apparent fluxes
+BRIGHT_FLUX_JY = 100.0
+BRIGHT_RADIUS_DEG = 15.0
 
 
 @lru_cache(maxsize=1)
@@ -171,7 +175,7 @@ def _empty_shape(n):
 
 def catalogue_bright_sources(dec_deg: float, radius_deg: float = FIELD_RADIUS_DEG) -> dict:
     """The calibrator 0834+555 first, then every other VLA calibrator with a 20 cm flux in the dec band
-    ``dec +- radius``, then Cas A (if in the band): dict of arrays name, ra_deg, dec_deg, flux_jy,
+    ``dec +- radius``, then Cas A (if within BRIGHT_RADIUS_DEG in declination): dict of arrays name, ra_deg, dec_deg, flux_jy,
     spectral_index, major_arcsec, minor_arcsec, pa_deg."""
     cat = read_vla_catalogue()
     names = [CALIBRATOR] + sorted(n for n, s in cat.items()
@@ -181,7 +185,7 @@ def catalogue_bright_sources(dec_deg: float, radius_deg: float = FIELD_RADIUS_DE
                ra_deg=np.array([r["ra_deg"] for r in rows]), dec_deg=np.array([r["dec_deg"] for r in rows]),
                flux_jy=np.array([r["flux_jy"] for r in rows]),
                spectral_index=np.array([r["spectral_index"] for r in rows]), **_empty_shape(len(rows)))
-    if abs(CASA["dec_deg"] - dec_deg) <= radius_deg:
+    if abs(CASA["dec_deg"] - dec_deg) <= max(radius_deg, BRIGHT_RADIUS_DEG):
         out = {k: np.concatenate([out[k], np.array([CASA[k]], dtype=out[k].dtype)]) for k in out}
     return out
 

@@ -291,11 +291,11 @@ def _independent_auto_excess(tr, t_index, freqs):
     return flux * beam, np.degrees(theta)
 
 
-@pytest.mark.parametrize("which", ["0824+558", "CasA"])
-def test_bright_additions_match_independent_estimate(which, tmp_path):
+@pytest.mark.parametrize("which,hours", [("0824+558", 0.0), ("CasA", 0.0), ("CasA", 1.0)])
+def test_bright_additions_match_independent_estimate(which, hours, tmp_path):
     """Autocorrelation excess over the SEFD = the sky's total apparent flux: checked against the
-    catalogue flux x Airy beam at the astropy offset, for 0824+558 at its transit and for Cas A in
-    the first sidelobe (3.2 deg off, beyond the first null at the band top)."""
+    catalogue flux x Airy beam at the astropy offset, for 0824+558 at its transit, for Cas A at its
+    transit (3 deg off: the first null crosses it inside the band) and 1 h later (far sidelobes)."""
     import astropy.units as u
     from astropy.coordinates import EarthLocation
     from astropy.time import Time, TimeDelta
@@ -308,7 +308,7 @@ def test_bright_additions_match_independent_estimate(which, tmp_path):
     t = Time("2025-10-29T12:00:00")
     lst = t.sidereal_time("apparent", longitude=loc.lon).deg
     t_tr = t + TimeDelta(((ra - lst) % 360.0) / 360.9856 * 86400.0, format="sec")
-    start = t_tr - TimeDelta(GROUP_S / 2, format="sec")
+    start = t_tr - TimeDelta(GROUP_S / 2 - hours * 3600.0, format="sec")
     paths = _sim(tmp_path, start, seed=6, realism="realistic", noise=False, rfi=False, gains=False, field=False)
     tr = load_truth(tmp_path, paths[0])
     names = list(tr["sources"]["name"])
@@ -333,8 +333,10 @@ def test_bright_additions_match_independent_estimate(which, tmp_path):
         assert np.allclose(excess, expect, rtol=0.01, atol=0.02), (which, sb, excess, expect)
         peak = max(peak, per_src[k].max())
         if which == "CasA":
-            assert 2.9 < theta[k] < 3.5
-    if which == "CasA":
+            assert (2.9 < theta[k] < 3.5) if hours == 0 else (7.0 < theta[k] < 10.0)
+    if which == "CasA" and hours:
+        assert 0.3 < peak < 20.0, peak  # ~1e-3 of 1700 Jy in the far sidelobes
+    elif which == "CasA":
         # 3 deg off: just outside the first null at the band top, inside it at the bottom (~25 Jy)
         assert 5.0 < peak < 60.0, peak
     else:
