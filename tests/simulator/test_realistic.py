@@ -341,3 +341,64 @@ def test_bright_additions_match_independent_estimate(which, hours, tmp_path):
         assert 5.0 < peak < 60.0, peak
     else:
         assert peak > 1.0  # 0824+558 near the beam centre
+
+
+def test_gaussian_kernel_against_numpy():
+    """predict_gaussian_sources = sum_s amp exp(+2j pi f/c b.(s - s0)) x the Gaussian taper of the
+    (u, v) components along the source's major/minor axes, written out here with numpy."""
+    from dsacont.simulator.core import gaussian_qcoef
+    from dsacont.simulator.kernels import predict_gaussian_sources
+
+    rng = np.random.default_rng(0)
+    na, nt, ns, nch = 6, 3, 2, 5
+    pos = rng.normal(0, 300.0, (na, 3))
+    i1, i2 = np.triu_indices(na)
+    b = pos[i2] - pos[i1]
+    uvw = np.column_stack([b[:, 0], b[:, 1], b[:, 2]])  # frame: x east, y north for this test
+    dsrc = rng.normal(0, 0.01, (nt, ns, 3))
+    amp = rng.uniform(0.5, 2.0, (nt, ns, nch))
+    f0, df = 1.4e9, -1.0e6
+    maj, mn, pa = np.array([40.0, 120.0]), np.array([20.0, 60.0]), np.array([30.0, -70.0])
+    q = gaussian_qcoef(uvw, maj, mn, pa)
+    got = predict_gaussian_sources(pos, i1.astype(np.int64), i2.astype(np.int64), dsrc, amp, f0, df, q)
+    c = 299792458.0
+    f = f0 + df * np.arange(nch)
+    want = np.zeros_like(got)
+    for s in range(ns):
+        a_r, b_r, p_r = np.radians(maj[s] / 3600), np.radians(mn[s] / 3600), np.radians(pa[s])
+        for k, fk in enumerate(f):
+            u, v = uvw[:, 0] * fk / c, uvw[:, 1] * fk / c  # wavelengths
+            along = u * np.sin(p_r) + v * np.cos(p_r)  # along the major axis (PA east of north)
+            across = u * np.cos(p_r) - v * np.sin(p_r)
+            taper = np.exp(-(np.pi ** 2) / (4 * np.log(2)) * ((a_r * along) ** 2 + (b_r * across) ** 2))
+            for t in range(nt):
+                ph = np.exp(2j * np.pi * fk / c * (b @ dsrc[t, s]))
+                want[t, :, k] += amp[t, s, k] * ph * taper
+    assert np.allclose(got, want, rtol=1e-9, atol=1e-12)
+    assert (np.abs(want[:, 1:]) < np.abs(amp.sum(axis=1))[:, None, :] * 0.999).any()  # the taper bites
+
+
+def test_full_preset_faults_and_array():
+    """The full preset's realistic array and fault plan, without writing files: 96 real antennas,
+    round(96/7) = 14 dead receptors (one pol each), a wild and a wrapping phase, residual delays,
+    one antenna dying at the requested time; all-different antennas for the different faults."""
+    from astropy.time import Time
+
+    from dsacont.simulator.core import PRESETS, real_active_antennas
+    from dsacont.simulator.instrument import fault_plan, realistic_gains, receptor_dead
+
+    ants = real_active_antennas(PRESETS["full"], 0)
+    tdie = Time(GROUP_START).jd + 2.5 / 1440
+    fp = fault_plan(0, ants, tdie)
+    assert fp["dead_pol"].sum() == 14 and fp["dead_pol"].any(axis=1).sum() == 14
+    wild, wrap = np.nonzero(fp["phase_fault"] == "wild")[0], np.nonzero(fp["phase_fault"] == "wrap")[0]
+    dies = np.nonzero(np.isfinite(fp["dies_at_jd"]))[0]
+    delayed = np.nonzero(fp["delay_ns"])[0]
+    assert wild.size == wrap.size == dies.size == 1 and delayed.size == 12
+    groups = [set(np.nonzero(fp["dead_pol"].any(axis=1))[0]), set(wild), set(wrap), set(dies), set(delayed)]
+    assert sum(len(g) for g in groups) == len(set().union(*groups))
+    tj = Time(GROUP_START).jd + (np.arange(24) + 0.5) * 12.884902 / 86400
+    g = realistic_gains(0, ants, tj, fp)
+    dead = receptor_dead(fp, tj)
+    assert (g[dead] == 0).all() and (g[~dead] != 0).all()
+    assert dead[:, dies[0]].all(axis=1).tolist() == (tj >= tdie).tolist()
