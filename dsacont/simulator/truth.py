@@ -112,7 +112,17 @@ def load_truth(out_dir, group_timestamp_or_path) -> dict:
     ``sources``: dict of arrays name, ra_deg, dec_deg (ICRS), flux_jy at ``ref_freq_hz`` (1.4 GHz),
     spectral_index (S ~ nu^alpha): every source in this group's visibilities, 0834+555 first;
     ``pointing_dec_rad``, ``pointing_az_rad``, ``pointing_el_rad``: the HADEC(0, dec) direction;
-    ``files``: the 16 file names sb00..sb15; ``settings``: preset, seed, rfi, noise, gains.
+    ``files``: the 16 file names sb00..sb15; ``settings``: preset, seed, rfi, noise, gains, field
+    (and, unless every part is ideal: realism, antennas, sky_model, instrument, faults, gain_units).
+    ``sources`` also holds major_arcsec, minor_arcsec, pa_deg (Gaussian FWHM and PA; 0 = point).
+
+    Realistic mode adds (see docs/SIMULATOR.md): ``gains_healthy`` (Nt, Na, Np) raw-unit gains
+    without faults (``gains`` has the faults: wild/wrapping phases, 0 where a receptor is dead);
+    ``phase_jump_antenna``, ``phase_jump_jd`` (K,); ``fault_dead_pol`` (Na, Np) bool,
+    ``fault_dead_kind`` (Na, Np) 'zeros'/'noise'/''; ``fault_phase`` (Na,) 'wild'/'wrap'/'';
+    ``fault_wrap_period_s`` (Na,); ``fault_delay_ns`` (Na,) (in ``bandpass``); ``fault_dies_at_jd``
+    (Na,) (nan: never); ``receptor_dead`` (Nt, Na, Np) bool; ``rfi_kind`` (Nt, Nf) int8 bit map
+    (1 line, 2 GPS L3, 4 satellite).
     """
     tdir = os.path.join(os.fspath(out_dir), TRUTH_DIR)
     cands = sorted(p for p in glob.glob(os.path.join(tdir, "*.npz")) if not p.endswith(".tmp.npz"))
