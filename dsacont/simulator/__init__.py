@@ -5,7 +5,9 @@ Independent of the pipeline on purpose (imports only ``dsacont.errors`` from dsa
 pipeline can be scored against it. See ``docs/SIMULATOR.md``.
 
     simulate(out_dir, start, minutes, *, dec_deg=None, preset="small", seed=0,
-             rfi=True, noise=True, gains=True, dead_antenna=None, field=True) -> list[str]
+             rfi=True, noise=True, gains=True, dead_antenna=None, field=True,
+             realism="ideal", antennas=None, sky_model=None, instrument=None, faults=None,
+             die_at=None) -> list[str]
     load_truth(out_dir, group_timestamp_or_path) -> dict
 """
 from __future__ import annotations

@@ -159,7 +159,7 @@ def source_vectors(ra_deg, dec_deg, times_jd) -> np.ndarray:
 
 
 def polar_motion_matrix(jd_utc: float) -> np.ndarray:
-    """erfa's polar-motion matrix W (v_ITRF = W v_TIRS) at a UTC JD, from astropy's IERS table."""
+    """The erfa polar-motion matrix W (v_ITRF = W v_TIRS) at a UTC JD, from astropy's IERS table."""
     from astropy.time import Time
     from astropy.utils import iers
 

@@ -17,7 +17,7 @@ _STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)")
 
 def write_group_truth(out_dir, g0, *, times_jd, freqs_asc, channel_width_hz, antennas, ant1, ant2, gains_t,
                       bandpass_asc, rfi_tf_mask, rfi_amp, sigma, sefd, dead_antenna, sources, dec_rad, az_el,
-                      files, settings) -> str:
+                      files, settings, extra=None) -> str:
     tdir = os.path.join(os.fspath(out_dir), TRUTH_DIR)
     os.makedirs(tdir, exist_ok=True)
     nt, na = len(times_jd), len(antennas)
@@ -30,6 +30,9 @@ def write_group_truth(out_dir, g0, *, times_jd, freqs_asc, channel_width_hz, ant
     if dead_antenna is not None:
         i = int(np.nonzero(np.asarray(antennas) == int(dead_antenna))[0][0])
         gains_t[:, i, :] = 0.0
+    nsrc = len(sources["name"])
+    shapes = {f"source_{k}": np.asarray(sources.get(k, np.zeros(nsrc)), float)
+              for k in ("major_arcsec", "minor_arcsec", "pa_deg")}
     stamp = g0.strftime("%Y-%m-%dT%H:%M:%S")
     final = os.path.join(tdir, f"{stamp}.npz")
     tmp = final[:-4] + ".tmp.npz"
@@ -62,6 +65,8 @@ def write_group_truth(out_dir, g0, *, times_jd, freqs_asc, channel_width_hz, ant
         pointing_el_rad=np.float64(az_el[1]),
         files=np.asarray(files, dtype="U64"),
         settings=np.str_(json.dumps(settings)),
+        **shapes,
+        **{k: np.asarray(v) for k, v in (extra or {}).items()},
     )
     os.replace(tmp, final)
     return final
@@ -107,7 +112,17 @@ def load_truth(out_dir, group_timestamp_or_path) -> dict:
     ``sources``: dict of arrays name, ra_deg, dec_deg (ICRS), flux_jy at ``ref_freq_hz`` (1.4 GHz),
     spectral_index (S ~ nu^alpha): every source in this group's visibilities, 0834+555 first;
     ``pointing_dec_rad``, ``pointing_az_rad``, ``pointing_el_rad``: the HADEC(0, dec) direction;
-    ``files``: the 16 file names sb00..sb15; ``settings``: preset, seed, rfi, noise, gains.
+    ``files``: the 16 file names sb00..sb15; ``settings``: preset, seed, rfi, noise, gains, field
+    (and, unless every part is ideal: realism, antennas, sky_model, instrument, faults, gain_units).
+    ``sources`` also holds major_arcsec, minor_arcsec, pa_deg (Gaussian FWHM and PA; 0 = point).
+
+    Realistic mode adds (see docs/SIMULATOR.md): ``gains_healthy`` (Nt, Na, Np) raw-unit gains
+    without faults (``gains`` has the faults: wild/wrapping phases, 0 where a receptor is dead);
+    ``phase_jump_antenna``, ``phase_jump_jd`` (K,); ``fault_dead_pol`` (Na, Np) bool,
+    ``fault_dead_kind`` (Na, Np) 'zeros'/'noise'/''; ``fault_phase`` (Na,) 'wild'/'wrap'/'';
+    ``fault_wrap_period_s`` (Na,); ``fault_delay_ns`` (Na,) (in ``bandpass``); ``fault_dies_at_jd``
+    (Na,) (nan: never); ``receptor_dead`` (Nt, Na, Np) bool; ``rfi_kind`` (Nt, Nf) int8 bit map
+    (1 line, 2 GPS L3, 4 satellite).
     """
     tdir = os.path.join(os.fspath(out_dir), TRUTH_DIR)
     cands = sorted(p for p in glob.glob(os.path.join(tdir, "*.npz")) if not p.endswith(".tmp.npz"))
@@ -154,6 +169,9 @@ def load_truth(out_dir, group_timestamp_or_path) -> dict:
     out["sources"] = dict(name=d["source_name"], ra_deg=d["source_ra_deg"], dec_deg=d["source_dec_deg"],
                           flux_jy=d["source_flux_jy"], spectral_index=d["source_spectral_index"],
                           ref_freq_hz=float(d["source_ref_freq_hz"]))
+    for k in ("major_arcsec", "minor_arcsec", "pa_deg"):
+        if f"source_{k}" in d:
+            out["sources"][k] = d[f"source_{k}"]
     nt, nf = out["rfi_tf_mask"].shape
     nbls = out["ant1"].size
     out["rfi_mask"] = np.broadcast_to(out["rfi_tf_mask"][:, None, :, None], (nt, nbls, nf, 2))
