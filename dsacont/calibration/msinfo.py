@@ -2,8 +2,6 @@
 """
 from __future__ import annotations
 
-import numpy as np
-
 from dsacont.errors import BadInputError
 from dsacont.io.ms import MSInfo
 from dsacont.io.ms import read_ms_info as _read_ms_info
@@ -21,9 +19,7 @@ def read_ms_info(ms) -> MSInfo:
         No such MS, no rows, or phase centres in a frame other than J2000/ICRS (the model's
         positions are ICRS).
     """
-    info = _read_ms_info(ms)
-    if info.nrows == 0 or np.size(info.times_s) == 0:
-        raise BadInputError(ms, "the Measurement Set has no rows")
+    info = _read_ms_info(ms, require_rows=True)
     if info.field_frame not in ("J2000", "ICRS"):
         raise BadInputError(ms, f"phase centres are in {info.field_frame}; J2000/ICRS expected")
     return info

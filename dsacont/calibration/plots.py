@@ -2,12 +2,12 @@
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from dsacont.calibration.tables import read_caltable
+from dsacont.io.atomic import atomic_path
 from dsacont.io.ms import table
 
 
@@ -44,9 +44,8 @@ def plot_bandpass(table, out=None) -> str:
         axes[1, p].set_ylabel("phase (deg)")
         axes[1, p].set_xlabel("frequency (MHz)")
     fig.tight_layout()
-    tmp = out + f".tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=90)
     return out
 
 
@@ -103,7 +102,6 @@ def plot_gains(table, out=None) -> str:
         axes[1, p].set_ylabel("phase (deg)")
         axes[1, p].set_xlabel(xlabel)
     fig.tight_layout()
-    tmp = out + f".tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=90)
     return out

@@ -9,6 +9,7 @@ import numpy as np
 
 from dsacont.convert import phasing
 from dsacont.convert.plan import geometry, phase_centre
+from dsacont.io.atomic import move_into_place
 
 __all__ = ["phase_dataset", "to_zarr"]
 
@@ -60,9 +61,6 @@ def to_zarr(ds, store, *, phase: str | None = "common", **kwargs):
         tmp = final.parent / f".{final.name}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         out.to_zarr(str(tmp), mode="w", **kwargs)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        return final
+        return move_into_place(tmp, final)
     out.to_zarr(store, mode="w", **kwargs)
     return store

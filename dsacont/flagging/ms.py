@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dsacont.casa import ensure_casa
 from dsacont.errors import BadInputError
 from dsacont.io.atomic import write_json_atomic
+from dsacont.io.ms import read_ms_info, table
 
 from .blocks import flag_arrays
 from .plots import plot_waterfall
@@ -22,40 +22,6 @@ from .summary import summarize
 log = logging.getLogger(__name__)
 
 _ROW_BLOCK = 100_000  # rows per getcol/putcol call (bounds the memory of one read or write)
-
-
-def _subtable_col(tb, path, col):
-    """Every cell of column ``col`` of the table at ``path``, as a list ([] if it has no values)."""
-    tb.open(str(path))
-    try:
-        n = tb.nrows()
-        try:
-            vals = [tb.getcell(col, i) for i in range(n)]
-        except RuntimeError:
-            vals = []
-    finally:
-        tb.close()
-    return vals
-
-
-def _read_ms_layout(tb, ms_path):
-    """Read the data descriptions: ``{dd: {"spw": int, "freq": (Nchan,) float64 Hz, "ncorr": int}}``.
-
-    ``tb`` is a casatools table tool (used to open the subtables, closed again).
-    """
-    ms_path = Path(ms_path)
-    dd_spw = _subtable_col(tb, ms_path / "DATA_DESCRIPTION", "SPECTRAL_WINDOW_ID")
-    dd_pol = _subtable_col(tb, ms_path / "DATA_DESCRIPTION", "POLARIZATION_ID")
-    chan_freq = _subtable_col(tb, ms_path / "SPECTRAL_WINDOW", "CHAN_FREQ")
-    corr = _subtable_col(tb, ms_path / "POLARIZATION", "CORR_TYPE")
-    layout = {}
-    for dd, (spw, pol) in enumerate(zip(dd_spw, dd_pol)):
-        layout[dd] = {
-            "spw": int(spw),
-            "freq": np.asarray(chan_freq[int(spw)], dtype=np.float64).ravel(),
-            "ncorr": int(np.asarray(corr[int(pol)]).size),
-        }
-    return layout
 
 
 def _first_seen(keys):
@@ -83,7 +49,7 @@ def _ms_groups(ddid, times, a1, a2, layout):
     Same (time, baseline) rows and same number of correlations; returns a list of lists of dd ids.
 
     ``ddid``, ``times`` (s), ``a1``, ``a2``: the main table's columns, shape (Nrow,); ``layout``
-    from :func:`_read_ms_layout`.
+    from :meth:`dsacont.io.ms.MSInfo.ddid_layout`.
     """
     keys = {}
     for dd in np.unique(ddid):
@@ -139,12 +105,9 @@ def flag_ms(ms_path, strategy=None, *, datacolumn="DATA", n_threads=1, summary_j
     ms_path = Path(ms_path)
     if not (ms_path / "table.dat").exists():
         raise BadInputError(ms_path, "not a Measurement Set (no table.dat)")
-    ct = ensure_casa()
     t_start = _time.perf_counter()
-    tb = ct.table()
-    layout = _read_ms_layout(tb, ms_path)
-    tb.open(str(ms_path), nomodify=dry_run)
-    try:
+    layout = read_ms_info(ms_path).ddid_layout()
+    with table(ms_path, readonly=dry_run) as tb:
         if datacolumn not in tb.colnames():
             raise BadInputError(ms_path, f"no column {datacolumn!r} (have {tb.colnames()})")
         nrow = tb.nrows()
@@ -236,8 +199,6 @@ def flag_ms(ms_path, strategy=None, *, datacolumn="DATA", n_threads=1, summary_j
                     if sub is not tb:
                         sub.close()
             tb.flush()
-    finally:
-        tb.close()
     out = dict(bands[0]) if len(bands) == 1 else {"bands": bands}
     out.update({"ms": str(ms_path), "strategy": s.to_dict(), "seconds": _time.perf_counter() - t_start,
                 "n_rows": int(nrow), "datacolumn": datacolumn})

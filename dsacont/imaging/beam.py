@@ -19,6 +19,7 @@ import numpy as np
 from scipy.interpolate import RectBivariateSpline
 
 from dsacont.casa import ensure_casa
+from dsacont.io.atomic import move_into_place
 from dsacont.telescope import DISH_DIAMETER_M, airy_beam, angular_separation
 
 
@@ -55,9 +56,7 @@ def make_vptable(path, *, telescope: str = "OVRO_MMA", diameter_m: float | None 
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
         vp.saveastable(tmp)
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        move_into_place(tmp, path)
     finally:
         vp.reset()
     return str(path)

@@ -14,8 +14,16 @@ from dsacont.config import get_paths
 from dsacont.errors import BadInputError
 from dsacont.imaging.geometry import DEFAULT_CELLS_PER_BEAM, DEFAULT_FOV_DEG
 from dsacont.imaging.mosaic import _stem, make_mosaic
-from dsacont.imaging.tclean import (DEFAULT_CYCLEFACTOR, DEFAULT_NITER, DEFAULT_NMAJOR, DEFAULT_NSIGMA,
-                                    DEFAULT_ROBUST, PBCOR_LIMIT, WTERM_TOLERANCE_RAD, image_ms)
+from dsacont.imaging.tclean import (
+    DEFAULT_CYCLEFACTOR,
+    DEFAULT_NITER,
+    DEFAULT_NMAJOR,
+    DEFAULT_NSIGMA,
+    DEFAULT_ROBUST,
+    PBCOR_LIMIT,
+    WTERM_TOLERANCE_RAD,
+    image_ms,
+)
 
 DEFAULT_PB_CUTOFF = 0.2
 

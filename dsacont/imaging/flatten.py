@@ -48,9 +48,8 @@ import numpy as np
 
 from dsacont import calibration as C
 from dsacont.calibrators import get_calibrator, load_catalogue
-from dsacont.casa import ensure_casa
 from dsacont.io.ms import KEYWORD_FLATTEN as KEYWORD
-from dsacont.io.ms import FlattenInterrupted, clear_state, flatten_state, iter_ddid, set_flatten_state  # noqa: F401
+from dsacont.io.ms import FlattenInterrupted, clear_state, flatten_state, iter_ddid, set_flatten_state, table  # noqa: F401
 from dsacont.telescope import airy_beam
 
 log = logging.getLogger(__name__)
@@ -164,9 +163,7 @@ def flatten_sources(ms, sources="auto", *, column: str = "CORRECTED_DATA", fit: 
         return result
     amps, consts, lmn_sf = _models(info, sources, pdec)
     ns = len(sources)
-    tb = ensure_casa().table()
-    tb.open(ms, nomodify=False)
-    try:
+    with table(ms, readonly=False) as tb:
         if column not in tb.colnames():
             raise RuntimeError(f"{ms} has no {column} column to flatten (apply the calibration first)")
         npol = int(tb.getcell(column, 0).shape[0])
@@ -220,9 +217,6 @@ def flatten_sources(ms, sources="auto", *, column: str = "CORRECTED_DATA", fit: 
             sub.putcol(column, sub.getcol(column, s, n) - m, s, n)
         record["state"] = "applied"
         set_flatten_state(tb, record)
-    finally:
-        tb.close()
-        tb.done()
     dt = _time.perf_counter() - t0
     log.info("%s: flattened %s in %s (%.1f s)", ms,
              ", ".join(f"{r['name']} (scale {r['scale']:.3f}, {r['mean_apparent_jy']:.3g} Jy apparent)"
@@ -245,9 +239,7 @@ def unflatten(ms, *, info=None) -> dict | None:
     amps, _, lmn_sf = _models(info, srcs, state["pointing_dec_rad"])
     amp_flat = [[r["scale"] * (a - r["mean_amp_jy"]) for a in amps[k]] for k, r in enumerate(state["sources"])]
     column = state["column"]
-    tb = ensure_casa().table()
-    tb.open(ms, nomodify=False)
-    try:
+    with table(ms, readonly=False) as tb:
         npol = int(tb.getcell(column, 0).shape[0])
         set_flatten_state(tb, dict(state, state="restoring"))
         for spw, sub, s, n, uvw, tidx, fidx in _chunks(tb, info):
@@ -255,9 +247,6 @@ def unflatten(ms, *, info=None) -> dict | None:
             sub.putcol(column, sub.getcol(column, s, n) + m, s, n)
         tb.removekeyword(KEYWORD)
         tb.flush()
-    finally:
-        tb.close()
-        tb.done()
     log.info("%s: flattening of %d source(s) undone in %s (%.1f s)", ms, len(srcs), column,
              _time.perf_counter() - t0)
     return state

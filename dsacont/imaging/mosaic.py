@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from dsacont.calibrators import load_catalogue
 from dsacont.errors import BadInputError
 from dsacont.imaging import qa as Q
+from dsacont.io.atomic import move_into_place, write_json_atomic
 from dsacont.io.fits import read_fits_image, read_header, write_image
 from dsacont.jsonio import json_default
 
@@ -371,10 +372,9 @@ def make_mosaic(image_fits_list, out_path, *, pb_cutoff: float = 0.2, projection
         del tmp["png"]
     for k in ("noise", "png", "mosaic"):
         if k in tmp:
-            os.replace(tmp[k], final[k])
+            move_into_place(tmp[k], final[k])
     result["timing"] = {"reproject_s": t_rep, "write_s": t_write, "total_s": time.perf_counter() - t_all}
-    Path(tmp["qa_json"]).write_text(json.dumps(result, indent=2, default=json_default))
-    os.replace(tmp["qa_json"], final["qa_json"])
+    write_json_atomic(result, final["qa_json"], indent=2, default=json_default)
     log.info("mosaic %s: %d tiles, min noise %.3g mJy/beam, %.1f s", out_path, len(tiles),
              1e3 * qa["noise_min_jy"], result["timing"]["total_s"])
 

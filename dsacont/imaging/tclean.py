@@ -55,7 +55,6 @@ Choices
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -66,15 +65,22 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from dsacont.casa import casatasks, ensure_casa
+from dsacont.casa import casatasks
 from dsacont.errors import BadInputError
 from dsacont.imaging import flatten as F
 from dsacont.imaging.beam import band_samples, beam_image, make_vptable
-from dsacont.imaging.geometry import (C_M_S, DEFAULT_CELLS_PER_BEAM, DEFAULT_FOV_DEG, choose_geometry,
-                                      pointing_track, wterm_phase_error_rad)
+from dsacont.imaging.geometry import (
+    C_M_S,
+    DEFAULT_CELLS_PER_BEAM,
+    DEFAULT_FOV_DEG,
+    choose_geometry,
+    pointing_track,
+    wterm_phase_error_rad,
+)
 from dsacont.imaging.qa import psf_fwhm_arcsec, robust_rms, tile_qa
-from dsacont.io.fits import (beam_from_header, finish_casa_export, freq_from_header, read_fits_image,
-                             write_like)
+from dsacont.io.atomic import move_into_place, write_json_atomic
+from dsacont.io.fits import beam_from_header, finish_casa_export, freq_from_header, read_fits_image, write_like
+from dsacont.io.ms import read_ms_info, table
 from dsacont.jsonio import json_default
 
 log = logging.getLogger(__name__)
@@ -122,28 +128,14 @@ def inspect_ms(ms_path, *, datacolumn: str = "corrected", uv_channels: int = 64,
     BadInputError
         Not an MS, no such column, no rows, or every cross-correlation flagged.
     """
-    ct = ensure_casa()
     ms_path = str(ms_path)
-    if not os.path.isdir(ms_path) or not os.path.exists(os.path.join(ms_path, "table.dat")):
-        raise BadInputError(ms_path, "not a Measurement Set directory (no table.dat)")
-    tb = ct.table()
-    try:
-        tb.open(ms_path + "/FIELD")
-        phase_dirs = np.asarray(tb.getcol("PHASE_DIR"))[:, 0, :].T  # (nfield, 2)
-        tb.close()
-        tb.open(ms_path + "/OBSERVATION")
-        telescope = str(tb.getcol("TELESCOPE_NAME")[0])
-        tb.close()
-        tb.open(ms_path + "/SPECTRAL_WINDOW")
-        nspw = tb.nrows()
-        spw_freqs = [np.asarray(tb.getcell("CHAN_FREQ", i), float) for i in range(nspw)]
-        spw_widths = [np.abs(np.asarray(tb.getcell("CHAN_WIDTH", i), float)) for i in range(nspw)]
-        tb.close()
-        tb.open(ms_path + "/DATA_DESCRIPTION")
-        dd_spw = np.asarray(tb.getcol("SPECTRAL_WINDOW_ID"))
-        tb.close()
-
-        tb.open(ms_path)
+    info = read_ms_info(ms_path)
+    phase_dirs = info.field_dirs  # (nfield, 2)
+    telescope = info.telescope_name
+    spw_freqs = [np.asarray(f, float) for f in info.spw_freqs]
+    spw_widths = [np.abs(np.asarray(w, float)) for w in info.spw_widths]
+    dd_spw = np.asarray(info.ddid_spw)
+    with table(ms_path) as tb:
         colnames = tb.colnames()
         want = {"corrected": "CORRECTED_DATA", "data": "DATA", "model": "MODEL_DATA"}[datacolumn.lower()]
         if want not in colnames:
@@ -191,9 +183,6 @@ def inspect_ms(ms_path, *, datacolumn: str = "corrected", uv_channels: int = 64,
                     uu.append(u_r[:, 0] / lam)
                     vv.append(u_r[:, 1] / lam)
                     ww.append(cnt[j, rows] * scale)
-    finally:
-        tb.close()
-        tb.done()
 
     live = cross & (row_unfl > 0)
     if not live.any():
@@ -500,16 +489,11 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
         # atomic moves: pbcor (the primary product) last, then the QA file
         final = {}
         for k in ("pb", "residual", "image", "pbcor"):
-            dst = out_dir / f"{name}.{k}.fits"
-            os.replace(files[k], dst)
-            final[k] = str(dst)
+            final[k] = str(move_into_place(files[k], out_dir / f"{name}.{k}.fits"))
         result.update(final)
         timing["total_s"] = time.perf_counter() - t_all
         result["timing"] = timing
-        qa_path = out_dir / f"{name}.qa.json"
-        tmp_qa = stage / f"{name}.qa.json"
-        tmp_qa.write_text(json.dumps(result, indent=2, default=json_default))
-        os.replace(tmp_qa, qa_path)
+        qa_path = write_json_atomic(result, out_dir / f"{name}.qa.json", indent=2, default=json_default)
         result["qa_json"] = str(qa_path)
         bar.update()
     finally:

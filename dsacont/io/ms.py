@@ -88,6 +88,7 @@ import numpy as np
 from dsacont import __version__
 from dsacont.casa import ensure_casa
 from dsacont.errors import BadInputError, DsacontError
+from dsacont.io.atomic import move_into_place  # noqa: F401  (MSs and caltables move into place with it)
 from dsacont.io.kernels import pack_bits_le
 
 log = logging.getLogger(__name__)
@@ -1041,18 +1042,9 @@ def read_ms_info(path, *, require_rows: bool = True) -> MSInfo:
 
     Notes
     -----
-    For the callers that read MS metadata themselves today:
-
-    - ``calibration.read_ms_info(ms)`` -> this; :class:`MSInfo` has the same ``path``, ``times_s``,
-      ``spw_freqs``, ``ddid_spw``, ``field_dirs``, ``antenna_names``, ``antenna_positions``,
-      ``nrows`` and ``mid_mjd`` (check ``field_frame in ("J2000", "ICRS")`` where needed);
-    - ``imaging.inspect_ms``'s metadata: ``phase_dirs`` = ``field_dirs``, ``telescope`` =
-      ``telescope_name``, ``spw_freqs``/``spw_widths``, ``dd_spw`` = ``ddid_spw``, the column
-      check = ``columns``, ``nrow`` = ``nrows``, ``times`` = ``times_s``, ``interval`` =
-      ``interval_s``, ``start_mjd, end_mjd`` = ``start_end_mjd``;
-    - ``flagging._read_ms_layout(tb, ms)`` -> ``read_ms_info(ms).ddid_layout()``;
-    - ``service.pipeline._time_range(ms)`` -> ``time_range_s`` (seconds since MJD 0) or
-      ``mid_mjd``.
+    The one reader of MS metadata: calibration (:func:`dsacont.calibration.msinfo.read_ms_info`,
+    which also checks the frame), imaging (``inspect_ms``), MS flagging (``ddid_layout``) and the
+    service (``time_range_s``, ``mid_mjd``) all read it here.
     """
     path = str(path)
     if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "table.dat")):
@@ -1090,33 +1082,6 @@ def read_ms_info(path, *, require_rows: bool = True) -> MSInfo:
                   corr_types=corr_types, field_names=field_names, field_dirs=np.ascontiguousarray(pd[:, 0, :].T),
                   field_frame=frame, antenna_names=antenna_names, antenna_positions=positions,
                   telescope_name=telescope)
-
-
-def move_into_place(src: str | os.PathLike, dst: str | os.PathLike, staging_dir: str | os.PathLike | None = None) -> Path:
-    """Move directory ``src`` to ``dst`` atomically (nobody sees a partial ``dst``).
-
-    If ``src`` is on another filesystem it is first copied into ``staging_dir`` (a temp
-    directory on ``dst``'s filesystem, default ``dst``'s parent) and then renamed. An existing
-    ``dst`` is replaced (it is renamed aside first, then removed).
-    """
-    src, dst = Path(src), Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if os.stat(src).st_dev != os.stat(dst.parent).st_dev:
-        staging = Path(staging_dir) if staging_dir else dst.parent
-        staging.mkdir(parents=True, exist_ok=True)
-        tmp = staging / f".{dst.name}.copy{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        shutil.rmtree(src, ignore_errors=True)
-        src = tmp
-    old = None
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old{os.getpid()}"
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return dst
 
 
 # ---- the record of a data column modified in place (bright-source flattening, dsacont.imaging.flatten)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dsacont import flagging as F
-from dsacont.flagging.ms import _read_ms_layout
+from dsacont.io.ms import read_ms_info
 
 
 def score(flags, truth_mask, vis_zero=None):
@@ -71,7 +71,7 @@ def test_flag_ms_many_spws_from_convert(sim_small, tmp_path):
     out, paths = sim_small
     truth = load_truth(out, paths[0])
     ms = convert_group(paths, tmp_path / "conv.ms", flag=False, tmp_dir=tmp_path / "tmp", progress=False)
-    layout = _read_ms_layout(__import__("dsacont.casa", fromlist=["x"]).ensure_casa().table(), ms)
+    layout = read_ms_info(ms).ddid_layout()
     summ = F.flag_ms(ms)
     assert len(summ.get("spws", [])) == len(layout) >= 1
     cube = _ms_cube_multi(ms, truth)
@@ -85,7 +85,7 @@ def _ms_cube_multi(ms, truth):
     from dsacont.casa import ensure_casa
 
     tb = ensure_casa().table()
-    layout = _read_ms_layout(tb, ms)
+    layout = read_ms_info(ms).ddid_layout()
     tf = np.asarray(truth["freq_hz"])
     key = {(int(x), int(y)): i for i, (x, y) in enumerate(zip(truth["ant1"], truth["ant2"]))}
     t_s = (np.asarray(truth["time_jd"]) - 2400000.5) * 86400.0
