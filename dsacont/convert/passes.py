@@ -23,6 +23,7 @@ from collections import deque
 
 import dask
 import numpy as np
+from tqdm.auto import tqdm
 
 from dsacont import flagging
 from dsacont.convert.blocks import compute_block
@@ -97,6 +98,9 @@ def time_pass(source, builder, plan, computer, overlay=None, *, progress: bool =
 
     done, nbytes, next_log = 0, 0, 0.1
     main_scratch: dict = {}
+    # a bar in a terminal or notebook (tqdm), nothing in a log file; the log keeps its 10 % lines
+    bar = tqdm(total=len(blocks), desc=f"convert {plan.timestamp}", unit="block", leave=False,
+               disable=None if progress else True)
 
     def collect(t0, t1, si, fut):
         """The result of one block, in this thread: written here unless the worker did."""
@@ -108,6 +112,7 @@ def time_pass(source, builder, plan, computer, overlay=None, *, progress: bool =
             builder.write(t0, t1, si, *res, main_scratch)
         nbytes += (t1 - t0) * plan.nbl * plan.nchan * plan.npol * 8
         done += 1
+        bar.update()
         if progress and done / len(blocks) >= next_log:
             log.info("%s: %3.0f%% (%d/%d blocks, %.1f s)", plan.timestamp, 100.0 * done / len(blocks), done,
                      len(blocks), _time.perf_counter() - t_start)
@@ -128,6 +133,7 @@ def time_pass(source, builder, plan, computer, overlay=None, *, progress: bool =
             (t0, t1, si), fut = pending.popleft()
             collect(t0, t1, si, fut)
     finally:
+        bar.close()
         for _, fut in pending:
             try:
                 fut.cancel()
@@ -190,17 +196,24 @@ def fused_pass(source, tiles, plan, computer, strategy, *, progress: bool = True
     done = 0
     futs = []
     window = max(1, computer.nthreads)  # ~0.3 GB per full-size block in flight
+    bar = tqdm(total=nbl, desc=f"convert+flag {plan.timestamp}", unit="baseline", leave=False,
+               disable=None if progress else True)
     try:
         for b0, b1 in flagging.baseline_blocks(nbl, s.block_baselines):
             futs.append(computer.pool.submit(one, b0, b1))
             while len(futs) >= window:
-                done += futs.pop(0).result()
+                n = futs.pop(0).result()
+                done += n
+                bar.update(n)
                 if progress:
                     log.info("%s: flagged and wrote %d/%d baselines (%.1f s)", plan.timestamp, done, nbl,
                              _time.perf_counter() - t0)
         while futs:
-            done += futs.pop(0).result()
+            n = futs.pop(0).result()
+            done += n
+            bar.update(n)
     finally:
+        bar.close()
         for f in futs:
             f.cancel()
         for f in futs:
