@@ -1,8 +1,8 @@
-"""Benchmark: solve (B, G) and apply calibration on one full-size calibrator group.
+r"""Benchmark: solve (B, G) and apply calibration on one full-size calibrator group.
 
 Run under the shared lock (heavy)::
 
-    flock /tmp/dsacont-heavy.lock env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=2 \\
+    flock /tmp/dsacont-heavy.lock env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=2 \
         python benchmarks/calibrate.py /tmp/shared-full --work /tmp/cal/bench
 
 Steps (each timed, wall and CPU seconds of this process, CASA runs in-process):
@@ -90,7 +90,6 @@ def _truth_compare(ms, tables, truth, refant):
     B, G = C.read_caltable(tables["B"]), C.read_caltable(tables["G"])
     ants = list(truth["antennas"])
     spw_of = np.concatenate([np.full(len(f), i) for i, f in enumerate(info.spw_freqs)])
-    chan_of = np.concatenate([np.arange(len(f)) for f in info.spw_freqs])
     nf = spw_of.size
     gs = np.full((len(ants), nf, 2), np.nan + 0j)
     for i, a in enumerate(ants):

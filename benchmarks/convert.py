@@ -1,8 +1,8 @@
-"""Benchmark: one subband group -> Measurement Set, dsacont vs pyuvdata's path, and the raw I/O floor.
+r"""Benchmark: one subband group -> Measurement Set, dsacont vs pyuvdata's path, and the raw I/O floor.
 
 Run under the shared lock (heavy)::
 
-    flock /tmp/dsacont-heavy.lock env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=2 \\
+    flock /tmp/dsacont-heavy.lock env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=2 \
         python benchmarks/convert.py /tmp/shared-full --scratch /tmp/conv/bench
 
 Each process runs under ``/usr/bin/time -v`` (wall seconds, peak RSS). Before every timed step

@@ -1,6 +1,6 @@
-"""Benchmark: imaging one tile and a 12-tile mosaic; prints JSON.
+r"""Benchmark: imaging one tile and a 12-tile mosaic; prints JSON.
 
-    flock /tmp/dsacont-heavy.lock env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=2 \\
+    flock /tmp/dsacont-heavy.lock env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=2 \
         python benchmarks/image.py --group-dir /tmp/shared-full --work /tmp/img/bench
     python benchmarks/image.py --ms SMALL.ms --work /tmp/img/bsmall          # a small-preset tile
     python benchmarks/image.py --mosaic-only --imsize 2400 --cell 5.3         # full-size 12-tile mosaic

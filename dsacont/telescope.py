@@ -17,8 +17,8 @@ Conventions
 from __future__ import annotations
 
 import csv
-import re
 import functools
+import re
 from dataclasses import dataclass
 from importlib import resources
 

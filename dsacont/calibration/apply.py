@@ -1,7 +1,7 @@
 """Applying calibration tables to a target group (CASA applycal), and checking the result.
 
-    apply_calibration(target_ms)   look the tables up in the registry (or take them as given),
-                                   applycal, check CORRECTED_DATA
+apply_calibration(target_ms)   look the tables up in the registry (or take them as given),
+applycal, check CORRECTED_DATA
 """
 from __future__ import annotations
 

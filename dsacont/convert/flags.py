@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from dsacont import flagging
-
 from dsacont.io.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)

@@ -47,7 +47,7 @@ N_CHECKS = 3
 
 
 class _Unsupported(Exception):
-    """This file's chunk index is not one :func:`_btree_index` reads."""
+    """Raised when a file's chunk index is not one :func:`_btree_index` reads."""
 
 
 def _u(buf, pos, dt):

@@ -17,7 +17,6 @@ import sqlite3
 
 import numpy as np
 import pytest
-
 from conftest import GROUP_START
 
 from dsacont import calibration as C
@@ -429,8 +428,8 @@ def test_applycal_reproduces_model_flux(solved):
 
 
 def test_apply_outside_validity_raises(solved, tmp_path):
-    from dsacont.errors import CalibrationUnavailable
     from dsacont.calibration.registry import Registry, to_mjd
+    from dsacont.errors import CalibrationUnavailable
 
     reg = Registry(solved["registry"])
     mid = C.read_ms_info(solved["ms"]).mid_mjd

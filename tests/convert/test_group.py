@@ -559,10 +559,10 @@ def test_dask_scheduler_and_worker_processes(sim_small, small_ms, tmp_path):
 
 def test_rfi_flags_are_ored_into_flag(sim_small, small_ms, tmp_path):
     """flag=True: dsacont.flagging's lazy flags (computed in one pass first) end up in FLAG."""
+    import h5py
+
     from dsacont.config import get_paths
     from dsacont.convert import convert_group
-
-    import h5py
 
     # the correlator's flags are kept: the simulator writes none, so set some in a copy of the files
     # (all of XX in sb03, ascending subband 12)

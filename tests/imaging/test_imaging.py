@@ -41,8 +41,8 @@ def tile(tmp_path_factory):
 
 
 def _corrected_equals_data(ms):
-    from dsacont.io.ms import ensure_column as _ensure_column
     from dsacont.casa import ensure_casa
+    from dsacont.io.ms import ensure_column as _ensure_column
 
     _ensure_column(str(ms), "CORRECTED_DATA")
     tb = ensure_casa().table()
@@ -188,10 +188,10 @@ def test_bright_source_flattened_and_restored(tile):
 def test_flatten_fits_the_flux_and_guards_interruptions(tile):
     """A catalogue flux 25 % too high is corrected by the fit; an interrupted write is detected
     (and cleared once CORRECTED_DATA is rewritten); unflatten restores the column."""
-    from dsacont.imaging import flatten as F
     from dsacont.calibration import SkySource
     from dsacont.calibrators import get_calibrator
     from dsacont.casa import ensure_casa
+    from dsacont.imaging import flatten as F
 
     _, _, _, ms = tile
     cal = get_calibrator("0834+555")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dsacont.imaging import beam_image, read_fits_image
-from dsacont.imaging.mosaic import make_mosaic, mosaic_grid, tile_files, _header_info
+from dsacont.imaging.mosaic import _header_info, make_mosaic, mosaic_grid, tile_files
 from dsacont.imaging.qa import fit_source
 
 DEC0 = 55.5725

@@ -17,8 +17,17 @@ from astropy.coordinates import EarthLocation
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from dsacont.io.fits import (beam_from_header, finish_casa_export, freq_from_header, geocentric_to_geodetic_iau1976,
-                             observatory_cards, read_fits_image, set_standard_cards, write_image, write_like)
+from dsacont.io.fits import (
+    beam_from_header,
+    finish_casa_export,
+    freq_from_header,
+    geocentric_to_geodetic_iau1976,
+    observatory_cards,
+    read_fits_image,
+    set_standard_cards,
+    write_image,
+    write_like,
+)
 from dsacont.telescope import OVRO_HEIGHT_M, OVRO_LAT_RAD, OVRO_LON_RAD
 
 

@@ -9,7 +9,6 @@ import warnings
 import h5py
 import numpy as np
 import pytest
-
 from conftest import GROUP_START
 
 NAME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)_sb(\d\d)\.hdf5$")
