@@ -1,7 +1,8 @@
 """Applying calibration tables to a target group (CASA applycal), and checking the result.
 
-apply_calibration(target_ms)   look the tables up in the registry (or take them as given),
-applycal, check CORRECTED_DATA
+:func:`apply_calibration` looks the tables up in the registry (or takes them as given), runs
+applycal, and checks CORRECTED_DATA (:func:`check_corrected`); :func:`calibrated_flux_ratio`
+measures how well the calibrated data reproduce a model.
 """
 from __future__ import annotations
 
