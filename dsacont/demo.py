@@ -5,7 +5,7 @@
    ``<root>/archive`` (kept between runs, re-simulated only when the preset/seed change).
 2. Replay them into ``<root>/incoming`` in time order, as the correlator writes them
    (``_incomplete`` then rename), in a background thread.
-3. Run the streaming service (:func:`dsacont.service.streaming.run_service`, the same code path as
+3. Run the streaming service (:func:`dsacont.service.loop.run_service`, the same code path as
    ``dsacont stream``) on ``<root>``: it finds the groups, converts and flags them, solves the
    calibration on the calibrator transit (the groups before it wait for it), applies it, images
    every tile and builds the 60-minute mosaic when its 12 tiles are done. Nothing is hand-picked.
@@ -103,7 +103,7 @@ def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_grou
     from dsacont.service.products import Products
     from dsacont.calibration.registry import Registry
     from dsacont.service.replay import replay
-    from dsacont.service.streaming import run_service
+    from dsacont.service.loop import ServiceOptions, run_service
 
     t_all = time.perf_counter()
     root = Path(root).absolute()
@@ -127,10 +127,11 @@ def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_grou
 
     feeder = threading.Thread(target=_replay, name="replay", daemon=True)
     feeder.start()
-    options = {"tiles_per_mosaic": n_groups}
+    options = ServiceOptions(scheduler=scheduler, max_inflight=max_inflight, idle_exit_s=30.0, poll_s=1.0,
+                             incomplete_timeout_s=60.0, cal_wait_s=20.0, min_free_gb=0.0,
+                             processor_options={"tiles_per_mosaic": n_groups})
     t = time.perf_counter()
-    summary = run_service(paths, scheduler=scheduler, max_inflight=max_inflight, idle_exit_s=30.0,
-                          poll_s=1.0, incomplete_timeout_s=60.0, cal_wait_s=20.0, options=options)
+    summary = run_service(paths, options)
     t_stream = time.perf_counter() - t
     feeder.join(timeout=5)
 
