@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
 import shutil
@@ -24,6 +25,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+from astropy import units as u
+
+from dsacont.calibration.registry import Registry
+from dsacont.calibrators import REF_FREQ_HZ, get_calibrator, transit_time
+from dsacont.config import get_paths
+from dsacont.io.groups import find_groups
+from dsacont.service.loop import ServiceOptions, run_service
+from dsacont.service.products import Products
+from dsacont.service.replay import replay
+from dsacont.simulator import load_truth, simulate
+from dsacont.simulator.core import PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +47,12 @@ CADENCE_S = 24 * 12.884902
 
 def demo_window(n_groups: int = N_GROUPS):
     """(start, transit) astropy Times: ``n_groups`` groups centred on the operators' transit."""
-    from astropy import units as u
-
-    from dsacont.calibrators import get_calibrator, transit_time
-
     cal = get_calibrator(CALIBRATOR)
     transit = transit_time(cal.ra_deg, TRANSIT_DAY, cal.dec_deg)
     return transit - (n_groups / 2) * CADENCE_S * u.s, transit
 
 
 def _simulate_archive(archive: Path, preset: str, seed: int, n_groups: int) -> None:
-    from dsacont.io.groups import find_groups
-    from dsacont.simulator import simulate
-    from dsacont.simulator.core import PRESETS
-
     start, _ = demo_window(n_groups)
     marker = archive / "demo.json"
     want = {"preset": repr(PRESETS[preset]), "seed": seed, "n_groups": n_groups, "start": start.isot}
@@ -69,10 +73,6 @@ def _simulate_archive(archive: Path, preset: str, seed: int, n_groups: int) -> N
 def _calibrator_in_mosaic(mosaic: dict, archive: Path) -> dict:
     """The calibrator as the mosaic's QA measured it (fitted flux and position), against the
     flux the simulator put on the sky (its own truth, primary-beam free) at the same frequency."""
-    import glob
-
-    from dsacont.simulator import load_truth
-
     qa = mosaic.get("qa") or {}
     found = [c for c in qa.get("calibrators", []) if c.get("name") == CALIBRATOR]
     if not found:
@@ -86,8 +86,6 @@ def _calibrator_in_mosaic(mosaic: dict, archive: Path) -> dict:
     i = names.index(CALIBRATOR)
     if not freq:
         # the mosaic QA's expected value is the catalogue model at the image frequency: invert it
-        from dsacont.calibrators import REF_FREQ_HZ, get_calibrator
-
         cal = get_calibrator(CALIBRATOR)
         freq = REF_FREQ_HZ * (float(c["expected_jy"]) / cal.flux_jy) ** (1.0 / cal.spectral_index)
     s_true = float(np.atleast_1d(truth["source_flux_jy"])[i]) * (
@@ -99,12 +97,6 @@ def _calibrator_in_mosaic(mosaic: dict, archive: Path) -> dict:
 def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_groups: int = N_GROUPS,
              scheduler: str | None = None, max_inflight: int = 2, fresh: bool = True) -> dict:
     """Run the acceptance demo under ``root``; returns (and writes) the summary dict."""
-    from dsacont.config import get_paths
-    from dsacont.service.products import Products
-    from dsacont.calibration.registry import Registry
-    from dsacont.service.replay import replay
-    from dsacont.service.loop import ServiceOptions, run_service
-
     t_all = time.perf_counter()
     root = Path(root).absolute()
     archive = root / "archive"

@@ -404,8 +404,11 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
                 try:
                     value = fut.result()
                     executor.release(fut)
-                    if isinstance(value, dict) and value.get("products"):
-                        value = dict(value, recorded=record_products(paths, value.pop("products")))
+                    if isinstance(value, dict) and "products" in value:
+                        value = dict(value)
+                        made = value.pop("products")
+                        if made and any(made.values()):
+                            value["recorded"] = record_products(paths, made)
                     if value:
                         log.info("on-complete hook after %s: %s", g.timestamp if g else "start-up", value)
                 except Exception as exc:  # noqa: BLE001

@@ -34,6 +34,8 @@ import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
+from astropy.time import Time
+
 from dsacont import db
 from dsacont.db import to_mjd
 from dsacont.errors import BadInputError
@@ -109,8 +111,6 @@ def _now() -> str:
 def _iso(mjd: float | None) -> str | None:
     if mjd is None:
         return None
-    from astropy.time import Time
-
     return Time(mjd, format="mjd", scale="utc").isot
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import sqlite3
 import time
@@ -49,6 +50,8 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+
+from astropy.time import Time
 
 from dsacont import db
 
@@ -236,15 +239,7 @@ class GroupRecord:
     @property
     def time(self):
         """The group timestamp as an astropy Time (UTC)."""
-        from astropy.time import Time
-
         return Time(self.timestamp, scale="utc")
-
-    def to_group(self):
-        """The same files as a :class:`dsacont.io.groups.Group`."""
-        from dsacont.io.groups import Group
-
-        return Group(timestamp=self.timestamp, paths=list(self.paths))
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -784,11 +779,6 @@ class IngestQueue:
                 self._event(gid, "requeued", detail={"from": list(states)})
         return len(ids)
 
-    def has_work(self) -> bool:
-        """True if any group is collecting, pending or in progress."""
-        return self.conn.execute(
-            "SELECT 1 FROM groups WHERE state IN ('collecting','pending','in_progress') LIMIT 1").fetchone() is not None
-
     def next_claimable_in(self, *, now: float | None = None, wait_reasons=("retry", "disk_full", None)) -> float | None:
         """Seconds until the next pending group (deferred for one of ``wait_reasons``) becomes
         claimable; 0 if one is claimable now; None if there is none."""
@@ -818,7 +808,5 @@ def _failpoint(name: str) -> None:
     """
     want = os.environ.get("DSACONT_FAILPOINT")
     if want and want == name:
-        import signal
-
         log.error("failpoint %s: killing process %d", name, os.getpid())
         os.kill(os.getpid(), signal.SIGKILL)

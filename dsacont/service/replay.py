@@ -27,6 +27,10 @@ import time
 from datetime import timezone
 from pathlib import Path
 
+from tqdm import tqdm
+
+from dsacont.io.groups import find_groups, parse_subband_name
+
 log = logging.getLogger(__name__)
 
 INCOMPLETE_SUFFIX = "_incomplete.hdf5"
@@ -45,8 +49,6 @@ def plan(archive, start=None, end=None, *, tolerance_s: float = 30.0) -> list[tu
     Time, UTC); duplicates of a subband inside a group are delivered too (as the correlator
     would have written them).
     """
-    from dsacont.io.groups import find_groups, parse_subband_name
-
     out = []
     for g in find_groups(archive, start=start, end=end, tolerance_s=tolerance_s):
         for p in list(g.present) + list(g.duplicates):
@@ -125,12 +127,7 @@ def replay(archive, incoming, start=None, end=None, speed: float | None = None, 
              f"x{speed:g}" if speed else "as fast as possible", mode)
     bar = None
     if progress:
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(files), unit="file", desc="replay")
-        except ImportError:  # progress then shows in the log only
-            pass
+        bar = tqdm(total=len(files), unit="file", desc="replay")
     delivered = []
     t_data0, t_wall0 = files[0][0], time.monotonic()
     try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
 import sqlite3
 import subprocess
 import sys

@@ -19,7 +19,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from dsacont.config import get_paths
 from dsacont.service.products import Products
 from dsacont.service.queue import IngestQueue, pid_alive
 from dsacont.service.replay import replay
-from streamtools import (TESTS_DIR, group_timestamp, make_archive, run_service, service_env, sim_group_files,
+from streamtools import (group_timestamp, make_archive, run_service, service_env, sim_group_files,
                          start_service,
                          subband_file, wait_for, write_half_integrations, write_not_hdf5, write_truncated,
                          write_with_nans, shifted_name)
@@ -250,7 +249,7 @@ def test_bad_inputs_are_quarantined_and_the_rest_completes(sim_files, tmp_path):
 def test_stop_on_error_then_resume(sim_files, tmp_path):
     root = tmp_path / "run"
     incoming = get_paths(root=root).incoming
-    stamps = make_archive(sim_files, incoming, range(2), skip={1: {5}})
+    make_archive(sim_files, incoming, range(2), skip={1: {5}})
     write_not_hdf5(incoming / shifted_name(subband_file(sim_files, 5), 1))
     rc, log = run_service(root, "--stop-on-error")
     assert rc == 1 and "--stop-on-error" in log and "not an HDF5 file" in log, log[-2000:]
