@@ -302,7 +302,12 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
         if hooks or not hook_queue:
             return
         group, result = hook_queue.popleft()
-        ctx = ServiceContext(**ctx_base, known=known_for_hook(paths))
+        try:
+            known = known_for_hook(paths)
+        except Exception as exc:  # noqa: BLE001 - the products database unreadable now: a later hook catches up
+            log.error("on-complete hook: cannot read the products database: %s", exc)
+            known = {}
+        ctx = ServiceContext(**ctx_base, known=known)
         key = f"hook-{group.timestamp if group else 'startup'}-{time.time_ns()}"
         hooks.append((group, executor.submit(run_hook_task, hook, group, result, ctx, key=key)))
 
