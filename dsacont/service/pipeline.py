@@ -41,12 +41,13 @@ from astropy.time import Time
 from dsacont import calibration
 from dsacont.config import Paths, get_paths
 from dsacont.convert import convert_group
-from dsacont.errors import CalibrationUnavailable
+from dsacont.errors import CalibrationUnavailable, ConfigError
 from dsacont.imaging import image_ms
 from dsacont.imaging.mosaic import make_mosaic
 from dsacont.io.groups import Group, cluster_files
 from dsacont.io.ms import FlattenInterrupted, read_ms_summary
 from dsacont.io.uvh5 import open_group
+from dsacont.options import from_mapping
 from dsacont.service.state import records_from_entries, select_tables
 
 log = logging.getLogger(__name__)
@@ -104,24 +105,23 @@ def _known_of(context) -> dict:
 def options_from(o) -> PipelineOptions:
     """PipelineOptions from a PipelineOptions or a dict (the ``[pipeline]`` table of the
     ``--config`` file, ``--option KEY=VALUE`` strings; keys ``imaging.X`` / ``mosaic.X`` go to
-    those stages). Raises ValueError on an unknown key."""
+    those stages). Raises ValueError on an unknown key or a value of the wrong type."""
     if isinstance(o, PipelineOptions):
         return o
-    opts = PipelineOptions()
+    values: dict = {"imaging": {}, "mosaic": {}}
     for key, value in (o or {}).items():
         value = _parse_value(value)
-        if "." in key:
-            stage, _, sub = key.partition(".")
-            if stage not in ("imaging", "mosaic"):
-                raise ValueError(f"unknown pipeline option {key!r}")
-            getattr(opts, stage)[sub] = value
+        stage, dot, sub = key.partition(".")
+        if dot and stage in ("imaging", "mosaic"):
+            values[stage][sub] = value
         elif key in ("imaging", "mosaic") and isinstance(value, dict):
-            getattr(opts, key).update(value)
-        elif hasattr(opts, key):
-            setattr(opts, key, value)
+            values[key].update(value)
         else:
-            raise ValueError(f"unknown pipeline option {key!r}")
-    return opts
+            values[key] = value
+    try:
+        return from_mapping(PipelineOptions, values, where="pipeline options")
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _options_of(context) -> PipelineOptions:

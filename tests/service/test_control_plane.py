@@ -215,3 +215,14 @@ def test_stream_reads_the_config_file(sim_group_files_dir, tmp_path):
 @pytest.fixture
 def sim_group_files_dir(request):
     return Path(sim_group_files(request)[0]).parent
+
+
+def test_pipeline_options_are_typed():
+    from dsacont.service.pipeline import PipelineOptions, options_from
+
+    o = options_from({"tiles_per_mosaic": "3", "imaging.niter": "10", "mosaic": {"pb_cutoff": 0.3}})
+    assert o == PipelineOptions(tiles_per_mosaic=3, imaging={"niter": 10}, mosaic={"pb_cutoff": 0.3})
+    with pytest.raises(ValueError, match="unknown option"):
+        options_from({"tiles": 1})
+    with pytest.raises(ValueError, match="tiles_per_mosaic: expected int"):
+        options_from({"tiles_per_mosaic": "many"})
