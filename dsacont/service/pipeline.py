@@ -362,7 +362,10 @@ def process_group(record, context=None) -> dict:
         img = stage_image(timestamp, ms, paths, known, made, options)
         timings["image"] = round(time.perf_counter() - t, 2)
     except Exception as exc:
-        exc.products = made
+        try:
+            exc.products = made  # the service records what was made before the error
+        except AttributeError:  # an exception type that takes no attributes: the products are redone
+            pass
         raise
     return {
         "timestamp": timestamp,
