@@ -204,12 +204,16 @@ def format_summary(s: dict) -> str:
 def cli(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="dsacont demo", description=__doc__.split("\n")[0])
     ap.add_argument("--root", default="demo-output", help="working directory (default ./demo-output)")
-    ap.add_argument("--preset", default="small", choices=["small", "full"])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--groups", type=int, default=N_GROUPS, help="groups (tiles) to simulate and mosaic")
-    ap.add_argument("--scheduler", help="address of an existing dask-scheduler")
+    ap.add_argument("--preset", default="small", choices=["small", "full"],
+                    help="simulator preset: 'small' (48 antennas within 600 m, 128 channels) or 'full' (96 "
+                         "antennas, 768 channels: the real size) (default small)")
+    ap.add_argument("--seed", type=int, default=0, help="simulator random seed (default 0)")
+    ap.add_argument("--groups", type=int, default=N_GROUPS, help="groups (tiles) to simulate and mosaic, centred on "
+                    f"the transit (default {N_GROUPS}: 60 minutes)")
+    ap.add_argument("--scheduler", help="address of an existing dask-scheduler (default: start a LocalCluster)")
     ap.add_argument("--max-inflight", type=int, default=2, help="groups processed at once (default 2: one per core here)")
-    ap.add_argument("--keep", action="store_true", help="keep the previous run's products and queue")
+    ap.add_argument("--keep", action="store_true", help="keep the previous run's products and queue (default: start "
+                    "afresh; the simulated archive is kept either way)")
     args = ap.parse_args(argv)
     s = run_demo(args.root, preset=args.preset, seed=args.seed, n_groups=args.groups, scheduler=args.scheduler,
                  max_inflight=args.max_inflight, fresh=not args.keep)

@@ -274,8 +274,10 @@ def cli_replay(argv: list[str]) -> int:
     ap.add_argument("--mode", choices=("copy", "link", "symlink"), default="copy",
                     help="copy (default), hard-link or symlink the files")
     ap.add_argument("--tolerance", type=float, default=30.0, help="grouping tolerance, s (default 30)")
-    ap.add_argument("--no-fsync", action="store_true", help="do not flush copies to disk before renaming")
-    ap.add_argument("--dry-run", action="store_true", help="list the files in delivery order and exit")
+    ap.add_argument("--no-fsync", action="store_true", help="do not flush copies to disk before renaming "
+                    "(default: flush)")
+    ap.add_argument("--dry-run", action="store_true", help="list the files in delivery order and exit "
+                    "(default: deliver them)")
     args = ap.parse_args(argv)
     if args.dry_run:
         for t, sb, p in plan(args.archive, args.start, args.end, tolerance_s=args.tolerance):
