@@ -45,7 +45,7 @@ from dsacont.errors import CalibrationUnavailable, ConfigError
 from dsacont.imaging import image_ms
 from dsacont.imaging.mosaic import make_mosaic
 from dsacont.io.groups import Group, cluster_files
-from dsacont.io.ms import FlattenInterrupted, read_ms_summary
+from dsacont.io.ms import FlattenInterrupted
 from dsacont.io.uvh5 import open_group
 from dsacont.options import from_mapping
 from dsacont.service.state import records_from_entries, select_tables
@@ -151,18 +151,18 @@ def _group_of(record):
     return g.timestamp, g.paths
 
 
-def _ms_times(summary: dict):
-    """(start, end, mid) of the MS TIME column (seconds since MJD 0), as astropy Times (UTC)."""
-    t = summary["time"]
-    t0, t1 = float(t.min()), float(t.max())
+def _ms_times(info):
+    """(start, end, mid) of an MS's TIME column (``info.times_s``: seconds since MJD 0, of
+    :func:`dsacont.calibration.read_ms_info`), as astropy Times (UTC)."""
+    t0, t1 = float(info.times_s.min()), float(info.times_s.max())
     return (Time(t0 / 86400, format="mjd", scale="utc"), Time(t1 / 86400, format="mjd", scale="utc"),
             Time((t0 + t1) / 2 / 86400, format="mjd", scale="utc"))
 
 
-def _pointing_dec_deg(summary: dict, mid) -> float:
+def _pointing_dec_deg(info, mid) -> float:
     """The pointing declination (apparent, HADEC frame: the files' phase_center_dec), degrees,
     recovered from the MS's ICRS phase centre, which is the meridian at ``mid``."""
-    d = summary["phase_dir"]  # (nfield, 2) radians
+    d = info.field_dirs  # (nfield, 2) radians
     ra0, dec0 = float(np.median(d[:, 0])), float(np.median(d[:, 1]))
     return float(np.degrees(calibration.pointing_dec_from_phase_centre(ra0, dec0, mid.mjd)[0]))
 
@@ -183,7 +183,7 @@ def stage_convert(timestamp, files, paths: Paths, known: dict, made: dict) -> Pa
     # those are written flagged (loader allow_missing)
     ds = open_group(files, allow_missing=True)
     out = Path(convert_group(ds, ms, paths=paths))
-    start, end, _ = _ms_times(read_ms_summary(out))
+    start, end, _ = _ms_times(calibration.read_ms_info(out))
     qa = {"convert_s": round(time.perf_counter() - t, 2)}
     summary = out.parent / f"{timestamp}.flags.json"
     if summary.exists():  # written by convert_group beside the MS, with the waterfall PNG
@@ -216,11 +216,11 @@ def stage_calibrate(timestamp, ms: Path, paths: Paths, known: dict, made: dict, 
     row = _ms_row(known, ms) or made.get("ms")
     if row is not None and row.get("status") == "calibrated":
         return {"applied": "already"}
-    summary = read_ms_summary(ms)
-    start, end, mid = _ms_times(summary)
+    info = calibration.read_ms_info(ms)
+    start, end, mid = _ms_times(info)
     candidates = list(known.get("calibration") or [])
     solved = None
-    dec_deg = _pointing_dec_deg(summary, mid)
+    dec_deg = _pointing_dec_deg(info, mid)
     transits = calibration.find_calibrator_transits(
         start, end, dec_deg, min_flux_jy=options.cal_min_flux_jy, min_pb=options.cal_min_pb
     )
@@ -262,12 +262,12 @@ def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, opti
         # an earlier attempt died while CORRECTED_DATA was being flattened or restored:
         # rewrite it from DATA and the registered tables, then image
         log.warning("%s: %s; re-applying the calibration", timestamp, exc)
-        mid = _ms_times(read_ms_summary(ms))[2]
+        mid = _ms_times(calibration.read_ms_info(ms))[2]
         candidates = list(known.get("calibration") or []) + records_from_entries(made.get("calibration") or [])
         calibration.apply_calibration(str(ms), tables=_tables_for(ms, mid, candidates))
         res = image_ms(str(ms), paths=paths, **options.imaging)
     res.setdefault("qa", {})["image_s"] = round(time.perf_counter() - t0, 2)
-    start, end, _ = _ms_times(read_ms_summary(ms))
+    start, end, _ = _ms_times(calibration.read_ms_info(ms))
     files = {k: res[k] for k in ("image", "pbcor", "pb", "residual") if res.get(k)}
     params = {k: res.get(k) for k in ("imsize", "cell_arcsec", "gridder", "deconvolver", "robust", "beam", "freq_hz")}
     made.setdefault("images", []).append(
