@@ -1,4 +1,4 @@
-"""Control plane and data plane: only the service process reads and writes the state databases.
+"""The service loop as control plane: only the service process reads and writes the state databases.
 
 The must-show test runs the service (``python -m dsacont.cli stream``) against a real
 ``dask-scheduler`` process and a real ``dask-worker`` process that cannot see the state directory:
@@ -7,15 +7,11 @@ mounted over ``<root>/state``. The group runs the real chain (``dsacont.service.
 convert + flag, calibration solved on the 0834+555 transit and applied, tclean image, and the
 mosaic trigger with one tile per mosaic) on that worker; every product must land in the service's
 databases exactly once, and the group must be completed.
-
-Also here: the worker-side table choice agrees with the registry's own lookup, and the options
-of ``dsacont stream`` come from one TOML file with command-line flags over it.
 """
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import sqlite3
 import subprocess
@@ -26,12 +22,9 @@ import pytest
 
 from dsacont.calibration.registry import Registry
 from dsacont.config import get_paths
-from dsacont.service.cli import stream_options, stream_parser
-from dsacont.service.loop import ServiceOptions
 from dsacont.service.products import Products
 from dsacont.service.queue import IngestQueue
 from dsacont.service.replay import replay
-from dsacont.service.state import records_from_entries, select_tables
 from streamtools import group_timestamp, run_service, service_env, sim_group_files, wait_for
 
 
@@ -138,91 +131,3 @@ def test_worker_without_the_state_directory_products_recorded_once(request, tmp_
     finally:
         con.close()
     assert counts == {"ms": 1, "ms_caltables": 2, "images": 1, "mosaics": 1, "mosaic_images": 1}
-
-
-# ------------------------------------------------------------------------ table choice on a worker
-def test_select_tables_agrees_with_the_registry_lookup(tmp_path):
-    """The worker chooses among the tables sent with its task by the registry's own rule."""
-    rng = random.Random(7)
-    reg = Registry(tmp_path / "cal.sqlite3")
-    t0 = 60977.5
-    for i in range(40):
-        kind = rng.choice("BG")
-        solve = t0 + rng.uniform(-1.5, 1.5)
-        dep = None
-        if kind == "G":
-            bs = [r for r in reg.list(kind="B")]
-            dep = rng.choice(bs).id if bs and rng.random() < 0.7 else None
-        rid = reg.register_begin(kind, "0834+555", solve, f"/t/{i}.{kind}", depends_on=dep,
-                                 valid_before_h=rng.choice([None, 0.5, 3.0]), valid_after_h=rng.choice([None, 2.0]))
-        r = rng.random()
-        if r < 0.75:
-            reg.mark_valid(rid)
-        elif r < 0.9:
-            reg.reject(rid, "bad")
-    records = reg.list()
-    for _ in range(300):
-        mjd = t0 + rng.uniform(-2.5, 2.5)
-        assert [r.id for r in select_tables(records, mjd)] == [r.id for r in reg.lookup_set(mjd)]
-
-
-def test_just_solved_tables_win_and_pair():
-    entries = [{"kind": "B", "solve_mjd": 60977.5, "path": "/c/x.B", "status": "valid", "depends_on": None},
-               {"kind": "G", "solve_mjd": 60977.5, "path": "/c/x.G", "status": "valid", "depends_on": "B"}]
-    new = records_from_entries(entries)
-    assert new[1].depends_on == new[0].id and new[0].valid_end - new[0].valid_start == pytest.approx(2.0)
-    assert [r.path for r in select_tables(new, 60977.51)] == ["/c/x.B", "/c/x.G"]
-    rejected = records_from_entries([dict(e, status="rejected") for e in entries])
-    assert select_tables(rejected, 60977.51) == []
-
-
-# ------------------------------------------------------------------------------------ the options
-def test_toml_sets_options_and_a_flag_overrides_it(tmp_path):
-    cfg = tmp_path / "dsacont.toml"
-    cfg.write_text('[service]\nmax_inflight = 2\npoll_s = 5\nincomplete_timeout_s = 600.0\nonce = true\n'
-                   '[pipeline]\ntiles_per_mosaic = 6\nimaging = { niter = 10 }\n')
-    o = stream_options(stream_parser().parse_args(["--config", str(cfg), "--poll", "0.5", "--option", "calibrator=x"]))
-    assert o.max_inflight == 2 and o.incomplete_timeout_s == 600.0 and o.once is True
-    assert o.poll_s == 0.5  # the flag wins over the file
-    assert o.processor_options == {"tiles_per_mosaic": 6, "imaging": {"niter": 10}, "calibrator": "x"}
-    assert isinstance(o.poll_s, float) and o.tolerance_s == ServiceOptions().tolerance_s  # defaults elsewhere
-    # no file: the dataclass defaults
-    assert stream_options(stream_parser().parse_args([])) == ServiceOptions()
-    # a wrong key or type names the file and the key
-    cfg.write_text("[service]\npol_s = 1\n")
-    with pytest.raises(Exception, match=r"dsacont.toml \[service\].*pol_s"):
-        stream_options(stream_parser().parse_args(["--config", str(cfg)]))
-    cfg.write_text('[service]\nmax_inflight = "two"\n')
-    with pytest.raises(Exception, match="max_inflight: expected int"):
-        stream_options(stream_parser().parse_args(["--config", str(cfg)]))
-
-
-def test_stream_reads_the_config_file(sim_group_files_dir, tmp_path):
-    """``dsacont stream --config FILE`` end to end: the file's processor and options are used."""
-    root = tmp_path / "run"
-    replay(sim_group_files_dir, get_paths(root=root).incoming, mode="link")
-    cfg = tmp_path / "svc.toml"
-    cfg.write_text('[service]\nprocessor = "stream_processors:summarise"\non_complete = ""\nonce = true\n'
-                   'poll_s = 0.3\nmin_free_gb = 0.0\nlease_s = 30.0\n[pipeline]\nsleep_s = 0\n')
-    env = service_env()
-    r = subprocess.run([sys.executable, "-m", "dsacont.cli", "stream", "--root", str(root), "--config", str(cfg)],
-                       env=env, capture_output=True, text=True, timeout=300, cwd=str(Path(__file__).parents[2]))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "processor stream_processors:summarise" in r.stderr
-    assert [Path(x["path"]).suffix for x in Products(get_paths(root=root).products_db).list_images()] == [".json"]
-
-
-@pytest.fixture
-def sim_group_files_dir(request):
-    return Path(sim_group_files(request)[0]).parent
-
-
-def test_pipeline_options_are_typed():
-    from dsacont.service.pipeline import PipelineOptions, options_from
-
-    o = options_from({"tiles_per_mosaic": "3", "imaging.niter": "10", "mosaic": {"pb_cutoff": 0.3}})
-    assert o == PipelineOptions(tiles_per_mosaic=3, imaging={"niter": 10}, mosaic={"pb_cutoff": 0.3})
-    with pytest.raises(ValueError, match="unknown option"):
-        options_from({"tiles": 1})
-    with pytest.raises(ValueError, match="tiles_per_mosaic: expected int"):
-        options_from({"tiles_per_mosaic": "many"})
