@@ -72,7 +72,8 @@ def _simulate_archive(archive: Path, preset: str, seed: int, n_groups: int) -> N
 
 def _calibrator_in_mosaic(mosaic: dict, archive: Path) -> dict:
     """The calibrator as the mosaic's QA measured it (fitted flux and position), against the
-    flux the simulator put on the sky (its own truth, primary-beam free) at the same frequency."""
+    flux the simulator put on the sky (its own truth, primary-beam free) at the same frequency.
+    """
     qa = mosaic.get("qa") or {}
     found = [c for c in qa.get("calibrators", []) if c.get("name") == CALIBRATOR]
     if not found:
@@ -88,8 +89,9 @@ def _calibrator_in_mosaic(mosaic: dict, archive: Path) -> dict:
         # the mosaic QA's expected value is the catalogue model at the image frequency: invert it
         cal = get_calibrator(CALIBRATOR)
         freq = REF_FREQ_HZ * (float(c["expected_jy"]) / cal.flux_jy) ** (1.0 / cal.spectral_index)
-    s_true = float(np.atleast_1d(truth["source_flux_jy"])[i]) * (
-        freq / float(np.atleast_1d(truth["source_ref_freq_hz"])[i])) ** float(np.atleast_1d(truth["source_spectral_index"])[i])
+    ref_hz = float(np.atleast_1d(truth["source_ref_freq_hz"])[i])
+    alpha = float(np.atleast_1d(truth["source_spectral_index"])[i])
+    s_true = float(np.atleast_1d(truth["source_flux_jy"])[i]) * (freq / ref_hz) ** alpha
     out.update(freq_hz=freq, truth_jy=s_true, ratio=out["measured_jy"] / s_true)
     return out
 
@@ -177,11 +179,13 @@ def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_grou
 
 
 def format_summary(s: dict) -> str:
+    solved = ", ".join(t["kind"] + " on " + str(t["calibrator"]) for t in s["calibration_tables"])
     lines = [
         "",
         "dsacont demo: 60 minutes around the 0834+555 transit of 2025-10-29, through the streaming service",
-        f"  groups completed     {s['groups_completed']} (failed {s['groups_failed']}); MS {s['ms']}, images {s['images']}",
-        f"  calibration solved   {', '.join(t['kind'] + ' on ' + str(t['calibrator']) for t in s['calibration_tables']) or 'none'}",
+        f"  groups completed     {s['groups_completed']} (failed {s['groups_failed']}); MS {s['ms']}, "
+        f"images {s['images']}",
+        f"  calibration solved   {solved or 'none'}",
     ]
     cal = s.get("calibrator") or {}
     if "measured_jy" in cal:
@@ -211,7 +215,8 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--groups", type=int, default=N_GROUPS, help="groups (tiles) to simulate and mosaic, centred on "
                     f"the transit (default {N_GROUPS}: 60 minutes)")
     ap.add_argument("--scheduler", help="address of an existing dask-scheduler (default: start a LocalCluster)")
-    ap.add_argument("--max-inflight", type=int, default=2, help="groups processed at once (default 2: one per core here)")
+    ap.add_argument("--max-inflight", type=int, default=2,
+                    help="groups processed at once (default 2: one per core here)")
     ap.add_argument("--keep", action="store_true", help="keep the previous run's products and queue (default: start "
                     "afresh; the simulated archive is kept either way)")
     args = ap.parse_args(argv)

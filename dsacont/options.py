@@ -30,7 +30,8 @@ from dsacont.errors import ConfigError
 
 def load_toml(path) -> dict:
     """The TOML file at ``path`` as a dict; ConfigError naming the file when it is unreadable or
-    not valid TOML."""
+    not valid TOML.
+    """
     path = Path(path)
     try:
         with open(path, "rb") as f:

@@ -73,7 +73,8 @@ _FLAG_FIELDS = {"poll": "poll_s", "idle_exit": "idle_exit_s", "tolerance": "tole
 
 def stream_parser() -> argparse.ArgumentParser:
     """The ``dsacont stream`` parser. Service flags default to "not given" (the config file's value,
-    else the :class:`ServiceOptions` default written in each help text)."""
+    else the :class:`ServiceOptions` default written in each help text).
+    """
     S = argparse.SUPPRESS
     ap = argparse.ArgumentParser(prog="dsacont stream", argument_default=S, description=(
         "Run the streaming service: watch the incoming directory, queue 16-subband groups, process them in time "

@@ -134,7 +134,8 @@ def run_group_task(processor: str, group: GroupRecord, context: ServiceContext) 
 
 def _products_of(exc: BaseException) -> dict | None:
     """The products a processor made before it raised (it sets ``exc.products``), for the service
-    to record: a calibration solved by a group that then waits, an MS converted before a failure."""
+    to record: a calibration solved by a group that then waits, an MS converted before a failure.
+    """
     products = getattr(exc, "products", None)
     return products if isinstance(products, dict) and products else None
 
@@ -222,7 +223,8 @@ class Executor:
 
     def abandon(self, fut, key: str) -> None:
         """Give up on a running group task: cancel it and, on a LocalCluster, restart the worker
-        process running it (a hung CASA call cannot be interrupted any other way)."""
+        process running it (a hung CASA call cannot be interrupted any other way).
+        """
         busy = []
         if self.cluster is not None and self.client is not None:
             try:

@@ -326,7 +326,8 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
                 for gid in lost:
                     rec, fut, _ = inflight.pop(gid)
                     log.error("group %s: our claim was taken over (lease lost); abandoning it", rec.timestamp)
-                new = watcher.poll(budget_s=o.watch_budget_s if o.watch_budget_s is not None else max(5.0, o.lease_s / 4))
+                budget = o.watch_budget_s if o.watch_budget_s is not None else max(5.0, o.lease_s / 4)
+                new = watcher.poll(budget_s=budget)
                 if new:
                     last_activity = now
                 for r in new:
@@ -561,7 +562,8 @@ def _record_outcome(queue: IngestQueue, rec: GroupRecord, out: dict, me: WorkerI
 
 def _record_products(paths, rec: GroupRecord, out: dict) -> dict:
     """Record what a group's task made (on any outcome; see :mod:`dsacont.service.state`);
-    returns the outcome to give the queue (an error if the products cannot be recorded)."""
+    returns the outcome to give the queue (an error if the products cannot be recorded).
+    """
     made = out.get("products")
     result = out.get("result")
     if out.get("status") == "ok" and isinstance(result, dict) and "products" in result:

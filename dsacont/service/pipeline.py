@@ -105,7 +105,8 @@ def _known_of(context) -> dict:
 def options_from(o) -> PipelineOptions:
     """PipelineOptions from a PipelineOptions or a dict (the ``[pipeline]`` table of the
     ``--config`` file, ``--option KEY=VALUE`` strings; keys ``imaging.X`` / ``mosaic.X`` go to
-    those stages). Raises ValueError on an unknown key or a value of the wrong type."""
+    those stages). Raises ValueError on an unknown key or a value of the wrong type.
+    """
     if isinstance(o, PipelineOptions):
         return o
     values: dict = {"imaging": {}, "mosaic": {}}
@@ -153,7 +154,8 @@ def _group_of(record):
 
 def _ms_times(info):
     """(start, end, mid) of an MS's TIME column (``info.times_s``: seconds since MJD 0, of
-    :func:`dsacont.calibration.read_ms_info`), as astropy Times (UTC)."""
+    :func:`dsacont.calibration.read_ms_info`), as astropy Times (UTC).
+    """
     t0, t1 = float(info.times_s.min()), float(info.times_s.max())
     return (Time(t0 / 86400, format="mjd", scale="utc"), Time(t1 / 86400, format="mjd", scale="utc"),
             Time((t0 + t1) / 2 / 86400, format="mjd", scale="utc"))
@@ -161,7 +163,8 @@ def _ms_times(info):
 
 def _pointing_dec_deg(info, mid) -> float:
     """The pointing declination (apparent, HADEC frame: the files' phase_center_dec), degrees,
-    recovered from the MS's ICRS phase centre, which is the meridian at ``mid``."""
+    recovered from the MS's ICRS phase centre, which is the meridian at ``mid``.
+    """
     d = info.field_dirs  # (nfield, 2) radians
     ra0, dec0 = float(np.median(d[:, 0])), float(np.median(d[:, 1]))
     return float(np.degrees(calibration.pointing_dec_from_phase_centre(ra0, dec0, mid.mjd)[0]))
@@ -173,7 +176,8 @@ def _ms_row(known: dict, ms: Path) -> dict | None:
 
 def stage_convert(timestamp, files, paths: Paths, known: dict, made: dict) -> Path:
     """Convert (and flag) the group unless its MS is already in place and registered; the new MS
-    goes into ``made["ms"]``."""
+    goes into ``made["ms"]``.
+    """
     ms = paths.ms / f"{timestamp}.ms"
     if ms.exists() and _ms_row(known, ms) is not None:
         log.info("%s: MS already converted (%s)", timestamp, ms)
@@ -249,7 +253,8 @@ def stage_calibrate(timestamp, ms: Path, paths: Paths, known: dict, made: dict, 
 
 def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, options: PipelineOptions) -> dict:
     """Image the calibrated MS unless an image of it is registered; the image goes into
-    ``made["images"]``."""
+    ``made["images"]``.
+    """
     row = _ms_row(known, ms)
     existing = [im for im in (known.get("products") or {}).get("images", [])
                 if im.get("ms_path") == str(ms) or (row is not None and im.get("ms_id") == row["id"])]

@@ -139,7 +139,8 @@ class Products:
     # -- plumbing -------------------------------------------------------------------------------
     def _connect(self):
         """A connection (WAL, busy_timeout, foreign keys: :func:`dsacont.db.connect`) that
-        closes when its ``with`` block ends."""
+        closes when its ``with`` block ends.
+        """
         return contextlib.closing(db.connect(self.db_path, timeout_s=30.0))
 
     @staticmethod
@@ -375,7 +376,8 @@ class Products:
 
     def for_group(self, group_timestamp: str) -> dict:
         """The products of one group: ``{"ms": [MS rows with this group_timestamp], "images": [image
-        rows made from those MS (by id or path)]}``, each ordered by id."""
+        rows made from those MS (by id or path)]}``, each ordered by id.
+        """
         with self._connect() as con:
             ms = [self._row(r) for r in con.execute(
                 "SELECT * FROM ms WHERE group_timestamp = ? ORDER BY id", (str(group_timestamp),))]
@@ -390,7 +392,8 @@ class Products:
 
     def images_not_in_mosaic(self) -> list[dict]:
         """Image rows whose path is in no mosaic yet, ordered by mid-time (the mosaic trigger's
-        candidates)."""
+        candidates).
+        """
         with self._connect() as con:
             return [self._row(r) for r in con.execute(
                 "SELECT * FROM images WHERE path NOT IN (SELECT image_path FROM mosaic_images) "

@@ -508,7 +508,8 @@ class IngestQueue:
             rows = self.conn.execute("SELECT * FROM groups WHERE state = 'collecting' ORDER BY t_unix").fetchall()
             for g in rows:
                 gid = g["id"]
-                seen = {r[0] for r in self.conn.execute("SELECT DISTINCT subband FROM files WHERE group_id = ?", (gid,))}
+                seen = {r[0] for r in self.conn.execute("SELECT DISTINCT subband FROM files WHERE group_id = ?",
+                                                         (gid,))}
                 why = None
                 if len(seen) >= N_SUBBANDS:
                     why = "all 16 subbands arrived"
@@ -542,7 +543,8 @@ class IngestQueue:
                 self._event(gid, state if state == "failed" else "queued", detail=note, t=now)
                 out.append((g["timestamp"], state, note))
         for ts, state, note in out:
-            (log.warning if state == "failed" or "missing" in note else log.info)("group %s -> %s (%s)", ts, state, note)
+            level = log.warning if state == "failed" or "missing" in note else log.info
+            level("group %s -> %s (%s)", ts, state, note)
         return out
 
     def _ok_count(self, gid: int) -> tuple[int, list[int]]:
@@ -600,7 +602,8 @@ class IngestQueue:
             _failpoint("claim_mid")
             self._event(row["id"], "claimed", worker.name, detail={"token": token, "claim": row["claims"]}, t=now)
             rec = self._record(row)
-        log.info("claimed group %s (claim %d, %d/16 subbands)", rec.timestamp, rec.claims, N_SUBBANDS - len(rec.missing))
+        log.info("claimed group %s (claim %d, %d/16 subbands)", rec.timestamp, rec.claims,
+                 N_SUBBANDS - len(rec.missing))
         return rec
 
     def heartbeat(self, claims: dict[int, str], *, now: float | None = None) -> list[int]:
@@ -695,7 +698,8 @@ class IngestQueue:
     def defer(self, group: GroupRecord, reason: str, *, delay_s: float, wait_reason: str = "calibration",
               worker: str | None = None, now: float | None = None) -> bool:
         """Put a claimed group back to ``pending`` without using an attempt (e.g. calibration not
-        valid yet); claimable after ``delay_s`` or when :meth:`wake` is called."""
+        valid yet); claimable after ``delay_s`` or when :meth:`wake` is called.
+        """
         now = time.time() if now is None else now
         return self._finish(group.id, group.claim_token,
                             "state = 'pending', waits = waits + 1, error = ?, not_before = ?, wait_reason = ?, "
@@ -736,7 +740,8 @@ class IngestQueue:
                         why = (f"worker {g['worker']} (pid {g['pid']}) sent no heartbeat for "
                                f"{now - g['heartbeat']:.0f} s (hung)")
                 elif expired:
-                    why = f"lease of worker {g['worker']} on host {g['host']} expired {now - g['lease_until']:.0f} s ago"
+                    why = (f"lease of worker {g['worker']} on host {g['host']} expired "
+                           f"{now - g['lease_until']:.0f} s ago")
                 if why is None:
                     continue
                 attempts = g["attempts"] + 1
@@ -781,7 +786,8 @@ class IngestQueue:
 
     def next_claimable_in(self, *, now: float | None = None, wait_reasons=("retry", "disk_full", None)) -> float | None:
         """Seconds until the next pending group (deferred for one of ``wait_reasons``) becomes
-        claimable; 0 if one is claimable now; None if there is none."""
+        claimable; 0 if one is claimable now; None if there is none.
+        """
         now = time.time() if now is None else now
         best = None
         for r in self.conn.execute("SELECT not_before, wait_reason FROM groups WHERE state = 'pending'"):

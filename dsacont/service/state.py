@@ -47,7 +47,8 @@ def known_for_group(paths, timestamp: str) -> dict:
         ``products``: ``{"ms": [rows], "images": [rows]}`` registered for the group
         (:meth:`Products.for_group`); ``calibration``: the valid
         :class:`~dsacont.calibration.registry.CalRecord` whose validity window reaches within
-        :data:`CALIBRATION_MARGIN_H` of the group's timestamp (ISO, UTC), after rejecting tables a crashed solver left in 'writing'.
+        :data:`CALIBRATION_MARGIN_H` of the group's timestamp (ISO, UTC), after rejecting tables a
+        crashed solver left in 'writing'.
     """
     out = {"products": {"ms": [], "images": []}, "calibration": []}
     if paths.products_db.exists():
@@ -62,7 +63,8 @@ def known_for_group(paths, timestamp: str) -> dict:
 
 def known_for_hook(paths) -> dict:
     """What the on-complete hook (the mosaic trigger) needs: ``unmosaicked_images``, the image rows
-    not yet in any mosaic, oldest first."""
+    not yet in any mosaic, oldest first.
+    """
     if not paths.products_db.exists():
         return {"unmosaicked_images": []}
     return {"unmosaicked_images": Products(paths.products_db).images_not_in_mosaic()}
@@ -95,7 +97,8 @@ def select_tables(records, time) -> list[CalRecord]:
 
 def records_from_entries(entries, first_id: int = 10**12) -> list[CalRecord]:
     """Tables just solved (``solve_calibration``'s ``registry_entries``) as CalRecords, with ids
-    above every registered one (they are the newest), for :func:`select_tables`."""
+    above every registered one (they are the newest), for :func:`select_tables`.
+    """
     out, ids = [], {}
     for i, e in enumerate(entries):
         rid = first_id + i

@@ -21,10 +21,12 @@ def status(paths, *, failures: int = 10) -> dict:
                  "attempt": g.attempts + 1}
                 for g in q.groups("in_progress")]
             out["waiting"] = [
-                {"group": g.timestamp, "wait": g.wait_reason, "until": iso_from_unix(g.not_before) if g.not_before else None,
+                {"group": g.timestamp, "wait": g.wait_reason,
+                 "until": iso_from_unix(g.not_before) if g.not_before else None,
                  "reason": g.error}
                 for g in q.groups("pending") if g.not_before]
-            out["collecting"] = [{"group": g.timestamp, "subbands": 16 - len(g.missing)} for g in q.groups("collecting")]
+            out["collecting"] = [{"group": g.timestamp, "subbands": 16 - len(g.missing)}
+                                 for g in q.groups("collecting")]
             out["recent_failures"] = q.recent_failures(failures)
             last = q.conn.execute("SELECT MAX(finished) FROM groups WHERE state = 'completed'").fetchone()[0]
             out["last_completed"] = iso_from_unix(last) if last else None

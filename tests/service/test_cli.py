@@ -6,13 +6,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from streamtools import service_env, sim_group_files
 
 from dsacont.config import get_paths
 from dsacont.service.cli import stream_options, stream_parser
 from dsacont.service.loop import ServiceOptions
 from dsacont.service.products import Products
 from dsacont.service.replay import replay
-from streamtools import service_env, sim_group_files
 
 
 def test_toml_sets_options_and_a_flag_overrides_it(tmp_path):

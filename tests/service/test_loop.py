@@ -19,13 +19,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from streamtools import group_timestamp, run_service, service_env, sim_group_files, wait_for
 
 from dsacont.calibration.registry import Registry
 from dsacont.config import get_paths
 from dsacont.service.products import Products
 from dsacont.service.queue import IngestQueue
 from dsacont.service.replay import replay
-from streamtools import group_timestamp, run_service, service_env, sim_group_files, wait_for
 
 
 def _can_unshare() -> bool:
@@ -59,7 +59,8 @@ def test_worker_without_the_state_directory_products_recorded_once(request, tmp_
     view = tmp_path / "worker_view.txt"
     env = service_env(OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1)
     sched = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--scheduler-file", str(sfile),
-                              "--host", "127.0.0.1", "--port", "0", "--no-dashboard"], env=env, stdout=subprocess.DEVNULL,
+                              "--host", "127.0.0.1", "--port", "0", "--no-dashboard"], env=env,
+                             stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     worker = None
     worker_log = open(tmp_path / "worker.log", "wb")

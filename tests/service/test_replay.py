@@ -1,5 +1,6 @@
 """dsacont replay: archived subband files fed into an incoming directory in time order, each written
-as ``_incomplete`` and renamed, paced by the data clock; real simulated files."""
+as ``_incomplete`` and renamed, paced by the data clock; real simulated files.
+"""
 from __future__ import annotations
 
 import filecmp
@@ -11,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from streamtools import CADENCE_S, make_archive, sim_group_files
 
 from dsacont.io.groups import parse_subband_name
 from dsacont.service.replay import INCOMPLETE_SUFFIX, plan, replay
-from streamtools import CADENCE_S, make_archive, sim_group_files
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,8 @@ def archive(sim_files, tmp_path):
 
 class DirectoryObserver(threading.Thread):
     """Polls a directory as fast as it can; records when each name first appeared and, for final
-    names, the file's size at that moment."""
+    names, the file's size at that moment.
+    """
 
     def __init__(self, directory):
         super().__init__(daemon=True)

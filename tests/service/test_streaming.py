@@ -23,15 +23,26 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from streamtools import (
+    group_timestamp,
+    make_archive,
+    run_service,
+    service_env,
+    shifted_name,
+    sim_group_files,
+    start_service,
+    subband_file,
+    wait_for,
+    write_half_integrations,
+    write_not_hdf5,
+    write_truncated,
+    write_with_nans,
+)
 
 from dsacont.config import get_paths
 from dsacont.service.products import Products
 from dsacont.service.queue import IngestQueue, pid_alive
 from dsacont.service.replay import replay
-from streamtools import (group_timestamp, make_archive, run_service, service_env, sim_group_files,
-                         start_service,
-                         subband_file, wait_for, write_half_integrations, write_not_hdf5, write_truncated,
-                         write_with_nans, shifted_name)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -111,7 +122,8 @@ def test_replay_end_to_end_through_the_service(sim_files, tmp_path):
 
 def test_validation_backlog_never_splits_a_group(sim_files, tmp_path):
     """--once with a validation budget far smaller than the backlog: files are recorded over many
-    loops, and no group is finalised (as incomplete) before all its files are in."""
+    loops, and no group is finalised (as incomplete) before all its files are in.
+    """
     root = tmp_path / "run"
     stamps = make_archive(sim_files, tmp_path / "archive", range(3))
     replay(tmp_path / "archive", get_paths(root=root).incoming)  # fresh copies: not settled at the first poll
@@ -434,7 +446,8 @@ def test_external_dask_scheduler(sim_files, tmp_path):
 @pytest.mark.casa
 def test_kill_during_real_conversion_then_restart(sim_files, tmp_path):
     """The real convert stage (CASA, dsacont.service.pipeline:convert_only) in a Dask worker, the service
-    killed -9 in the middle of writing the MS, restarted: one complete MS registered, none half-written."""
+    killed -9 in the middle of writing the MS, restarted: one complete MS registered, none half-written.
+    """
     root = tmp_path / "run"
     paths = get_paths(root=root)
     replay(Path(sim_files[0]).parent, paths.incoming, mode="link")
