@@ -415,13 +415,14 @@ def test_external_dask_scheduler(sim_files, tmp_path):
     sfile = tmp_path / "scheduler.json"
     env = service_env()
     sched = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--scheduler-file", str(sfile),
-                              "--port", "0", "--no-dashboard"], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+                              "--host", "127.0.0.1", "--port", "0", "--no-dashboard"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     worker = None
     try:
         wait_for(sfile.exists, 60, what="the scheduler file")
         worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(sfile),
-                                   "--nthreads", "1", "--resources", "group=1", "--no-dashboard"], env=env,
+                                   "--nthreads", "1", "--resources", "group=1", "--host", "127.0.0.1",
+                                   "--no-dashboard"], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         address = json.loads(sfile.read_text())["address"]
         rc, log = run_service(root, "--once", "--scheduler", address)
