@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def noop(group, context):
-    """A processor that does nothing (measures the service's own overhead)."""
+    """Do nothing: a processor that measures the service's own overhead."""
     return {"timestamp": group.timestamp}
 
 

@@ -71,8 +71,10 @@ def _simulate_archive(archive: Path, preset: str, seed: int, n_groups: int) -> N
 
 
 def _calibrator_in_mosaic(mosaic: dict, archive: Path) -> dict:
-    """The calibrator as the mosaic's QA measured it (fitted flux and position), against the
-    flux the simulator put on the sky (its own truth, primary-beam free) at the same frequency.
+    """Compare the calibrator in the mosaic's QA with the simulator's truth.
+
+    The fitted flux and position, against the flux the simulator put on the sky (its own truth,
+    primary-beam free) at the same frequency.
     """
     qa = mosaic.get("qa") or {}
     found = [c for c in qa.get("calibrators", []) if c.get("name") == CALIBRATOR]

@@ -29,8 +29,9 @@ from dsacont.errors import ConfigError
 
 
 def load_toml(path) -> dict:
-    """The TOML file at ``path`` as a dict; ConfigError naming the file when it is unreadable or
-    not valid TOML.
+    """Read the TOML file at ``path`` as a dict.
+
+    Raises ConfigError naming the file when it is unreadable or not valid TOML.
     """
     path = Path(path)
     try:
@@ -74,7 +75,7 @@ def _check(value, tp, where: str):
 
 
 def from_mapping(cls, data: dict | None, *, where: str = ""):
-    """An instance of the dataclass ``cls`` with the fields set in ``data`` (defaults elsewhere).
+    """Build the dataclass ``cls`` with the fields set in ``data`` (defaults elsewhere).
 
     Raises
     ------
@@ -94,7 +95,7 @@ def from_mapping(cls, data: dict | None, *, where: str = ""):
 
 
 def merge(options, overrides: dict | None):
-    """A copy of the dataclass ``options`` with the fields in ``overrides`` replaced (type-checked)."""
+    """Copy the dataclass ``options`` with the fields in ``overrides`` replaced (type-checked)."""
     if not overrides:
         return options
     checked = from_mapping(type(options), overrides, where=f"{type(options).__name__} override")

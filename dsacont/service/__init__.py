@@ -1,5 +1,7 @@
-"""The control plane: the streaming service (watcher, ingest queue, executor, service loop, status),
-the per-group pipeline it hands to workers, the products database, and replay of an archive.
+"""The control plane: the streaming service and what it runs.
+
+The watcher, ingest queue, executor, service loop and status; the per-group pipeline it hands to
+workers; the products database; replay of an archive.
 
 Only this package reads and writes the state databases; its workers get what they need with each
 task and return what they made (:mod:`dsacont.service.state`).

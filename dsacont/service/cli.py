@@ -58,7 +58,7 @@ _D = ServiceOptions()
 
 
 def _d(name: str) -> str:
-    """The default of a ServiceOptions field, for the help text."""
+    """Return the default of a ServiceOptions field, for the help text."""
     v = getattr(_D, name)
     return "none" if v is None or v == "" else str(v)
 
@@ -72,8 +72,10 @@ _FLAG_FIELDS = {"poll": "poll_s", "idle_exit": "idle_exit_s", "tolerance": "tole
 
 
 def stream_parser() -> argparse.ArgumentParser:
-    """The ``dsacont stream`` parser. Service flags default to "not given" (the config file's value,
-    else the :class:`ServiceOptions` default written in each help text).
+    """Build the ``dsacont stream`` parser.
+
+    Service flags default to "not given" (the config file's value, else the
+    :class:`ServiceOptions` default written in each help text).
     """
     S = argparse.SUPPRESS
     ap = argparse.ArgumentParser(prog="dsacont stream", argument_default=S, description=(

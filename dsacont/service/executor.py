@@ -1,5 +1,4 @@
-"""Where groups run: a Dask distributed cluster (or threads of the service process), and the task
-functions the workers execute.
+"""Where groups run: a Dask cluster (or threads of the service process), and the task functions.
 
 The service process submits :func:`run_group_task` (the processor on one group) and
 :func:`run_hook_task` (the on-complete hook) with a :class:`ServiceContext`: the paths, the
@@ -133,8 +132,10 @@ def run_group_task(processor: str, group: GroupRecord, context: ServiceContext) 
 
 
 def _products_of(exc: BaseException) -> dict | None:
-    """The products a processor made before it raised (it sets ``exc.products``), for the service
-    to record: a calibration solved by a group that then waits, an MS converted before a failure.
+    """Return the products a processor made before it raised (it sets ``exc.products``).
+
+    The service records them: a calibration solved by a group that then waits, an MS converted
+    before a failure.
     """
     products = getattr(exc, "products", None)
     return products if isinstance(products, dict) and products else None
@@ -222,8 +223,10 @@ class Executor:
                 pass
 
     def abandon(self, fut, key: str) -> None:
-        """Give up on a running group task: cancel it and, on a LocalCluster, restart the worker
-        process running it (a hung CASA call cannot be interrupted any other way).
+        """Give up on a running group task.
+
+        Cancel it and, on a LocalCluster, restart the worker process running it (a hung CASA
+        call cannot be interrupted any other way).
         """
         busy = []
         if self.cluster is not None and self.client is not None:

@@ -561,8 +561,9 @@ def _record_outcome(queue: IngestQueue, rec: GroupRecord, out: dict, me: WorkerI
 
 
 def _record_products(paths, rec: GroupRecord, out: dict) -> dict:
-    """Record what a group's task made (on any outcome; see :mod:`dsacont.service.state`);
-    returns the outcome to give the queue (an error if the products cannot be recorded).
+    """Record what a group's task made, on any outcome (see :mod:`dsacont.service.state`).
+
+    Returns the outcome to give the queue (an error if the products cannot be recorded).
     """
     made = out.get("products")
     result = out.get("result")

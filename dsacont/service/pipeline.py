@@ -103,9 +103,11 @@ def _known_of(context) -> dict:
 
 
 def options_from(o) -> PipelineOptions:
-    """PipelineOptions from a PipelineOptions or a dict (the ``[pipeline]`` table of the
-    ``--config`` file, ``--option KEY=VALUE`` strings; keys ``imaging.X`` / ``mosaic.X`` go to
-    those stages). Raises ValueError on an unknown key or a value of the wrong type.
+    """Build PipelineOptions from a PipelineOptions or a dict.
+
+    The dict is the ``[pipeline]`` table of the ``--config`` file or ``--option KEY=VALUE``
+    strings; keys ``imaging.X`` / ``mosaic.X`` go to those stages. Raises ValueError on an unknown
+    key or a value of the wrong type.
     """
     if isinstance(o, PipelineOptions):
         return o
@@ -153,8 +155,9 @@ def _group_of(record):
 
 
 def _ms_times(info):
-    """(start, end, mid) of an MS's TIME column (``info.times_s``: seconds since MJD 0, of
-    :func:`dsacont.calibration.read_ms_info`), as astropy Times (UTC).
+    """Return (start, end, mid) of an MS's TIME column as astropy Times (UTC).
+
+    ``info.times_s``: seconds since MJD 0, of :func:`dsacont.calibration.read_ms_info`.
     """
     t0, t1 = float(info.times_s.min()), float(info.times_s.max())
     return (Time(t0 / 86400, format="mjd", scale="utc"), Time(t1 / 86400, format="mjd", scale="utc"),
@@ -162,8 +165,10 @@ def _ms_times(info):
 
 
 def _pointing_dec_deg(info, mid) -> float:
-    """The pointing declination (apparent, HADEC frame: the files' phase_center_dec), degrees,
-    recovered from the MS's ICRS phase centre, which is the meridian at ``mid``.
+    """Return the pointing declination, degrees, from the MS's ICRS phase centre.
+
+    Apparent, HADEC frame (the files' phase_center_dec); the phase centre is the meridian at
+    ``mid``.
     """
     d = info.field_dirs  # (nfield, 2) radians
     ra0, dec0 = float(np.median(d[:, 0])), float(np.median(d[:, 1]))
@@ -175,8 +180,9 @@ def _ms_row(known: dict, ms: Path) -> dict | None:
 
 
 def stage_convert(timestamp, files, paths: Paths, known: dict, made: dict) -> Path:
-    """Convert (and flag) the group unless its MS is already in place and registered; the new MS
-    goes into ``made["ms"]``.
+    """Convert (and flag) the group unless its MS is already in place and registered.
+
+    The new MS goes into ``made["ms"]``.
     """
     ms = paths.ms / f"{timestamp}.ms"
     if ms.exists() and _ms_row(known, ms) is not None:
@@ -201,7 +207,7 @@ def stage_convert(timestamp, files, paths: Paths, known: dict, made: dict) -> Pa
 
 
 def _tables_for(ms, mid, candidates) -> list[str]:
-    """The [B, G] table paths to apply at ``mid``; CalibrationUnavailable when one is missing."""
+    """Return the [B, G] table paths to apply at ``mid``; CalibrationUnavailable when one is missing."""
     recs = select_tables(candidates, mid)
     kinds = [r.kind for r in recs]
     if "G" not in kinds or "B" not in kinds:
@@ -252,8 +258,9 @@ def stage_calibrate(timestamp, ms: Path, paths: Paths, known: dict, made: dict, 
 
 
 def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, options: PipelineOptions) -> dict:
-    """Image the calibrated MS unless an image of it is registered; the image goes into
-    ``made["images"]``.
+    """Image the calibrated MS unless an image of it is registered.
+
+    The image goes into ``made["images"]``.
     """
     row = _ms_row(known, ms)
     existing = [im for im in (known.get("products") or {}).get("images", [])
@@ -327,7 +334,7 @@ def maybe_mosaic(paths: Paths, images, options: PipelineOptions | None = None) -
 
 
 def process_group(record, context=None) -> dict:
-    """The streaming service's processor: one group through convert, calibrate and image.
+    """Take one group through convert, calibrate and image (the streaming service's processor).
 
     Parameters
     ----------
@@ -383,7 +390,7 @@ def process_group(record, context=None) -> dict:
 
 
 def on_group_complete(group, result, context=None) -> dict:
-    """The service's on-complete hook: the mosaic trigger (also run once at start-up).
+    """Build the mosaics the new images allow (the service's on-complete hook; also at start-up).
 
     Builds the mosaics that the images of ``context.known["unmosaicked_images"]`` allow; returns
     ``{"mosaics": [paths], "mosaic_s": s, "products": {"mosaics": [rows to record]}}``.
@@ -397,7 +404,7 @@ def on_group_complete(group, result, context=None) -> dict:
 
 
 def convert_only(record, context=None) -> dict:
-    """A light processor (conversion only; the service records the MS), for tests and quick-look runs."""
+    """Convert only (the service records the MS): a light processor for tests and quick looks."""
     paths = _paths_of(context).ensure(*WORK_DIRS)
     timestamp, files = _group_of(record)
     made: dict = {}

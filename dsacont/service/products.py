@@ -138,8 +138,9 @@ class Products:
 
     # -- plumbing -------------------------------------------------------------------------------
     def _connect(self):
-        """A connection (WAL, busy_timeout, foreign keys: :func:`dsacont.db.connect`) that
-        closes when its ``with`` block ends.
+        """Open a connection that closes when its ``with`` block ends.
+
+        WAL, busy_timeout and foreign keys, as :func:`dsacont.db.connect` sets them.
         """
         return contextlib.closing(db.connect(self.db_path, timeout_s=30.0))
 
@@ -375,8 +376,10 @@ class Products:
         return self._list("images", status, start, end, None)
 
     def for_group(self, group_timestamp: str) -> dict:
-        """The products of one group: ``{"ms": [MS rows with this group_timestamp], "images": [image
-        rows made from those MS (by id or path)]}``, each ordered by id.
+        """Return the products of one group, each kind ordered by id.
+
+        ``{"ms": [MS rows with this group_timestamp], "images": [image rows made from those MS
+        (by id or path)]}``.
         """
         with self._connect() as con:
             ms = [self._row(r) for r in con.execute(
@@ -391,16 +394,14 @@ class Products:
         return {"ms": ms, "images": images}
 
     def images_not_in_mosaic(self) -> list[dict]:
-        """Image rows whose path is in no mosaic yet, ordered by mid-time (the mosaic trigger's
-        candidates).
-        """
+        """Return the image rows in no mosaic yet, by mid-time (the mosaic trigger's candidates)."""
         with self._connect() as con:
             return [self._row(r) for r in con.execute(
                 "SELECT * FROM images WHERE path NOT IN (SELECT image_path FROM mosaic_images) "
                 "ORDER BY mid_mjd, id")]
 
     def counts(self) -> dict:
-        """Number of rows per product kind and status: ``{"images": {"imaged": 12}, ...}``."""
+        """Count the rows per product kind and status: ``{"images": {"imaged": 12}, ...}``."""
         out = {}
         with self._connect() as con:
             for t in KINDS:

@@ -130,7 +130,7 @@ def unix_from_datetime(dt: datetime) -> float:
 
 
 def process_start_ticks(pid: int) -> str | None:
-    """The start time of process ``pid`` (Linux ``/proc/<pid>/stat`` field 22), None if unknown.
+    """Return the start time of process ``pid`` (Linux ``/proc/<pid>/stat`` field 22), None if unknown.
 
     Stored with a claim so a recycled pid is not mistaken for the claiming worker.
     """
@@ -314,7 +314,7 @@ class IngestQueue:
         )
 
     def get(self, group) -> GroupRecord | None:
-        """A group by id or timestamp."""
+        """Return a group by id or timestamp."""
         if isinstance(group, str):
             row = self.conn.execute("SELECT * FROM groups WHERE timestamp = ?", (group,)).fetchone()
         else:
@@ -330,7 +330,7 @@ class IngestQueue:
         return [self._record(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
-        """Number of groups per state (every state present, zeros included)."""
+        """Count the groups per state (every state present, zeros included)."""
         out = dict.fromkeys(STATES, 0)
         for r in self.conn.execute("SELECT state, COUNT(*) FROM groups GROUP BY state"):
             out[r[0]] = r[1]
@@ -460,7 +460,7 @@ class IngestQueue:
         return AddResult(path, gid, gts, status, reason)
 
     def _find_group(self, t_unix: float):
-        """The group this timestamp belongs to: after adding it the group spans <= tolerance."""
+        """Find the group this timestamp belongs to: after adding it the group spans <= tolerance."""
         tol = self.tolerance_s
         rows = self.conn.execute(
             "SELECT * FROM groups WHERE t_max_unix - ? <= ? AND ? - t_unix <= ? ORDER BY ABS(t_unix - ?)",
@@ -689,7 +689,7 @@ class IngestQueue:
 
     def quarantine(self, group: GroupRecord, reason: str, *, worker: str | None = None,
                    now: float | None = None) -> bool:
-        """The processor found the group's input unusable (BadInputError): no retry."""
+        """Quarantine a group whose input the processor found unusable (BadInputError): no retry."""
         now = time.time() if now is None else now
         return self._finish(group.id, group.claim_token,
                             "state = 'quarantined', error = ?, finished = ?, lease_until = NULL",
@@ -697,8 +697,9 @@ class IngestQueue:
 
     def defer(self, group: GroupRecord, reason: str, *, delay_s: float, wait_reason: str = "calibration",
               worker: str | None = None, now: float | None = None) -> bool:
-        """Put a claimed group back to ``pending`` without using an attempt (e.g. calibration not
-        valid yet); claimable after ``delay_s`` or when :meth:`wake` is called.
+        """Put a claimed group back to ``pending`` without using an attempt.
+
+        E.g. calibration not valid yet; claimable after ``delay_s`` or when :meth:`wake` is called.
         """
         now = time.time() if now is None else now
         return self._finish(group.id, group.claim_token,
@@ -716,8 +717,7 @@ class IngestQueue:
                             (), "released", worker, {"reason": reason}, now)
 
     def reclaim_stale(self, *, now: float | None = None, host: str | None = None) -> list[tuple[str, str]]:
-        """Return ``in_progress`` groups of dead workers to ``pending`` (or ``failed`` when their
-        attempts are used up).
+        """Return ``in_progress`` groups of dead workers to ``pending`` (``failed`` when out of attempts).
 
         Dead means: the claiming process is on this host and no longer runs (kill -9, crash,
         OOM kill; checked by pid and process start time), or is on another host and its lease
@@ -785,8 +785,10 @@ class IngestQueue:
         return len(ids)
 
     def next_claimable_in(self, *, now: float | None = None, wait_reasons=("retry", "disk_full", None)) -> float | None:
-        """Seconds until the next pending group (deferred for one of ``wait_reasons``) becomes
-        claimable; 0 if one is claimable now; None if there is none.
+        """Return the seconds until the next pending group becomes claimable.
+
+        Groups deferred for one of ``wait_reasons`` count; 0 if one is claimable now; None if there
+        is none.
         """
         now = time.time() if now is None else now
         best = None

@@ -43,7 +43,7 @@ def incomplete_name(final_name: str) -> str:
 
 
 def plan(archive, start=None, end=None, *, tolerance_s: float = 30.0) -> list[tuple[float, int, str]]:
-    """The files a replay delivers, in delivery order: ``[(t_unix, subband, path), ...]``.
+    """List the files a replay delivers, in delivery order: ``[(t_unix, subband, path), ...]``.
 
     Whole groups whose timestamp lies in ``[start, end]`` (ISO string, datetime or astropy
     Time, UTC); duplicates of a subband inside a group are delivered too (as the correlator

@@ -39,7 +39,7 @@ CALIBRATION_MARGIN_H = 0.5
 
 # ------------------------------------------------------------------------------ what a task gets
 def known_for_group(paths, timestamp: str) -> dict:
-    """What the state databases hold for one group, for its task.
+    """Read what the state databases hold for one group, for its task.
 
     Returns
     -------
@@ -62,8 +62,9 @@ def known_for_group(paths, timestamp: str) -> dict:
 
 
 def known_for_hook(paths) -> dict:
-    """What the on-complete hook (the mosaic trigger) needs: ``unmosaicked_images``, the image rows
-    not yet in any mosaic, oldest first.
+    """Read what the on-complete hook (the mosaic trigger) needs.
+
+    ``unmosaicked_images``: the image rows not yet in any mosaic, oldest first.
     """
     if not paths.products_db.exists():
         return {"unmosaicked_images": []}
@@ -96,8 +97,9 @@ def select_tables(records, time) -> list[CalRecord]:
 
 
 def records_from_entries(entries, first_id: int = 10**12) -> list[CalRecord]:
-    """Tables just solved (``solve_calibration``'s ``registry_entries``) as CalRecords, with ids
-    above every registered one (they are the newest), for :func:`select_tables`.
+    """Turn tables just solved (``solve_calibration``'s ``registry_entries``) into CalRecords.
+
+    Their ids are above every registered one (they are the newest), for :func:`select_tables`.
     """
     out, ids = [], {}
     for i, e in enumerate(entries):
@@ -119,9 +121,10 @@ def records_from_entries(entries, first_id: int = 10**12) -> list[CalRecord]:
 
 # ---------------------------------------------------------------------------- what a task made
 def record_products(paths, made: dict | None) -> dict:
-    """Write a task's products (see the module docstring) into the products database and the
-    calibration registry; returns the ids written (``{"calibration": {kind: id}, "ms": id,
-    "images": [id], "mosaics": [id]}``).
+    """Write a task's products (see the module docstring) into the state databases.
+
+    Into the products database and the calibration registry; returns the ids written
+    (``{"calibration": {kind: id}, "ms": id, "images": [id], "mosaics": [id]}``).
 
     Idempotent: products are keyed by path; a calibration table already registered valid with the
     same path, source MS and solve time is not registered again.

@@ -138,7 +138,7 @@ class Watcher:
         self.unsettled = 0
 
     def scan(self) -> list[tuple[str, object]]:
-        """New, settled subband file paths (not yet in the queue) with their parsed names, oldest first."""
+        """List new, settled subband files (not yet in the queue) with their parsed names, oldest first."""
         out = []
         now = time.time()
         self.unsettled = 0

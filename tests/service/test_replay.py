@@ -1,5 +1,6 @@
-"""dsacont replay: archived subband files fed into an incoming directory in time order, each written
-as ``_incomplete`` and renamed, paced by the data clock; real simulated files.
+"""dsacont replay: archived subband files fed into an incoming directory in time order.
+
+Each is written as ``_incomplete`` and renamed, paced by the data clock; real simulated files.
 """
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ def archive(sim_files, tmp_path):
 
 
 class DirectoryObserver(threading.Thread):
-    """Polls a directory as fast as it can; records when each name first appeared and, for final
-    names, the file's size at that moment.
+    """Polls a directory as fast as it can.
+
+    Records when each name first appeared and, for final names, the file's size at that moment.
     """
 
     def __init__(self, directory):

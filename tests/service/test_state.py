@@ -1,5 +1,7 @@
-"""What a task is given and what it returns: the worker's choice of calibration tables among those
-the service sent agrees with the registry's own lookup.
+"""What a task is given and what it returns.
+
+The worker's choice of calibration tables among those the service sent agrees with the registry's
+own lookup.
 """
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""The streaming service, run as a REAL separate process (``python -m dsacont.cli stream``) on a real
-Dask LocalCluster, fed real simulated UVH5 files, with a light real processor
+"""The streaming service, run as a REAL separate process, with a light real processor.
+
+``python -m dsacont.cli stream`` on a real Dask LocalCluster, fed real simulated UVH5 files, with
+a light real processor
 (``tests/stream_processors.py``: lazy loader -> per-channel mean amplitude -> JSON product written
 atomically and registered in the real products database).
 
@@ -121,8 +123,10 @@ def test_replay_end_to_end_through_the_service(sim_files, tmp_path):
 
 
 def test_validation_backlog_never_splits_a_group(sim_files, tmp_path):
-    """--once with a validation budget far smaller than the backlog: files are recorded over many
-    loops, and no group is finalised (as incomplete) before all its files are in.
+    """--once with a validation budget far smaller than the backlog.
+
+    Files are recorded over many loops, and no group is finalised (as incomplete) before all its
+    files are in.
     """
     root = tmp_path / "run"
     stamps = make_archive(sim_files, tmp_path / "archive", range(3))
@@ -446,8 +450,11 @@ def test_external_dask_scheduler(sim_files, tmp_path):
 # ------------------------------------------------------------------- the real conversion stage
 @pytest.mark.casa
 def test_kill_during_real_conversion_then_restart(sim_files, tmp_path):
-    """The real convert stage (CASA, dsacont.service.pipeline:convert_only) in a Dask worker, the service
-    killed -9 in the middle of writing the MS, restarted: one complete MS registered, none half-written.
+    """The real convert stage in a Dask worker, the service killed -9 mid-write, restarted.
+
+    The real convert stage (CASA, dsacont.service.pipeline:convert_only) runs in a Dask worker; the
+    service is killed -9 in the middle of writing the MS and restarted: one complete MS registered,
+    none half-written.
     """
     root = tmp_path / "run"
     paths = get_paths(root=root)
