@@ -7,7 +7,8 @@ them into the incoming directory, ``dsacont stream`` processes them: convert+fla
 image, mosaic) and reports the wall time of every stage. A full 60-minute run is 12 groups
 (~27 GB of input, ~27 GB of Measurement Sets); when fewer groups are run, the 12-group time is
 extrapolated as 12 x (mean per-group convert + apply + image) + one calibration solve (one
-calibrator transit per hour) + the mosaic time scaled to 12 tiles, which the JSON states. Goal: <= 30 min of wall time for 60 min of data on 2 cores.
+calibrator transit per hour) + the mosaic time scaled to 12 tiles, which the JSON states. Goal: <= 30 min of
+wall time for 60 min of data on 2 cores.
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def main(argv=None) -> int:
     # solve once (one calibrator transit per hour) + one 12-tile mosaic (its time scales with
     # the mosaic area; the measured N-tile time is scaled by 12/N), one group in flight
     solve_s = s.get("stage_wall_s", {}).get("solve", {}).get("total", 0.0)
-    est12 = 12 * sum(per_group.get(k, 0.0) for k in ("convert", "apply", "image")) + solve_s + mosaic_s * 12 / args.groups
+    per_group_s = sum(per_group.get(k, 0.0) for k in ("convert", "apply", "image"))
+    est12 = 12 * per_group_s + solve_s + mosaic_s * 12 / args.groups
     out = {
         "preset": args.preset,
         "groups": args.groups,

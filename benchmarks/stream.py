@@ -1,6 +1,6 @@
 """The streaming service's own overhead (not the pipeline stages): prints one JSON document.
 
-* ``validate``: the watcher's per-file check (:func:`dsacont.service.streaming.validate_subband_file`:
+* ``validate``: the watcher's per-file check (:func:`dsacont.service.watcher.validate_subband_file`:
   header + every visibility row read + NaN count) on a group directory (full size if given).
 * ``queue``: SQLite queue throughput: files recorded, groups finalised, claim+complete per second.
 * ``service``: one real ``dsacont stream --once`` process on N replayed copies of a group with a
@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def noop(group, context):
-    """A processor that does nothing (measures the service's own overhead)."""
+    """Do nothing: a processor that measures the service's own overhead."""
     return {"timestamp": group.timestamp}
 
 
 def bench_validate(files):
-    from dsacont.service.streaming import validate_subband_file
+    from dsacont.service.watcher import validate_subband_file
 
     t = []
     for f in files:

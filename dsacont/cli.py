@@ -20,15 +20,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "applycal": ("dsacont.calibration.cli", "apply the registered calibration to a target MS"),
     "image": ("dsacont.imaging.cli", "image a calibrated MS with tclean, PB-corrected FITS"),
     "mosaic": ("dsacont.imaging.cli", "combine tile images into a primary-beam-weighted mosaic"),
-    "products": ("dsacont.service.products", "query the products database"),
-    "stream": ("dsacont.service.streaming", "run the streaming service on an incoming directory"),
-    "replay": ("dsacont.service.replay", "feed archived subband files into an incoming directory in time order"),
-    "status": ("dsacont.service.streaming", "queue and products at a glance"),
+    "products": ("dsacont.service.cli", "query the products database"),
+    "stream": ("dsacont.service.cli", "run the streaming service on an incoming directory"),
+    "replay": ("dsacont.service.cli", "feed archived subband files into an incoming directory in time order"),
+    "status": ("dsacont.service.cli", "queue and products at a glance"),
     "demo": ("dsacont.demo", "simulate the 0834+555 transit and run it through the streaming path"),
 }
 
 # modules with more than one subcommand expose cli_<name> for the others
-_FUNC = {"applycal": "cli_applycal", "status": "cli_status", "mosaic": "cli_mosaic"}
+_FUNC = {"applycal": "cli_applycal", "status": "cli_status", "mosaic": "cli_mosaic", "stream": "cli_stream",
+         "products": "cli_products", "replay": "cli_replay"}
 
 
 def _usage() -> str:

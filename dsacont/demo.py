@@ -5,7 +5,7 @@
    ``<root>/archive`` (kept between runs, re-simulated only when the preset/seed change).
 2. Replay them into ``<root>/incoming`` in time order, as the correlator writes them
    (``_incomplete`` then rename), in a background thread.
-3. Run the streaming service (:func:`dsacont.service.streaming.run_service`, the same code path as
+3. Run the streaming service (:func:`dsacont.service.loop.run_service`, the same code path as
    ``dsacont stream``) on ``<root>``: it finds the groups, converts and flags them, solves the
    calibration on the calibrator transit (the groups before it wait for it), applies it, images
    every tile and builds the 60-minute mosaic when its 12 tiles are done. Nothing is hand-picked.
@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
 import shutil
@@ -24,6 +25,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+from astropy import units as u
+
+from dsacont.calibration.registry import Registry
+from dsacont.calibrators import REF_FREQ_HZ, get_calibrator, transit_time
+from dsacont.config import get_paths
+from dsacont.io.groups import find_groups
+from dsacont.service.loop import ServiceOptions, run_service
+from dsacont.service.products import Products
+from dsacont.service.replay import replay
+from dsacont.simulator import load_truth, simulate
+from dsacont.simulator.core import PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +47,12 @@ CADENCE_S = 24 * 12.884902
 
 def demo_window(n_groups: int = N_GROUPS):
     """(start, transit) astropy Times: ``n_groups`` groups centred on the operators' transit."""
-    from astropy import units as u
-
-    from dsacont.calibrators import get_calibrator, transit_time
-
     cal = get_calibrator(CALIBRATOR)
     transit = transit_time(cal.ra_deg, TRANSIT_DAY, cal.dec_deg)
     return transit - (n_groups / 2) * CADENCE_S * u.s, transit
 
 
 def _simulate_archive(archive: Path, preset: str, seed: int, n_groups: int) -> None:
-    from dsacont.io.groups import find_groups
-    from dsacont.simulator import simulate
-    from dsacont.simulator.core import PRESETS
-
     start, _ = demo_window(n_groups)
     marker = archive / "demo.json"
     want = {"preset": repr(PRESETS[preset]), "seed": seed, "n_groups": n_groups, "start": start.isot}
@@ -67,12 +71,11 @@ def _simulate_archive(archive: Path, preset: str, seed: int, n_groups: int) -> N
 
 
 def _calibrator_in_mosaic(mosaic: dict, archive: Path) -> dict:
-    """The calibrator as the mosaic's QA measured it (fitted flux and position), against the
-    flux the simulator put on the sky (its own truth, primary-beam free) at the same frequency."""
-    import glob
+    """Compare the calibrator in the mosaic's QA with the simulator's truth.
 
-    from dsacont.simulator import load_truth
-
+    The fitted flux and position, against the flux the simulator put on the sky (its own truth,
+    primary-beam free) at the same frequency.
+    """
     qa = mosaic.get("qa") or {}
     found = [c for c in qa.get("calibrators", []) if c.get("name") == CALIBRATOR]
     if not found:
@@ -86,12 +89,11 @@ def _calibrator_in_mosaic(mosaic: dict, archive: Path) -> dict:
     i = names.index(CALIBRATOR)
     if not freq:
         # the mosaic QA's expected value is the catalogue model at the image frequency: invert it
-        from dsacont.calibrators import REF_FREQ_HZ, get_calibrator
-
         cal = get_calibrator(CALIBRATOR)
         freq = REF_FREQ_HZ * (float(c["expected_jy"]) / cal.flux_jy) ** (1.0 / cal.spectral_index)
-    s_true = float(np.atleast_1d(truth["source_flux_jy"])[i]) * (
-        freq / float(np.atleast_1d(truth["source_ref_freq_hz"])[i])) ** float(np.atleast_1d(truth["source_spectral_index"])[i])
+    ref_hz = float(np.atleast_1d(truth["source_ref_freq_hz"])[i])
+    alpha = float(np.atleast_1d(truth["source_spectral_index"])[i])
+    s_true = float(np.atleast_1d(truth["source_flux_jy"])[i]) * (freq / ref_hz) ** alpha
     out.update(freq_hz=freq, truth_jy=s_true, ratio=out["measured_jy"] / s_true)
     return out
 
@@ -99,12 +101,6 @@ def _calibrator_in_mosaic(mosaic: dict, archive: Path) -> dict:
 def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_groups: int = N_GROUPS,
              scheduler: str | None = None, max_inflight: int = 2, fresh: bool = True) -> dict:
     """Run the acceptance demo under ``root``; returns (and writes) the summary dict."""
-    from dsacont.config import get_paths
-    from dsacont.service.products import Products
-    from dsacont.calibration.registry import Registry
-    from dsacont.service.replay import replay
-    from dsacont.service.streaming import run_service
-
     t_all = time.perf_counter()
     root = Path(root).absolute()
     archive = root / "archive"
@@ -127,10 +123,11 @@ def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_grou
 
     feeder = threading.Thread(target=_replay, name="replay", daemon=True)
     feeder.start()
-    options = {"tiles_per_mosaic": n_groups}
+    options = ServiceOptions(scheduler=scheduler, max_inflight=max_inflight, idle_exit_s=30.0, poll_s=1.0,
+                             incomplete_timeout_s=60.0, cal_wait_s=20.0, min_free_gb=0.0,
+                             processor_options={"tiles_per_mosaic": n_groups})
     t = time.perf_counter()
-    summary = run_service(paths, scheduler=scheduler, max_inflight=max_inflight, idle_exit_s=30.0,
-                          poll_s=1.0, incomplete_timeout_s=60.0, cal_wait_s=20.0, options=options)
+    summary = run_service(paths, options)
     t_stream = time.perf_counter() - t
     feeder.join(timeout=5)
 
@@ -184,11 +181,13 @@ def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_grou
 
 
 def format_summary(s: dict) -> str:
+    solved = ", ".join(t["kind"] + " on " + str(t["calibrator"]) for t in s["calibration_tables"])
     lines = [
         "",
         "dsacont demo: 60 minutes around the 0834+555 transit of 2025-10-29, through the streaming service",
-        f"  groups completed     {s['groups_completed']} (failed {s['groups_failed']}); MS {s['ms']}, images {s['images']}",
-        f"  calibration solved   {', '.join(t['kind'] + ' on ' + str(t['calibrator']) for t in s['calibration_tables']) or 'none'}",
+        f"  groups completed     {s['groups_completed']} (failed {s['groups_failed']}); MS {s['ms']}, "
+        f"images {s['images']}",
+        f"  calibration solved   {solved or 'none'}",
     ]
     cal = s.get("calibrator") or {}
     if "measured_jy" in cal:
@@ -211,12 +210,17 @@ def format_summary(s: dict) -> str:
 def cli(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="dsacont demo", description=__doc__.split("\n")[0])
     ap.add_argument("--root", default="demo-output", help="working directory (default ./demo-output)")
-    ap.add_argument("--preset", default="small", choices=["small", "full"])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--groups", type=int, default=N_GROUPS, help="groups (tiles) to simulate and mosaic")
-    ap.add_argument("--scheduler", help="address of an existing dask-scheduler")
-    ap.add_argument("--max-inflight", type=int, default=2, help="groups processed at once (default 2: one per core here)")
-    ap.add_argument("--keep", action="store_true", help="keep the previous run's products and queue")
+    ap.add_argument("--preset", default="small", choices=["small", "full"],
+                    help="simulator preset: 'small' (48 antennas within 600 m, 128 channels) or 'full' (96 "
+                         "antennas, 768 channels: the real size) (default small)")
+    ap.add_argument("--seed", type=int, default=0, help="simulator random seed (default 0)")
+    ap.add_argument("--groups", type=int, default=N_GROUPS, help="groups (tiles) to simulate and mosaic, centred on "
+                    f"the transit (default {N_GROUPS}: 60 minutes)")
+    ap.add_argument("--scheduler", help="address of an existing dask-scheduler (default: start a LocalCluster)")
+    ap.add_argument("--max-inflight", type=int, default=2,
+                    help="groups processed at once (default 2: one per core here)")
+    ap.add_argument("--keep", action="store_true", help="keep the previous run's products and queue (default: start "
+                    "afresh; the simulated archive is kept either way)")
     args = ap.parse_args(argv)
     s = run_demo(args.root, preset=args.preset, seed=args.seed, n_groups=args.groups, scheduler=args.scheduler,
                  max_inflight=args.max_inflight, fresh=not args.keep)

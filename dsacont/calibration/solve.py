@@ -110,11 +110,14 @@ def solve_calibration(ms_path, calibrator=None, *, paths=None, registry=None, re
     -------
     dict with ``tables`` ({'B': path, 'G': path}), ``ids`` (registry ids), ``refant``,
     ``calibrator``, ``metrics`` ({'B': {...}, 'G': {...}, 'flags': ..., 'model': ..., 'timings_s': ...}),
-    ``plots`` (list of PNG paths), ``status`` ('valid' or 'rejected').
+    ``plots`` (list of PNG paths), ``status`` ('valid' or 'rejected'), ``registry_entries`` (one dict
+    per table, B then G: the ``register_begin`` arguments, ``depends_on`` as the kind it depends
+    on, and the ``status``, ``reason`` and ``metrics`` it is, or with ``registry=False`` would be,
+    marked with).
     """
     ms = str(Path(ms_path).absolute())
     paths = paths or get_paths()
-    paths.ensure("caltables", "tmp", "state")
+    paths.ensure("caltables", "tmp", *(("state",) if registry is not False else ()))
     if registry is None:
         registry = Registry(paths.registry_db)
     elif registry is not False and not hasattr(registry, "lookup"):
@@ -189,17 +192,24 @@ def solve_calibration(ms_path, calibrator=None, *, paths=None, registry=None, re
     timings["total"] = _time.perf_counter() - t_all
     metrics["timings_s"] = timings
     status = "valid"
+    why = ", ".join(f"{k}: {100 * v:.0f} % of solutions flagged" for k, v in bad.items()) if bad else None
+    reg_metrics = {k: {**metrics[k], "refant": refant_str, "model": model_meta} if bad else
+                   {**metrics[k], "refant": refant_str, "beam_mid_error": model_meta["beam_mid_error"],
+                    "timings_s": timings} for k in ("B", "G")}
     if registry:
         if bad:
             status = "rejected"
-            why = ", ".join(f"{k}: {100 * v:.0f} % of solutions flagged" for k, v in bad.items())
             for k in ("B", "G"):
-                registry.reject(ids[k], why, metrics={**metrics[k], "refant": refant_str, "model": model_meta})
+                registry.reject(ids[k], why, metrics=reg_metrics[k])
         else:
             for k in ("B", "G"):
-                registry.mark_valid(ids[k], {**metrics[k], "refant": refant_str,
-                                             "beam_mid_error": model_meta["beam_mid_error"],
-                                             "timings_s": timings})
+                registry.mark_valid(ids[k], reg_metrics[k])
+    # what the registry holds (or, with registry=False, should hold) for each table, for a caller
+    # that registers elsewhere (the streaming service registers the tables its workers solve)
+    entries = [{"kind": k, "calibrator": cal.name, "solve_mjd": solve_mjd, "path": str(final[k]), "source_ms": ms,
+                "valid_before_h": validity_h.get(k), "valid_after_h": validity_h.get(k),
+                "depends_on": "B" if k == "G" else None, "status": "rejected" if bad else "valid",
+                "reason": why, "metrics": reg_metrics[k]} for k in ("B", "G")]
     pngs = []
     if plots:
         try:
@@ -210,7 +220,8 @@ def solve_calibration(ms_path, calibrator=None, *, paths=None, registry=None, re
              ms, 100 * metrics["B"]["flagged_fraction"], 100 * metrics["G"]["flagged_fraction"],
              timings["bandpass"], timings["gaincal"])
     return {"tables": {k: str(v) for k, v in final.items()}, "ids": ids, "refant": refant_str,
-            "calibrator": cal.name, "metrics": metrics, "plots": [str(p) for p in pngs], "status": status}
+            "calibrator": cal.name, "metrics": metrics, "plots": [str(p) for p in pngs], "status": status,
+            "registry_entries": entries}
 
 
 def _require_table(path, what):

@@ -1,20 +1,25 @@
-"""The per-group chain the streaming service runs: files -> MS -> calibrated -> image -> mosaic.
+"""The per-group chain the streaming service runs on a worker: files -> MS -> calibrated -> image -> mosaic.
 
 ``process_group(record, context)`` takes one queued group through every stage, in one
-direction, each stage idempotent (a product already made and registered is not made again), so
-a group that is retried after a crash or after waiting for calibration resumes where it stopped:
+direction. It runs on a Dask worker and never opens a state database: what the databases know
+about the group comes with the task (``context.known``, read by the service:
+:func:`dsacont.service.state.known_for_group`), and what it makes goes back in its result
+(``result["products"]``, recorded by the service: :func:`dsacont.service.state.record_products`).
+Each stage is idempotent (a product already made and registered is not made again), so a group
+that is retried after a crash or after waiting for calibration resumes where it stopped:
 
 1. **convert** (with RFI flags computed in the same Dask graph): ``<stage>/ms/<timestamp>.ms``,
-   written elsewhere and moved into place atomically, then registered in the products DB;
-2. **calibrate**: if a calibrator transits inside this group and no valid table from that
-   transit is registered, solve bandpass and gains on it (registry); then look up the valid
-   bandpass and gain tables for the group's mid-time (two-sided windows) and apply them. If
-   none is valid yet, raise :class:`dsacont.errors.CalibrationUnavailable`: the service puts the
-   group back to wait. A group is never imaged uncalibrated;
-3. **image**: tclean of CORRECTED_DATA, primary-beam corrected FITS, registered with QA;
-4. **mosaic**: after each completed group the service calls :func:`on_group_complete`, which
-   looks for a run of ``tiles_per_mosaic`` (12) consecutive imaged tiles not yet mosaicked and
-   builds the mosaic (:func:`maybe_mosaic`).
+   written elsewhere and moved into place atomically;
+2. **calibrate**: if a calibrator transits inside this group and no valid table solved on this MS
+   came with the task, solve bandpass and gains on it; then take the valid bandpass and gain
+   tables for the MS's mid-time (two-sided windows; the registry's lookup rule applied to the
+   tables sent with the task plus those just solved) and apply them. If none is valid yet, raise
+   :class:`dsacont.errors.CalibrationUnavailable` (carrying the products made so far): the service
+   records them and puts the group back to wait. A group is never imaged uncalibrated;
+3. **image**: tclean of CORRECTED_DATA, primary-beam corrected FITS, with QA;
+4. **mosaic**: after each completed group the service runs :func:`on_group_complete` with the
+   images not yet in a mosaic; it builds every mosaic a run of ``tiles_per_mosaic`` (12)
+   consecutive tiles allows (:func:`maybe_mosaic`) and returns them for the service to record.
 
 Mosaic policy (documented for the operators): tiles are taken in time order; a mosaic is a run
 of 12 consecutive tiles (consecutive = start times 250-370 s apart, i.e. no missing group) that
@@ -31,9 +36,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from astropy.time import Time
 
+from dsacont import calibration
 from dsacont.config import Paths, get_paths
-
+from dsacont.convert import convert_group
+from dsacont.errors import CalibrationUnavailable, ConfigError
+from dsacont.imaging import image_ms
+from dsacont.imaging.mosaic import make_mosaic
+from dsacont.io.groups import Group, cluster_files
+from dsacont.io.ms import FlattenInterrupted
+from dsacont.io.uvh5 import open_group
+from dsacont.options import from_mapping
+from dsacont.service.state import records_from_entries, select_tables
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +56,36 @@ TILES_PER_MOSAIC = 12
 GROUP_CADENCE_S = 24 * 12.884902
 CAL_MIN_FLUX_JY = 2.0
 CAL_MIN_PB = 0.5
+#: the directories a worker writes (never ``state``)
+WORK_DIRS = ("ms", "caltables", "images", "mosaics", "tmp")
 
 
 @dataclass
 class PipelineOptions:
-    """Knobs of the per-group chain (defaults are the operators')."""
+    """Knobs of the per-group chain (defaults are the operators').
+
+    Attributes
+    ----------
+    tiles_per_mosaic : int
+        Consecutive tiles (5-minute images) per mosaic; 12 = 60 minutes.
+    calibrator : str or None
+        Solve only on this calibrator's transits; None: any catalogue calibrator bright enough.
+    cal_min_flux_jy : float
+        A transit is used only for a calibrator at least this bright (catalogue 20 cm flux, Jy).
+    cal_min_pb : float
+        ... and with at least this primary-beam power response at transit.
+    imaging : dict
+        Keyword arguments of :func:`dsacont.imaging.image_ms` (e.g. ``niter``, ``fov_deg``).
+    mosaic : dict
+        Keyword arguments of :func:`dsacont.imaging.mosaic.make_mosaic` (e.g. ``pb_cutoff``).
+    """
 
     tiles_per_mosaic: int = TILES_PER_MOSAIC
-    calibrator: str | None = None  # None: any catalogue calibrator bright enough in the beam
+    calibrator: str | None = None
     cal_min_flux_jy: float = CAL_MIN_FLUX_JY
     cal_min_pb: float = CAL_MIN_PB
-    imaging: dict = field(default_factory=dict)  # passed to imaging.image_ms
-    mosaic: dict = field(default_factory=dict)  # passed to mosaic.make_mosaic
+    imaging: dict = field(default_factory=dict)
+    mosaic: dict = field(default_factory=dict)
 
 
 def _paths_of(context) -> Paths:
@@ -62,25 +95,43 @@ def _paths_of(context) -> Paths:
     return p if p is not None else get_paths()
 
 
+def _known_of(context) -> dict:
+    k = getattr(context, "known", None) if context is not None else None
+    if isinstance(context, dict):
+        k = context.get("known")
+    return k or {}
+
+
+def options_from(o) -> PipelineOptions:
+    """Build PipelineOptions from a PipelineOptions or a dict.
+
+    The dict is the ``[pipeline]`` table of the ``--config`` file or ``--option KEY=VALUE``
+    strings; keys ``imaging.X`` / ``mosaic.X`` go to those stages. Raises ValueError on an unknown
+    key or a value of the wrong type.
+    """
+    if isinstance(o, PipelineOptions):
+        return o
+    values: dict = {"imaging": {}, "mosaic": {}}
+    for key, value in (o or {}).items():
+        value = _parse_value(value)
+        stage, dot, sub = key.partition(".")
+        if dot and stage in ("imaging", "mosaic"):
+            values[stage][sub] = value
+        elif key in ("imaging", "mosaic") and isinstance(value, dict):
+            values[key].update(value)
+        else:
+            values[key] = value
+    try:
+        return from_mapping(PipelineOptions, values, where="pipeline options")
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _options_of(context) -> PipelineOptions:
-    """Options from ``context.options``: a PipelineOptions, or a dict (``--option KEY=VALUE``
-    strings from ``dsacont stream``; keys ``imaging.X`` / ``mosaic.X`` go to those stages)."""
     o = getattr(context, "options", None) if context is not None else None
     if isinstance(context, dict):
         o = context.get("options")
-    if isinstance(o, PipelineOptions):
-        return o
-    opts = PipelineOptions()
-    for key, value in (o or {}).items():
-        value = _parse_value(value)
-        if "." in key:
-            stage, _, sub = key.partition(".")
-            getattr(opts, stage)[sub] = value
-        elif hasattr(opts, key):
-            setattr(opts, key, value)
-        else:
-            raise ValueError(f"unknown pipeline option {key!r}")
-    return opts
+    return options_from(o)
 
 
 def _parse_value(v):
@@ -96,8 +147,6 @@ def _parse_value(v):
 
 def _group_of(record):
     """(timestamp, 16 paths) from a queue record, a Group, or a list of paths."""
-    from dsacont.io.groups import Group, cluster_files
-
     if hasattr(record, "timestamp") and hasattr(record, "paths"):
         return record.timestamp, list(record.paths)
     groups = cluster_files([p for p in record if p is not None])
@@ -105,63 +154,83 @@ def _group_of(record):
     return g.timestamp, g.paths
 
 
-def _time_range(ms_path):
-    """(start, end, mid) of the MS TIME column (seconds since MJD 0), as astropy Times (UTC)."""
-    from astropy.time import Time
+def _ms_times(info):
+    """Return (start, end, mid) of an MS's TIME column as astropy Times (UTC).
 
-    from dsacont.casa import ensure_casa
-
-    tb = ensure_casa().table()
-    tb.open(str(ms_path))
-    try:
-        t = tb.getcol("TIME")
-    finally:
-        tb.close()
-    t0, t1 = Time(t.min() / 86400, format="mjd", scale="utc"), Time(t.max() / 86400, format="mjd", scale="utc")
-    return t0, t1, Time((t.min() + t.max()) / 2 / 86400, format="mjd", scale="utc")
+    ``info.times_s``: seconds since MJD 0, of :func:`dsacont.calibration.read_ms_info`.
+    """
+    t0, t1 = float(info.times_s.min()), float(info.times_s.max())
+    return (Time(t0 / 86400, format="mjd", scale="utc"), Time(t1 / 86400, format="mjd", scale="utc"),
+            Time((t0 + t1) / 2 / 86400, format="mjd", scale="utc"))
 
 
-def stage_convert(timestamp, files, paths: Paths, products) -> Path:
-    """Convert (and flag) the group unless its MS is already in place and registered."""
-    from dsacont.convert import convert_group
+def _pointing_dec_deg(info, mid) -> float:
+    """Return the pointing declination, degrees, from the MS's ICRS phase centre.
 
+    Apparent, HADEC frame (the files' phase_center_dec); the phase centre is the meridian at
+    ``mid``.
+    """
+    d = info.field_dirs  # (nfield, 2) radians
+    ra0, dec0 = float(np.median(d[:, 0])), float(np.median(d[:, 1]))
+    return float(np.degrees(calibration.pointing_dec_from_phase_centre(ra0, dec0, mid.mjd)[0]))
+
+
+def _ms_row(known: dict, ms: Path) -> dict | None:
+    return next((r for r in (known.get("products") or {}).get("ms", []) if r["path"] == str(ms)), None)
+
+
+def stage_convert(timestamp, files, paths: Paths, known: dict, made: dict) -> Path:
+    """Convert (and flag) the group unless its MS is already in place and registered.
+
+    The new MS goes into ``made["ms"]``.
+    """
     ms = paths.ms / f"{timestamp}.ms"
-    row = products.get("ms", str(ms)) if ms.exists() else None
-    if row is not None:
+    if ms.exists() and _ms_row(known, ms) is not None:
         log.info("%s: MS already converted (%s)", timestamp, ms)
         return ms
-    from dsacont.io.uvh5 import open_group
-
     t = time.perf_counter()
     # the service's incomplete-group policy hands over >= 12 subbands, None for the rest:
     # those are written flagged (loader allow_missing)
     ds = open_group(files, allow_missing=True)
     out = Path(convert_group(ds, ms, paths=paths))
-    start, end, _ = _time_range(out)
+    start, end, _ = _ms_times(calibration.read_ms_info(out))
     qa = {"convert_s": round(time.perf_counter() - t, 2)}
     summary = out.parent / f"{timestamp}.flags.json"
     if summary.exists():  # written by convert_group beside the MS, with the waterfall PNG
         flags = json.loads(summary.read_text())
         qa.update(flagged_fraction=flags.get("overall"), flag_summary=str(summary),
                   waterfall=str(out.parent / f"{timestamp}.waterfall.png"))
-    products.add_ms(out, start=start, end=end, group_timestamp=timestamp,
-                    inputs=[f for f in files if f], status="converted", qa=qa)
+    made["ms"] = {"path": str(out), "start": start.mjd, "end": end.mjd, "group_timestamp": timestamp,
+                  "inputs": [f for f in files if f], "status": "converted", "qa": qa}
     log.info("%s: converted in %.1f s -> %s", timestamp, time.perf_counter() - t, out)
     return out
 
 
-def stage_calibrate(timestamp, ms: Path, paths: Paths, products, options: PipelineOptions) -> dict:
-    """Solve if a calibrator transits in this group and no table from it exists; then apply."""
-    from dsacont import calibration
-    from dsacont.calibration.registry import Registry
+def _tables_for(ms, mid, candidates) -> list[str]:
+    """Return the [B, G] table paths to apply at ``mid``; CalibrationUnavailable when one is missing."""
+    recs = select_tables(candidates, mid)
+    kinds = [r.kind for r in recs]
+    if "G" not in kinds or "B" not in kinds:
+        raise CalibrationUnavailable(
+            f"no valid {' and '.join(k for k in ('B', 'G') if k not in kinds)} table covers MJD {mid.mjd:.5f} "
+            f"among the {len(candidates)} registered table(s) near this group (for {ms})")
+    return [r.path for r in recs]
 
-    registry = Registry(paths.registry_db)
-    row = products.get("ms", str(ms))
+
+def stage_calibrate(timestamp, ms: Path, paths: Paths, known: dict, made: dict, options: PipelineOptions) -> dict:
+    """Solve if a calibrator transits in this group and no table from it exists; then apply.
+
+    Tables solved go into ``made["calibration"]`` (for the registry), the applied ones into
+    ``made["caltables"]`` and the MS's new status into ``made["ms_update"]``.
+    """
+    row = _ms_row(known, ms) or made.get("ms")
     if row is not None and row.get("status") == "calibrated":
         return {"applied": "already"}
-    start, end, mid = _time_range(ms)
+    info = calibration.read_ms_info(ms)
+    start, end, mid = _ms_times(info)
+    candidates = list(known.get("calibration") or [])
     solved = None
-    dec_deg = _pointing_dec_deg(ms, mid)
+    dec_deg = _pointing_dec_deg(info, mid)
     transits = calibration.find_calibrator_transits(
         start, end, dec_deg, min_flux_jy=options.cal_min_flux_jy, min_pb=options.cal_min_pb
     )
@@ -169,83 +238,77 @@ def stage_calibrate(timestamp, ms: Path, paths: Paths, products, options: Pipeli
         transits = [t for t in transits if t.name == options.calibrator]
     if transits:
         t0 = time.perf_counter()
-        registry.reap_stale()  # tables a crashed solver left in 'writing' are rejected, never used
-        existing = [r for r in registry.list(status="valid") if r.source_ms == str(ms)]
+        existing = [r for r in candidates if r.status == "valid" and r.source_ms == str(ms)]
         if not existing:
             cal = transits[0].name
             log.info("%s: calibrator %s transits in this group: solving", timestamp, cal)
-            solved = calibration.solve_calibration(str(ms), cal, paths=paths, registry=registry)
+            solved = calibration.solve_calibration(str(ms), cal, paths=paths, registry=False)
             solved["solve_s"] = round(time.perf_counter() - t0, 2)
+            made["calibration"] = solved["registry_entries"]
+            candidates += records_from_entries(solved["registry_entries"])
     t0 = time.perf_counter()
-    applied = calibration.apply_calibration(str(ms), registry=registry, time=mid)  # raises CalibrationUnavailable
+    tables = _tables_for(ms, mid, candidates)  # raises CalibrationUnavailable
+    applied = calibration.apply_calibration(str(ms), tables=tables)
     apply_s = round(time.perf_counter() - t0, 2)
-    tables = applied.get("tables", []) if isinstance(applied, dict) else []
-    products.add_caltables(str(ms), tables)
-    products.set_status("ms", str(ms), "calibrated", qa={**(row or {}).get("qa", {}), "apply_s": apply_s,
-                                                         **({"solve_s": solved["solve_s"]} if solved else {})})
+    made["caltables"] = {"ms": str(ms), "tables": list(applied.get("tables", tables))}
+    made["ms_update"] = {"path": str(ms), "status": "calibrated",
+                         "qa": {**(row or {}).get("qa", {}), "apply_s": apply_s,
+                                **({"solve_s": solved["solve_s"]} if solved else {})}}
     return {"solved": solved, "applied": applied}
 
 
-def _pointing_dec_deg(ms, mid) -> float:
-    """The pointing declination (apparent, HADEC frame: the files' phase_center_dec), degrees,
-    recovered from the MS's ICRS phase centre, which is the meridian at ``mid``."""
-    from dsacont.calibration import pointing_dec_from_phase_centre
-    from dsacont.casa import ensure_casa
+def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, options: PipelineOptions) -> dict:
+    """Image the calibrated MS unless an image of it is registered.
 
-    tb = ensure_casa().table()
-    tb.open(f"{ms}/FIELD")
-    try:
-        d = tb.getcol("PHASE_DIR")  # (2, 1, nfield) radians
-    finally:
-        tb.close()
-    ra0, dec0 = float(np.median(d[0])), float(np.median(d[1]))
-    return float(np.degrees(pointing_dec_from_phase_centre(ra0, dec0, mid.mjd)[0]))
-
-
-def stage_image(timestamp, ms: Path, paths: Paths, products, options: PipelineOptions) -> dict:
-    from dsacont.imaging import image_ms
-
-    existing = [im for im in products.list_images() if im.get("ms_path") == str(ms) or im.get("ms_id") == (products.get("ms", str(ms)) or {}).get("id")]
+    The image goes into ``made["images"]``.
+    """
+    row = _ms_row(known, ms)
+    existing = [im for im in (known.get("products") or {}).get("images", [])
+                if im.get("ms_path") == str(ms) or (row is not None and im.get("ms_id") == row["id"])]
     if existing:
         return existing[0]
-    from dsacont.io.ms import FlattenInterrupted
-
     t0 = time.perf_counter()
     try:
         res = image_ms(str(ms), paths=paths, **options.imaging)
     except FlattenInterrupted as exc:
         # an earlier attempt died while CORRECTED_DATA was being flattened or restored:
         # rewrite it from DATA and the registered tables, then image
-        from dsacont import calibration
-        from dsacont.calibration.registry import Registry
-
         log.warning("%s: %s; re-applying the calibration", timestamp, exc)
-        calibration.apply_calibration(str(ms), registry=Registry(paths.registry_db), time=_time_range(ms)[2])
+        mid = _ms_times(calibration.read_ms_info(ms))[2]
+        candidates = list(known.get("calibration") or []) + records_from_entries(made.get("calibration") or [])
+        calibration.apply_calibration(str(ms), tables=_tables_for(ms, mid, candidates))
         res = image_ms(str(ms), paths=paths, **options.imaging)
     res.setdefault("qa", {})["image_s"] = round(time.perf_counter() - t0, 2)
-    start, end, _ = _time_range(ms)
+    start, end, _ = _ms_times(calibration.read_ms_info(ms))
     files = {k: res[k] for k in ("image", "pbcor", "pb", "residual") if res.get(k)}
     params = {k: res.get(k) for k in ("imsize", "cell_arcsec", "gridder", "deconvolver", "robust", "beam", "freq_hz")}
-    products.add_image(files["pbcor"], ms=str(ms), files=files, ra_deg=res.get("ra_deg"), dec_deg=res.get("dec_deg"),
-                       start=start, end=end, params=params, qa=res.get("qa"))
+    made.setdefault("images", []).append(
+        {"path": files["pbcor"], "ms": str(ms), "files": files, "ra_deg": res.get("ra_deg"),
+         "dec_deg": res.get("dec_deg"), "start": start.mjd, "end": end.mjd, "params": params, "qa": res.get("qa")})
     res["files"] = files
     log.info("%s: imaged in %.1f s", timestamp, time.perf_counter() - t0)
     return res
 
 
-def maybe_mosaic(paths: Paths, products, options: PipelineOptions | None = None) -> list[dict]:
-    """Build every mosaic that a run of ``tiles_per_mosaic`` consecutive new tiles makes possible."""
-    from dsacont.imaging.mosaic import make_mosaic
+def maybe_mosaic(paths: Paths, images, options: PipelineOptions | None = None) -> list[dict]:
+    """Build every mosaic that a run of ``tiles_per_mosaic`` consecutive new tiles makes possible.
 
+    Parameters
+    ----------
+    paths : Paths
+        Mosaics go to ``paths.mosaics``.
+    images : list of dict
+        Products rows of the images not yet in any mosaic (``known["unmosaicked_images"]``).
+
+    Returns
+    -------
+    list of dict
+        ``make_mosaic`` results, each with ``files`` and ``product`` (the products-database row
+        to record: path, input image ids, files, centre, QA with ``mosaic_s``).
+    """
     options = options or PipelineOptions()
     n = options.tiles_per_mosaic
-    images = sorted(products.list_images(), key=lambda r: r["start_mjd"] or 0.0)
-    used = set()
-    for m in products.list_mosaics():
-        full = products.get("mosaic", m["id"]) or m
-        for im in full.get("images", []):
-            used.add(im["image_path"] if isinstance(im, dict) else im)
-    fresh = [im for im in images if im["path"] not in used]
+    fresh = sorted(images, key=lambda r: r["start_mjd"] or 0.0)
     made = []
     i = 0
     while i + n <= len(fresh):
@@ -261,9 +324,9 @@ def maybe_mosaic(paths: Paths, products, options: PipelineOptions | None = None)
         res = make_mosaic([r["path"] for r in run], out, **options.mosaic)
         files = {k: res[k] for k in ("mosaic", "noise", "png", "qa_json") if res.get(k)}
         res["files"] = files
-        products.add_mosaic(files.get("mosaic", str(out)), images=[r["id"] for r in run], files=files,
-                            ra_deg=res.get("ra_deg"), dec_deg=res.get("dec_deg"),
-                            qa={**res.get("qa", {}), "mosaic_s": round(time.perf_counter() - t0, 2)})
+        res["product"] = {"path": files.get("mosaic", str(out)), "images": [r["id"] for r in run], "files": files,
+                          "ra_deg": res.get("ra_deg"), "dec_deg": res.get("dec_deg"),
+                          "qa": {**res.get("qa", {}), "mosaic_s": round(time.perf_counter() - t0, 2)}}
         log.info("mosaic of %d tiles from %s -> %s", n, run[0]["start_time"], out)
         made.append(res)
         i += n
@@ -271,65 +334,79 @@ def maybe_mosaic(paths: Paths, products, options: PipelineOptions | None = None)
 
 
 def process_group(record, context=None) -> dict:
-    """The streaming service's processor: one group through convert, calibrate, image, mosaic.
+    """Take one group through convert, calibrate and image (the streaming service's processor).
 
     Parameters
     ----------
     record : dsacont.service.queue.GroupRecord or dsacont.io.groups.Group
         The group (timestamp and 16 paths, None where missing).
-    context : object or dict, optional
-        ``paths`` (:class:`dsacont.config.Paths`) and ``options`` (:class:`PipelineOptions`).
+    context : dsacont.service.executor.ServiceContext or dict, optional
+        ``paths`` (:class:`dsacont.config.Paths`), ``options`` (:class:`PipelineOptions` or its
+        dict) and ``known`` (what the state databases hold for this group; empty: nothing).
 
     Returns
     -------
-    dict  per-stage results and timings (seconds), JSON-serialisable.
+    dict
+        ``timestamp``, ``ms``, ``solved`` (bool), ``image`` (PB-corrected FITS path),
+        ``timings_s`` (seconds per stage) and ``products`` (what was made, for the service to
+        record: see :mod:`dsacont.service.state`). JSON-serialisable.
 
     Raises
     ------
     dsacont.errors.CalibrationUnavailable
-        No valid calibration covers the group yet: retry later (the MS is kept).
+        No valid calibration covers the group yet: retry later (the MS is kept). Like any
+        exception raised here, it carries ``products``: what was made before it.
     """
-    from dsacont.service.products import Products
-
-    paths = _paths_of(context).ensure()
+    paths = _paths_of(context).ensure(*WORK_DIRS)
     options = _options_of(context)
-    products = Products(paths.products_db)
+    known = _known_of(context)
     timestamp, files = _group_of(record)
     timings = {}
-    t = time.perf_counter()
-    ms = stage_convert(timestamp, files, paths, products)
-    timings["convert"] = round(time.perf_counter() - t, 2)
-    t = time.perf_counter()
-    cal = stage_calibrate(timestamp, ms, paths, products, options)
-    timings["calibrate"] = round(time.perf_counter() - t, 2)
-    t = time.perf_counter()
-    img = stage_image(timestamp, ms, paths, products, options)
-    timings["image"] = round(time.perf_counter() - t, 2)
+    made: dict = {}
+    try:
+        t = time.perf_counter()
+        ms = stage_convert(timestamp, files, paths, known, made)
+        timings["convert"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
+        cal = stage_calibrate(timestamp, ms, paths, known, made, options)
+        timings["calibrate"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
+        img = stage_image(timestamp, ms, paths, known, made, options)
+        timings["image"] = round(time.perf_counter() - t, 2)
+    except Exception as exc:
+        try:
+            exc.products = made  # the service records what was made before the error
+        except AttributeError:  # an exception type that takes no attributes: the products are redone
+            pass
+        raise
     return {
         "timestamp": timestamp,
         "ms": str(ms),
         "solved": bool(cal.get("solved")),
         "image": (img.get("files") or {}).get("pbcor") or img.get("path") if isinstance(img, dict) else None,
         "timings_s": timings,
+        "products": made,
     }
 
 
 def on_group_complete(group, result, context=None) -> dict:
-    """The service's on-complete hook: the mosaic trigger (also run once at start-up)."""
-    from dsacont.service.products import Products
+    """Build the mosaics the new images allow (the service's on-complete hook; also at start-up).
 
-    paths = _paths_of(context).ensure()
+    Builds the mosaics that the images of ``context.known["unmosaicked_images"]`` allow; returns
+    ``{"mosaics": [paths], "mosaic_s": s, "products": {"mosaics": [rows to record]}}``.
+    """
+    paths = _paths_of(context).ensure(*WORK_DIRS)
     t = time.perf_counter()
-    made = maybe_mosaic(paths, Products(paths.products_db), _options_of(context))
+    made = maybe_mosaic(paths, _known_of(context).get("unmosaicked_images") or [], _options_of(context))
     return {"mosaics": [m.get("files", {}).get("mosaic") for m in made],
-            "mosaic_s": round(time.perf_counter() - t, 2)}
+            "mosaic_s": round(time.perf_counter() - t, 2),
+            "products": {"mosaics": [m["product"] for m in made]}}
 
 
 def convert_only(record, context=None) -> dict:
-    """A light processor (conversion + registration only), for tests and quick-look runs."""
-    from dsacont.service.products import Products
-
-    paths = _paths_of(context).ensure()
+    """Convert only (the service records the MS): a light processor for tests and quick looks."""
+    paths = _paths_of(context).ensure(*WORK_DIRS)
     timestamp, files = _group_of(record)
-    ms = stage_convert(timestamp, files, paths, Products(paths.products_db))
-    return {"timestamp": timestamp, "ms": str(ms)}
+    made: dict = {}
+    ms = stage_convert(timestamp, files, paths, _known_of(context), made)
+    return {"timestamp": timestamp, "ms": str(ms), "products": made}

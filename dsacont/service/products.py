@@ -26,15 +26,15 @@ Example (notebook)::
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
 import os
 import sqlite3
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
+
+from astropy.time import Time
 
 from dsacont import db
 from dsacont.db import to_mjd
@@ -111,8 +111,6 @@ def _now() -> str:
 def _iso(mjd: float | None) -> str | None:
     if mjd is None:
         return None
-    from astropy.time import Time
-
     return Time(mjd, format="mjd", scale="utc").isot
 
 
@@ -140,8 +138,10 @@ class Products:
 
     # -- plumbing -------------------------------------------------------------------------------
     def _connect(self):
-        """A connection (WAL, busy_timeout, foreign keys: :func:`dsacont.db.connect`) that
-        closes when its ``with`` block ends."""
+        """Open a connection that closes when its ``with`` block ends.
+
+        WAL, busy_timeout and foreign keys, as :func:`dsacont.db.connect` sets them.
+        """
         return contextlib.closing(db.connect(self.db_path, timeout_s=30.0))
 
     @staticmethod
@@ -375,77 +375,35 @@ class Products:
         """Images whose mid-time lies in [start, end], ordered by time (the tiles of a mosaic)."""
         return self._list("images", status, start, end, None)
 
+    def for_group(self, group_timestamp: str) -> dict:
+        """Return the products of one group, each kind ordered by id.
+
+        ``{"ms": [MS rows with this group_timestamp], "images": [image rows made from those MS
+        (by id or path)]}``.
+        """
+        with self._connect() as con:
+            ms = [self._row(r) for r in con.execute(
+                "SELECT * FROM ms WHERE group_timestamp = ? ORDER BY id", (str(group_timestamp),))]
+            ids = [m["id"] for m in ms]
+            paths = [m["path"] for m in ms]
+            images = []
+            if ms:
+                q = ", ".join("?" * len(ms))
+                images = [self._row(r) for r in con.execute(
+                    f"SELECT * FROM images WHERE ms_id IN ({q}) OR ms_path IN ({q}) ORDER BY id", ids + paths)]
+        return {"ms": ms, "images": images}
+
+    def images_not_in_mosaic(self) -> list[dict]:
+        """Return the image rows in no mosaic yet, by mid-time (the mosaic trigger's candidates)."""
+        with self._connect() as con:
+            return [self._row(r) for r in con.execute(
+                "SELECT * FROM images WHERE path NOT IN (SELECT image_path FROM mosaic_images) "
+                "ORDER BY mid_mjd, id")]
+
     def counts(self) -> dict:
-        """Number of rows per product kind and status: ``{"images": {"imaged": 12}, ...}``."""
+        """Count the rows per product kind and status: ``{"images": {"imaged": 12}, ...}``."""
         out = {}
         with self._connect() as con:
             for t in KINDS:
                 out[t] = {r[0]: r[1] for r in con.execute(f"SELECT status, COUNT(*) FROM {t} GROUP BY status")}
         return out
-
-
-# -- CLI --------------------------------------------------------------------------------------------
-def _summary(kind: str, d: dict) -> str:
-    qa = d.get("qa") or {}
-    bits = [f"{d['id']:>5}", (d.get("start_time") or "-")[:19], f"{d['status']:<10}"]
-    if kind == "images":
-        if qa.get("noise_jy") is not None:
-            bits.append(f"rms={1e3 * qa['noise_jy']:.3f}mJy")
-        if qa.get("dynamic_range") is not None:
-            bits.append(f"DR={qa['dynamic_range']:.0f}")
-    if kind == "mosaics" and qa.get("n_tiles") is not None:
-        bits.append(f"tiles={qa['n_tiles']}")
-    bits.append(d["path"])
-    return "  ".join(bits)
-
-
-def cli(argv: list[str]) -> int:
-    """``dsacont products list|show|counts``: query the products database."""
-    ap = argparse.ArgumentParser(prog="dsacont products", description="query the products database")
-    ap.add_argument("--db", help="SQLite file (default: products_db of the configured paths)")
-    ap.add_argument("--root", help="dsacont root directory (as for get_paths(root=...))")
-    sub = ap.add_subparsers(dest="action", required=True)
-    p_list = sub.add_parser("list", help="list products of one kind")
-    p_list.add_argument("kind", choices=["ms", "images", "mosaics", "image", "mosaic"])
-    p_list.add_argument("--status")
-    p_list.add_argument("--since", help="ISO UTC time (mid-time >= since)")
-    p_list.add_argument("--until", help="ISO UTC time (mid-time <= until)")
-    p_list.add_argument("--limit", type=int)
-    p_list.add_argument("--json", action="store_true", help="print JSON rows")
-    p_show = sub.add_parser("show", help="show one product (all fields, JSON)")
-    p_show.add_argument("kind", choices=["ms", "image", "mosaic", "images", "mosaics"])
-    p_show.add_argument("key", help="id or path")
-    sub.add_parser("counts", help="number of products per kind and status")
-    args = ap.parse_args(argv)
-
-    if args.db:
-        db_path = Path(args.db)
-    else:
-        from dsacont.config import get_paths
-
-        db_path = get_paths(root=args.root).products_db
-    if not db_path.exists():
-        print(f"dsacont products: no products database at {db_path}", file=sys.stderr)
-        return 1
-    db = Products(db_path)
-    if args.action == "counts":
-        print(json.dumps(db.counts(), indent=2))
-        return 0
-    if args.action == "show":
-        key = int(args.key) if args.key.isdigit() else args.key
-        row = db.get(args.kind, key)
-        if row is None:
-            print(f"dsacont products: no {args.kind} {args.key!r} in {db_path}", file=sys.stderr)
-            return 1
-        print(json.dumps(row, indent=2, default=json_default))
-        return 0
-    kind = _KIND_ALIASES[args.kind]
-    rows = getattr(db, f"list_{kind if kind != 'ms' else 'ms'}")(
-        status=args.status, since=args.since, until=args.until, limit=args.limit)
-    if args.json:
-        print(json.dumps(rows, indent=2, default=json_default))
-    else:
-        for r in rows:
-            print(_summary(kind, r))
-        print(f"{len(rows)} {kind}")
-    return 0

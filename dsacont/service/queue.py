@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import sqlite3
 import time
@@ -49,6 +50,8 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+
+from astropy.time import Time
 
 from dsacont import db
 
@@ -127,7 +130,7 @@ def unix_from_datetime(dt: datetime) -> float:
 
 
 def process_start_ticks(pid: int) -> str | None:
-    """The start time of process ``pid`` (Linux ``/proc/<pid>/stat`` field 22), None if unknown.
+    """Return the start time of process ``pid`` (Linux ``/proc/<pid>/stat`` field 22), None if unknown.
 
     Stored with a claim so a recycled pid is not mistaken for the claiming worker.
     """
@@ -236,15 +239,7 @@ class GroupRecord:
     @property
     def time(self):
         """The group timestamp as an astropy Time (UTC)."""
-        from astropy.time import Time
-
         return Time(self.timestamp, scale="utc")
-
-    def to_group(self):
-        """The same files as a :class:`dsacont.io.groups.Group`."""
-        from dsacont.io.groups import Group
-
-        return Group(timestamp=self.timestamp, paths=list(self.paths))
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -319,7 +314,7 @@ class IngestQueue:
         )
 
     def get(self, group) -> GroupRecord | None:
-        """A group by id or timestamp."""
+        """Return a group by id or timestamp."""
         if isinstance(group, str):
             row = self.conn.execute("SELECT * FROM groups WHERE timestamp = ?", (group,)).fetchone()
         else:
@@ -335,7 +330,7 @@ class IngestQueue:
         return [self._record(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
-        """Number of groups per state (every state present, zeros included)."""
+        """Count the groups per state (every state present, zeros included)."""
         out = dict.fromkeys(STATES, 0)
         for r in self.conn.execute("SELECT state, COUNT(*) FROM groups GROUP BY state"):
             out[r[0]] = r[1]
@@ -465,7 +460,7 @@ class IngestQueue:
         return AddResult(path, gid, gts, status, reason)
 
     def _find_group(self, t_unix: float):
-        """The group this timestamp belongs to: after adding it the group spans <= tolerance."""
+        """Find the group this timestamp belongs to: after adding it the group spans <= tolerance."""
         tol = self.tolerance_s
         rows = self.conn.execute(
             "SELECT * FROM groups WHERE t_max_unix - ? <= ? AND ? - t_unix <= ? ORDER BY ABS(t_unix - ?)",
@@ -513,7 +508,8 @@ class IngestQueue:
             rows = self.conn.execute("SELECT * FROM groups WHERE state = 'collecting' ORDER BY t_unix").fetchall()
             for g in rows:
                 gid = g["id"]
-                seen = {r[0] for r in self.conn.execute("SELECT DISTINCT subband FROM files WHERE group_id = ?", (gid,))}
+                seen = {r[0] for r in self.conn.execute("SELECT DISTINCT subband FROM files WHERE group_id = ?",
+                                                         (gid,))}
                 why = None
                 if len(seen) >= N_SUBBANDS:
                     why = "all 16 subbands arrived"
@@ -547,7 +543,8 @@ class IngestQueue:
                 self._event(gid, state if state == "failed" else "queued", detail=note, t=now)
                 out.append((g["timestamp"], state, note))
         for ts, state, note in out:
-            (log.warning if state == "failed" or "missing" in note else log.info)("group %s -> %s (%s)", ts, state, note)
+            level = log.warning if state == "failed" or "missing" in note else log.info
+            level("group %s -> %s (%s)", ts, state, note)
         return out
 
     def _ok_count(self, gid: int) -> tuple[int, list[int]]:
@@ -605,7 +602,8 @@ class IngestQueue:
             _failpoint("claim_mid")
             self._event(row["id"], "claimed", worker.name, detail={"token": token, "claim": row["claims"]}, t=now)
             rec = self._record(row)
-        log.info("claimed group %s (claim %d, %d/16 subbands)", rec.timestamp, rec.claims, N_SUBBANDS - len(rec.missing))
+        log.info("claimed group %s (claim %d, %d/16 subbands)", rec.timestamp, rec.claims,
+                 N_SUBBANDS - len(rec.missing))
         return rec
 
     def heartbeat(self, claims: dict[int, str], *, now: float | None = None) -> list[int]:
@@ -691,7 +689,7 @@ class IngestQueue:
 
     def quarantine(self, group: GroupRecord, reason: str, *, worker: str | None = None,
                    now: float | None = None) -> bool:
-        """The processor found the group's input unusable (BadInputError): no retry."""
+        """Quarantine a group whose input the processor found unusable (BadInputError): no retry."""
         now = time.time() if now is None else now
         return self._finish(group.id, group.claim_token,
                             "state = 'quarantined', error = ?, finished = ?, lease_until = NULL",
@@ -699,8 +697,10 @@ class IngestQueue:
 
     def defer(self, group: GroupRecord, reason: str, *, delay_s: float, wait_reason: str = "calibration",
               worker: str | None = None, now: float | None = None) -> bool:
-        """Put a claimed group back to ``pending`` without using an attempt (e.g. calibration not
-        valid yet); claimable after ``delay_s`` or when :meth:`wake` is called."""
+        """Put a claimed group back to ``pending`` without using an attempt.
+
+        E.g. calibration not valid yet; claimable after ``delay_s`` or when :meth:`wake` is called.
+        """
         now = time.time() if now is None else now
         return self._finish(group.id, group.claim_token,
                             "state = 'pending', waits = waits + 1, error = ?, not_before = ?, wait_reason = ?, "
@@ -717,8 +717,7 @@ class IngestQueue:
                             (), "released", worker, {"reason": reason}, now)
 
     def reclaim_stale(self, *, now: float | None = None, host: str | None = None) -> list[tuple[str, str]]:
-        """Return ``in_progress`` groups of dead workers to ``pending`` (or ``failed`` when their
-        attempts are used up).
+        """Return ``in_progress`` groups of dead workers to ``pending`` (``failed`` when out of attempts).
 
         Dead means: the claiming process is on this host and no longer runs (kill -9, crash,
         OOM kill; checked by pid and process start time), or is on another host and its lease
@@ -741,7 +740,8 @@ class IngestQueue:
                         why = (f"worker {g['worker']} (pid {g['pid']}) sent no heartbeat for "
                                f"{now - g['heartbeat']:.0f} s (hung)")
                 elif expired:
-                    why = f"lease of worker {g['worker']} on host {g['host']} expired {now - g['lease_until']:.0f} s ago"
+                    why = (f"lease of worker {g['worker']} on host {g['host']} expired "
+                           f"{now - g['lease_until']:.0f} s ago")
                 if why is None:
                     continue
                 attempts = g["attempts"] + 1
@@ -784,14 +784,12 @@ class IngestQueue:
                 self._event(gid, "requeued", detail={"from": list(states)})
         return len(ids)
 
-    def has_work(self) -> bool:
-        """True if any group is collecting, pending or in progress."""
-        return self.conn.execute(
-            "SELECT 1 FROM groups WHERE state IN ('collecting','pending','in_progress') LIMIT 1").fetchone() is not None
-
     def next_claimable_in(self, *, now: float | None = None, wait_reasons=("retry", "disk_full", None)) -> float | None:
-        """Seconds until the next pending group (deferred for one of ``wait_reasons``) becomes
-        claimable; 0 if one is claimable now; None if there is none."""
+        """Return the seconds until the next pending group becomes claimable.
+
+        Groups deferred for one of ``wait_reasons`` count; 0 if one is claimable now; None if there
+        is none.
+        """
         now = time.time() if now is None else now
         best = None
         for r in self.conn.execute("SELECT not_before, wait_reason FROM groups WHERE state = 'pending'"):
@@ -818,7 +816,5 @@ def _failpoint(name: str) -> None:
     """
     want = os.environ.get("DSACONT_FAILPOINT")
     if want and want == name:
-        import signal
-
         log.error("failpoint %s: killing process %d", name, os.getpid())
         os.kill(os.getpid(), signal.SIGKILL)

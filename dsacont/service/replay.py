@@ -19,7 +19,6 @@ be resumed after an interruption).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -27,6 +26,10 @@ import threading
 import time
 from datetime import timezone
 from pathlib import Path
+
+from tqdm import tqdm
+
+from dsacont.io.groups import find_groups, parse_subband_name
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +43,12 @@ def incomplete_name(final_name: str) -> str:
 
 
 def plan(archive, start=None, end=None, *, tolerance_s: float = 30.0) -> list[tuple[float, int, str]]:
-    """The files a replay delivers, in delivery order: ``[(t_unix, subband, path), ...]``.
+    """List the files a replay delivers, in delivery order: ``[(t_unix, subband, path), ...]``.
 
     Whole groups whose timestamp lies in ``[start, end]`` (ISO string, datetime or astropy
     Time, UTC); duplicates of a subband inside a group are delivered too (as the correlator
     would have written them).
     """
-    from dsacont.io.groups import find_groups, parse_subband_name
-
     out = []
     for g in find_groups(archive, start=start, end=end, tolerance_s=tolerance_s):
         for p in list(g.present) + list(g.duplicates):
@@ -126,12 +127,7 @@ def replay(archive, incoming, start=None, end=None, speed: float | None = None, 
              f"x{speed:g}" if speed else "as fast as possible", mode)
     bar = None
     if progress:
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(files), unit="file", desc="replay")
-        except ImportError:  # progress then shows in the log only
-            pass
+        bar = tqdm(total=len(files), unit="file", desc="replay")
     delivered = []
     t_data0, t_wall0 = files[0][0], time.monotonic()
     try:
@@ -160,34 +156,3 @@ def replay(archive, incoming, start=None, end=None, speed: float | None = None, 
             bar.close()
     log.info("replay: delivered %d files in %.1f s", len(delivered), time.monotonic() - t_wall0)
     return delivered
-
-
-def cli(argv: list[str]) -> int:
-    """``dsacont replay ARCHIVE [INCOMING] --start --end [--speed X]``."""
-    ap = argparse.ArgumentParser(prog="dsacont replay", description="Feed archived subband files into an incoming "
-                                 "directory in time order, as the correlator writes them (_incomplete, then rename).")
-    ap.add_argument("archive", help="directory of archived *_sbNN.hdf5 files")
-    ap.add_argument("incoming", nargs="?", help="directory to feed (default: the configured incoming directory)")
-    ap.add_argument("--start", help="first group timestamp, UTC (e.g. 2025-10-29T13:25:00)")
-    ap.add_argument("--end", help="last group timestamp, UTC")
-    ap.add_argument("--speed", type=float, default=0.0,
-                    help="data seconds per wall second (1 = real time; default 0 = as fast as possible)")
-    ap.add_argument("--mode", choices=("copy", "link", "symlink"), default="copy",
-                    help="copy (default), hard-link or symlink the files")
-    ap.add_argument("--tolerance", type=float, default=30.0, help="grouping tolerance, s (default 30)")
-    ap.add_argument("--no-fsync", action="store_true", help="do not flush copies to disk before renaming")
-    ap.add_argument("--dry-run", action="store_true", help="list the files in delivery order and exit")
-    args = ap.parse_args(argv)
-    if args.dry_run:
-        for t, sb, p in plan(args.archive, args.start, args.end, tolerance_s=args.tolerance):
-            print(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)), f"sb{sb:02d}", p)
-        return 0
-    incoming = args.incoming
-    if incoming is None:
-        from dsacont.config import get_paths
-
-        incoming = get_paths().incoming
-    delivered = replay(args.archive, incoming, args.start, args.end, args.speed or None, mode=args.mode,
-                       tolerance_s=args.tolerance, fsync=not args.no_fsync, progress=True)
-    print(f"delivered {len(delivered)} files to {incoming}")
-    return 0

@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from dsacont.errors import BadInputError
-from dsacont.service.products import Products, cli
+from dsacont.service.cli import cli_products as cli
+from dsacont.service.products import Products
 
 
 def _touch(path):

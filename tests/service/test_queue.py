@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
 import sqlite3
 import subprocess
 import sys
@@ -21,7 +20,8 @@ T0 = 1761745971.0  # 2025-10-29T13:52:51 UTC
 CADENCE = 309.0
 
 
-def add_group(q: IngestQueue, t0: float, subbands=range(16), jitter=(0, 3, 7, 11, 2, 5, 9, 13, 1, 4, 8, 12, 6, 10, 14, 15),
+def add_group(q: IngestQueue, t0: float, subbands=range(16),
+              jitter=(0, 3, 7, 11, 2, 5, 9, 13, 1, 4, 8, 12, 6, 10, 14, 15),
               shape=None, now=None):
     """Add one group's files (names jittered by seconds, as 16 correlator clocks do)."""
     res = []

@@ -1,5 +1,7 @@
-"""dsacont replay: archived subband files fed into an incoming directory in time order, each written
-as ``_incomplete`` and renamed, paced by the data clock; real simulated files."""
+"""dsacont replay: archived subband files fed into an incoming directory in time order.
+
+Each is written as ``_incomplete`` and renamed, paced by the data clock; real simulated files.
+"""
 from __future__ import annotations
 
 import filecmp
@@ -11,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from streamtools import CADENCE_S, make_archive, sim_group_files
 
 from dsacont.io.groups import parse_subband_name
 from dsacont.service.replay import INCOMPLETE_SUFFIX, plan, replay
-from streamtools import CADENCE_S, make_archive, sim_group_files
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +31,10 @@ def archive(sim_files, tmp_path):
 
 
 class DirectoryObserver(threading.Thread):
-    """Polls a directory as fast as it can; records when each name first appeared and, for final
-    names, the file's size at that moment."""
+    """Polls a directory as fast as it can.
+
+    Records when each name first appeared and, for final names, the file's size at that moment.
+    """
 
     def __init__(self, directory):
         super().__init__(daemon=True)

@@ -1,5 +1,7 @@
-"""The streaming service, run as a REAL separate process (``python -m dsacont.cli stream``) on a real
-Dask LocalCluster, fed real simulated UVH5 files, with a light real processor
+"""The streaming service, run as a REAL separate process, with a light real processor.
+
+``python -m dsacont.cli stream`` on a real Dask LocalCluster, fed real simulated UVH5 files, with
+a light real processor
 (``tests/stream_processors.py``: lazy loader -> per-channel mean amplitude -> JSON product written
 atomically and registered in the real products database).
 
@@ -19,20 +21,30 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from streamtools import (
+    group_timestamp,
+    make_archive,
+    run_service,
+    service_env,
+    shifted_name,
+    sim_group_files,
+    start_service,
+    subband_file,
+    wait_for,
+    write_half_integrations,
+    write_not_hdf5,
+    write_truncated,
+    write_with_nans,
+)
 
 from dsacont.config import get_paths
 from dsacont.service.products import Products
 from dsacont.service.queue import IngestQueue, pid_alive
 from dsacont.service.replay import replay
-from streamtools import (TESTS_DIR, group_timestamp, make_archive, run_service, service_env, sim_group_files,
-                         start_service,
-                         subband_file, wait_for, write_half_integrations, write_not_hdf5, write_truncated,
-                         write_with_nans, shifted_name)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -111,8 +123,11 @@ def test_replay_end_to_end_through_the_service(sim_files, tmp_path):
 
 
 def test_validation_backlog_never_splits_a_group(sim_files, tmp_path):
-    """--once with a validation budget far smaller than the backlog: files are recorded over many
-    loops, and no group is finalised (as incomplete) before all its files are in."""
+    """--once with a validation budget far smaller than the backlog.
+
+    Files are recorded over many loops, and no group is finalised (as incomplete) before all its
+    files are in.
+    """
     root = tmp_path / "run"
     stamps = make_archive(sim_files, tmp_path / "archive", range(3))
     replay(tmp_path / "archive", get_paths(root=root).incoming)  # fresh copies: not settled at the first poll
@@ -250,7 +265,7 @@ def test_bad_inputs_are_quarantined_and_the_rest_completes(sim_files, tmp_path):
 def test_stop_on_error_then_resume(sim_files, tmp_path):
     root = tmp_path / "run"
     incoming = get_paths(root=root).incoming
-    stamps = make_archive(sim_files, incoming, range(2), skip={1: {5}})
+    make_archive(sim_files, incoming, range(2), skip={1: {5}})
     write_not_hdf5(incoming / shifted_name(subband_file(sim_files, 5), 1))
     rc, log = run_service(root, "--stop-on-error")
     assert rc == 1 and "--stop-on-error" in log and "not an HDF5 file" in log, log[-2000:]
@@ -404,13 +419,14 @@ def test_external_dask_scheduler(sim_files, tmp_path):
     sfile = tmp_path / "scheduler.json"
     env = service_env()
     sched = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--scheduler-file", str(sfile),
-                              "--port", "0", "--no-dashboard"], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+                              "--host", "127.0.0.1", "--port", "0", "--no-dashboard"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     worker = None
     try:
         wait_for(sfile.exists, 60, what="the scheduler file")
         worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(sfile),
-                                   "--nthreads", "1", "--resources", "group=1", "--no-dashboard"], env=env,
+                                   "--nthreads", "1", "--resources", "group=1", "--host", "127.0.0.1",
+                                   "--no-dashboard"], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         address = json.loads(sfile.read_text())["address"]
         rc, log = run_service(root, "--once", "--scheduler", address)
@@ -434,8 +450,12 @@ def test_external_dask_scheduler(sim_files, tmp_path):
 # ------------------------------------------------------------------- the real conversion stage
 @pytest.mark.casa
 def test_kill_during_real_conversion_then_restart(sim_files, tmp_path):
-    """The real convert stage (CASA, dsacont.service.pipeline:convert_only) in a Dask worker, the service
-    killed -9 in the middle of writing the MS, restarted: one complete MS registered, none half-written."""
+    """The real convert stage in a Dask worker, the service killed -9 mid-write, restarted.
+
+    The real convert stage (CASA, dsacont.service.pipeline:convert_only) runs in a Dask worker; the
+    service is killed -9 in the middle of writing the MS and restarted: one complete MS registered,
+    none half-written.
+    """
     root = tmp_path / "run"
     paths = get_paths(root=root)
     replay(Path(sim_files[0]).parent, paths.incoming, mode="link")

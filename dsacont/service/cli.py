@@ -1,0 +1,293 @@
+"""The service's commands: ``dsacont stream``, ``status``, ``products`` and ``replay``.
+
+Each function builds its options from the command line (and, for ``stream``, the ``--config``
+TOML file) and calls the library: :func:`dsacont.service.loop.run_service`,
+:func:`dsacont.service.status.format_status`, :class:`dsacont.service.products.Products`,
+:func:`dsacont.service.replay.replay`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from dsacont.config import get_paths
+from dsacont.errors import ConfigError
+from dsacont.jsonio import json_default
+from dsacont.options import from_mapping, load_toml, merge
+from dsacont.service.loop import ServiceOptions, run_service
+from dsacont.service.products import _KIND_ALIASES, Products
+from dsacont.service.queue import IngestQueue
+from dsacont.service.replay import plan, replay
+from dsacont.service.status import format_status, status
+
+log = logging.getLogger(__name__)
+
+
+def _add_path_args(ap: argparse.ArgumentParser) -> None:
+    g = ap.add_argument_group("where (default: the CONTIMG_* environment variables, see dsacont.config)")
+    g.add_argument("--root", help="keep everything under this directory (incoming/, stage/, state/)")
+    g.add_argument("--incoming", help="directory of arriving subband files")
+    g.add_argument("--stage", help="staging base (ms/, caltables/, images/, mosaics/, tmp/ below it)")
+    g.add_argument("--state", help="directory of the SQLite state databases")
+
+
+def _paths_from_args(args):
+    over = {k: getattr(args, k) for k in ("incoming", "stage", "state") if getattr(args, k, None)}
+    return get_paths(root=getattr(args, "root", None), **over)
+
+
+def _parse_options(items) -> dict:
+    out = {}
+    for item in items or []:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--option {item!r}: expected KEY=VALUE")
+        try:
+            out[k] = json.loads(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
+_D = ServiceOptions()
+
+
+def _d(name: str) -> str:
+    """Return the default of a ServiceOptions field, for the help text."""
+    v = getattr(_D, name)
+    return "none" if v is None or v == "" else str(v)
+
+
+# command-line flag (dest) -> ServiceOptions field, where the names differ
+_FLAG_FIELDS = {"poll": "poll_s", "idle_exit": "idle_exit_s", "tolerance": "tolerance_s",
+                "incomplete_timeout": "incomplete_timeout_s", "lease": "lease_s", "retry_backoff": "retry_backoff_s",
+                "cal_wait": "cal_wait_s", "max_cal_wait": "max_cal_wait_s", "disk_full_pause": "disk_full_pause_s",
+                "settle": "settle_s", "watch_budget": "watch_budget_s", "group_timeout": "group_timeout_s",
+                "max_nan_fraction": "max_nonfinite_frac", "workers": "n_workers", "threads": "threads_per_worker"}
+
+
+def stream_parser() -> argparse.ArgumentParser:
+    """Build the ``dsacont stream`` parser.
+
+    Service flags default to "not given" (the config file's value, else the
+    :class:`ServiceOptions` default written in each help text).
+    """
+    S = argparse.SUPPRESS
+    ap = argparse.ArgumentParser(prog="dsacont stream", argument_default=S, description=(
+        "Run the streaming service: watch the incoming directory, queue 16-subband groups, process them in time "
+        "order on Dask. Settings come from ServiceOptions' defaults, then the --config file, then these flags."))
+    _add_path_args(ap)
+    ap.add_argument("--config", metavar="FILE", help="TOML file: [service] sets these options (names as in "
+                    "dsacont.service.loop.ServiceOptions, e.g. poll_s), [pipeline] the processor's (default: none)")
+    ap.add_argument("--processor", help=f"module:function run for each group (default {_d('processor')})")
+    ap.add_argument("--on-complete", help="module:function run after each completed group, the mosaic trigger; "
+                    f"'' for none (default {_d('on_complete')})")
+    ap.add_argument("--option", action="append", metavar="KEY=VALUE", default=[],
+                    help="a processor option, over the config file's [pipeline] (repeatable; default: none)")
+    ap.add_argument("--scheduler", help="address of an existing dask-scheduler; 'inline' to run in this process "
+                    "(default: start a LocalCluster)")
+    ap.add_argument("--max-inflight", type=int, help=f"groups processed at once (default {_d('max_inflight')})")
+    ap.add_argument("--workers", type=int, help="LocalCluster worker processes (default: --max-inflight)")
+    ap.add_argument("--threads", type=int, help="threads per LocalCluster worker (default: cores / workers)")
+    ap.add_argument("--once", action="store_const", const=True, help="process what is there now, then exit "
+                    "(default: run until stopped)")
+    ap.add_argument("--stop-on-error", action="store_const", const=True,
+                    help="exit (status 1) at the first failure (default: log it and go on)")
+    ap.add_argument("--poll", type=float, help=f"seconds between scans of incoming (default {_d('poll_s')})")
+    ap.add_argument("--max-groups", type=int, help="exit after this many groups reached an outcome (default: no limit)")
+    ap.add_argument("--idle-exit", type=float, help="exit after this many idle seconds (default: never)")
+    ap.add_argument("--tolerance", type=float, help=f"grouping tolerance, s (default {_d('tolerance_s')})")
+    ap.add_argument("--incomplete-timeout", type=float, help="finalise an incomplete group after this many s "
+                    f"without a new file for it (default {_d('incomplete_timeout_s')})")
+    ap.add_argument("--min-subbands", type=int, help="process an incomplete group with at least this many usable "
+                    f"subbands, else fail it (default {_d('min_subbands')})")
+    ap.add_argument("--lease", type=float, help=f"claim lease, s (default {_d('lease_s')})")
+    ap.add_argument("--max-attempts", type=int, help=f"attempts before a group fails (default {_d('max_attempts')})")
+    ap.add_argument("--retry-backoff", type=float, help="first retry delay, s; doubles with each attempt "
+                    f"(default {_d('retry_backoff_s')})")
+    ap.add_argument("--cal-wait", type=float, help="retry delay while calibration is not valid, s; sooner when "
+                    f"another group completes (default {_d('cal_wait_s')})")
+    ap.add_argument("--max-cal-wait", type=float, help="fail a group still without valid calibration this many s "
+                    f"after it was queued (default {_d('max_cal_wait_s')}, 24 h)")
+    ap.add_argument("--disk-full-pause", type=float, help="pause claiming this many s after a full disk "
+                    f"(default {_d('disk_full_pause_s')})")
+    ap.add_argument("--min-free-gb", type=float, help="do not start groups while the stage directory has less free "
+                    f"space than this, GB (default {_d('min_free_gb')})")
+    ap.add_argument("--settle", type=float, help="a file younger than this (s) is read only once its size stops "
+                    f"changing (default {_d('settle_s')})")
+    ap.add_argument("--watch-budget", type=float, help="seconds of file validation per loop (default: max(5, "
+                    "lease / 4))")
+    ap.add_argument("--group-timeout", type=float, help="give up on a group after this many s, restarting its "
+                    "worker (default: no limit)")
+    ap.add_argument("--no-value-check", dest="check_values", action="store_const", const=False,
+                    help="do not read the visibilities to find NaN/Inf and truncation (default: read them)")
+    ap.add_argument("--max-nan-fraction", type=float, help="quarantine a file with a larger fraction of NaN/Inf "
+                    f"visibilities (default {_d('max_nonfinite_frac')}: any)")
+    ap.add_argument("--retry-failed", action="store_true", default=False, help="first put failed groups back in "
+                    "the queue (attempts reset), e.g. after fixing a full disk (default: leave them failed)")
+    ap.add_argument("-v", "--verbose", action="store_true", default=False, help="debug logging (default: info)")
+    return ap
+
+
+def stream_options(args) -> ServiceOptions:
+    """ServiceOptions from the parsed ``dsacont stream`` arguments: defaults < --config < flags."""
+    opts = ServiceOptions()
+    if getattr(args, "config", None):
+        data = load_toml(args.config)
+        unknown = sorted(set(data) - {"service", "pipeline"})
+        if unknown:
+            raise ConfigError(f"{args.config}: unknown table(s) {', '.join(unknown)}; known: service, pipeline")
+        opts = from_mapping(ServiceOptions, data.get("service"), where=f"{args.config} [service]")
+        if "pipeline" in data:
+            opts = merge(opts, {"processor_options": {**opts.processor_options, **data["pipeline"]}})
+    names = {f.name for f in fields(ServiceOptions)}
+    given = {_FLAG_FIELDS.get(k, k): v for k, v in vars(args).items() if _FLAG_FIELDS.get(k, k) in names}
+    if "on_complete" in given:
+        given["on_complete"] = given["on_complete"] or None
+    if getattr(args, "option", None):
+        given["processor_options"] = {**opts.processor_options, **_parse_options(args.option)}
+    return merge(opts, given)
+
+
+def cli_stream(argv: list[str]) -> int:
+    """``dsacont stream``: run the streaming service."""
+    args = stream_parser().parse_args(argv)
+    if args.verbose:
+        logging.getLogger("dsacont").setLevel(logging.DEBUG)
+    else:
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    try:
+        options = stream_options(args)
+    except ConfigError as exc:
+        print(f"dsacont stream: {exc}", file=sys.stderr)
+        return 2
+    paths = _paths_from_args(args)
+    if args.retry_failed:
+        with IngestQueue(paths.queue_db) as q:
+            log.info("--retry-failed: %d failed group(s) back in the queue", q.requeue(("failed",)))
+    summary = run_service(paths, options)
+    print(format_status(paths))
+    return summary.exit_code
+
+
+def cli_status(argv: list[str]) -> int:
+    """``dsacont status``: queue counts per state, running/waiting groups, recent failures, products."""
+    ap = argparse.ArgumentParser(prog="dsacont status", description="Queue and products at a glance.")
+    _add_path_args(ap)
+    ap.add_argument("--failures", type=int, default=10, help="how many recent failures to show (default 10)")
+    ap.add_argument("--json", action="store_true", help="print JSON (default: a table)")
+    ap.add_argument("--watch", type=float, metavar="S", help="refresh every S seconds until interrupted "
+                    "(default: print once)")
+    args = ap.parse_args(argv)
+    paths = _paths_from_args(args)
+    while True:
+        if args.json:
+            print(json.dumps(status(paths, failures=args.failures), indent=1, default=str))
+        else:
+            if args.watch:
+                print("\033[2J\033[H", end="")
+                print(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+            print(format_status(paths, failures=args.failures))
+        if not args.watch:
+            return 0
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return 0
+
+
+def _summary(kind: str, d: dict) -> str:
+    qa = d.get("qa") or {}
+    bits = [f"{d['id']:>5}", (d.get("start_time") or "-")[:19], f"{d['status']:<10}"]
+    if kind == "images":
+        if qa.get("noise_jy") is not None:
+            bits.append(f"rms={1e3 * qa['noise_jy']:.3f}mJy")
+        if qa.get("dynamic_range") is not None:
+            bits.append(f"DR={qa['dynamic_range']:.0f}")
+    if kind == "mosaics" and qa.get("n_tiles") is not None:
+        bits.append(f"tiles={qa['n_tiles']}")
+    bits.append(d["path"])
+    return "  ".join(bits)
+
+
+def cli_products(argv: list[str]) -> int:
+    """``dsacont products list|show|counts``: query the products database."""
+    ap = argparse.ArgumentParser(prog="dsacont products", description="Query the products database.")
+    ap.add_argument("--db", help="the products SQLite file (default: products.sqlite3 in the state directory of "
+                    "the configured paths)")
+    ap.add_argument("--root", help="dsacont root directory, as get_paths(root=...) (default: CONTIMG_* variables)")
+    sub = ap.add_subparsers(dest="action", required=True)
+    p_list = sub.add_parser("list", help="list products of one kind, ordered by mid-time")
+    p_list.add_argument("kind", choices=["ms", "images", "mosaics", "image", "mosaic"], help="product kind")
+    p_list.add_argument("--status", help="only products with this status (converted, calibrated, imaged, "
+                        "mosaicked; default: any)")
+    p_list.add_argument("--since", help="ISO UTC time: mid-time >= since (default: no limit)")
+    p_list.add_argument("--until", help="ISO UTC time: mid-time <= until (default: no limit)")
+    p_list.add_argument("--limit", type=int, help="at most this many rows (default: all)")
+    p_list.add_argument("--json", action="store_true", help="print JSON rows instead of one line each")
+    p_show = sub.add_parser("show", help="show one product (all fields, JSON)")
+    p_show.add_argument("kind", choices=["ms", "image", "mosaic", "images", "mosaics"], help="product kind")
+    p_show.add_argument("key", help="id or path")
+    sub.add_parser("counts", help="number of products per kind and status")
+    args = ap.parse_args(argv)
+
+    db_path = Path(args.db) if args.db else get_paths(root=args.root).products_db
+    if not db_path.exists():
+        print(f"dsacont products: no products database at {db_path}", file=sys.stderr)
+        return 1
+    db = Products(db_path)
+    if args.action == "counts":
+        print(json.dumps(db.counts(), indent=2))
+        return 0
+    if args.action == "show":
+        key = int(args.key) if args.key.isdigit() else args.key
+        row = db.get(args.kind, key)
+        if row is None:
+            print(f"dsacont products: no {args.kind} {args.key!r} in {db_path}", file=sys.stderr)
+            return 1
+        print(json.dumps(row, indent=2, default=json_default))
+        return 0
+    kind = _KIND_ALIASES[args.kind]
+    rows = getattr(db, f"list_{kind if kind != 'ms' else 'ms'}")(
+        status=args.status, since=args.since, until=args.until, limit=args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=json_default))
+    else:
+        for r in rows:
+            print(_summary(kind, r))
+        print(f"{len(rows)} {kind}")
+    return 0
+
+
+def cli_replay(argv: list[str]) -> int:
+    """``dsacont replay ARCHIVE [INCOMING] --start --end [--speed X]``."""
+    ap = argparse.ArgumentParser(prog="dsacont replay", description="Feed archived subband files into an incoming "
+                                 "directory in time order, as the correlator writes them (_incomplete, then rename).")
+    ap.add_argument("archive", help="directory of archived *_sbNN.hdf5 files")
+    ap.add_argument("incoming", nargs="?", help="directory to feed (default: the configured incoming directory)")
+    ap.add_argument("--start", help="first group timestamp, UTC (e.g. 2025-10-29T13:25:00; default: the first)")
+    ap.add_argument("--end", help="last group timestamp, UTC (default: the last)")
+    ap.add_argument("--speed", type=float, default=0.0,
+                    help="data seconds per wall second (1 = real time; default 0 = as fast as possible)")
+    ap.add_argument("--mode", choices=("copy", "link", "symlink"), default="copy",
+                    help="copy (default), hard-link or symlink the files")
+    ap.add_argument("--tolerance", type=float, default=30.0, help="grouping tolerance, s (default 30)")
+    ap.add_argument("--no-fsync", action="store_true", help="do not flush copies to disk before renaming "
+                    "(default: flush)")
+    ap.add_argument("--dry-run", action="store_true", help="list the files in delivery order and exit "
+                    "(default: deliver them)")
+    args = ap.parse_args(argv)
+    if args.dry_run:
+        for t, sb, p in plan(args.archive, args.start, args.end, tolerance_s=args.tolerance):
+            print(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)), f"sb{sb:02d}", p)
+        return 0
+    incoming = args.incoming if args.incoming is not None else get_paths().incoming
+    delivered = replay(args.archive, incoming, args.start, args.end, args.speed or None, mode=args.mode,
+                       tolerance_s=args.tolerance, fsync=not args.no_fsync, progress=True)
+    print(f"delivered {len(delivered)} files to {incoming}")
+    return 0

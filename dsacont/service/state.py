@@ -1,0 +1,176 @@
+"""The service's side of the state databases: what a task is given, and recording what it made.
+
+Only the service process opens the state databases (``ingest.sqlite3``, ``products.sqlite3``,
+``cal_registry.sqlite3`` in ``paths.state``); a worker may run on another host that cannot see
+them (SQLite's WAL journal does not work over a network filesystem). So:
+
+* before a task is submitted, the service reads what the task needs (:func:`known_for_group`,
+  :func:`known_for_hook`) and sends it with the task (``ServiceContext.known``);
+* the task returns a description of every product it made (``result["products"]``, or
+  ``exc.products`` when it raised after making some), and the service writes it
+  (:func:`record_products`) in the same step that records the group's outcome in the queue:
+  products first, then the queue, so a crash in between redoes the group and the idempotent
+  writes (keyed by path) leave one row per product.
+
+The products description (every key optional, JSON-serialisable)::
+
+    {"calibration": [<entry of solve_calibration's "registry_entries">, ...],
+     "ms":          {<Products.add_ms arguments, "path" included>},
+     "ms_update":   {"path", "status", "qa"},              # Products.set_status (QA merged)
+     "caltables":   {"ms": path, "tables": [path, ...]},   # Products.add_caltables
+     "images":      [{<Products.add_image arguments, "path" included>}, ...],
+     "mosaics":     [{<Products.add_mosaic arguments, "path" included>}, ...]}
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+from dsacont.calibration.registry import DEFAULT_VALIDITY_H, CalRecord, Registry
+from dsacont.db import to_mjd
+from dsacont.service.products import Products
+
+log = logging.getLogger(__name__)
+
+#: calibration tables whose validity window reaches this far (hours) from a group's timestamp are
+#: sent with the group; the worker picks among them for the exact mid-time of its Measurement Set
+CALIBRATION_MARGIN_H = 0.5
+
+
+# ------------------------------------------------------------------------------ what a task gets
+def known_for_group(paths, timestamp: str) -> dict:
+    """Read what the state databases hold for one group, for its task.
+
+    Returns
+    -------
+    dict
+        ``products``: ``{"ms": [rows], "images": [rows]}`` registered for the group
+        (:meth:`Products.for_group`); ``calibration``: the valid
+        :class:`~dsacont.calibration.registry.CalRecord` whose validity window reaches within
+        :data:`CALIBRATION_MARGIN_H` of the group's timestamp (ISO, UTC), after rejecting tables a
+        crashed solver left in 'writing'.
+    """
+    out = {"products": {"ms": [], "images": []}, "calibration": []}
+    if paths.products_db.exists():
+        out["products"] = Products(paths.products_db).for_group(timestamp)
+    registry = Registry(paths.registry_db)
+    registry.reap_stale()
+    t = to_mjd(timestamp)
+    lo, hi = t - CALIBRATION_MARGIN_H / 24.0, t + CALIBRATION_MARGIN_H / 24.0
+    out["calibration"] = [r for r in registry.list(status="valid") if r.valid_start <= hi and r.valid_end >= lo]
+    return out
+
+
+def known_for_hook(paths) -> dict:
+    """Read what the on-complete hook (the mosaic trigger) needs.
+
+    ``unmosaicked_images``: the image rows not yet in any mosaic, oldest first.
+    """
+    if not paths.products_db.exists():
+        return {"unmosaicked_images": []}
+    return {"unmosaicked_images": Products(paths.products_db).images_not_in_mosaic()}
+
+
+def select_tables(records, time) -> list[CalRecord]:
+    """:meth:`Registry.lookup_set` over a list of records instead of the database.
+
+    The gain table nearest in time whose window contains ``time`` (ties: the highest id), with the
+    bandpass it was solved on when that one is among ``records``, valid and covers the time;
+    otherwise the nearest valid bandpass. Returns [B, G], [B], or [].
+    """
+    mjd = to_mjd(time)
+    valid = [r for r in records if r.status == "valid"]
+
+    def nearest(kind):
+        cands = [r for r in valid if r.kind == kind and r.valid_start <= mjd <= r.valid_end]
+        return min(cands, key=lambda r: (abs(r.solve_mjd - mjd), -r.id), default=None)
+
+    g = nearest("G")
+    b = None
+    if g is not None and g.depends_on is not None:
+        dep = next((r for r in valid if r.id == g.depends_on), None)
+        if dep is not None and dep.covers(mjd):
+            b = dep
+    if b is None:
+        b = nearest("B")
+    return [r for r in (b, g) if r is not None]
+
+
+def records_from_entries(entries, first_id: int = 10**12) -> list[CalRecord]:
+    """Turn tables just solved (``solve_calibration``'s ``registry_entries``) into CalRecords.
+
+    Their ids are above every registered one (they are the newest), for :func:`select_tables`.
+    """
+    out, ids = [], {}
+    for i, e in enumerate(entries):
+        rid = first_id + i
+        ids[e["kind"]] = rid
+        before = e.get("valid_before_h")
+        after = e.get("valid_after_h")
+        before = DEFAULT_VALIDITY_H[e["kind"]] if before is None else float(before)
+        after = DEFAULT_VALIDITY_H[e["kind"]] if after is None else float(after)
+        solve = float(e["solve_mjd"])
+        out.append(CalRecord(id=rid, kind=e["kind"], calibrator=e.get("calibrator"), solve_mjd=solve,
+                             valid_start=solve - before / 24.0, valid_end=solve + after / 24.0,
+                             status=e.get("status", "valid"), metrics=e.get("metrics") or {},
+                             source_ms=e.get("source_ms"), path=e["path"],
+                             depends_on=ids.get(e.get("depends_on")), reason=e.get("reason"),
+                             created=math.nan, updated=math.nan))
+    return out
+
+
+# ---------------------------------------------------------------------------- what a task made
+def record_products(paths, made: dict | None) -> dict:
+    """Write a task's products (see the module docstring) into the state databases.
+
+    Into the products database and the calibration registry; returns the ids written
+    (``{"calibration": {kind: id}, "ms": id, "images": [id], "mosaics": [id]}``).
+
+    Idempotent: products are keyed by path; a calibration table already registered valid with the
+    same path, source MS and solve time is not registered again.
+    """
+    ids: dict = {}
+    if not made:
+        return ids
+    if made.get("calibration"):
+        ids["calibration"] = _record_calibration(Registry(paths.registry_db), made["calibration"])
+    keys = ("ms", "ms_update", "caltables", "images", "mosaics")
+    if not any(made.get(k) for k in keys):
+        return ids
+    products = Products(paths.products_db)
+    if made.get("ms"):
+        ms = dict(made["ms"])
+        ids["ms"] = products.add_ms(ms.pop("path"), **ms)
+    if made.get("ms_update"):
+        u = made["ms_update"]
+        products.set_status("ms", u["path"], u["status"], qa=u.get("qa"))
+    if made.get("caltables"):
+        products.add_caltables(made["caltables"]["ms"], made["caltables"]["tables"])
+    for im in made.get("images") or []:
+        im = dict(im)
+        ids.setdefault("images", []).append(products.add_image(im.pop("path"), **im))
+    for m in made.get("mosaics") or []:
+        m = dict(m)
+        ids.setdefault("mosaics", []).append(products.add_mosaic(m.pop("path"), **m))
+    return ids
+
+
+def _record_calibration(registry: Registry, entries) -> dict:
+    ids: dict = {}
+    existing = registry.list(status="valid")
+    for e in entries:
+        same = [r for r in existing if r.kind == e["kind"] and r.path == e["path"]
+                and r.source_ms == e.get("source_ms") and abs(r.solve_mjd - float(e["solve_mjd"])) < 1e-9]
+        if same:
+            ids[e["kind"]] = same[-1].id
+            continue
+        rid = registry.register_begin(e["kind"], e.get("calibrator"), float(e["solve_mjd"]), e["path"],
+                                      source_ms=e.get("source_ms"), valid_before_h=e.get("valid_before_h"),
+                                      valid_after_h=e.get("valid_after_h"),
+                                      depends_on=ids.get(e["depends_on"]) if e.get("depends_on") else None)
+        if e.get("status", "valid") == "valid":
+            registry.mark_valid(rid, e.get("metrics"))
+        else:
+            registry.reject(rid, e.get("reason") or "rejected by the solver", metrics=e.get("metrics"))
+        ids[e["kind"]] = rid
+    return ids

@@ -1,0 +1,218 @@
+"""The watcher: poll the incoming directory, validate each settled subband file, record it in the queue.
+
+Polling works on every filesystem (NFS and Lustre included). ``*_incomplete.hdf5`` files are still
+being written and are ignored; a new file must look settled (unchanged size for one poll, or older
+than ``settle_s``) before it is read. Each file is validated cheaply (:func:`validate_subband_file`:
+HDF5 signature, UVH5 header consistency through :class:`dsacont.io.uvh5.SubbandHeader`, every
+visibility row readable, no NaN/Inf) and recorded in the ingest queue
+(:mod:`dsacont.service.queue`) under its group; a bad file is recorded as quarantined with a reason
+naming it (the queue clusters files by the timestamps in their names, :mod:`dsacont.io.groups`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from dsacont.errors import BadInputError
+from dsacont.io.groups import parse_subband_name
+from dsacont.io.uvh5 import SubbandHeader
+from dsacont.service.queue import IngestQueue, unix_from_datetime
+
+log = logging.getLogger(__name__)
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def validate_subband_file(path, *, check_values: bool = True, max_nonfinite_frac: float = 0.0,
+                          rows_per_read: int = 4096) -> dict:
+    """Check that a subband file can be processed; return its shape.
+
+    Cheap checks, in order: a regular non-empty file, the HDF5 signature, the UVH5 header and
+    its consistency with the data arrays (:class:`dsacont.io.uvh5.SubbandHeader`), then the
+    visibilities read in blocks of ``rows_per_read`` baseline-times (catches truncation; memory
+    bounded) counting NaN/Inf (``check_values``). It warms the page cache for the conversion (its
+    cost per file is in ``benchmarks/README.md``).
+
+    Returns
+    -------
+    dict
+        ``{"nblts", "nfreqs", "npols", "ntimes", "nbls", "nonfinite"}``.
+
+    Raises
+    ------
+    BadInputError
+        Naming the file and what is wrong.
+    """
+    path = str(path)
+    try:
+        st = os.stat(path)
+    except PermissionError as exc:
+        raise BadInputError(path, f"unreadable: {exc.strerror}") from exc
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise BadInputError(path, f"unreadable: broken symbolic link to {os.readlink(path)}") from None
+        raise
+    if not os.path.isfile(path):
+        raise BadInputError(path, "unreadable: not a regular file")
+    if st.st_size == 0:
+        raise BadInputError(path, "empty file (0 bytes)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise BadInputError(path, f"unreadable: {exc.strerror or exc}") from exc
+    if head != _HDF5_SIGNATURE and not h5py.is_hdf5(path):  # is_hdf5 also finds a user block
+        raise BadInputError(path, f"not an HDF5 file (no HDF5 signature; {st.st_size} bytes, starts {head[:8]!r})")
+    try:
+        h = SubbandHeader(path)
+    except BadInputError as exc:
+        msg = exc.reason
+        if "truncated" in msg:
+            msg = f"truncated HDF5 file ({st.st_size} bytes): {msg}"
+        raise BadInputError(path, msg) from exc
+    shape = {"nblts": h.nblts, "nfreqs": h.nfreqs, "npols": h.npols, "ntimes": h.ntimes, "nbls": h.nbls}
+    nonfinite = 0
+    try:
+        with h5py.File(path, "r") as f:
+            vis = f["Data/visdata"]
+            nrows = vis.shape[0]
+            if check_values:
+                for r0 in range(0, nrows, rows_per_read):
+                    block = vis[r0:r0 + rows_per_read]
+                    if block.dtype.names:  # compound (r, i) integer storage
+                        block = block[block.dtype.names[0]].astype(np.float32) + 1j * block[block.dtype.names[1]]
+                    nonfinite += int(block.size - np.count_nonzero(np.isfinite(block)))
+            else:
+                vis[nrows - 1:nrows]  # the last row: a truncated file fails here
+            for name in ("flags", "nsamples"):
+                ds = f["Data/" + name]
+                ds[ds.shape[0] - 1:ds.shape[0]]
+    except OSError as exc:
+        raise BadInputError(path, f"truncated or corrupt HDF5 data ({st.st_size} bytes): cannot read "
+                                  f"Data/visdata ({exc})") from exc
+    shape["nonfinite"] = nonfinite
+    if check_values and nonfinite:
+        total = h.nblts * h.nfreqs * h.npols
+        frac = nonfinite / max(total, 1)
+        if frac > max_nonfinite_frac:
+            raise BadInputError(path, f"{nonfinite} of {total} visibilities are NaN/Inf ({100 * frac:.3g}%)")
+    return shape
+
+
+
+
+class Watcher:
+    """Poll a directory for new subband files and record them in the queue.
+
+    Parameters
+    ----------
+    incoming : path
+        Directory the correlator (or ``dsacont replay``) writes to. Not recursive.
+    queue : IngestQueue
+    settle_s : float
+        A file whose modification time is younger than this, and whose size changed since the
+        previous poll, is left for the next poll (guards against copies made without the
+        ``_incomplete`` rename).
+    validate : bool
+        Run :func:`validate_subband_file` (``check_values`` reads the visibilities once).
+    """
+
+    def __init__(self, incoming, queue: IngestQueue, *, settle_s: float = 1.0, validate: bool = True,
+                 check_values: bool = True, max_nonfinite_frac: float = 0.0):
+        self.incoming = Path(incoming)
+        self.queue = queue
+        self.settle_s = settle_s
+        self.validate = validate
+        self.check_values = check_values
+        self.max_nonfinite_frac = max_nonfinite_frac
+        self.known: set[str] = queue.known_paths()
+        self._sizes: dict[str, int] = {}
+        self._ignored: set[str] = set()
+        self.newest_arrival = 0.0
+        self.backlog = 0  # files seen but not yet recorded (not settled, or validation budget used up)
+        self.unsettled = 0
+
+    def scan(self) -> list[tuple[str, object]]:
+        """List new, settled subband files (not yet in the queue) with their parsed names, oldest first."""
+        out = []
+        now = time.time()
+        self.unsettled = 0
+        try:
+            entries = list(os.scandir(self.incoming))
+        except FileNotFoundError:
+            log.warning("incoming directory %s does not exist (yet)", self.incoming)
+            return []
+        for e in entries:
+            if e.path in self.known or not e.name.endswith(".hdf5") or "_incomplete" in e.name:
+                continue
+            name = parse_subband_name(e.name)
+            if name is None:
+                if e.path not in self._ignored:
+                    self._ignored.add(e.path)
+                    log.debug("ignoring %s: not a subband file name", e.path)
+                continue
+            try:
+                st = e.stat()
+            except FileNotFoundError:
+                if e.is_symlink():  # a broken link: report it (validation quarantines it)
+                    out.append((e.path, name))
+                continue  # renamed or removed meanwhile
+            prev = self._sizes.get(e.path)
+            if now - st.st_mtime < self.settle_s and prev != st.st_size:
+                self._sizes[e.path] = st.st_size
+                self.unsettled += 1
+                continue
+            self._sizes.pop(e.path, None)
+            out.append((e.path, name))
+        out.sort(key=lambda x: (x[1].timestamp, x[1].subband))
+        return out
+
+    def poll(self, budget_s: float | None = None) -> list:
+        """Scan once, validate and record new files, oldest first; returns ``AddResult``s.
+
+        ``budget_s``: stop after this many seconds (the rest waits for the next poll), so a
+        backlog of thousands of files never starves the service loop's heartbeats.
+        """
+        results = []
+        t0 = time.monotonic()
+        todo = self.scan()
+        self.backlog = self.unsettled  # files seen but not yet looked at count as a backlog too
+        for i, (path, name) in enumerate(todo):
+            if budget_s is not None and time.monotonic() - t0 > budget_s:
+                self.backlog += len(todo) - i
+                log.info("watcher: validation budget of %.0f s used; %d more file(s) next poll", budget_s,
+                         len(todo) - i)
+                break
+            reason, shape = None, None
+            size = mtime = None
+            try:
+                st = os.stat(path)
+                size, mtime = st.st_size, st.st_mtime
+            except FileNotFoundError:
+                if not os.path.islink(path):
+                    continue
+            except OSError:
+                pass
+            if self.validate:
+                try:
+                    shape = validate_subband_file(path, check_values=self.check_values,
+                                                  max_nonfinite_frac=self.max_nonfinite_frac)
+                except BadInputError as exc:
+                    reason = exc.reason
+                except FileNotFoundError:
+                    continue
+                except Exception as exc:  # noqa: BLE001 - anything unexpected while reading: quarantine, go on
+                    reason = f"unreadable: {type(exc).__name__}: {exc}"
+            res = self.queue.add_file(path, unix_from_datetime(name.timestamp), name.subband, shape=shape,
+                                      reason=reason, size=size, mtime=mtime)
+            self.known.add(path)
+            self.newest_arrival = time.time()
+            if res.status == "ok":
+                log.debug("file %s -> group %s", os.path.basename(path), res.group_timestamp)
+            results.append(res)
+        return results
