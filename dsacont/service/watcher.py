@@ -3,7 +3,7 @@
 Polling works on every filesystem (NFS and Lustre included). ``*_incomplete.hdf5`` files are still
 being written and are ignored; a new file must look settled (unchanged size for one poll, or older
 than ``settle_s``) before it is read. Each file is validated cheaply (:func:`validate_subband_file`:
-HDF5 signature, UVH5 header consistency through :class:`dsacont.io.uvh5.SubbandHeader`, every
+HDF5 signature, UVH5 header consistency through :func:`dsacont.io.uvh5.read_subband_header`, every
 visibility row readable, no NaN/Inf) and recorded in the ingest queue
 (:mod:`dsacont.service.queue`) under its group; a bad file is recorded as quarantined with a reason
 naming it (the queue clusters files by the timestamps in their names, :mod:`dsacont.io.groups`).
@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 
 from dsacont.errors import BadInputError
 from dsacont.io.groups import parse_subband_name
-from dsacont.io.uvh5 import SubbandHeader
+from dsacont.io.uvh5 import read_subband_header, scan_subband_data
 from dsacont.service.queue import IngestQueue, unix_from_datetime
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ def validate_subband_file(path, *, check_values: bool = True, max_nonfinite_frac
     """Check that a subband file can be processed; return its shape.
 
     Cheap checks, in order: a regular non-empty file, the HDF5 signature, the UVH5 header and
-    its consistency with the data arrays (:class:`dsacont.io.uvh5.SubbandHeader`), then the
+    its consistency with the data arrays (:func:`dsacont.io.uvh5.read_subband_header`), then the
     visibilities read in blocks of ``rows_per_read`` baseline-times (catches truncation; memory
     bounded) counting NaN/Inf (``check_values``). It warms the page cache for the conversion (its
     cost per file is in ``benchmarks/README.md``).
@@ -69,32 +68,14 @@ def validate_subband_file(path, *, check_values: bool = True, max_nonfinite_frac
     if head != _HDF5_SIGNATURE and not h5py.is_hdf5(path):  # is_hdf5 also finds a user block
         raise BadInputError(path, f"not an HDF5 file (no HDF5 signature; {st.st_size} bytes, starts {head[:8]!r})")
     try:
-        h = SubbandHeader(path)
+        h = read_subband_header(path)
     except BadInputError as exc:
         msg = exc.reason
         if "truncated" in msg:
             msg = f"truncated HDF5 file ({st.st_size} bytes): {msg}"
         raise BadInputError(path, msg) from exc
     shape = {"nblts": h.nblts, "nfreqs": h.nfreqs, "npols": h.npols, "ntimes": h.ntimes, "nbls": h.nbls}
-    nonfinite = 0
-    try:
-        with h5py.File(path, "r") as f:
-            vis = f["Data/visdata"]
-            nrows = vis.shape[0]
-            if check_values:
-                for r0 in range(0, nrows, rows_per_read):
-                    block = vis[r0:r0 + rows_per_read]
-                    if block.dtype.names:  # compound (r, i) integer storage
-                        block = block[block.dtype.names[0]].astype(np.float32) + 1j * block[block.dtype.names[1]]
-                    nonfinite += int(block.size - np.count_nonzero(np.isfinite(block)))
-            else:
-                vis[nrows - 1:nrows]  # the last row: a truncated file fails here
-            for name in ("flags", "nsamples"):
-                ds = f["Data/" + name]
-                ds[ds.shape[0] - 1:ds.shape[0]]
-    except OSError as exc:
-        raise BadInputError(path, f"truncated or corrupt HDF5 data ({st.st_size} bytes): cannot read "
-                                  f"Data/visdata ({exc})") from exc
+    nonfinite = scan_subband_data(path, check_values=check_values, rows_per_read=rows_per_read)
     shape["nonfinite"] = nonfinite
     if check_values and nonfinite:
         total = h.nblts * h.nfreqs * h.npols
