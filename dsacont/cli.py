@@ -18,8 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "flag": ("dsacont.flagging.cli", "flag RFI in an existing Measurement Set (FLAG column)"),
     "calibrate": ("dsacont.calibration.cli", "solve bandpass and gains on a calibrator MS, register tables"),
     "applycal": ("dsacont.calibration.cli", "apply the registered calibration to a target MS"),
-    "image": ("dsacont.imaging.cli", "image a calibrated MS with tclean, PB-corrected FITS"),
-    "mosaic": ("dsacont.imaging.cli", "combine tile images into a primary-beam-weighted mosaic"),
+    "image": ("dsacont.service.cli", "image a calibrated MS with tclean, PB-corrected FITS"),
+    "mosaic": ("dsacont.service.cli", "combine tile images into a primary-beam-weighted mosaic"),
     "products": ("dsacont.service.cli", "query the products database"),
     "stream": ("dsacont.service.cli", "run the streaming service on an incoming directory"),
     "replay": ("dsacont.service.cli", "feed archived subband files into an incoming directory in time order"),
@@ -28,7 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 # modules with more than one subcommand expose cli_<name> for the others
-_FUNC = {"applycal": "cli_applycal", "status": "cli_status", "mosaic": "cli_mosaic", "stream": "cli_stream",
+_FUNC = {"applycal": "cli_applycal", "status": "cli_status", "image": "cli_image", "mosaic": "cli_mosaic",
+         "stream": "cli_stream",
          "products": "cli_products", "replay": "cli_replay"}
 
 

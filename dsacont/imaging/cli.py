@@ -82,8 +82,13 @@ def _parser_image() -> argparse.ArgumentParser:
     return ap
 
 
-def cli(argv: list[str]) -> int:
-    """``dsacont image MS``: image one calibrated MS into the images directory."""
+def cli(argv: list[str], *, on_result=None) -> int:
+    """``dsacont image MS``: image one calibrated MS into the images directory.
+
+    ``on_result(result, args)``: called with :func:`image_ms`'s result and the parsed options
+    after a successful run (the ``dsacont image`` command records the image in the products
+    database through it: :func:`dsacont.service.cli.cli_image`).
+    """
     args = _parser_image().parse_args(argv)
     paths = get_paths(root=args.root)
     paths.ensure("images", "tmp", "state")
@@ -93,11 +98,12 @@ def cli(argv: list[str]) -> int:
                        datacolumn=args.datacolumn, paths=paths, gridder=args.gridder, deconvolver=args.deconvolver,
                        cells_per_beam=args.cells_per_beam, pbcor_limit=args.pbcor_limit, nmajor=args.nmajor,
                        cyclefactor=args.cyclefactor, flatten=None if args.no_flatten else "auto",
-                       thermal_noise=args.thermal_noise, keep_casa=args.keep_casa,
-                       register=not args.no_register)
+                       thermal_noise=args.thermal_noise, keep_casa=args.keep_casa)
     except BadInputError as exc:
         print(f"dsacont image: {exc}", file=sys.stderr)
         return 1
+    if on_result is not None:
+        on_result(res, args)
     qa = res["qa"]
     print(f"{res['pbcor']}\n  rms {1e3 * qa['noise_jy']:.3f} mJy/beam (radiometer {1e3 * qa['radiometer_jy']:.3f}), "
           f"peak {qa['peak_jy']:.4g} Jy/beam, DR {qa['dynamic_range']:.0f}, beam "
@@ -131,19 +137,26 @@ def _parser_mosaic() -> argparse.ArgumentParser:
     return ap
 
 
-def cli_mosaic(argv: list[str]) -> int:
-    """``dsacont mosaic``: combine tile images (or the images of a time window) into a mosaic."""
+def cli_mosaic(argv: list[str], *, find_images=None, on_result=None) -> int:
+    """``dsacont mosaic``: combine tile images (or the images of a time window) into a mosaic.
+
+    ``find_images(paths, start, end)``: the recorded images of a time window (``--start/--end``;
+    the products database is the service's, so ``dsacont mosaic`` passes it:
+    :func:`dsacont.service.cli.cli_mosaic`). ``on_result(result, args)``: called after a
+    successful run.
+    """
     args = _parser_mosaic().parse_args(argv)
     paths = get_paths(root=args.root)
     images = list(args.images)
     if args.start or args.end:
-        from dsacont.service.products import Products
-
-        if not paths.products_db.exists():
-            print(f"dsacont mosaic: no products database at {paths.products_db}", file=sys.stderr)
+        if find_images is None:
+            print("dsacont mosaic: --start/--end need the products database (run it as `dsacont mosaic`)",
+                  file=sys.stderr)
+            return 2
+        found = find_images(paths, args.start, args.end)
+        if found is None:
             return 1
-        rows = Products(paths.products_db).images_between(args.start or 0.0, args.end or 1e9, status="imaged")
-        images += [r["path"] for r in rows]
+        images += found
     if not images:
         print("dsacont mosaic: no tile images given (paths, or --start/--end with a products database)", file=sys.stderr)
         return 2
@@ -154,11 +167,12 @@ def cli_mosaic(argv: list[str]) -> int:
         out = str(paths.mosaics / f"{first}_{last}.mosaic.fits")
     try:
         res = make_mosaic(images, out, pb_cutoff=args.pb_cutoff, projection=args.projection,
-                          cell_arcsec=args.cell_arcsec, paths=paths, register=not args.no_register,
-                          png=not args.no_png)
+                          cell_arcsec=args.cell_arcsec, png=not args.no_png)
     except BadInputError as exc:
         print(f"dsacont mosaic: {exc}", file=sys.stderr)
         return 1
+    if on_result is not None:
+        on_result(res, args)
     qa = res["qa"]
     print(f"{res['mosaic']}  {res['shape'][1]}x{res['shape'][0]}  {res['n_tiles']} tiles  "
           f"min noise {1e3 * qa['noise_min_jy']:.3f} mJy/beam  {res['timing']['total_s']:.1f} s")

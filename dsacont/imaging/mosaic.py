@@ -249,7 +249,7 @@ def reproject_tile(image_path: str, pb_path: str, noise: float, out_wcs_header: 
 # the mosaic
 # ------------------------------------------------------------------------------------------------
 def make_mosaic(image_fits_list, out_path, *, pb_cutoff: float = 0.2, projection: str = "SIN", client=None,
-                cell_arcsec: float | None = None, truth=None, paths=None, register: bool = False,
+                cell_arcsec: float | None = None, truth=None,
                 png: bool = True) -> dict:
     """Combine tile images into a PB-weighted mosaic (see the module docstring for the algebra).
 
@@ -270,10 +270,6 @@ def make_mosaic(image_fits_list, out_path, *, pb_cutoff: float = 0.2, projection
         Output cell, arcsec (default: the finest tile cell).
     truth : dict or structured array, optional
         True sources (``ra_deg``, ``dec_deg``, ``flux_jy``) to score completeness in the QA.
-    paths : dsacont.config.Paths, optional
-        For ``register`` (default ``get_paths()``).
-    register : bool
-        Add the mosaic to ``paths.products_db`` after the move.
     png : bool
         Write the PNG preview.
 
@@ -282,8 +278,8 @@ def make_mosaic(image_fits_list, out_path, *, pb_cutoff: float = 0.2, projection
     dict
         ``mosaic``, ``noise``, ``png``, ``qa_json`` (paths), ``shape`` (ny, nx), ``ra_deg``,
         ``dec_deg`` (grid centre), ``cell_arcsec``, ``n_tiles``, ``projection``, ``pb_cutoff``,
-        ``tiles``, ``qa`` (:func:`mosaic_qa`), ``timing`` (seconds per step), ``mosaic_id`` when
-        registered.
+        ``tiles``, ``qa`` (:func:`mosaic_qa`), ``timing`` (seconds per step). :func:`mosaic_product` turns it
+        into the products-database record.
     """
     t_all = time.perf_counter()
     tiles = [tile_files(t) for t in image_fits_list]
@@ -378,31 +374,6 @@ def make_mosaic(image_fits_list, out_path, *, pb_cutoff: float = 0.2, projection
     log.info("mosaic %s: %d tiles, min noise %.3g mJy/beam, %.1f s", out_path, len(tiles),
              1e3 * qa["noise_min_jy"], result["timing"]["total_s"])
 
-    if register:
-        from dsacont.service.products import Products
-
-        if paths is None:
-            from dsacont.config import get_paths
-
-            paths = get_paths()
-        db = Products(paths.products_db)
-        starts, ends = [], []
-        for t in tiles:
-            try:
-                q = json.loads(Path(t["qa_json"]).read_text())
-                starts.append(q["start_mjd"])
-                ends.append(q["end_mjd"])
-            except (OSError, KeyError, ValueError):
-                pass
-        images = []
-        for t in tiles:
-            pbcor = _stem(t["image"]) + ".pbcor.fits"
-            images.append(pbcor if db.get("image", pbcor) is not None else t["image"])
-        result["mosaic_id"] = db.add_mosaic(
-            final["mosaic"], images=images, files={k: v for k, v in final.items() if v and os.path.exists(v)},
-            ra_deg=ra0, dec_deg=dec0, start=min(starts) if starts else None, end=max(ends) if ends else None,
-            params={"pb_cutoff": pb_cutoff, "projection": projection, "cell_arcsec": result["cell_arcsec"]},
-            qa=qa, status="mosaicked")
     return result
 
 
@@ -493,3 +464,40 @@ def mosaic_qa(mosaic, noise, wcs, infos, tiles, *, truth=None, calibrators="auto
         out["n_found"] = len(found)
         out["completeness_10sigma"] = Q.completeness(found, tra, tde, exp_snr, snr_min=10.0, match_arcsec=bmaj)
     return out
+
+
+def mosaic_product(result: dict) -> dict:
+    """The products-database record of a mosaic made by :func:`make_mosaic` (no database is touched).
+
+    Parameters
+    ----------
+    result : dict
+        What :func:`make_mosaic` returned.
+
+    Returns
+    -------
+    dict
+        ``Products.add_mosaic``'s arguments with ``path`` included: ``images`` (each tile's
+        PB-corrected FITS where it exists, as images are recorded, else the tile image), ``files``
+        (mosaic, noise, png, qa_json that exist), ``ra_deg``, ``dec_deg``, ``start``/``end`` (MJD,
+        UTC, from the tiles' QA files), ``params``, ``qa``, ``status`` 'mosaicked'.
+    """
+    tiles = [tile_files(t) for t in result["tiles"]]
+    starts, ends = [], []
+    for t in tiles:
+        try:
+            q = json.loads(Path(t["qa_json"]).read_text())
+            starts.append(q["start_mjd"])
+            ends.append(q["end_mjd"])
+        except (OSError, KeyError, ValueError):
+            pass
+    images = []
+    for t in tiles:
+        pbcor = _stem(t["image"]) + ".pbcor.fits"
+        images.append(pbcor if os.path.exists(pbcor) else t["image"])
+    files = {k: result[k] for k in ("mosaic", "noise", "png", "qa_json") if result.get(k) and os.path.exists(result[k])}
+    return {"path": result["mosaic"], "images": images, "files": files, "ra_deg": result.get("ra_deg"),
+            "dec_deg": result.get("dec_deg"), "start": min(starts) if starts else None,
+            "end": max(ends) if ends else None,
+            "params": {k: result.get(k) for k in ("pb_cutoff", "projection", "cell_arcsec")},
+            "qa": result.get("qa"), "status": "mosaicked"}

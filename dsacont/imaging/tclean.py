@@ -227,7 +227,7 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
              threshold_nsigma: float = DEFAULT_NSIGMA, datacolumn: str = "corrected", paths=None,
              gridder: str = "auto", deconvolver: str = "auto", cells_per_beam: float = DEFAULT_CELLS_PER_BEAM,
              wterm_tolerance_rad: float = WTERM_TOLERANCE_RAD, pbcor_limit: float = PBCOR_LIMIT,
-             name: str | None = None, calibrators="auto", register: bool = False, keep_casa: bool = False,
+             name: str | None = None, calibrators="auto", keep_casa: bool = False,
              cyclefactor: float = DEFAULT_CYCLEFACTOR, nmajor: int = DEFAULT_NMAJOR, thermal_noise: bool = False,
              clean_border: float = 0.0, flatten="auto") -> dict:
     """Image one MS (one tile) with tclean; write FITS image, pb, pbcor, residual and QA.
@@ -273,8 +273,6 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
         File stem (default the MS name without '.ms').
     calibrators : 'auto', list of str, or None
         'auto' (every VLA calibrator inside the image), a list of names, or None (no check).
-    register : bool
-        Add the image to the products database (``paths.products_db``) after the move.
     keep_casa : bool
         Keep CASA's image directories (in ``<out_dir>/<name>.casa/``) for inspection.
     cyclefactor : float
@@ -311,7 +309,7 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
         (pixels), ``cell_arcsec``, ``gridder``, ``deconvolver``, ``robust``, ``beam``
         (``bmaj_arcsec``, ``bmin_arcsec``, ``bpa_deg``), ``freq_hz``, ``ra_deg``, ``dec_deg``
         (image centre), ``start_mjd``, ``end_mjd``, ``qa`` (:func:`dsacont.imaging.qa.tile_qa`
-        plus the imaging record), ``timing`` (seconds per step) and ``image_id`` when registered.
+        plus the imaging record), ``timing`` (seconds per step).
 
     Raises
     ------
@@ -321,7 +319,7 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
     t_all = time.perf_counter()
     timing = {}
     ms_path = os.path.abspath(os.fspath(ms_path))
-    if paths is None and (out_dir is None or register):
+    if paths is None and out_dir is None:
         from dsacont.config import get_paths
 
         paths = get_paths()
@@ -503,15 +501,6 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(stage, ignore_errors=True)
 
-    if register:
-        from dsacont.service.products import Products
-
-        db = Products(paths.products_db)
-        result["image_id"] = db.add_image(
-            result["pbcor"], ms=ms_path, files={k: result[k] for k in ("image", "pbcor", "pb", "residual", "qa_json")},
-            ra_deg=result["ra_deg"], dec_deg=result["dec_deg"], start=result["start_mjd"], end=result["end_mjd"],
-            params={k: result[k] for k in ("imsize", "cell_arcsec", "gridder", "deconvolver", "robust")},
-            qa=qa, status="imaged")
     log.info("%s: rms %.3g mJy/beam (radiometer %.3g, ratio %.2f), peak %.4g Jy/beam, DR %.0f, %.1f s",
              name, 1e3 * qa["noise_jy"], 1e3 * qa["radiometer_jy"], qa["noise_ratio"], qa["peak_jy"],
              qa["dynamic_range"], timing["total_s"])
@@ -522,3 +511,28 @@ def _next_step(bar, label: str) -> None:
     """Mark the previous step of the progress bar done and show ``label`` as the current one."""
     bar.update()
     bar.set_postfix_str(label)
+
+
+def image_product(result: dict) -> dict:
+    """The products-database record of an image made by :func:`image_ms` (no database is touched).
+
+    Parameters
+    ----------
+    result : dict
+        What :func:`image_ms` returned.
+
+    Returns
+    -------
+    dict
+        ``Products.add_image``'s arguments with ``path`` (the PB-corrected FITS) included: ``ms``,
+        ``files`` (image, pbcor, pb, residual, qa_json), ``ra_deg``, ``dec_deg``, ``start``/``end``
+        (MJD, UTC), ``params`` (imaging settings), ``qa``, ``status`` 'imaged'. The streaming service
+        records it with the group (:func:`dsacont.service.state.record_products`), and so does
+        ``dsacont image``.
+    """
+    files = {k: result[k] for k in ("image", "pbcor", "pb", "residual", "qa_json") if result.get(k)}
+    params = {k: result.get(k) for k in ("imsize", "cell_arcsec", "gridder", "deconvolver", "robust", "beam",
+                                          "freq_hz")}
+    return {"path": files["pbcor"], "ms": result.get("ms"), "files": files, "ra_deg": result.get("ra_deg"),
+            "dec_deg": result.get("dec_deg"), "start": result.get("start_mjd"), "end": result.get("end_mjd"),
+            "params": params, "qa": result.get("qa"), "status": "imaged"}

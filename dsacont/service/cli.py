@@ -17,12 +17,16 @@ from pathlib import Path
 
 from dsacont.config import get_paths
 from dsacont.errors import ConfigError
+from dsacont.imaging import cli as imaging_cli
+from dsacont.imaging.mosaic import mosaic_product
+from dsacont.imaging.tclean import image_product
 from dsacont.jsonio import json_default
 from dsacont.options import from_mapping, load_toml, merge
 from dsacont.service.loop import ServiceOptions, run_service
 from dsacont.service.products import _KIND_ALIASES, Products
 from dsacont.service.queue import IngestQueue
 from dsacont.service.replay import plan, replay
+from dsacont.service.state import record_products
 from dsacont.service.status import format_status, status
 
 log = logging.getLogger(__name__)
@@ -291,3 +295,34 @@ def cli_replay(argv: list[str]) -> int:
                        tolerance_s=args.tolerance, fsync=not args.no_fsync, progress=True)
     print(f"delivered {len(delivered)} files to {incoming}")
     return 0
+
+
+# ------------------------------------------------------ the imaging commands, with the products database
+def _record(kind: str, product: dict, args) -> None:
+    """Record one product made by a command run by hand (unless ``--no-register``)."""
+    if args.no_register:
+        return
+    paths = get_paths(root=args.root).ensure("state")
+    ids = record_products(paths, {kind: [product]})
+    print(f"recorded in {paths.products_db} as {kind[:-1]} {ids[kind][0]}")
+
+
+def cli_image(argv: list[str]) -> int:
+    """``dsacont image MS``: :func:`dsacont.imaging.cli.cli`, then the image is recorded in the
+    products database (this process is the control plane of a run by hand)."""
+    return imaging_cli.cli(argv, on_result=lambda res, args: _record("images", image_product(res), args))
+
+
+def _images_between(paths, start, end):
+    if not paths.products_db.exists():
+        print(f"dsacont mosaic: no products database at {paths.products_db}", file=sys.stderr)
+        return None
+    rows = Products(paths.products_db).images_between(start or 0.0, end or 1e9, status="imaged")
+    return [r["path"] for r in rows]
+
+
+def cli_mosaic(argv: list[str]) -> int:
+    """``dsacont mosaic``: :func:`dsacont.imaging.cli.cli_mosaic` with ``--start/--end`` answered from
+    the products database, and the mosaic recorded there."""
+    return imaging_cli.cli_mosaic(argv, find_images=_images_between,
+                                  on_result=lambda res, args: _record("mosaics", mosaic_product(res), args))

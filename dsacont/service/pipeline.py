@@ -44,6 +44,7 @@ from dsacont.convert import convert_group
 from dsacont.errors import CalibrationUnavailable, ConfigError
 from dsacont.imaging import image_ms
 from dsacont.imaging.mosaic import make_mosaic
+from dsacont.imaging.tclean import image_product
 from dsacont.io.groups import Group, cluster_files
 from dsacont.io.ms import FlattenInterrupted
 from dsacont.io.uvh5 import open_group
@@ -280,12 +281,9 @@ def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, opti
         res = image_ms(str(ms), paths=paths, **options.imaging)
     res.setdefault("qa", {})["image_s"] = round(time.perf_counter() - t0, 2)
     start, end, _ = _ms_times(calibration.read_ms_info(ms))
-    files = {k: res[k] for k in ("image", "pbcor", "pb", "residual") if res.get(k)}
-    params = {k: res.get(k) for k in ("imsize", "cell_arcsec", "gridder", "deconvolver", "robust", "beam", "freq_hz")}
-    made.setdefault("images", []).append(
-        {"path": files["pbcor"], "ms": str(ms), "files": files, "ra_deg": res.get("ra_deg"),
-         "dec_deg": res.get("dec_deg"), "start": start.mjd, "end": end.mjd, "params": params, "qa": res.get("qa")})
-    res["files"] = files
+    product = {**image_product(res), "ms": str(ms), "start": start.mjd, "end": end.mjd}
+    made.setdefault("images", []).append(product)
+    res["files"] = product["files"]
     log.info("%s: imaged in %.1f s", timestamp, time.perf_counter() - t0)
     return res
 

@@ -54,3 +54,13 @@ def test_mosaic_cli_runs(capsys, tmp_path):
     assert main(["mosaic", *tiles, "-o", str(out), "--no-register", "--no-png"]) == 0
     assert out.exists() and not (tmp_path / "m.png").exists()
     assert "2 tiles" in capsys.readouterr().out
+    # recorded in the products database by the command, then found by --start/--end
+    from dsacont.config import get_paths
+    from dsacont.service.products import Products
+
+    root = tmp_path / "root"
+    out2 = tmp_path / "m2.fits"
+    assert main(["mosaic", *tiles, "-o", str(out2), "--root", str(root), "--no-png"]) == 0
+    row = Products(get_paths(root=root).products_db).get("mosaic", str(out2))
+    assert row is not None and sorted(row["images"]) == sorted(tiles) and row["status"] == "mosaicked"
+    assert main(["mosaic", "--start", "2025-10-29", "--root", str(root), "--no-png"]) == 2  # no images recorded

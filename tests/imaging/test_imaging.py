@@ -34,8 +34,13 @@ def tile(tmp_path_factory):
     _corrected_equals_data(ms)  # no gains were simulated: the calibrated data are DATA
     with warnings.catch_warnings(record=True) as caught:  # checked by test_no_fits_warnings_while_imaging
         warnings.simplefilter("always")
-        res = image_ms(ms, paths=paths, register=True, thermal_noise=True)
+        res = image_ms(ms, paths=paths, thermal_noise=True)
     res["_warnings"] = [f"{w.category.__name__}: {w.message}" for w in caught]
+    # the service records what a worker made (image_ms itself never touches a database)
+    from dsacont.imaging.tclean import image_product
+    from dsacont.service.state import record_products
+
+    res["image_id"] = record_products(paths, {"images": [image_product(res)]})["images"][0]
     truth = load_truth(base / "raw", files[0])
     return res, truth, paths, str(ms)
 
@@ -334,7 +339,6 @@ def second_tile(tile, tmp_path_factory):
     """The next 5-minute group (0834+555 ~0.7 deg from its centre), imaged the same way."""
     from dsacont import load_truth, simulate
     from dsacont.convert import convert_group
-    from dsacont.imaging import image_ms
 
     _, _, paths, _ = tile
     base = tmp_path_factory.mktemp("imaging2")
@@ -343,7 +347,14 @@ def second_tile(tile, tmp_path_factory):
                                             noise=True, gains=False))
     ms = convert_group(files, paths.ms / "second.ms", flag=False, paths=paths, progress=False)
     _corrected_equals_data(ms)
-    res = image_ms(ms, paths=paths, register=True)
+    # `dsacont image` itself: the files, then the image recorded in the products database
+    from dsacont.cli import main
+    from dsacont.service.products import Products
+
+    assert main(["image", str(ms), "--root", str(paths.state.parent)]) == 0
+    res = json.loads((paths.images / "second.qa.json").read_text())
+    row = Products(paths.products_db).get("image", res["pbcor"])
+    assert row is not None and row["ms_path"] == str(ms) and row["status"] == "imaged"
     return res, load_truth(base / "raw", files[0])
 
 
@@ -353,7 +364,11 @@ def test_mosaic_of_real_tiles(tile, second_tile, tmp_path):
 
     res1, truth, paths, _ = tile
     res2, _ = second_tile
-    m = make_mosaic([res1, res2], paths.mosaics / "two.fits", paths=paths, register=True)
+    m = make_mosaic([res1, res2], paths.mosaics / "two.fits")
+    from dsacont.imaging.mosaic import mosaic_product
+    from dsacont.service.state import record_products
+
+    m["mosaic_id"] = record_products(paths, {"mosaics": [mosaic_product(m)]})["mosaics"][0]
     s = truth["sources"]
     k = list(s["name"]).index("0834+555")
     expected = _band_mean_flux(truth, k, truth["freq_hz"])

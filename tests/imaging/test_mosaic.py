@@ -191,7 +191,11 @@ def test_register(tiles, tmp_path):
 
     d, paths, _, _ = tiles
     p = get_paths(root=tmp_path / "root").ensure()
-    res = make_mosaic(paths[:2], p.mosaics / "m.fits", png=False, register=True, paths=p)
+    from dsacont.imaging.mosaic import mosaic_product
+    from dsacont.service.state import record_products
+
+    res = make_mosaic(paths[:2], p.mosaics / "m.fits", png=False)
+    res["mosaic_id"] = record_products(p, {"mosaics": [mosaic_product(res)]})["mosaics"][0]
     row = Products(p.products_db).get("mosaic", res["mosaic_id"])
     assert row["qa"]["n_tiles"] == 2 and len(row["images"]) == 2
     assert row["start_mjd"] == pytest.approx(60977.5)

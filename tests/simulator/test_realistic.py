@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import GROUP_START, by_subband
-from test_simulator import _read_uv
+from uvtools import _read_uv
 
 INACTIVE = {10, 21, 22, 23, *range(52, 68), 117}  # DSA-NNN, from the operators' audit (dsa110-facts.md)
 SEFD = 6000.0

@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import GROUP_START
+from uvtools import PYUV_KW, _read_uv
 
 NAME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)_sb(\d\d)\.hdf5$")
 INT_S = 12.884902
@@ -17,22 +18,6 @@ SEFD = 6000.0
 # 0834+555 in the VLA calibrator list: J2000 position, 20 cm and 6 cm fluxes
 CAL_RA, CAL_DEC = 128.72876715, 55.57251972
 S20, S6 = 8.80, 5.60
-PYUV_KW = dict(file_type="uvh5", run_check=False, run_check_acceptability=False,
-               strict_uvw_antpos_check=False, check_extra=False)
-
-
-def _read_uv(path):
-    """Read one subband as the operators do (pyuvdata, uvw cast to float64 as the files hold float32)."""
-    from pyuvdata import UVData
-
-    uv = UVData()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        uv.read(path, **PYUV_KW)
-    uv.uvw_array = uv.uvw_array.astype(np.float64)
-    return uv
-
-
 @pytest.fixture(scope="module")
 def sim_one_source(tmp_path_factory):
     """0834+555 alone, no noise/gains/RFI, written through the CLI."""
