@@ -61,6 +61,8 @@ DEFAULT_MAX_OFFSET_DEG = 5.0
 # a fitted flux scale outside this range means the source is not where the catalogue says (or the
 # data are not calibrated): the catalogue flux is used instead, with a warning
 FIT_RANGE = (0.5, 2.0)
+# a fitted scale below this (in absolute value) means the source is absent from the data
+ABSENT_BELOW = 0.1
 
 
 def bright_sources(info, *, min_apparent_jy: float = DEFAULT_MIN_APPARENT_JY,
@@ -191,8 +193,12 @@ def flatten_sources(ms, sources="auto", *, column: str = "CORRECTED_DATA", fit: 
                     scale[k] = x[k]
                     keep.append(k)
                 else:
-                    log.warning("%s: %s is not in the data as catalogued (fitted flux %.3g x the catalogue's); "
-                                "not flattened", ms, src.name, x[k])
+                    # absent (|fit| < ABSENT_BELOW: variable, resolved out, or not in the sky at all) is
+                    # recorded in the tile's QA; a source present at a wrong flux says more (a
+                    # calibration or catalogue problem) and is a warning
+                    level = logging.INFO if abs(x[k]) < ABSENT_BELOW else logging.WARNING
+                    log.log(level, "%s: %s is not in the data as catalogued (fitted flux %.3g x the catalogue's); "
+                            "not flattened", ms, src.name, x[k])
                     result.setdefault("skipped", []).append({"name": src.name, "scale": float(x[k])})
             if not keep:
                 return result
