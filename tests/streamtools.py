@@ -128,10 +128,20 @@ def service_env(**extra):
     return env
 
 
-def start_service(root, *args, log_name="service.log", env=None, **kw):
+#: run a command without the capabilities that let root read any file, so that root (as CI runs)
+#: sees file permissions as a normal user does (util-linux setpriv)
+WITHOUT_DAC_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def start_service(root, *args, log_name="service.log", env=None, as_normal_user=False, **kw):
+    """Start ``dsacont stream`` on ``root``. ``as_normal_user``: when this process is root, the
+    service runs without root's power to read unreadable files (:data:`WITHOUT_DAC_OVERRIDE`)."""
     Path(root).mkdir(parents=True, exist_ok=True)
     log = open(Path(root) / log_name, "ab")
-    proc = subprocess.Popen(service_cmd(root, *args, **kw), stdout=log, stderr=subprocess.STDOUT,
+    cmd = service_cmd(root, *args, **kw)
+    if as_normal_user and os.geteuid() == 0:
+        cmd = WITHOUT_DAC_OVERRIDE + cmd
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                             env=service_env(**(env or {})), cwd=str(TESTS_DIR.parent))
     proc.log_path = Path(root) / log_name
     log.close()

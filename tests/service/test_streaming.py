@@ -230,16 +230,16 @@ def test_bad_inputs_are_quarantined_and_the_rest_completes(sim_files, tmp_path):
     write_half_integrations(subband_file(sim_files, 9), names[3])
     os.symlink("/nonexistent/archive/mount/file.hdf5", names[4])
     os.link(subband_file(sim_files, 13), names[5])
-    if os.geteuid() != 0:  # root reads anything; only a normal user can test permissions
-        unreadable = incoming / shifted_name(subband_file(sim_files, 14), 3, extra_s=0)
-        # group 3 is incomplete anyway: add an unreadable sb14
-        import shutil
+    # an unreadable sb14 (group 3 is incomplete anyway); root reads anything, so as root (CI) the
+    # service runs without the capabilities that let it (a normal user's view of permissions)
+    import shutil
 
-        shutil.copyfile(subband_file(sim_files, 14), unreadable)
-        os.chmod(unreadable, 0)
-        bad[unreadable] = "Permission denied"
+    unreadable = incoming / shifted_name(subband_file(sim_files, 14), 3, extra_s=0)
+    shutil.copyfile(subband_file(sim_files, 14), unreadable)
+    os.chmod(unreadable, 0)
+    bad[unreadable] = "Permission denied"
 
-    rc, log = run_service(root, "--once")
+    rc, log = run_service(root, "--once", as_normal_user=True)
     assert rc == 0, log[-3000:]
     q = _queue(root)
     files = {f["path"]: f for f in q.files()}
