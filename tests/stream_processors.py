@@ -17,7 +17,10 @@ Test hooks, all through ``context.options`` (``dsacont stream --option KEY=VALUE
 ``sleep_s``  extra seconds of "work" per group.
 ``cal_after`` a group timestamp: groups before it raise CalibrationUnavailable until that
              group has completed (mimics a calibrator transit in the middle of a replay);
-             ``cal_lookup_s`` makes that lookup slow (so the solve can finish meanwhile).
+             ``cal_lookup_s`` makes that lookup slow (so the solve can finish meanwhile);
+             ``cal_lookup_until`` a group timestamp: the lookup lasts until the queue records that
+             group completed (observable state, whatever the machine's load; deadline 300 s), so
+             the calibrator is certain to finish during it.
 
 Every call appends one line to ``<state>/ledger.jsonl`` (group, point, pid) so the tests can see
 which worker process ran what.
@@ -38,6 +41,23 @@ def _ledger(context, group, point):
         f.write(json.dumps({"group": group.timestamp, "point": point, "pid": os.getpid(), "t": time.time()}) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def _wait_completed(context, timestamp, deadline_s):
+    """Wait until the queue records group ``timestamp`` as completed (read-only; a test stand-in)."""
+    from dsacont.service.queue import IngestQueue
+
+    q = IngestQueue(context.paths.queue_db)
+    try:
+        t0 = time.time()
+        while time.time() - t0 < deadline_s:
+            g = q.get(timestamp)
+            if g is not None and g.state == "completed":
+                return
+            time.sleep(0.1)
+    finally:
+        q.close()
+    raise TimeoutError(f"{timestamp} did not complete in {deadline_s} s")
 
 
 def _maybe_kill(context, group, point):
@@ -67,6 +87,8 @@ def summarise(group, context) -> dict:
         done = Path(paths.state) / "calibrated"
         if not done.exists():
             time.sleep(float(context.options.get("cal_lookup_s", 0)))  # a slow lookup: races the solve
+            if context.options.get("cal_lookup_until"):
+                _wait_completed(context, context.options["cal_lookup_until"], 300.0)
             raise CalibrationUnavailable(f"no calibration valid for {group.timestamp} yet")
     if context.options.get("hang_group") == group.timestamp:
         time.sleep(600)  # a hung CASA call

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -263,7 +264,17 @@ def test_live_but_silent_worker_on_this_host_is_reclaimed_only_when_hung(tmp_pat
 
 def test_zombie_counts_as_dead():
     p = subprocess.Popen([sys.executable, "-c", "pass"])
-    time.sleep(1.0)  # exited but not reaped: a zombie
+
+    def state():
+        try:
+            return Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, IndexError):
+            return None
+
+    t0 = time.time()
+    while state() != "Z" and time.time() - t0 < 120:  # exited but not reaped: a zombie
+        time.sleep(0.05)
+    assert state() == "Z"
     assert not pid_alive(p.pid)
     p.wait()
 

@@ -4,11 +4,13 @@ Each is written as ``_incomplete`` and renamed, paced by the data clock; real si
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import filecmp
 import os
+import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -30,35 +32,40 @@ def archive(sim_files, tmp_path):
     return tmp_path / "archive", stamps
 
 
-class DirectoryObserver(threading.Thread):
-    """Polls a directory as fast as it can.
+class InotifyLog:
+    """The kernel's own record of what happens in a directory (Linux inotify).
 
-    Records when each name first appeared and, for final names, the file's size at that moment.
+    Unlike polling, no event is missed however loaded the machine is: the kernel queues them until
+    :meth:`events` reads them. Records creations, closes after writing, and renames into the
+    directory.
     """
 
-    def __init__(self, directory):
-        super().__init__(daemon=True)
-        self.directory = Path(directory)
-        self.first_seen: dict[str, float] = {}
-        self.size_at_first_sight: dict[str, int] = {}
-        self.stop = threading.Event()
+    IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE = 0x008, 0x080, 0x100
 
-    def run(self):
-        while not self.stop.is_set():
+    def __init__(self, directory):
+        self._libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        self.fd = self._libc.inotify_init1(os.O_NONBLOCK)
+        if self.fd < 0 or self._libc.inotify_add_watch(
+                self.fd, os.fsencode(str(directory)), self.IN_CLOSE_WRITE | self.IN_MOVED_TO | self.IN_CREATE) < 0:
+            raise OSError(ctypes.get_errno(), "inotify")
+
+    def events(self) -> list[tuple[int, str]]:
+        """(mask, name) of every event so far, in order."""
+        out, buf = [], b""
+        while True:
             try:
-                names = os.listdir(self.directory)
-            except FileNotFoundError:
-                names = []
-            now = time.monotonic()
-            for n in names:
-                if n not in self.first_seen:
-                    self.first_seen[n] = now
-                    if not n.endswith(INCOMPLETE_SUFFIX):
-                        try:
-                            self.size_at_first_sight[n] = os.path.getsize(self.directory / n)
-                        except FileNotFoundError:
-                            pass
-            time.sleep(0.0005)
+                buf += os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                break
+        i = 0
+        while i < len(buf):
+            _, mask, _, n = struct.unpack_from("iIII", buf, i)
+            out.append((mask, buf[i + 16:i + 16 + n].rstrip(b"\0").decode()))
+            i += 16 + n
+        return out
+
+    def close(self):
+        os.close(self.fd)
 
 
 def test_plan_selects_whole_groups_in_time_order(archive):
@@ -76,26 +83,34 @@ def test_replay_writes_incomplete_then_renames_in_time_order(archive, tmp_path):
     arch, stamps = archive
     incoming = tmp_path / "incoming"
     incoming.mkdir()
-    obs = DirectoryObserver(incoming)
-    obs.start()
+    log = InotifyLog(incoming)
     try:
         delivered = replay(arch, incoming)
+        events = log.events()
     finally:
-        obs.stop.set()
-        obs.join()
+        log.close()
     assert len(delivered) == 48
     final = sorted(os.listdir(incoming))
     assert not any(INCOMPLETE_SUFFIX in n for n in final)
     assert final == sorted(os.listdir(arch))
     for n in final:
         assert filecmp.cmp(incoming / n, arch / n, shallow=False)
-    # whenever a final name was visible, the file was already complete
-    for n, size in obs.size_at_first_sight.items():
-        assert size == os.path.getsize(arch / n), f"{n} visible before it was complete"
-    # the _incomplete names were used, and final names appeared in the order of their timestamps
-    assert any(n.endswith(INCOMPLETE_SUFFIX) for n in obs.first_seen)
-    order = sorted((t, n) for n, t in obs.first_seen.items() if not n.endswith(INCOMPLETE_SUFFIX))
-    stamps_seen = [parse_subband_name(n).timestamp for _, n in order]
+    # a final name is never created or written: it appears only by the rename of an _incomplete
+    # file that was written and closed before (so whenever it is visible, it is complete)
+    created = [n for m, n in events if m & InotifyLog.IN_CREATE]
+    assert created and all(n.endswith(INCOMPLETE_SUFFIX) for n in created)
+    closed = set()
+    moved = []
+    for m, n in events:
+        if m & InotifyLog.IN_CLOSE_WRITE:
+            assert n.endswith(INCOMPLETE_SUFFIX), f"{n} written under its final name"
+            closed.add(n)
+        if m & InotifyLog.IN_MOVED_TO:
+            assert n.removesuffix(".hdf5") + INCOMPLETE_SUFFIX in closed, f"{n} visible before it was complete"
+            moved.append(n)
+    assert sorted(moved) == final
+    # and the final names appeared in the order of their timestamps
+    stamps_seen = [parse_subband_name(n).timestamp for n in moved]
     assert stamps_seen == sorted(stamps_seen)
 
 

@@ -312,11 +312,17 @@ def test_full_disk_pauses_then_resumes_without_losing_data(sim_files, tmp_path):
 def test_two_services_on_one_queue_never_take_the_same_group(sim_files, tmp_path):
     root = tmp_path / "run"
     stamps = make_archive(sim_files, tmp_path / "archive", range(6))
-    replay(tmp_path / "archive", get_paths(root=root).incoming)
-    args = ("--idle-exit", "4", "--option", "sleep_s=1.5")
+    incoming = get_paths(root=root).incoming
+    incoming.mkdir(parents=True, exist_ok=True)
+    args = ("--idle-exit", "30", "--option", "sleep_s=1.5")
     a = start_service(root, *args, log_name="a.log")
     b = start_service(root, *args, log_name="b.log")
     try:
+        # both services watching before any file arrives (however long their start-up takes here)
+        for svc in (a, b):
+            wait_for(lambda: svc.log_path.exists() and "watching" in svc.log_path.read_text(), 180,
+                     what=f"{svc.log_path.name} to start watching")
+        replay(tmp_path / "archive", incoming)
         assert a.wait(timeout=240) == 0, a.log_path.read_text()[-2000:]
         assert b.wait(timeout=240) == 0, b.log_path.read_text()[-2000:]
     finally:
@@ -337,10 +343,12 @@ def test_calibration_wait_defers_without_failing(sim_files, tmp_path):
     root = tmp_path / "run"
     stamps = make_archive(sim_files, tmp_path / "archive", range(3))
     replay(tmp_path / "archive", get_paths(root=root).incoming)
-    # two in flight: group 0 finds no calibration while group 1 (the "calibrator") completes; it must
-    # retry at once, not after --cal-wait (600 s: the test would time out)
+    # two in flight: group 0 finds no calibration while group 1 (the "calibrator") completes (its
+    # lookup lasts until the queue records group 1 completed: no timing race); it must retry at
+    # once, not after --cal-wait (600 s: the test would time out)
     rc, log = run_service(root, "--once", "--cal-wait", "600", "--max-inflight", "2",
-                          "--option", f"cal_after={stamps[1]}", "--option", "cal_lookup_s=8")
+                          "--option", f"cal_after={stamps[1]}", "--option", f"cal_lookup_until={stamps[1]}",
+                          timeout=400)
     assert rc == 0, log[-3000:]
     _check_nothing_lost_or_doubled(root, stamps)
     q = _queue(root)
@@ -397,12 +405,13 @@ def test_hung_group_times_out_and_the_service_goes_on(sim_files, tmp_path):
     root = tmp_path / "run"
     stamps = make_archive(sim_files, tmp_path / "archive", range(2))
     replay(tmp_path / "archive", get_paths(root=root).incoming)
-    rc, log = run_service(root, "--once", "--group-timeout", "12", "--max-attempts", "1",
-                          "--option", f"hang_group={stamps[0]}")
+    # the hung group sleeps 600 s; 60 s is ample for a normal group on a fresh worker under load
+    rc, log = run_service(root, "--once", "--group-timeout", "60", "--max-attempts", "1",
+                          "--option", f"hang_group={stamps[0]}", timeout=400)
     assert rc == 0, log[-3000:]
     q = _queue(root)
     g0, g1 = q.get(stamps[0]), q.get(stamps[1])
-    assert g0.state == "failed" and "timed out after 12 s" in g0.error
+    assert g0.state == "failed" and "timed out after 60 s" in g0.error
     assert g1.state == "completed"
     q.close()
     # the operator fixed the cause: --retry-failed puts it back and it completes
