@@ -68,3 +68,24 @@ def test_duplicate_subband_is_reported_not_used(tmp_path):
 def test_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a directory"):
         find_groups(tmp_path / "nope")
+
+
+def test_groups_command(tmp_path, capsys):
+    """``dsacont groups DIR`` (the command, through dsacont.cli): one line per group, then the count;
+    ``--json`` gives the same groups as find_groups."""
+    import json
+
+    from dsacont.cli import main
+
+    t0 = datetime(2025, 10, 29, 13, 52, 51)
+    _write_group(tmp_path, t0, [0, 2, 5])
+    _write_group(tmp_path, t0 + timedelta(seconds=309.24), [1], subbands=[s for s in range(16) if s not in (2, 9)])
+    assert main(["groups", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "2025-10-29T13:52:51  16/16  complete"
+    assert out[1].endswith("14/16  incomplete (missing sb02,sb09)")
+    assert out[-1] == "1 complete, 1 incomplete groups"
+    assert main(["groups", str(tmp_path), "--json", "--start", "2025-10-29T13:55:00"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["timestamp"] for r in rows] == [g.timestamp for g in find_groups(tmp_path, start="2025-10-29T13:55:00")]
+    assert len(rows) == 1 and rows[0]["missing"] == [2, 9]

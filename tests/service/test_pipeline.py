@@ -1,0 +1,55 @@
+"""The pipeline's mosaic trigger on real FITS tiles: runs of consecutive tiles, never across a gap."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+from astropy.io import fits
+from astropy.time import Time
+from astropy.wcs import WCS
+
+from dsacont.config import get_paths
+from dsacont.imaging.beam import beam_image
+from dsacont.service.pipeline import GROUP_CADENCE_S, PipelineOptions, maybe_mosaic
+
+
+def _tile(directory, k, start_mjd):
+    """A small real tile (image, drifting-beam pb, QA JSON) 1.29 deg of RA after the previous."""
+    ra = 120.0 + 1.2885 * k
+    w = WCS(naxis=4)
+    w.wcs.ctype = ["RA---SIN", "DEC--SIN", "FREQ", "STOKES"]
+    w.wcs.crval = [ra, 55.57, 1.4e9, 1.0]
+    w.wcs.cdelt = [-120 / 3600, 120 / 3600, 1.875e8, 1.0]
+    w.wcs.crpix = [25, 25, 1, 1]
+    hdr = w.to_header()
+    hdr.update(BMAJ=0.05, BMIN=0.05, BPA=0.0)
+    stem = directory / f"tile{k:02d}"
+    pb = beam_image(w.celestial, (48, 48), [math.radians(ra)], [math.radians(55.57)], [1.4e9])
+    img = np.random.default_rng(k).normal(0, 1e-3, (1, 1, 48, 48)).astype(np.float32)
+    fits.PrimaryHDU(img, hdr).writeto(f"{stem}.pbcor.fits")
+    fits.PrimaryHDU(img, hdr).writeto(f"{stem}.image.fits")
+    fits.PrimaryHDU(pb.reshape(1, 1, 48, 48), hdr).writeto(f"{stem}.pb.fits")
+    (directory / f"tile{k:02d}.qa.json").write_text(json.dumps({"qa": {"noise_jy": 1e-3}, "start_mjd": start_mjd,
+                                                                 "end_mjd": start_mjd + GROUP_CADENCE_S / 86400}))
+    return {"id": k + 1, "path": f"{stem}.pbcor.fits", "start_mjd": start_mjd,
+            "start_time": Time(start_mjd, format="mjd").isot}
+
+
+def test_twelve_tile_trigger_skips_a_missing_group(tmp_path):
+    paths = get_paths(root=tmp_path / "root").ensure("mosaics")
+    t0 = Time("2025-10-29T13:24:37").mjd
+    # 25 five-minute slots, the group of slot 5 missing: 0-4, then 6-24
+    rows = [_tile(tmp_path, k, t0 + k * GROUP_CADENCE_S / 86400) for k in range(25) if k != 5]
+    made = maybe_mosaic(paths, rows, PipelineOptions(tiles_per_mosaic=12))
+    # one mosaic, of slots 6-17: never 0-4 with tiles after the gap, nothing of the 7 left over
+    assert len(made) == 1
+    assert made[0]["product"]["images"] == [k + 1 for k in range(6, 18)]
+    assert made[0]["n_tiles"] == 12
+    assert sorted(p.name for p in paths.mosaics.glob("*.fits") if "noise" not in p.name) == \
+        [f"mosaic_{rows[5]['start_time'][:19]}_12tiles.fits"]
+    # without the gap the same 25 slots make two mosaics, 0-11 and 12-23
+    (tmp_path / "full").mkdir()
+    full = [_tile(tmp_path / "full", k, t0 + k * GROUP_CADENCE_S / 86400) for k in range(25)]
+    made = maybe_mosaic(get_paths(root=tmp_path / "root2").ensure("mosaics"), full, PipelineOptions(tiles_per_mosaic=12))
+    assert [m["product"]["images"] for m in made] == [list(range(1, 13)), list(range(13, 25))]
