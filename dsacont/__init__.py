@@ -13,9 +13,8 @@ at once: it points CASA at the measures data of the ``casadata`` package (a site
 """
 from __future__ import annotations
 
-import importlib
-
 from dsacont import casa as _casa
+from dsacont.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -47,14 +46,4 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name):
-    mod = _EXPORTS.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'dsacont' has no attribute {name!r}")
-    value = getattr(importlib.import_module(mod), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -23,7 +23,7 @@ here). Names are imported on first use (PEP 562), so importing one module does n
 """
 from __future__ import annotations
 
-import importlib
+from dsacont.lazy import lazy_exports
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -56,14 +56,4 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name):
-    mod = _EXPORTS.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'dsacont.imaging' has no attribute {name!r}")
-    value = getattr(importlib.import_module(mod), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -16,7 +16,7 @@ PKG = Path(__file__).resolve().parents[2] / "dsacont"
 # the layers, lowest first; a module may import its own layer's modules and any lower layer's
 LAYERS = [
     ("core", ["dsacont.config", "dsacont.errors", "dsacont.telescope", "dsacont.calibrators", "dsacont.casa",
-              "dsacont.db", "dsacont.jsonio", "dsacont.options"]),
+              "dsacont.db", "dsacont.jsonio", "dsacont.options", "dsacont.lazy"]),
     ("io", ["dsacont.io"]),
     ("flagging", ["dsacont.flagging"]),
     ("convert", ["dsacont.convert"]),
