@@ -80,6 +80,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from tqdm.auto import tqdm
+
 from dsacont import db
 from dsacont.options import merge
 from dsacont.service.executor import Executor, ServiceContext, load_callable, run_group_task, run_hook_task
@@ -311,6 +313,8 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
         key = f"hook-{group.timestamp if group else 'startup'}-{time.time_ns()}"
         hooks.append((group, executor.submit(run_hook_task, hook, group, result, ctx, key=key)))
 
+    # groups finished, as a bar in a terminal or notebook (nothing in a log file)
+    bar = tqdm(desc="groups", unit="group", disable=None, leave=True)
     try:
         for ts, why in queue.reclaim_stale():
             log.warning("start-up: group %s back to the queue (%s)", ts, why)
@@ -391,6 +395,9 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
                                         disk_full_pause_s=o.disk_full_pause_s, t0=t0, paths=paths)
                 if state in ("completed", "failed", "quarantined"):
                     outcomes += 1
+                    bar.update()
+                    bar.set_postfix(completed=len(summary.completed) + (state == "completed"),
+                                    failed=len(summary.failed) + (state != "completed"), refresh=False)
                 if state == "completed":
                     last_completion = time.time()
                     summary.completed.append(rec.timestamp)
@@ -486,6 +493,7 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
                 pass
             queue.release(rec, "service stopped before the group finished", worker=me.name)
             log.warning("group %s released back to the queue (service stopping)", rec.timestamp)
+        bar.close()
         executor.close()
         for s, h in old_handlers.items():
             signal.signal(s, h)
