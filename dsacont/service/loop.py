@@ -395,9 +395,6 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
                                         disk_full_pause_s=o.disk_full_pause_s, t0=t0, paths=paths)
                 if state in ("completed", "failed", "quarantined"):
                     outcomes += 1
-                    bar.update()
-                    bar.set_postfix(completed=len(summary.completed) + (state == "completed"),
-                                    failed=len(summary.failed) + (state != "completed"), refresh=False)
                 if state == "completed":
                     last_completion = time.time()
                     summary.completed.append(rec.timestamp)
@@ -411,6 +408,9 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
                         paused_until = time.time() + o.disk_full_pause_s
                     if o.stop_on_error and error_stop is None:
                         error_stop = f"group {rec.timestamp}: {out.get('message')}"
+            if outcomes > bar.n:  # groups finished (any way, time-outs included) since the last pass
+                bar.set_postfix(completed=len(summary.completed), failed=len(summary.failed), refresh=False)
+                bar.update(outcomes - bar.n)
             for item in [h for h in hooks if h[1].done()]:
                 hooks.remove(item)
                 g, fut = item
