@@ -195,6 +195,20 @@ def _corrected_vs_truth(ms, truth):
     return med, float(np.max(np.abs(per_spw)))
 
 
+def _antenna_and_shape_errors(r, gs, gt, spw_of):
+    """From :func:`_solved_vs_truth`: the per-antenna gain errors (band average of the complex
+    ratio, per pol) as (rms, max) of amplitude - 1 and of phase (deg), and the bandpass shape
+    errors (amplitude normalised per SPW, solved / truth - 1), shape (Nant, Nf, Npol)."""
+    rb = np.nanmean(r, axis=1)
+    shp = []
+    for k in range(spw_of.max() + 1):
+        sel = spw_of == k
+        a = np.abs(gs[:, sel]) / np.nanmean(np.abs(gs[:, sel]), axis=1, keepdims=True)
+        b = np.abs(gt[:, sel]) / np.nanmean(np.abs(gt[:, sel]), axis=1, keepdims=True)
+        shp.append(a / b - 1)
+    return _stats(np.abs(rb) - 1), _stats(np.degrees(np.angle(rb))), np.concatenate(shp, axis=1)
+
+
 def _stats(x):
     x = np.asarray(x)
     return float(np.sqrt(np.nanmean(x ** 2))), float(np.nanmax(np.abs(x)))
@@ -369,22 +383,11 @@ def test_gains_and_bandpass_match_truth(solved):
     refant = s["refant"].split(",")[0]
     r, gs, gt, spw_of = _solved_vs_truth(solved["ms"], s["tables"], solved["truth"], refant)
     amp, ph = np.abs(r) - 1, np.degrees(np.angle(r))
-    # per-antenna gain (band average of the complex ratio, per pol)
-    rb = np.nanmean(r, axis=1)
-    a_rms, a_max = _stats(np.abs(rb) - 1)
-    p_rms, p_max = _stats(np.degrees(np.angle(rb)))
+    (a_rms, a_max), (p_rms, p_max), shp = _antenna_and_shape_errors(r, gs, gt, spw_of)
     # per-SPW gains (the G table's resolution)
     rs = np.stack([np.nanmean(r[:, spw_of == k], axis=1) for k in range(spw_of.max() + 1)])
     s_arms, s_amax = _stats(np.abs(rs) - 1)
     s_prms, s_pmax = _stats(np.degrees(np.angle(rs)))
-    # bandpass shapes: amplitude normalised per SPW, solved vs truth
-    shp = []
-    for k in range(spw_of.max() + 1):
-        sel = spw_of == k
-        a = np.abs(gs[:, sel]) / np.nanmean(np.abs(gs[:, sel]), axis=1, keepdims=True)
-        b = np.abs(gt[:, sel]) / np.nanmean(np.abs(gt[:, sel]), axis=1, keepdims=True)
-        shp.append(a / b - 1)
-    shp = np.concatenate(shp, axis=1)
     b_rms, b_max = _stats(shp)
     c_rms, c_max = _stats(amp)
     cp_rms, cp_max = _stats(ph)
@@ -460,16 +463,8 @@ def test_calibrator_only_model_meets_targets(conv_ms, tmp_path):
     res = C.solve_calibration(ms, CAL, paths=get_paths(root=tmp_path / "root"), plots=False)
     assert res["status"] == "valid" and res["metrics"]["model"]["n_sky_sources"] == 0
     r, gs, gt, spw_of = _solved_vs_truth(ms, res["tables"], truth, res["refant"].split(",")[0])
-    rb = np.nanmean(r, axis=1)
-    a_rms, a_max = _stats(np.abs(rb) - 1)
-    p_rms, p_max = _stats(np.degrees(np.angle(rb)))
-    shp = []
-    for k in range(spw_of.max() + 1):
-        sel = spw_of == k
-        a = np.abs(gs[:, sel]) / np.nanmean(np.abs(gs[:, sel]), axis=1, keepdims=True)
-        b = np.abs(gt[:, sel]) / np.nanmean(np.abs(gt[:, sel]), axis=1, keepdims=True)
-        shp.append(a / b - 1)
-    b_rms, b_max = _stats(np.concatenate(shp, axis=1))
+    (a_rms, a_max), (p_rms, p_max), shp = _antenna_and_shape_errors(r, gs, gt, spw_of)
+    b_rms, b_max = _stats(shp)
     C.apply_calibration(ms, paths=get_paths(root=tmp_path / "root"))
     med, worst = _corrected_vs_truth(ms, truth)  # the calibrator-only model was the solve's own model
     print(f"\n[calibrator-only model] per-antenna gains: amp err rms {a_rms:.4f} max {a_max:.4f}; "
