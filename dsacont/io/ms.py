@@ -157,16 +157,14 @@ def table(path, subtable: str | None = None, *, readonly: bool = True, **open_op
     """
     tb = _ct().table()
     where = str(path) if subtable is None else os.path.join(str(path), subtable)
+    # close() alone: the tool's done() after a close logs "No table opened" twice, to the terminal
+    tb.open(where, nomodify=bool(readonly), **open_options)
     try:
-        tb.open(where, nomodify=bool(readonly), **open_options)
-        try:
-            yield tb
-            if not readonly:
-                tb.flush()
-        finally:
-            tb.close()
+        yield tb
+        if not readonly:
+            tb.flush()
     finally:
-        tb.done()
+        tb.close()
 
 
 @dataclass
