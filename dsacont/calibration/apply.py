@@ -15,7 +15,7 @@ import numpy as np
 from dsacont.calibration.model import lmn, model_amplitudes, point_model
 from dsacont.calibration.msinfo import MSInfo, read_ms_info
 from dsacont.calibration.registry import Registry, to_mjd
-from dsacont.calibration.tables import read_caltable
+from dsacont.calibration.tables import combined_spw, read_caltable
 from dsacont.calibrators import get_calibrator
 from dsacont.casa import casatasks
 from dsacont.config import get_paths
@@ -25,19 +25,30 @@ from dsacont.io.ms import clear_state, iter_ddid, table
 log = logging.getLogger(__name__)
 
 
-def _spwmap(ms_info: MSInfo, caltable) -> list[int]:
-    """For each SPW of the MS, the caltable SPW with the nearest centre frequency."""
+def _spwmap(ms_info: MSInfo, caltable) -> tuple[list[int], list[int]]:
+    """For each SPW of the MS, the caltable SPW to take solutions from; and the MS SPWs without any.
+
+    The caltable SPW with the nearest centre frequency; all SPWs map to the combined one for a
+    table solved with ``combine='spw'``. An MS SPW whose frequency the table does not cover
+    (solved on a group that lacked that subband) is returned in the second list, mapped to the
+    nearest SPW that has solutions: the caller flags its data.
+    """
+    comb = combined_spw(caltable)
+    if comb is not None:
+        return [comb] * len(ms_info.spw_freqs), []
     t = read_caltable(caltable)
     cal_centres = np.array([np.mean(f) for f in t["spw_freqs"]])
     have = np.unique(t["SPECTRAL_WINDOW_ID"])
-    out = []
-    for f in ms_info.spw_freqs:
+    if have.size == 0:
+        raise CalibrationUnavailable(f"{caltable}: the table has no solutions at all")
+    out, unsolved = [], []
+    for i, f in enumerate(ms_info.spw_freqs):
         cand = have[np.argsort(np.abs(cal_centres[have] - np.mean(f)))]
         best = int(cand[0])
         if abs(cal_centres[best] - np.mean(f)) > 0.5 * (f.max() - f.min() + abs(f[1] - f[0] if f.size > 1 else 0)):
-            raise CalibrationUnavailable(f"{caltable}: no solutions for the SPW at {np.mean(f) / 1e6:.2f} MHz")
+            unsolved.append(i)
         out.append(best)
-    return out
+    return out, unsolved
 
 
 def apply_calibration(ms, tables=None, registry=None, time=None, *, interp: str = "linear", paths=None,
@@ -87,9 +98,16 @@ def apply_calibration(ms, tables=None, registry=None, time=None, *, interp: str 
         if not Path(t).is_dir():
             raise CalibrationUnavailable(f"caltable {t} is registered but missing on disk")
     interps = ["nearest" if _table_kind(t) == "B" else interp for t in tables]
-    spwmaps = [_spwmap(info, t) for t in tables]
+    maps = [_spwmap(info, t) for t in tables]
+    spwmaps = [m for m, _ in maps]
+    unsolved = sorted({int(s) for _, u in maps for s in u})
     ct = casatasks()
     t0 = _time.perf_counter()
+    if unsolved:
+        # never block a group on a table with missing windows: flag those windows' data
+        log.warning("%s: no solutions for SPW(s) %s in %s; flagging their data", ms, unsolved,
+                    [Path(t).name for t, (_, u) in zip(tables, maps) if u])
+        ct.flagdata(vis=ms, mode="manual", spw=",".join(str(s) for s in unsolved), flagbackup=False)
     ct.applycal(vis=ms, gaintable=tables, interp=interps, spwmap=spwmaps, calwt=[calwt] * len(tables),
                 flagbackup=False, applymode="calflag")
     dt = _time.perf_counter() - t0
@@ -99,7 +117,7 @@ def apply_calibration(ms, tables=None, registry=None, time=None, *, interp: str 
     log.info("%s: applied %s in %.1f s (check %.1f s); %.1f %% flagged", ms, [Path(t).name for t in tables], dt,
              _time.perf_counter() - t1, 100 * check["flagged_fraction"])
     return {"ms": ms, "tables": tables, "ids": ids, "interp": interps, "spwmap": spwmaps,
-            **check, "timings_s": {"applycal": dt, "check": _time.perf_counter() - t1}}
+            "spw_flagged_unsolved": unsolved, **check, "timings_s": {"applycal": dt, "check": _time.perf_counter() - t1}}
 
 
 def _table_kind(path) -> str:

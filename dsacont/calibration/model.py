@@ -147,7 +147,8 @@ def write_model(ms, calibrator, *, sky=None, beam: str = "time", pointing_dec_ra
     Parameters
     ----------
     ms : path
-    calibrator : str or Calibrator
+    calibrator : str or Calibrator or None
+        None: the ``sky`` sources alone (a field model).
     sky : list of SkySource, optional
         Further point sources to include (field sources from a survey catalogue): where a
         bright source sits near the calibrator it otherwise limits the gain accuracy
@@ -170,7 +171,10 @@ def write_model(ms, calibrator, *, sky=None, beam: str = "time", pointing_dec_ra
     info = info or read_ms_info(ms)
     if pointing_dec_rad is None:
         pointing_dec_rad = pointing_dec(info)
-    sources = [cal] + [s for s in (sky or []) if getattr(s, "name", None) != cal.name]
+    if cal is None and not sky:
+        raise ValueError(f"{ms}: a model needs a calibrator or sky sources")
+    sources = ([cal] if cal is not None else []) + [s for s in (sky or [])
+                                                      if cal is None or getattr(s, "name", None) != cal.name]
     per_src = [model_amplitudes(s, info, beam=beam, pointing_dec_rad=pointing_dec_rad) for s in sources]
     meta = per_src[0][1]
     lmn_sf = np.array([[lmn(np.radians(s.ra_deg), np.radians(s.dec_deg), r0, d0) for r0, d0 in info.field_dirs]
@@ -187,10 +191,16 @@ def write_model(ms, calibrator, *, sky=None, beam: str = "time", pointing_dec_ra
             fidx = np.asarray(sub.getcol("FIELD_ID", s, n))
             model = point_model(uvw, info.spw_freqs[spw], tidx, fidx, lmn_sf, amp, npol=npol)
             sub.putcol("MODEL_DATA", model, s, n)
+    n_field = len(sources) - (cal is not None)
+    if cal is None:
+        log.info("%s: MODEL_DATA written for %d field sources (%.1f s; beam %s)", ms, n_field,
+                 _time.perf_counter() - t0, beam)
+        return {"calibrator": None, "n_sky_sources": n_field, "pointing_dec_deg": meta["pointing_dec_deg"],
+                "beam": beam}
     log.info("%s: MODEL_DATA written for %s + %d field sources (%.1f s; beam %s, offset at mid-time %.3f deg)",
-             ms, cal.name, len(sources) - 1, _time.perf_counter() - t0, beam, meta["beam_offset_mid_deg"])
+             ms, cal.name, n_field, _time.perf_counter() - t0, beam, meta["beam_offset_mid_deg"])
     return {"calibrator": cal.name, "flux_jy": float(cal.flux_jy), "spectral_index": float(cal.spectral_index),
-            "ra_deg": cal.ra_deg, "dec_deg": cal.dec_deg, "n_sky_sources": len(sources) - 1, **meta}
+            "ra_deg": cal.ra_deg, "dec_deg": cal.dec_deg, "n_sky_sources": n_field, **meta}
 
 
 def select_calibrator(ms, *, min_flux_jy: float = DEFAULT_MIN_FLUX_JY, info: MSInfo | None = None):

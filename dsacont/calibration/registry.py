@@ -13,9 +13,15 @@ calibration table::
     metrics      JSON text (quality metrics of the solve)
     source_ms    the calibrator Measurement Set the table was solved on
     path         the caltable directory
-    depends_on   id of the table that was applied while solving this one (G -> its B), or NULL
+    depends_on   id of the table that was applied while solving this one (G -> its B; a field
+                 gain table -> the calibrator G it corrects), or NULL
     reason       why a table was rejected
     created, updated   unix seconds
+    dec_deg      pointing declination (apparent, degrees) of the data the table was solved on;
+                 a table is never applied to another declination strip
+                 (:mod:`dsacont.calibration.select`)
+    origin       'transit' (solved on a calibrator transit) or 'field' (a gain correction solved
+                 on a field group against a sky model)
 
 Validity is two-sided: a table solved at ``T`` is valid in ``[T - before, T + after]``
 (defaults: bandpass 24 h, gains 1 h each side; see :data:`DEFAULT_VALIDITY_H`), so a group
@@ -46,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsacont import db
+from dsacont.calibration.select import choose_tables
 from dsacont.db import to_mjd  # noqa: F401  (also imported from here by calibration)
 from dsacont.jsonio import json_default
 
@@ -72,10 +79,15 @@ CREATE TABLE IF NOT EXISTS caltables (
     reason      TEXT,
     created     REAL NOT NULL,
     updated     REAL NOT NULL,
+    dec_deg     REAL,
+    origin      TEXT,
     CHECK (valid_start <= valid_end)
 );
 CREATE INDEX IF NOT EXISTS caltables_lookup ON caltables (kind, status, valid_start, valid_end);
 """
+#: columns added after the first release: (name, SQL type); added to an older file on open
+_ADDED_COLUMNS = (("dec_deg", "REAL"), ("origin", "TEXT"))
+ORIGINS = ("transit", "field")
 
 
 def mjd_to_iso(mjd: float) -> str:
@@ -102,6 +114,10 @@ class CalRecord:
     reason: str | None
     created: float
     updated: float
+    dec_deg: float | None = None
+    origin: str | None = None
+    #: for a table just solved and not yet registered: its name within the task's results
+    key: str | None = None
 
     @property
     def solve_iso(self) -> str:
@@ -112,7 +128,7 @@ class CalRecord:
 
 
 _COLS = ("id, kind, calibrator, solve_mjd, valid_start, valid_end, status, metrics, source_ms, path, "
-         "depends_on, reason, created, updated")
+         "depends_on, reason, created, updated, dec_deg, origin")
 
 
 def _row(r) -> CalRecord:
@@ -133,7 +149,17 @@ class Registry:
         self.timeout_s = float(timeout_s)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as con:
-            self._write(con, lambda c: [c.execute(stmt) for stmt in _SCHEMA.split(";") if stmt.strip()])
+            self._write(con, self._create)
+
+    @staticmethod
+    def _create(c) -> None:
+        for stmt in _SCHEMA.split(";"):
+            if stmt.strip():
+                c.execute(stmt)
+        have = {row[1] for row in c.execute("PRAGMA table_info(caltables)")}
+        for name, sqltype in _ADDED_COLUMNS:
+            if name not in have:  # a registry written by an older dsacont
+                c.execute(f"ALTER TABLE caltables ADD COLUMN {name} {sqltype}")
 
     def __repr__(self) -> str:
         return f"Registry({str(self.db_path)!r})"
@@ -154,7 +180,8 @@ class Registry:
     # -- writing -----------------------------------------------------------------------------
     def register_begin(self, kind: str, calibrator: str | None, solve_time, path, *, source_ms=None,
                        valid_before_h: float | None = None, valid_after_h: float | None = None,
-                       depends_on: int | None = None) -> int:
+                       depends_on: int | None = None, dec_deg: float | None = None,
+                       origin: str = "transit") -> int:
         """Record a table about to be written; returns its id (status 'writing').
 
         Parameters
@@ -169,9 +196,15 @@ class Registry:
             default :data:`DEFAULT_VALIDITY_H` of the kind on both sides.
         depends_on : int, optional
             Registry id of a table applied while solving this one (the bandpass under a G).
+        dec_deg : float, optional
+            Pointing declination (apparent, degrees) of the data solved on.
+        origin : 'transit' | 'field'
+            A calibrator-transit solve, or a field gain correction.
         """
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        if origin not in ORIGINS:
+            raise ValueError(f"origin must be one of {ORIGINS}, not {origin!r}")
         solve = to_mjd(solve_time)
         before = DEFAULT_VALIDITY_H[kind] if valid_before_h is None else float(valid_before_h)
         after = DEFAULT_VALIDITY_H[kind] if valid_after_h is None else float(valid_after_h)
@@ -179,11 +212,12 @@ class Registry:
             raise ValueError("validity half-widths must be >= 0 hours")
         now = _time.time()
         params = (kind, calibrator, solve, solve - before / 24.0, solve + after / 24.0, "writing",
-                  str(source_ms) if source_ms is not None else None, str(path), depends_on, now, now)
+                  str(source_ms) if source_ms is not None else None, str(path), depends_on, now, now,
+                  None if dec_deg is None else float(dec_deg), origin)
         with self._connect() as con:
             rid = self._write(con, lambda c: c.execute(
                 "INSERT INTO caltables (kind, calibrator, solve_mjd, valid_start, valid_end, status, "
-                "source_ms, path, depends_on, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "source_ms, path, depends_on, created, updated, dec_deg, origin) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 params).lastrowid)
         log.info("registry: %s table %d (%s) registered as writing: %s", kind, rid, calibrator, path)
         return int(rid)
@@ -237,13 +271,14 @@ class Registry:
         """The valid ``kind`` table whose window contains ``time`` and was solved nearest to it.
 
         ``time``: astropy Time, datetime, ISO string or MJD. Returns None when nothing valid
-        covers the time. Tables in 'writing' or 'rejected' state are never returned. Ties
+        covers the time. Field gain corrections (origin 'field') are not stand-alone tables and are
+        never returned here (see :meth:`choose`). Tables in 'writing' or 'rejected' state are never returned. Ties
         (equal distance) go to the most recently registered table.
         """
         mjd = to_mjd(time)
         with self._connect() as con:
             r = con.execute(
-                f"SELECT {_COLS} FROM caltables WHERE kind=? AND status='valid' "
+                f"SELECT {_COLS} FROM caltables WHERE kind=? AND status='valid' AND COALESCE(origin, 'transit')='transit' "
                 "AND valid_start <= ? AND valid_end >= ? ORDER BY ABS(solve_mjd - ?) ASC, id DESC LIMIT 1",
                 (kind, mjd, mjd, mjd)).fetchone()
         return _row(r) if r is not None else None
@@ -265,6 +300,14 @@ class Registry:
         if b is None:
             b = self.lookup("B", time)
         return [r for r in (b, g) if r is not None]
+
+    def choose(self, time, dec_deg: float | None = None, **rules):
+        """The tables that calibrate a group at ``time`` and pointing declination ``dec_deg``.
+
+        :func:`dsacont.calibration.select.choose_tables` over the valid records (``rules``: its
+        keyword arguments); returns a :class:`~dsacont.calibration.select.Choice` or None.
+        """
+        return choose_tables(self.list(status="valid"), to_mjd(time), dec_deg, **rules)
 
     def list(self, kind: str | None = None, status: str | None = None) -> list[CalRecord]:
         """All rows (optionally of one kind/status), oldest solve first."""

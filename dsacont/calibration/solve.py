@@ -32,7 +32,7 @@ from dsacont.calibration.model import select_calibrator, write_model
 from dsacont.calibration.msinfo import MSInfo, read_ms_info
 from dsacont.calibration.plots import plot_bandpass, plot_gains
 from dsacont.calibration.registry import Registry
-from dsacont.calibration.tables import caltable_metrics
+from dsacont.calibration.tables import caltable_metrics, complete_spws
 from dsacont.calibrators import get_calibrator
 from dsacont.casa import casatasks
 from dsacont.config import get_paths
@@ -75,7 +75,7 @@ def choose_refant(info: MSInfo, antenna_flags: dict, n: int = 5) -> list[str]:
 def solve_calibration(ms_path, calibrator=None, *, paths=None, registry=None, refant=None,
                       gain_solint: str = "inf", minsnr: float = 3.0, beam: str = "time",
                       validity_h: dict | None = None, plots: bool = True, uvrange: str = "",
-                      sky=None) -> dict:
+                      sky=None, fill_from: dict | None = None) -> dict:
     """Solve bandpass (B) and complex gains (G) on a calibrator MS and register them.
 
     The MS is modified: autocorrelations and zeros are flagged, MODEL_DATA is written.
@@ -105,6 +105,12 @@ def solve_calibration(ms_path, calibrator=None, *, paths=None, registry=None, re
         Write bandpass and gain PNGs next to the tables.
     sky : list of SkySource, optional
         Field sources to add to the model (see :func:`write_model`).
+    fill_from : dict, optional
+        ``{"B": [paths], "G": [paths]}``: earlier valid tables of the same declination strip, best
+        first, to fill the SPWs this solve has no solutions for (a calibrator group that lacked
+        subbands); SPWs no table has are written as flagged solutions
+        (:func:`~dsacont.calibration.tables.complete_spws`). Either way, what was done is in
+        ``metrics[kind]["spw_fill"]``.
 
     Returns
     -------
@@ -152,9 +158,11 @@ def solve_calibration(ms_path, calibrator=None, *, paths=None, registry=None, re
     ids = {}
     if registry:
         ids["B"] = registry.register_begin("B", cal.name, solve_mjd, final["B"], source_ms=ms,
-                                           valid_before_h=validity_h.get("B"), valid_after_h=validity_h.get("B"))
+                                           valid_before_h=validity_h.get("B"), valid_after_h=validity_h.get("B"),
+                                           dec_deg=model_meta["pointing_dec_deg"])
         ids["G"] = registry.register_begin("G", cal.name, solve_mjd, final["G"], source_ms=ms, depends_on=ids["B"],
-                                           valid_before_h=validity_h.get("G"), valid_after_h=validity_h.get("G"))
+                                           valid_before_h=validity_h.get("G"), valid_after_h=validity_h.get("G"),
+                                           dec_deg=model_meta["pointing_dec_deg"])
     tmp = {k: work / f"{stem}.{k}" for k in ("G0", "B", "G")}
     metrics = {"flags": {"total": flags["total"]}, "model": model_meta, "refant": refant_str,
                "calibrator": cal.name, "ms": ms, "solve_mjd": solve_mjd}
@@ -179,6 +187,13 @@ def solve_calibration(ms_path, calibrator=None, *, paths=None, registry=None, re
         metrics["n_antennas"] = len(present)
         metrics["B"] = caltable_metrics(tmp["B"], present)
         metrics["G"] = caltable_metrics(tmp["G"], present)
+        for k in ("B", "G"):  # windows without solutions: filled from earlier tables, or flagged
+            fill = metrics[k]["spw_fill"] = complete_spws(tmp[k], len(info.spw_freqs),
+                                                          (fill_from or {}).get(k, ()))
+            if fill["filled"] or fill["flagged"]:
+                log.warning("%s: the %s solve has no solutions for SPW(s) %s: filled from %s; flagged: %s", ms, k,
+                            sorted([*fill["filled"], *fill["flagged"]]),
+                            sorted(set(fill["filled"].values())) or "no earlier table", fill["flagged"] or "none")
     except Exception as exc:
         if registry:
             for k in ("B", "G"):
@@ -206,8 +221,9 @@ def solve_calibration(ms_path, calibrator=None, *, paths=None, registry=None, re
                 registry.mark_valid(ids[k], reg_metrics[k])
     # what the registry holds (or, with registry=False, should hold) for each table, for a caller
     # that registers elsewhere (the streaming service registers the tables its workers solve)
-    entries = [{"kind": k, "calibrator": cal.name, "solve_mjd": solve_mjd, "path": str(final[k]), "source_ms": ms,
-                "valid_before_h": validity_h.get(k), "valid_after_h": validity_h.get(k),
+    entries = [{"key": k, "kind": k, "calibrator": cal.name, "solve_mjd": solve_mjd, "path": str(final[k]),
+                "source_ms": ms, "valid_before_h": validity_h.get(k), "valid_after_h": validity_h.get(k),
+                "dec_deg": model_meta["pointing_dec_deg"], "origin": "transit",
                 "depends_on": "B" if k == "G" else None, "status": "rejected" if bad else "valid",
                 "reason": why, "metrics": reg_metrics[k]} for k in ("B", "G")]
     pngs = []

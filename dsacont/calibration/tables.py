@@ -43,3 +43,97 @@ def caltable_metrics(path, antennas=None) -> dict:
         "amp_median": float(np.median(amp)) if amp.size else 0.0,
         "n_times": int(np.unique(t["TIME"]).size),
     }
+
+
+def missing_spws(path, n_spw: int) -> list[int]:
+    """SPWs (0 .. ``n_spw`` - 1) for which the table has no unflagged solution at all."""
+    t = read_caltable(path)
+    spw, flag = t["SPECTRAL_WINDOW_ID"], t["FLAG"]
+    return [s for s in range(int(n_spw)) if not np.any(~flag[..., spw == s])]
+
+
+def combined_spw(path) -> int | None:
+    """The SPW holding the solutions of a table solved with ``combine='spw'``, else None.
+
+    CASA labels a combined solution with the first SPW and flags the other rows of the table's
+    SPECTRAL_WINDOW subtable (``FLAG_ROW``).
+    """
+    with table(path, "SPECTRAL_WINDOW") as tb:
+        flag_row = np.asarray(tb.getcol("FLAG_ROW"), dtype=bool)
+    if flag_row.size > 1 and (~flag_row).sum() == 1:
+        return int(np.nonzero(~flag_row)[0][0])
+    return None
+
+
+def complete_spws(path, n_spw: int, donors=()) -> dict:
+    """Give a caltable solutions for every SPW, so that it never blocks a group.
+
+    A table solved on a group that lacked subbands has no solutions for their SPWs. Each such SPW
+    (no row, or every solution flagged) is filled with the rows of the first table in ``donors``
+    that has good solutions for it (the last valid table of the same kind and declination strip,
+    nearest first), or else with flagged unit solutions copied from a present SPW, so that
+    applycal flags that window's data instead of refusing the whole group.
+
+    Parameters
+    ----------
+    path : path of the caltable, modified in place
+    n_spw : int
+        SPWs of the Measurement Set it was solved on.
+    donors : iterable of caltable paths
+        Tables of the same kind (same array, SPW layout and strip), best first.
+
+    Returns
+    -------
+    dict
+        ``filled``: ``{spw: donor path}``; ``flagged``: [spw]; empty lists when nothing was missing.
+    """
+    out = {"filled": {}, "flagged": []}
+    todo = missing_spws(path, n_spw)
+    if not todo or combined_spw(path) is not None:
+        return out
+    cols = ("TIME", "FIELD_ID", "SPECTRAL_WINDOW_ID", "ANTENNA1", "ANTENNA2", "INTERVAL", "SCAN_NUMBER",
+            "OBSERVATION_ID", "CPARAM", "PARAMERR", "FLAG", "SNR")  # WEIGHT: never filled by CASA
+    have_spw = np.asarray(read_caltable(path)["SPECTRAL_WINDOW_ID"])
+    present = sorted(set(range(int(n_spw))) - set(todo))
+    with table(path, readonly=False) as tb:
+        names = [c for c in cols if c in tb.colnames()]
+        drop = np.nonzero(np.isin(have_spw, todo))[0]
+        if drop.size:
+            tb.removerows([int(r) for r in drop])
+        for s in todo:
+            rows, source = None, None
+            for donor in donors:
+                if s in missing_spws(donor, n_spw):
+                    continue
+                with table(donor) as dt:
+                    sel = np.nonzero(np.asarray(dt.getcol("SPECTRAL_WINDOW_ID")) == s)[0]
+                    rows = {c: _rows(dt, c, sel) for c in names if c in dt.colnames()}
+                source = str(donor)
+                break
+            if rows is None:
+                if not present:
+                    continue
+                sel = np.nonzero(np.asarray(tb.getcol("SPECTRAL_WINDOW_ID")) == present[0])[0]
+                rows = {c: _rows(tb, c, sel) for c in names}
+                rows["SPECTRAL_WINDOW_ID"] = np.full(sel.size, s, dtype=np.int32)
+                rows["CPARAM"] = np.ones_like(rows["CPARAM"])
+                rows["FLAG"] = np.ones_like(rows["FLAG"], dtype=bool)
+                rows["SNR"] = np.zeros_like(rows["SNR"])
+            n = int(np.asarray(rows["SPECTRAL_WINDOW_ID"]).size)
+            if n == 0:
+                continue
+            start = tb.nrows()
+            tb.addrows(n)
+            for c, v in rows.items():
+                tb.putcol(c, v, startrow=start, nrow=n)
+            if source is None:
+                out["flagged"].append(int(s))
+            else:
+                out["filled"][int(s)] = source
+    return out
+
+
+def _rows(tb, col: str, rows) -> np.ndarray:
+    """Column ``col`` of the table rows ``rows`` (row index last, as ``getcol``)."""
+    v = np.asarray(tb.getcol(col))
+    return v[..., np.asarray(rows, dtype=int)]

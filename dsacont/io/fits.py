@@ -207,3 +207,16 @@ def freq_from_header(hdr) -> float:
         if str(hdr.get(f"CTYPE{i}", "")).startswith("FREQ"):
             return float(hdr[f"CRVAL{i}"])
     return float("nan")
+
+
+def add_cards(path, cards, history=()) -> None:
+    """Add (or replace) primary-header cards of a FITS file in place.
+
+    ``cards``: iterable of (keyword, value, comment); ``history``: lines appended as HISTORY cards.
+    """
+    with fits.open(path, mode="update") as hdul:
+        hdr = hdul[0].header
+        for key, value, comment in cards:
+            hdr[key] = (value, comment)
+        for line in history:
+            hdr.add_history(str(line))

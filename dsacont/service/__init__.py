@@ -12,7 +12,7 @@ from dsacont.service.pipeline import PipelineOptions, convert_only, maybe_mosaic
 from dsacont.service.products import Products
 from dsacont.service.queue import GroupRecord, IngestQueue, WorkerId
 from dsacont.service.replay import plan, replay
-from dsacont.service.state import known_for_group, known_for_hook, record_products, select_tables
+from dsacont.service.state import known_for_group, known_for_hook, record_products
 from dsacont.service.status import format_status, status
 from dsacont.service.watcher import Watcher, validate_subband_file
 
@@ -21,5 +21,5 @@ __all__ = [
     "Products", "ServiceContext", "ServiceOptions", "ServiceSummary", "Watcher", "WorkerId", "convert_only",
     "format_status", "known_for_group", "known_for_hook", "maybe_mosaic", "on_group_complete", "plan",
     "process_group", "record_products", "replay", "run_group_task", "run_hook_task", "run_service",
-    "select_tables", "status", "validate_subband_file",
+    "status", "validate_subband_file",
 ]

@@ -39,17 +39,20 @@ import numpy as np
 from astropy.time import Time
 
 from dsacont import calibration
+from dsacont.calibration.field import solve_field_gains
+from dsacont.calibration.select import BORROW_DAYS, DEC_TOLERANCE_DEG, TRANSFER_H, choose_tables, origin_of, same_strip
 from dsacont.config import Paths, get_paths
 from dsacont.convert import convert_group
 from dsacont.errors import CalibrationUnavailable, ConfigError
 from dsacont.imaging import image_ms
 from dsacont.imaging.mosaic import make_mosaic
 from dsacont.imaging.tclean import image_product
+from dsacont.io.fits import add_cards
 from dsacont.io.groups import Group, cluster_files
 from dsacont.io.ms import FlattenInterrupted
 from dsacont.io.uvh5 import open_group
 from dsacont.options import from_mapping
-from dsacont.service.state import records_from_entries, select_tables
+from dsacont.service.state import records_from_entries
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,18 @@ class PipelineOptions:
         A transit is used only for a calibrator at least this bright (catalogue 20 cm flux, Jy).
     cal_min_pb : float
         ... and with at least this primary-beam power response at transit.
+    field_gains : bool
+        Solve a gain correction on every group that has no calibrator transit, on the field itself
+        against the sky model (:mod:`dsacont.calibration.field`); False: transfer the last
+        calibrator's gains only.
+    sky_catalogue : str or None
+        Catalogue file for the field model (NVSS/FIRST/VLASS-style); None: the shipped NVSS subset.
+    cal_dec_tolerance_deg : float
+        A table is applied only to groups whose pointing declination is within this of its own.
+    cal_transfer_h : float
+        Calibrator gains up to this many hours away are "transferred"; older ones "borrowed".
+    bandpass_borrow_days : float
+        With no calibrator on the strip for this long (days), groups wait for one.
     imaging : dict
         Keyword arguments of :func:`dsacont.imaging.image_ms` (e.g. ``niter``, ``fov_deg``).
     mosaic : dict
@@ -85,6 +100,11 @@ class PipelineOptions:
     calibrator: str | None = None
     cal_min_flux_jy: float = CAL_MIN_FLUX_JY
     cal_min_pb: float = CAL_MIN_PB
+    field_gains: bool = True
+    sky_catalogue: str | None = None
+    cal_dec_tolerance_deg: float = DEC_TOLERANCE_DEG
+    cal_transfer_h: float = TRANSFER_H
+    bandpass_borrow_days: float = BORROW_DAYS
     imaging: dict = field(default_factory=dict)
     mosaic: dict = field(default_factory=dict)
 
@@ -207,22 +227,37 @@ def stage_convert(timestamp, files, paths: Paths, known: dict, made: dict) -> Pa
     return out
 
 
-def _tables_for(ms, mid, candidates) -> list[str]:
-    """Return the [B, G] table paths to apply at ``mid``; CalibrationUnavailable when one is missing."""
-    recs = select_tables(candidates, mid)
-    kinds = [r.kind for r in recs]
-    if "G" not in kinds or "B" not in kinds:
+def _choose(ms, mid, dec_deg, candidates, options: PipelineOptions, field_gains: bool):
+    """The calibration chain for the MS (:func:`dsacont.calibration.select.choose_tables`).
+
+    Raises CalibrationUnavailable when no calibrator pair of the strip is within reach.
+    """
+    choice = choose_tables(candidates, mid.mjd, dec_deg, dec_tolerance_deg=options.cal_dec_tolerance_deg,
+                           transfer_h=options.cal_transfer_h, borrow_days=options.bandpass_borrow_days,
+                           field_gains=field_gains)
+    if choice is None:
+        strip = [r for r in candidates if same_strip(r, dec_deg, options.cal_dec_tolerance_deg)]
         raise CalibrationUnavailable(
-            f"no valid {' and '.join(k for k in ('B', 'G') if k not in kinds)} table covers MJD {mid.mjd:.5f} "
-            f"among the {len(candidates)} registered table(s) near this group (for {ms})")
-    return [r.path for r in recs]
+            f"no calibrator bandpass and gains of the declination strip {dec_deg:+.2f} deg within "
+            f"{options.bandpass_borrow_days:g} days of {mid.isot} ({len(strip)} of the {len(candidates)} "
+            f"registered table(s) near this group are of this strip) (for {ms})")
+    return choice
 
 
 def stage_calibrate(timestamp, ms: Path, paths: Paths, known: dict, made: dict, options: PipelineOptions) -> dict:
-    """Solve if a calibrator transits in this group and no table from it exists; then apply.
+    """Calibrate the group: solve on a calibrator transit, else correct the gains on the field; apply.
 
-    Tables solved go into ``made["calibration"]`` (for the registry), the applied ones into
-    ``made["caltables"]`` and the MS's new status into ``made["ms_update"]``.
+    1. A calibrator transits in the group and no table from this MS came with the task: solve B
+       and G on it (windows the group lacks are filled from earlier tables of the strip).
+    2. Choose the calibrator pair [B, G] of the strip (:func:`_choose`: within the windows, or
+       transferred, or borrowed).
+    3. Unless this group is the calibrator's own, solve a field gain correction on top of the pair
+       against the sky model (``options.field_gains``), QA-gated; apply [B, G, F], or the pair
+       alone when the correction is rejected.
+
+    Tables solved go into ``made["calibration"]`` (for the registry), the applied ones with how
+    each was obtained into ``made["caltables"]``, and the MS's new status and calibration summary
+    into ``made["ms_update"]``.
     """
     row = _ms_row(known, ms) or made.get("ms")
     if row is not None and row.get("status") == "calibrated":
@@ -237,25 +272,67 @@ def stage_calibrate(timestamp, ms: Path, paths: Paths, known: dict, made: dict, 
     )
     if options.calibrator:
         transits = [t for t in transits if t.name == options.calibrator]
+    timing = {}
     if transits:
         t0 = time.perf_counter()
         existing = [r for r in candidates if r.status == "valid" and r.source_ms == str(ms)]
         if not existing:
             cal = transits[0].name
             log.info("%s: calibrator %s transits in this group: solving", timestamp, cal)
-            solved = calibration.solve_calibration(str(ms), cal, paths=paths, registry=False)
-            solved["solve_s"] = round(time.perf_counter() - t0, 2)
-            made["calibration"] = solved["registry_entries"]
+            donors = {k: [r.path for r in sorted(
+                (r for r in candidates if r.kind == k and r.status == "valid" and origin_of(r) == "transit"
+                 and same_strip(r, dec_deg, options.cal_dec_tolerance_deg)),
+                key=lambda r: abs(r.solve_mjd - mid.mjd))] for k in ("B", "G")}
+            solved = calibration.solve_calibration(str(ms), cal, paths=paths, registry=False, fill_from=donors)
+            timing["solve_s"] = round(time.perf_counter() - t0, 2)
+            made["calibration"] = list(solved["registry_entries"])
             candidates += records_from_entries(solved["registry_entries"])
     t0 = time.perf_counter()
-    tables = _tables_for(ms, mid, candidates)  # raises CalibrationUnavailable
-    applied = calibration.apply_calibration(str(ms), tables=tables)
-    apply_s = round(time.perf_counter() - t0, 2)
-    made["caltables"] = {"ms": str(ms), "tables": list(applied.get("tables", tables))}
+    choice = _choose(ms, mid, dec_deg, candidates, options, field_gains=False)
+    chain = choice.describe()
+    own_transit = any(r.source_ms == str(ms) for r in choice.tables)
+    field = None
+    if options.field_gains and not own_transit:
+        g = choice.tables[1]
+        refant = (g.metrics or {}).get("refant")
+        field = solve_field_gains(str(ms), choice.paths, paths=paths, refant=refant,
+                                  catalogue=options.sky_catalogue)
+        entry = dict(field["entry"])
+        if g.key is not None:
+            entry["depends_on"] = g.key
+        else:
+            entry["depends_on_id"] = g.id
+        made.setdefault("calibration", []).append(entry)
+        applied = field["applied"]
+        timing["field_solve_s"] = round(time.perf_counter() - t0, 2)
+        if field["status"] == "valid":
+            chain.append({"path": field["path"], "kind": "G", "key": "F", "registry_id": None, "how": "field",
+                          "origin": "field", "age_h": 0.0, "calibrator": None, "dec_deg": entry["dec_deg"],
+                          "sky_model": field["sky"]})
+        else:
+            chain[1]["field_solve_rejected"] = field["reason"]
+        for c in chain:
+            c["model_flux_ratio"] = field["qa"].get("model_flux_ratio_after" if field["status"] == "valid"
+                                                    else "model_flux_ratio_before")
+    else:
+        applied = calibration.apply_calibration(str(ms), tables=choice.paths)
+    timing["apply_s"] = round(time.perf_counter() - t0 - timing.get("field_solve_s", 0.0), 2)
+    if applied.get("spw_flagged_unsolved"):
+        for c in chain:
+            c["spw_flagged_unsolved"] = applied["spw_flagged_unsolved"]
+    for c in chain:  # a borrowed table is checked on the group it is applied to
+        c["applied_flagged_fraction"] = round(float(applied.get("flagged_fraction", float("nan"))), 4)
+    made["caltables"] = {"ms": str(ms), "tables": [
+        {"path": c["path"], "kind": c["kind"], "registry_id": c.get("registry_id"), "key": c.get("key"),
+         "how": c["how"], "detail": {k: v for k, v in c.items() if k not in ("path", "kind", "registry_id", "key", "how")}}
+        for c in chain]}
+    summary = [f"{c['kind']}:{c['how']}" for c in chain]
     made["ms_update"] = {"path": str(ms), "status": "calibrated",
-                         "qa": {**(row or {}).get("qa", {}), "apply_s": apply_s,
-                                **({"solve_s": solved["solve_s"]} if solved else {})}}
-    return {"solved": solved, "applied": applied}
+                         "qa": {**(row or {}).get("qa", {}), **timing, "calibration": summary,
+                                "calibration_chain": chain}}
+    log.info("%s: calibrated with %s", timestamp, ", ".join(f"{c['kind']} {Path(c['path']).name} ({c['how']})"
+                                                            for c in chain))
+    return {"solved": solved, "applied": applied, "field": field, "chain": chain}
 
 
 def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, options: PipelineOptions) -> dict:
@@ -275,17 +352,37 @@ def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, opti
         # an earlier attempt died while CORRECTED_DATA was being flattened or restored:
         # rewrite it from DATA and the registered tables, then image
         log.warning("%s: %s; re-applying the calibration", timestamp, exc)
-        mid = _ms_times(calibration.read_ms_info(ms))[2]
+        info = calibration.read_ms_info(ms)
+        mid = _ms_times(info)[2]
         candidates = list(known.get("calibration") or []) + records_from_entries(made.get("calibration") or [])
-        calibration.apply_calibration(str(ms), tables=_tables_for(ms, mid, candidates))
+        choice = _choose(ms, mid, _pointing_dec_deg(info, mid), candidates, options, field_gains=True)
+        calibration.apply_calibration(str(ms), tables=choice.paths)
         res = image_ms(str(ms), paths=paths, **options.imaging)
     res.setdefault("qa", {})["image_s"] = round(time.perf_counter() - t0, 2)
+    chain = (((made.get("ms_update") or {}).get("qa") or (row or {}).get("qa") or {}).get("calibration_chain")) or []
+    if chain:
+        res["qa"]["calibration"] = [f"{c['kind']}:{c['how']}" for c in chain]
+        _stamp_calibration(res, chain)
     start, end, _ = _ms_times(calibration.read_ms_info(ms))
     product = {**image_product(res), "ms": str(ms), "start": start.mjd, "end": end.mjd}
     made.setdefault("images", []).append(product)
     res["files"] = product["files"]
     log.info("%s: imaged in %.1f s", timestamp, time.perf_counter() - t0)
     return res
+
+
+def _stamp_calibration(res: dict, chain) -> None:
+    """Write the calibration chain into the tile's FITS headers (CALCHAIN, and a HISTORY line each)."""
+    cards = [("CALCHAIN", " ".join(f"{c['kind']}:{c['how']}" for c in chain)[:68],
+              "calibration tables applied (kind:how), in order")]
+    history = [f"dsacont calibration {i + 1}: {c['kind']} {Path(c['path']).name} ({c['how']}"
+               + (f", {c['calibrator']}" if c.get("calibrator") else "")
+               + (f", solved {c['age_h']:+.2f} h from the data" if c.get("age_h") is not None else "")
+               + (f", sky model {c['sky_model']['name']}" if c.get("sky_model") else "") + ")"
+               for i, c in enumerate(chain)]
+    for f in {res.get(k) for k in ("image", "pbcor", "residual")} - {None}:
+        if str(f).endswith(".fits") and Path(f).exists():
+            add_cards(f, cards, history)
 
 
 def maybe_mosaic(paths: Paths, images, options: PipelineOptions | None = None) -> list[dict]:

@@ -4,7 +4,10 @@ One SQLite file (``Paths.products_db``, WAL journal, parameterised SQL only). Ta
 
     ms               one row per Measurement Set: group timestamp, time range, source files,
                      status, QA JSON
-    ms_caltables     calibration tables applied to an MS (path, kind, calibration-registry id)
+    ms_caltables     calibration tables applied to an MS (path, kind, calibration-registry id),
+                     in apply order, with how each was obtained (``how``: 'transit', 'field',
+                     'transferred', 'borrowed') and its details (``detail`` JSON: calibrator, age,
+                     sky model, QA of a field solve, windows filled or flagged)
     images           one row per tile image: the MS it came from, FITS files, pointing,
                      time range, imaging parameters, status, QA JSON (noise, peak, dynamic range...)
     mosaics          one row per mosaic: FITS files, time range, status, QA JSON
@@ -64,6 +67,8 @@ CREATE TABLE IF NOT EXISTS ms_caltables (
     kind TEXT,
     registry_id INTEGER,
     applied TEXT NOT NULL,
+    how TEXT,
+    detail TEXT NOT NULL DEFAULT '{}',
     UNIQUE (ms_id, caltable)
 );
 CREATE TABLE IF NOT EXISTS images (
@@ -135,6 +140,10 @@ class Products:
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as con:
             con.executescript(_SCHEMA)
+            have = {row[1] for row in con.execute("PRAGMA table_info(ms_caltables)")}
+            for name, sqltype in (("how", "TEXT"), ("detail", "TEXT NOT NULL DEFAULT '{}'")):
+                if name not in have:  # a database written by an older dsacont
+                    con.execute(f"ALTER TABLE ms_caltables ADD COLUMN {name} {sqltype}")
 
     # -- plumbing -------------------------------------------------------------------------------
     def _connect(self):
@@ -220,18 +229,22 @@ class Products:
     def add_caltables(self, ms, caltables) -> None:
         """Record calibration tables applied to an MS (id or path).
 
-        ``caltables``: iterable of paths, or of dicts ``{"path", "kind", "registry_id"}``.
+        ``caltables``: iterable of paths, or of dicts ``{"path", "kind", "registry_id", "how",
+        "detail"}`` (``how``: 'transit', 'field', 'transferred' or 'borrowed'; ``detail``: a dict).
+        The MS's previous list is replaced (a re-calibration applies a new chain).
         """
         ms_id = self._ms_id(ms)
         now = _now()
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
+            con.execute("DELETE FROM ms_caltables WHERE ms_id=?", (ms_id,))
             for ct in caltables:
                 d = {"path": ct} if not isinstance(ct, dict) else ct
                 con.execute(
-                    "INSERT OR REPLACE INTO ms_caltables (ms_id, caltable, kind, registry_id, applied) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (ms_id, os.path.abspath(os.fspath(d["path"])), d.get("kind"), d.get("registry_id"), now),
+                    "INSERT OR REPLACE INTO ms_caltables (ms_id, caltable, kind, registry_id, applied, how, detail) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (ms_id, os.path.abspath(os.fspath(d["path"])), d.get("kind"), d.get("registry_id"), now,
+                     d.get("how"), _dumps(d.get("detail"))),
                 )
             con.execute("COMMIT")
 
@@ -333,8 +346,8 @@ class Products:
             if d is None:
                 return None
             if table == "ms":
-                d["caltables"] = [dict(r) for r in con.execute(
-                    "SELECT caltable AS path, kind, registry_id, applied FROM ms_caltables "
+                d["caltables"] = [dict(r, detail=json.loads(r["detail"] or "{}")) for r in con.execute(
+                    "SELECT caltable AS path, kind, registry_id, applied, how, detail FROM ms_caltables "
                     "WHERE ms_id = ? ORDER BY id", (d["id"],))]
             elif table == "mosaics":
                 d["images"] = [r["image_path"] for r in con.execute(

@@ -17,7 +17,9 @@ The products description (every key optional, JSON-serialisable)::
     {"calibration": [<entry of solve_calibration's "registry_entries">, ...],
      "ms":          {<Products.add_ms arguments, "path" included>},
      "ms_update":   {"path", "status", "qa"},              # Products.set_status (QA merged)
-     "caltables":   {"ms": path, "tables": [path, ...]},   # Products.add_caltables
+     "caltables":   {"ms": path, "tables": [path | {"path", "kind", "how", "detail",
+                                                    "registry_id" | "key"}, ...]},  # add_caltables
+                    # "key": a table solved by the same task (its entry's key in "calibration")
      "images":      [{<Products.add_image arguments, "path" included>}, ...],
      "mosaics":     [{<Products.add_mosaic arguments, "path" included>}, ...]}
 """
@@ -27,6 +29,7 @@ import logging
 import math
 
 from dsacont.calibration.registry import DEFAULT_VALIDITY_H, CalRecord, Registry
+from dsacont.calibration.select import BORROW_DAYS, origin_of
 from dsacont.db import to_mjd
 from dsacont.service.products import Products
 
@@ -38,7 +41,7 @@ CALIBRATION_MARGIN_H = 0.5
 
 
 # ------------------------------------------------------------------------------ what a task gets
-def known_for_group(paths, timestamp: str) -> dict:
+def known_for_group(paths, timestamp: str, *, borrow_days: float = BORROW_DAYS) -> dict:
     """Read what the state databases hold for one group, for its task.
 
     Returns
@@ -46,9 +49,12 @@ def known_for_group(paths, timestamp: str) -> dict:
     dict
         ``products``: ``{"ms": [rows], "images": [rows]}`` registered for the group
         (:meth:`Products.for_group`); ``calibration``: the valid
-        :class:`~dsacont.calibration.registry.CalRecord` whose validity window reaches within
-        :data:`CALIBRATION_MARGIN_H` of the group's timestamp (ISO, UTC), after rejecting tables a
-        crashed solver left in 'writing'.
+        :class:`~dsacont.calibration.registry.CalRecord` the group could be calibrated with
+        (after rejecting tables a crashed solver left in 'writing'): every calibrator-transit table
+        solved within ``borrow_days`` of the group's timestamp (ISO, UTC), and the field gain
+        tables whose validity reaches within :data:`CALIBRATION_MARGIN_H` of it. The worker
+        chooses among them (:func:`dsacont.calibration.select.choose_tables`) once it knows the
+        group's exact mid-time and pointing declination.
     """
     out = {"products": {"ms": [], "images": []}, "calibration": []}
     if paths.products_db.exists():
@@ -57,7 +63,10 @@ def known_for_group(paths, timestamp: str) -> dict:
     registry.reap_stale()
     t = to_mjd(timestamp)
     lo, hi = t - CALIBRATION_MARGIN_H / 24.0, t + CALIBRATION_MARGIN_H / 24.0
-    out["calibration"] = [r for r in registry.list(status="valid") if r.valid_start <= hi and r.valid_end >= lo]
+    out["calibration"] = [
+        r for r in registry.list(status="valid")
+        if (origin_of(r) == "field" and r.valid_start <= hi and r.valid_end >= lo)
+        or (origin_of(r) != "field" and abs(r.solve_mjd - t) <= borrow_days)]
     return out
 
 
@@ -71,51 +80,31 @@ def known_for_hook(paths) -> dict:
     return {"unmosaicked_images": Products(paths.products_db).images_not_in_mosaic()}
 
 
-def select_tables(records, time) -> list[CalRecord]:
-    """:meth:`Registry.lookup_set` over a list of records instead of the database.
-
-    The gain table nearest in time whose window contains ``time`` (ties: the highest id), with the
-    bandpass it was solved on when that one is among ``records``, valid and covers the time;
-    otherwise the nearest valid bandpass. Returns [B, G], [B], or [].
-    """
-    mjd = to_mjd(time)
-    valid = [r for r in records if r.status == "valid"]
-
-    def nearest(kind):
-        cands = [r for r in valid if r.kind == kind and r.valid_start <= mjd <= r.valid_end]
-        return min(cands, key=lambda r: (abs(r.solve_mjd - mjd), -r.id), default=None)
-
-    g = nearest("G")
-    b = None
-    if g is not None and g.depends_on is not None:
-        dep = next((r for r in valid if r.id == g.depends_on), None)
-        if dep is not None and dep.covers(mjd):
-            b = dep
-    if b is None:
-        b = nearest("B")
-    return [r for r in (b, g) if r is not None]
-
-
 def records_from_entries(entries, first_id: int = 10**12) -> list[CalRecord]:
-    """Turn tables just solved (``solve_calibration``'s ``registry_entries``) into CalRecords.
+    """Turn tables just solved (``registry_entries`` of a solve) into CalRecords.
 
-    Their ids are above every registered one (they are the newest), for :func:`select_tables`.
+    Their ids are above every registered one (they are the newest), and each carries its
+    ``key`` (its name among the task's results) so that what is applied can be recorded with the
+    registry id the service gives it. An entry's ``depends_on`` names another entry's key;
+    ``depends_on_id`` a table already registered.
     """
     out, ids = [], {}
     for i, e in enumerate(entries):
         rid = first_id + i
-        ids[e["kind"]] = rid
+        key = e.get("key", e["kind"])
+        ids[key] = rid
         before = e.get("valid_before_h")
         after = e.get("valid_after_h")
         before = DEFAULT_VALIDITY_H[e["kind"]] if before is None else float(before)
         after = DEFAULT_VALIDITY_H[e["kind"]] if after is None else float(after)
         solve = float(e["solve_mjd"])
+        dep = ids.get(e.get("depends_on")) if e.get("depends_on") else e.get("depends_on_id")
         out.append(CalRecord(id=rid, kind=e["kind"], calibrator=e.get("calibrator"), solve_mjd=solve,
                              valid_start=solve - before / 24.0, valid_end=solve + after / 24.0,
                              status=e.get("status", "valid"), metrics=e.get("metrics") or {},
-                             source_ms=e.get("source_ms"), path=e["path"],
-                             depends_on=ids.get(e.get("depends_on")), reason=e.get("reason"),
-                             created=math.nan, updated=math.nan))
+                             source_ms=e.get("source_ms"), path=e["path"], depends_on=dep,
+                             reason=e.get("reason"), created=math.nan, updated=math.nan,
+                             dec_deg=e.get("dec_deg"), origin=e.get("origin", "transit"), key=key))
     return out
 
 
@@ -124,7 +113,7 @@ def record_products(paths, made: dict | None) -> dict:
     """Write a task's products (see the module docstring) into the state databases.
 
     Into the products database and the calibration registry; returns the ids written
-    (``{"calibration": {kind: id}, "ms": id, "images": [id], "mosaics": [id]}``).
+    (``{"calibration": {key: id}, "ms": id, "images": [id], "mosaics": [id]}``).
 
     Idempotent: products are keyed by path; a calibration table already registered valid with the
     same path, source MS and solve time is not registered again.
@@ -145,7 +134,10 @@ def record_products(paths, made: dict | None) -> dict:
         u = made["ms_update"]
         products.set_status("ms", u["path"], u["status"], qa=u.get("qa"))
     if made.get("caltables"):
-        products.add_caltables(made["caltables"]["ms"], made["caltables"]["tables"])
+        solved = ids.get("calibration", {})
+        tables = [dict(t, registry_id=solved.get(t.get("key"))) if isinstance(t, dict) and t.get("key") else t
+                  for t in made["caltables"]["tables"]]
+        products.add_caltables(made["caltables"]["ms"], tables)
     for im in made.get("images") or []:
         im = dict(im)
         ids.setdefault("images", []).append(products.add_image(im.pop("path"), **im))
@@ -156,21 +148,24 @@ def record_products(paths, made: dict | None) -> dict:
 
 
 def _record_calibration(registry: Registry, entries) -> dict:
+    """Register the tables a task solved; returns ``{key: registry id}``."""
     ids: dict = {}
     existing = registry.list(status="valid")
     for e in entries:
+        key = e.get("key", e["kind"])
         same = [r for r in existing if r.kind == e["kind"] and r.path == e["path"]
                 and r.source_ms == e.get("source_ms") and abs(r.solve_mjd - float(e["solve_mjd"])) < 1e-9]
         if same:
-            ids[e["kind"]] = same[-1].id
+            ids[key] = same[-1].id
             continue
+        dep = ids.get(e["depends_on"]) if e.get("depends_on") else e.get("depends_on_id")
         rid = registry.register_begin(e["kind"], e.get("calibrator"), float(e["solve_mjd"]), e["path"],
                                       source_ms=e.get("source_ms"), valid_before_h=e.get("valid_before_h"),
-                                      valid_after_h=e.get("valid_after_h"),
-                                      depends_on=ids.get(e["depends_on"]) if e.get("depends_on") else None)
+                                      valid_after_h=e.get("valid_after_h"), depends_on=dep,
+                                      dec_deg=e.get("dec_deg"), origin=e.get("origin", "transit"))
         if e.get("status", "valid") == "valid":
             registry.mark_valid(rid, e.get("metrics"))
         else:
             registry.reject(rid, e.get("reason") or "rejected by the solver", metrics=e.get("metrics"))
-        ids[e["kind"]] = rid
+        ids[key] = rid
     return ids

@@ -1,0 +1,291 @@
+"""Field gain corrections: the gains solved on any group against a sky model, around the clock.
+
+Bright calibrators transit a declination strip only a few times a day, and the antenna phases
+wander by tens of degrees in an hour. So every group without a calibrator transit gets its own
+gain correction, solved on the field itself (the DSA-110 team's "epoch gaincal", here once per
+5-minute group)::
+
+    solve_field_gains(ms, base_tables)
+      1. sky model of the field (:func:`field_sky`: the shipped NVSS subset, or a catalogue file
+         the user names, through the drifting primary beam) -> MODEL_DATA
+      2. apply the calibrator pair [B, G] (the bandpass and the last calibrator gains, transferred)
+         and measure how much of the model's flux the data hold (:func:`model_flux_ratio`)
+      3. CASA gaincal on top of [B, G]: ``calmode='ap'``, ``solnorm=True`` (the amplitudes are
+         normalised to a mean of 1, so the flux scale stays the calibrator's),
+         ``combine='scan,field,spw'`` (one solution per antenna and polarisation for the group: the
+         wander is achromatic across the 187.5 MHz band and the SNR is 4x that of a per-SPW solve)
+      4. apply [B, G, F] and measure the model flux ratio again
+      5. QA gate: flagged solutions, median SNR, and the model flux ratio before and after; a
+         rejected solve leaves the pair applied (the gains transferred) and says why.
+
+The reference antenna is the calibrator solve's (from the G table's metrics), so the phases stay
+referred to the same antenna all day.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time as _time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dsacont import calibrators
+from dsacont.calibration.apply import apply_calibration
+from dsacont.calibration.model import beam_offsets, pointing_dec, write_model
+from dsacont.calibration.msinfo import MSInfo, read_ms_info
+from dsacont.calibration.skymodel import SkySource, nvss_catalogue, read_catalogue, sources_near
+from dsacont.calibration.tables import caltable_metrics, read_caltable
+from dsacont.casa import casatasks
+from dsacont.config import get_paths
+from dsacont.io.ms import iter_ddid, move_into_place, table
+from dsacont.telescope import airy_beam
+
+log = logging.getLogger(__name__)
+
+#: half-width (hours) of a field gain table's validity: the group it was solved on
+FIELD_VALIDITY_H = 0.05
+#: field sources brighter than this in the beam (apparent Jy at 1.4 GHz) enter the model
+MIN_APPARENT_JY = 0.005
+#: sources within this radius (deg) of the pointing: the Airy first null at 1.28 GHz is 3.6 deg
+MODEL_RADIUS_DEG = 3.6
+
+
+@dataclass(frozen=True)
+class FieldQA:
+    """The field solve's QA gate (a solve failing any is rejected and the gains are transferred).
+
+    Attributes
+    ----------
+    max_flagged : float
+        Largest fraction of flagged solutions (antennas present in the data).
+    min_snr : float
+        Smallest median solution SNR.
+    min_model_flux_ratio : float
+        Smallest model flux ratio after the correction (data / model, coherent).
+    max_ratio_loss : float
+        The ratio after may not be lower than before by more than this.
+    min_model_jy : float
+        Smallest total apparent model flux (Jy) worth solving against.
+    """
+
+    max_flagged: float = 0.3
+    min_snr: float = 5.0
+    min_model_flux_ratio: float = 0.7
+    max_ratio_loss: float = 0.02
+    min_model_jy: float = 0.1
+
+
+def field_sky(info: MSInfo, *, catalogue=None, radius_deg: float = MODEL_RADIUS_DEG,
+              min_apparent_jy: float = MIN_APPARENT_JY, compact_arcsec: float | None = 30.0):
+    """The point-source sky model of a group's field, and a description of it.
+
+    Parameters
+    ----------
+    info : MSInfo of the group
+    catalogue : path or list of SkySource, optional
+        A catalogue file (NVSS/FIRST/VLASS-style, :func:`read_catalogue`) or sources; default
+        the shipped NVSS subset (:func:`nvss_catalogue`). VLA calibrators not in it are added.
+    radius_deg : float
+        Sources within this radius of the pointing centre.
+    min_apparent_jy : float
+        Keep sources whose 1.4 GHz flux times the primary beam at the group's mid-time is at least
+        this (Jy).
+    compact_arcsec : float or None
+        Keep sources with a deconvolved major axis up to this (arcsec): the model is of points.
+
+    Returns
+    -------
+    (list of SkySource, dict)
+        The sources, brightest apparent first; ``{"name", "n_sources", "apparent_jy"}``.
+    """
+    if catalogue is None:
+        sources, name = nvss_catalogue(), "NVSS (shipped subset)"
+    elif isinstance(catalogue, (str, os.PathLike)):
+        sources, name = read_catalogue(catalogue), str(catalogue)
+    else:
+        sources, name = list(catalogue), "user sources"
+    ra0, dec0 = info.field_dirs[len(info.field_dirs) // 2]
+    near = sources_near(sources, float(np.degrees(ra0)), float(np.degrees(dec0)), radius_deg,
+                        compact_arcsec=compact_arcsec)
+    cals = [c for c in calibrators.load_catalogue() if np.isfinite(c.flux_jy)]
+    cal_near = sources_near([SkySource(c.name, c.ra_deg, c.dec_deg, c.flux_jy, c.spectral_index) for c in cals],
+                            float(np.degrees(ra0)), float(np.degrees(dec0)), radius_deg)
+    for c in cal_near:  # a calibrator the catalogue lacks (NVSS's compact subset may leave it out)
+        if not any(_sep_arcsec(c, s) < 30.0 for s in near):
+            near.append(c)
+    if not near:
+        return [], {"name": name, "n_sources": 0, "apparent_jy": 0.0}
+    dec_app = pointing_dec(info)
+    off = np.array([beam_offsets(np.radians(s.ra_deg), np.radians(s.dec_deg), dec_app, [info.mid_mjd])[0]
+                    for s in near])
+    apparent = np.array([s.flux_jy for s in near]) * airy_beam(off, 1.4e9)
+    order = np.argsort(-apparent)
+    keep = [near[i] for i in order if apparent[i] >= min_apparent_jy]
+    return keep, {"name": name, "n_sources": len(keep),
+                  "apparent_jy": round(float(apparent[apparent >= min_apparent_jy].sum()), 4)}
+
+
+def _sep_arcsec(a, b) -> float:
+    ra1, d1, ra2, d2 = np.radians([a.ra_deg, a.dec_deg, b.ra_deg, b.dec_deg])
+    c = np.sin(d1) * np.sin(d2) + np.cos(d1) * np.cos(d2) * np.cos(ra1 - ra2)
+    return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))) * 3600.0)
+
+
+def model_flux_ratio(ms, info: MSInfo | None = None, column: str = "CORRECTED_DATA") -> float:
+    """How much of the model's flux the calibrated data hold: ``Re sum(C M*) / sum(|M|^2)``.
+
+    Over the unflagged cross-correlations of both polarisations; 1 for perfectly calibrated data
+    of a sky equal to the model, less when phase errors decorrelate it, and the amplitude scale
+    error otherwise.
+    """
+    info = info or read_ms_info(ms)
+    num = den = 0.0
+    with table(ms) as tb:
+        for _d, sub, s, n in iter_ddid(tb, range(len(info.ddid_spw))):
+            cross = np.asarray(sub.getcol("ANTENNA1", s, n)) != np.asarray(sub.getcol("ANTENNA2", s, n))
+            c = np.asarray(sub.getcol(column, s, n))[..., cross]
+            m = np.asarray(sub.getcol("MODEL_DATA", s, n))[..., cross]
+            good = ~np.asarray(sub.getcol("FLAG", s, n))[..., cross]
+            num += float(np.sum(np.real(c * np.conj(m))[good]))
+            den += float(np.sum((np.abs(m) ** 2)[good]))
+    return num / den if den > 0 else float("nan")
+
+
+def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None, catalogue=None,
+                      sky=None, qa: FieldQA | None = None, minsnr: float = 3.0,
+                      combine: str = "scan,field,spw", validity_h: float = FIELD_VALIDITY_H,
+                      interp: str = "linear") -> dict:
+    """Solve, check and apply a field gain correction on ``ms`` on top of ``base_tables``.
+
+    Parameters
+    ----------
+    ms : path of the group's Measurement Set (MODEL_DATA and CORRECTED_DATA are written)
+    base_tables : [B, G] caltable paths (the calibrator pair, transferred)
+    paths : dsacont.config.Paths, optional
+        The table goes to ``paths.caltables`` (temporaries in ``paths.tmp``).
+    refant : str, optional
+        Reference antenna(s), comma separated (default: CASA's choice).
+    catalogue : path or list of SkySource, optional
+        Sky model source (see :func:`field_sky`); ``sky`` gives the sources directly.
+    qa : FieldQA, optional
+    minsnr : float
+        Solutions below this SNR are flagged by gaincal.
+    combine : str
+        gaincal ``combine`` (default one solution per antenna and polarisation for the group).
+    validity_h : float
+        Half-width (hours) of the table's validity window.
+
+    Returns
+    -------
+    dict
+        ``status`` ('valid' or 'rejected'), ``reason``, ``path`` (the table, also kept when
+        rejected, for inspection), ``qa`` (metrics and the model flux ratio before and after),
+        ``applied`` (apply_calibration's result for the tables now in CORRECTED_DATA: the three
+        when valid, the pair when rejected), ``sky`` (the model's description), ``timings_s``, and
+        ``entry``: the registry entry (kind 'G', origin 'field'; ``depends_on`` to be set by the
+        caller to the base gain table).
+    """
+    ms = str(Path(ms).absolute())
+    paths = (paths or get_paths()).ensure("caltables", "tmp")
+    qa = qa or FieldQA()
+    timings = {}
+    info = read_ms_info(ms)
+    t = _time.perf_counter()
+    if sky is None:
+        sky, sky_meta = field_sky(info, catalogue=catalogue)
+    else:
+        sky_meta = {"name": "given", "n_sources": len(sky), "apparent_jy": None}
+    stem = Path(ms).name.removesuffix(".ms")
+    final = Path(paths.caltables) / f"{stem}_field.G"
+    entry = {"key": "F", "kind": "G", "calibrator": None, "solve_mjd": info.mid_mjd, "path": str(final),
+             "source_ms": ms, "valid_before_h": validity_h, "valid_after_h": validity_h, "origin": "field",
+             "dec_deg": float(np.degrees(pointing_dec(info)))}
+    out = {"status": "rejected", "reason": None, "path": None, "sky": sky_meta, "entry": entry}
+    if not sky or (sky_meta["apparent_jy"] is not None and sky_meta["apparent_jy"] < qa.min_model_jy):
+        out["reason"] = f"sky model too faint ({sky_meta['apparent_jy']} Jy apparent in {sky_meta['n_sources']} sources)"
+        out["applied"] = apply_calibration(ms, tables=base_tables, interp=interp)
+        out["qa"] = {}
+        entry.update(status="rejected", reason=out["reason"], metrics={"sky": sky_meta})
+        return out
+    write_model(ms, None, sky=sky, info=info)
+    timings["model"] = _time.perf_counter() - t
+    t = _time.perf_counter()
+    apply_calibration(ms, tables=base_tables, interp=interp)
+    before = model_flux_ratio(ms, info)
+    timings["before"] = _time.perf_counter() - t
+    work = Path(paths.tmp) / f"{stem}.field.{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    tmp = work / final.name
+    base_interp = [("nearest" if Path(p).suffix == ".B" else interp) for p in base_tables]
+    t = _time.perf_counter()
+    casatasks().gaincal(vis=ms, caltable=str(tmp), solint="inf", combine=combine, refant=refant or "",
+                        calmode="ap", solnorm=True, gaintype="G", minsnr=minsnr,
+                        gaintable=[str(p) for p in base_tables], interp=base_interp)
+    timings["gaincal"] = _time.perf_counter() - t
+    metrics: dict = {"sky": sky_meta, "model_flux_ratio_before": round(before, 4)}
+    reasons = []
+    if not tmp.is_dir():
+        reasons.append("gaincal wrote no table")
+    else:
+        present = _present_antennas(base_tables[-1])
+        metrics.update(caltable_metrics(tmp, present))
+        metrics["phase_rms_deg"] = _phase_rms(tmp, present)
+        if metrics["flagged_fraction"] > qa.max_flagged:
+            reasons.append(f"{100 * metrics['flagged_fraction']:.0f} % of solutions flagged (> {100 * qa.max_flagged:.0f} %)")
+        if metrics["snr_median"] < qa.min_snr:
+            reasons.append(f"median SNR {metrics['snr_median']:.1f} < {qa.min_snr}")
+    if not reasons:
+        final_tmp = tmp
+        t = _time.perf_counter()
+        applied = apply_calibration(ms, tables=[*base_tables, str(final_tmp)], interp=interp)
+        after = model_flux_ratio(ms, info)
+        timings["after"] = _time.perf_counter() - t
+        metrics["model_flux_ratio_after"] = round(after, 4)
+        if not after >= qa.min_model_flux_ratio:
+            reasons.append(f"model flux ratio {after:.3f} after the solve < {qa.min_model_flux_ratio}")
+        if after < before - qa.max_ratio_loss:
+            reasons.append(f"model flux ratio fell from {before:.3f} to {after:.3f}")
+    metrics["qa_gate"] = asdict(qa)
+    metrics["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
+    if tmp.is_dir():
+        move_into_place(tmp, final)
+        out["path"] = str(final)
+    shutil.rmtree(work, ignore_errors=True)
+    if reasons:
+        out["reason"] = "; ".join(reasons)
+        log.warning("%s: field gain solve rejected (%s); the calibrator gains are transferred", ms, out["reason"])
+        out["applied"] = apply_calibration(ms, tables=base_tables, interp=interp)
+        entry.update(status="rejected", reason=out["reason"], metrics=metrics)
+    else:
+        out["status"] = "valid"
+        applied["tables"] = [*base_tables, str(final)]
+        out["applied"] = applied
+        entry.update(status="valid", reason=None, metrics=metrics)
+        log.info("%s: field gains (%s, %d sources, %.2f Jy apparent): model flux ratio %.3f -> %.3f, "
+                 "median SNR %.0f, phase rms %.0f deg", ms, sky_meta["name"], sky_meta["n_sources"],
+                 sky_meta["apparent_jy"] or float("nan"), before, metrics["model_flux_ratio_after"],
+                 metrics["snr_median"], metrics["phase_rms_deg"])
+    out["qa"] = metrics
+    out["timings_s"] = metrics["timings_s"]
+    if not out["path"]:
+        entry["path"] = str(final)
+    return out
+
+
+def _present_antennas(gain_table) -> list[int]:
+    """Antenna indices with at least one good solution in ``gain_table`` (those in the data)."""
+    t = read_caltable(gain_table)
+    good = ~t["FLAG"].reshape(-1, t["FLAG"].shape[-1]).all(axis=0)
+    return sorted({int(a) for a in t["ANTENNA1"][good]})
+
+
+def _phase_rms(path, antennas) -> float:
+    """RMS (deg) of the good solutions' phases over the given antennas: how much was corrected."""
+    t = read_caltable(path)
+    keep = np.isin(t["ANTENNA1"], antennas)
+    ph = np.angle(t["CPARAM"][..., keep])[~t["FLAG"][..., keep]]
+    return float(np.degrees(np.sqrt(np.mean(ph ** 2)))) if ph.size else float("nan")
