@@ -52,10 +52,17 @@ def demo_window(n_groups: int = N_GROUPS):
     return transit - (n_groups / 2) * CADENCE_S * u.s, transit
 
 
-def _simulate_archive(archive: Path, preset: str, seed: int, n_groups: int) -> None:
-    start, _ = demo_window(n_groups)
+def _simulate_archive(archive: Path, preset: str, seed: int, n_groups: int, hours: int | None = None,
+                      sky: str = "synthetic") -> None:
+    start, _ = demo_window(n_groups if not hours else N_GROUPS)
+    if hours:
+        n_groups = hours * N_GROUPS
     marker = archive / "demo.json"
     want = {"preset": repr(PRESETS[preset]), "seed": seed, "n_groups": n_groups, "start": start.isot}
+    sim_kw = {}
+    if sky != "synthetic":
+        want["sky"] = sky
+        sim_kw = {"sky_model": "real"} if sky == "real" else {"realism": "realistic", "faults": False}
     if marker.exists() and json.loads(marker.read_text()) == want:
         groups = [g for g in find_groups(archive) if g.complete]
         if len(groups) >= n_groups:
@@ -66,7 +73,7 @@ def _simulate_archive(archive: Path, preset: str, seed: int, n_groups: int) -> N
     archive.mkdir(parents=True)
     minutes = (n_groups - 0.5) * CADENCE_S / 60.0
     log.info("demo: simulating %d groups (%s preset) from %s into %s", n_groups, preset, start.isot, archive)
-    simulate(archive, start, minutes, preset=preset, seed=seed)
+    simulate(archive, start, minutes, preset=preset, seed=seed, **sim_kw)
     marker.write_text(json.dumps(want))
 
 
@@ -99,14 +106,24 @@ def _calibrator_in_mosaic(mosaic: dict, archive: Path) -> dict:
 
 
 def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_groups: int = N_GROUPS,
-             scheduler: str | None = None, max_inflight: int = 2, fresh: bool = True) -> dict:
-    """Run the acceptance demo under ``root``; returns (and writes) the summary dict."""
+             hours: int | None = None, sky: str = "synthetic", scheduler: str | None = None,
+             max_inflight: int = 2, fresh: bool = True) -> dict:
+    """Run the acceptance demo under ``root``; returns (and writes) the summary dict.
+
+    ``hours``: instead of ``n_groups`` centred on the transit, ``hours`` x 12 groups from the start
+    of the acceptance hour, a mosaic per hour. ``sky``: 'synthetic' (the acceptance sky: 0834+555
+    and a synthetic population), 'real' (the real sky: NVSS, the VLA calibrators, Cas A) or
+    'realistic' (the real sky and the realistic instrument: gains wandering by tens of degrees
+    over hours, RFI, the real array).
+    """
     t_all = time.perf_counter()
     root = Path(root).absolute()
     archive = root / "archive"
     paths = get_paths(root=root)
     t = time.perf_counter()
-    _simulate_archive(archive, preset, seed, n_groups)
+    _simulate_archive(archive, preset, seed, n_groups, hours, sky)
+    tiles = N_GROUPS if hours else n_groups
+    n_groups = hours * N_GROUPS if hours else n_groups
     t_sim = time.perf_counter() - t
     if fresh:
         for d in (paths.incoming, paths.stage, paths.state):
@@ -125,7 +142,7 @@ def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_grou
     feeder.start()
     options = ServiceOptions(scheduler=scheduler, max_inflight=max_inflight, idle_exit_s=30.0, poll_s=1.0,
                              incomplete_timeout_s=60.0, cal_wait_s=20.0, min_free_gb=0.0,
-                             processor_options={"tiles_per_mosaic": n_groups})
+                             processor_options={"tiles_per_mosaic": tiles})
     t = time.perf_counter()
     summary = run_service(paths, options)
     t_stream = time.perf_counter() - t
@@ -158,7 +175,11 @@ def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_grou
         "ms": len(products.list_ms()),
         "images": len(images),
         "mosaics": [m["path"] for m in mosaics],
-        "calibration_tables": [{"kind": r.kind, "calibrator": r.calibrator, "path": r.path} for r in cal_tables],
+        "calibration_tables": [{"kind": r.kind, "calibrator": r.calibrator, "path": r.path}
+                               for r in cal_tables if r.origin != "field"],
+        "field_gain_tables": sum(r.origin == "field" for r in cal_tables),
+        "calibration_of_groups": _calibration_tally(images),
+        "hours": _per_hour(mosaics, images),
         "image_noise_mjy": [round(1e3 * (im.get("qa") or {}).get("noise_jy", float("nan")), 3) for im in images],
         "stage_wall_s": {k: {"total": round(float(np.sum(v)), 1), "mean": round(float(np.mean(v)), 1), "n": len(v)}
                          for k, v in stage_times.items()},
@@ -167,7 +188,8 @@ def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_grou
         "wall_s": round(time.perf_counter() - t_all, 1),
     }
     if mosaics:
-        m = mosaics[-1]
+        _, transit = demo_window(1)
+        m = min(mosaics, key=lambda r: abs((r.get("mid_mjd") or 0.0) - transit.mjd))  # the acceptance hour
         files = m.get("files") or {}
         out["mosaic_png"] = files.get("png")
         out["mosaic_noise_map"] = files.get("noise")
@@ -180,6 +202,31 @@ def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_grou
     return out
 
 
+def _calibration_tally(images) -> dict:
+    """How the tiles were calibrated: ``{"B:transit G:transferred G:field": n, ...}``."""
+    out: dict[str, int] = {}
+    for im in images:
+        key = " ".join((im.get("qa") or {}).get("calibration") or ["unknown"])
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def _per_hour(mosaics, images) -> list[dict]:
+    """One row per mosaic (an hour): its start, tiles, median tile noise and how they were calibrated."""
+    by_id = {im["id"]: im for im in images}
+    rows = []
+    for m in mosaics:
+        tiles = [by_id[i] for i in ((m.get("params") or {}).get("images") or []) if i in by_id] or [
+            im for im in images if m.get("start_mjd") is not None
+            and m["start_mjd"] - 1e-4 <= (im.get("mid_mjd") or 0.0) <= m["end_mjd"] + 1e-4]
+        noise = [(im.get("qa") or {}).get("noise_jy") for im in tiles]
+        noise = [n for n in noise if n is not None]
+        rows.append({"start": (m.get("start_time") or "")[:19], "tiles": len(tiles),
+                     "median_tile_noise_mjy": round(1e3 * float(np.median(noise)), 3) if noise else None,
+                     "calibration": _calibration_tally(tiles), "mosaic": m["path"]})
+    return rows
+
+
 def format_summary(s: dict) -> str:
     solved = ", ".join(t["kind"] + " on " + str(t["calibrator"]) for t in s["calibration_tables"])
     lines = [
@@ -187,8 +234,10 @@ def format_summary(s: dict) -> str:
         "dsacont demo: 60 minutes around the 0834+555 transit of 2025-10-29, through the streaming service",
         f"  groups completed     {s['groups_completed']} (failed {s['groups_failed']}); MS {s['ms']}, "
         f"images {s['images']}",
-        f"  calibration solved   {solved or 'none'}",
+        f"  calibration solved   {solved or 'none'}; field gain corrections {s.get('field_gain_tables', 0)}",
     ]
+    for how, n in (s.get("calibration_of_groups") or {}).items():
+        lines.append(f"  calibrated with      {how}: {n} group(s)")
     cal = s.get("calibrator") or {}
     if "measured_jy" in cal:
         lines.append(f"  0834+555 in mosaic   {cal['measured_jy']:.3f} Jy vs truth {cal['truth_jy']:.3f} Jy "
@@ -201,6 +250,8 @@ def format_summary(s: dict) -> str:
     lines += [
         f"  simulate {s['simulate_s']} s, streaming {s['stream_s']} s, total wall {s['wall_s']} s",
         f"  mosaic               {', '.join(s['mosaics']) or 'NONE'}",
+        *[f"  hour from {h['start']}  {h['tiles']} tiles, median tile noise {h['median_tile_noise_mjy']} mJy/beam"
+          for h in (s.get("hours") or []) if len(s.get("hours") or []) > 1],
         f"  mosaic PNG           {s.get('mosaic_png')}",
         f"  products database    {Path(s['root']) / 'state' / 'products.sqlite3'}",
     ]
@@ -216,13 +267,21 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=0, help="simulator random seed (default 0)")
     ap.add_argument("--groups", type=int, default=N_GROUPS, help="groups (tiles) to simulate and mosaic, centred on "
                     f"the transit (default {N_GROUPS}: 60 minutes)")
+    ap.add_argument("--hours", type=int, default=None,
+                    help="instead of --groups: this many hours from the start of the acceptance hour, a mosaic "
+                         "per hour (default: the acceptance hour only, i.e. --groups)")
+    ap.add_argument("--sky", default="synthetic", choices=["synthetic", "real", "realistic"],
+                    help="simulated sky and instrument: 'synthetic' (0834+555 and a synthetic population; the "
+                         "acceptance test), 'real' (NVSS, the VLA calibrators, Cas A), 'realistic' (the real sky "
+                         "and the realistic instrument: gains wandering over hours, RFI) (default synthetic)")
     ap.add_argument("--scheduler", help="address of an existing dask-scheduler (default: start a LocalCluster)")
     ap.add_argument("--max-inflight", type=int, default=2,
                     help="groups processed at once (default 2: one per core here)")
     ap.add_argument("--keep", action="store_true", help="keep the previous run's products and queue (default: start "
                     "afresh; the simulated archive is kept either way)")
     args = ap.parse_args(argv)
-    s = run_demo(args.root, preset=args.preset, seed=args.seed, n_groups=args.groups, scheduler=args.scheduler,
+    s = run_demo(args.root, preset=args.preset, seed=args.seed, n_groups=args.groups, hours=args.hours,
+                 sky=args.sky, scheduler=args.scheduler,
                  max_inflight=args.max_inflight, fresh=not args.keep)
     print(format_summary(s))
     return 0 if s["mosaics"] and not s["groups_failed"] else 1

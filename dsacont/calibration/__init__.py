@@ -10,6 +10,14 @@ One calibrator group goes through::
     apply_calibration(target_ms)                  applycal with the valid tables, check
                                                   CORRECTED_DATA (apply.py)
 
+Every other group, around the clock::
+
+    choose_tables(records, mjd, dec)              the calibrator pair of the group's strip, and how
+                                                  it is used: transit / transferred / borrowed
+                                                  (select.py)
+    solve_field_gains(ms, [B, G])                 a gain correction on the field itself against the
+                                                  sky model, QA-gated, applied (field.py)
+
 Sky models come from :mod:`~dsacont.calibration.skymodel` (the shipped NVSS subset, catalogue
 files), the tables' validity windows from :mod:`~dsacont.calibration.registry`, pictures from
 :mod:`~dsacont.calibration.plots`, the ``dsacont calibrate`` / ``applycal`` commands from
@@ -22,6 +30,7 @@ from dsacont.calibration.apply import (  # noqa: F401
     calibrated_flux_ratio,
     check_corrected,
 )
+from dsacont.calibration.field import FieldQA, field_sky, model_flux_ratio, solve_field_gains  # noqa: F401
 from dsacont.calibration.model import (  # noqa: F401
     MODEL_SIGN,
     beam_offsets,
@@ -35,6 +44,7 @@ from dsacont.calibration.model import (  # noqa: F401
 )
 from dsacont.calibration.msinfo import MSInfo, read_ms_info  # noqa: F401
 from dsacont.calibration.plots import plot_bandpass, plot_gains  # noqa: F401
+from dsacont.calibration.select import Choice, choose_tables  # noqa: F401
 from dsacont.calibration.skymodel import (  # noqa: F401
     SkySource,
     load_sky_csv,
@@ -49,7 +59,7 @@ from dsacont.calibration.solve import (  # noqa: F401
     flag_for_calibration,
     solve_calibration,
 )
-from dsacont.calibration.tables import caltable_metrics, read_caltable  # noqa: F401
+from dsacont.calibration.tables import caltable_metrics, complete_spws, missing_spws, read_caltable  # noqa: F401
 from dsacont.calibration.transits import (  # noqa: F401
     DEFAULT_MIN_FLUX_JY,
     DEFAULT_MIN_PB,

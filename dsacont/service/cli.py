@@ -213,6 +213,8 @@ def _summary(kind: str, d: dict) -> str:
             bits.append(f"rms={1e3 * qa['noise_jy']:.3f}mJy")
         if qa.get("dynamic_range") is not None:
             bits.append(f"DR={qa['dynamic_range']:.0f}")
+    if kind in ("ms", "images") and qa.get("calibration"):
+        bits.append("cal=" + ",".join(qa["calibration"]))
     if kind == "mosaics" and qa.get("n_tiles") is not None:
         bits.append(f"tiles={qa['n_tiles']}")
     bits.append(d["path"])

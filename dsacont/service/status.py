@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+from dsacont.calibration.registry import Registry
 from dsacont.service.products import Products
 from dsacont.service.queue import IngestQueue, iso_from_unix
 
@@ -41,7 +42,31 @@ def status(paths, *, failures: int = 10) -> dict:
             out["products"] = {"error": str(exc)}
     else:
         out["products"] = None
+    out["calibration"] = calibration_status(paths)
     return out
+
+
+def calibration_status(paths, *, last: int = 12) -> dict | None:
+    """The calibration at a glance: the latest calibrator tables, field corrections, and how the
+    last ``last`` calibrated groups were calibrated (kind:how of each table applied)."""
+    out: dict = {}
+    if paths.registry_db.exists():
+        rows = Registry(paths.registry_db).list()
+        transit = [r for r in rows if r.origin != "field" and r.status == "valid"]
+        out["latest_transit_tables"] = [
+            {"kind": r.kind, "calibrator": r.calibrator, "solved": r.solve_iso[:19], "dec_deg": r.dec_deg,
+             "path": r.path} for r in transit[-2:]]
+        fields = [r for r in rows if r.origin == "field"]
+        out["field_corrections"] = {"valid": sum(r.status == "valid" for r in fields),
+                                    "rejected": sum(r.status == "rejected" for r in fields)}
+    if paths.products_db.exists():
+        try:
+            ms = Products(paths.products_db).list_ms(status="calibrated")[-last:]
+        except Exception:  # noqa: BLE001 - status must never crash on another module's DB
+            ms = []
+        out["recent_groups"] = [{"group": r.get("group_timestamp"),
+                                 "calibration": " ".join((r.get("qa") or {}).get("calibration") or ["?"])} for r in ms]
+    return out or None
 
 
 def format_status(paths, *, failures: int = 10) -> str:
@@ -78,4 +103,14 @@ def format_status(paths, *, failures: int = 10) -> str:
             total = sum(by_status.values())
             detail = ", ".join(f"{k} {v}" for k, v in sorted(by_status.items()))
             lines.append(f"  {kind:<8} {total:>5}" + (f"  ({detail})" if detail else ""))
+    cal = s.get("calibration") or {}
+    if cal:
+        lines.append("calibration")
+        for t in cal.get("latest_transit_tables") or []:
+            lines.append(f"  {t['kind']} on {t['calibrator']} solved {t['solved']} (dec {t['dec_deg']})  {t['path']}")
+        if cal.get("field_corrections"):
+            f = cal["field_corrections"]
+            lines.append(f"  field gain corrections: {f['valid']} valid, {f['rejected']} rejected (gains transferred)")
+        for g in cal.get("recent_groups") or []:
+            lines.append(f"  {g['group']}  {g['calibration']}")
     return "\n".join(lines)

@@ -473,3 +473,46 @@ def test_calibrator_only_model_meets_targets(conv_ms, tmp_path):
     assert b_rms < 0.01
     assert a_max < 0.01 and p_max < 1.0
     assert abs(abs(med) - 1) < 0.01 and abs(np.degrees(np.angle(med))) < 1.0
+
+
+def test_tables_with_missing_windows_are_filled_or_flagged_never_blocking(solved, tmp_path):
+    """A calibrator group that lacked subbands gives tables without those windows: completed from
+    an earlier table of the strip (its rows, exactly), or with flagged solutions; and a table left
+    incomplete still applies, its windows' data flagged, instead of refusing the group."""
+    from dsacont.calibration.tables import complete_spws, missing_spws, read_caltable
+    from dsacont.io.ms import table
+
+    tables = solved["summary"]["tables"]
+    lost = [2, 9]
+
+    def cut(name):
+        p = shutil.copytree(tables["B"], tmp_path / name)
+        with table(p, readonly=False) as tb:
+            spw = np.asarray(tb.getcol("SPECTRAL_WINDOW_ID"))
+            tb.removerows([int(i) for i in np.nonzero(np.isin(spw, lost))[0]])
+        return str(p)
+
+    nspw = len(C.read_ms_info(solved["ms"]).spw_freqs)
+    filled = cut("filled.B")
+    assert missing_spws(filled, nspw) == lost
+    assert complete_spws(filled, nspw, donors=[tables["B"]]) == {"filled": {2: tables["B"], 9: tables["B"]},
+                                                                  "flagged": []}
+    a, b = read_caltable(filled), read_caltable(tables["B"])
+    ia = np.lexsort((a["ANTENNA1"], a["SPECTRAL_WINDOW_ID"]))
+    ib = np.lexsort((b["ANTENNA1"], b["SPECTRAL_WINDOW_ID"]))
+    np.testing.assert_array_equal(a["CPARAM"][..., ia], b["CPARAM"][..., ib])
+    np.testing.assert_array_equal(a["FLAG"][..., ia], b["FLAG"][..., ib])
+
+    flagged = cut("flagged.B")
+    assert complete_spws(flagged, nspw) == {"filled": {}, "flagged": lost}
+    f = read_caltable(flagged)
+    assert missing_spws(flagged, nspw) == lost and f["FLAG"][..., np.isin(f["SPECTRAL_WINDOW_ID"], lost)].all()
+
+    ms = _copy(solved["ms"], tmp_path / "target.ms")
+    res = C.apply_calibration(ms, tables=[cut("incomplete.B"), tables["G"]])
+    assert res["spw_flagged_unsolved"] == lost
+    from dsacont.casa import casatasks
+
+    per_spw = casatasks().flagdata(vis=ms, mode="summary")["spw"]
+    frac = {int(k): v["flagged"] / v["total"] for k, v in per_spw.items()}
+    assert all(frac[s] == 1.0 for s in lost) and max(frac[s] for s in frac if s not in lost) < 0.5, frac
