@@ -107,7 +107,8 @@ def format_status(paths, *, failures: int = 10) -> str:
     if cal:
         lines.append("calibration")
         for t in cal.get("latest_transit_tables") or []:
-            lines.append(f"  {t['kind']} on {t['calibrator']} solved {t['solved']} (dec {t['dec_deg']})  {t['path']}")
+            dec = f"{t['dec_deg']:+.2f} deg" if t["dec_deg"] is not None else "unknown"
+            lines.append(f"  {t['kind']} on {t['calibrator']} solved {t['solved']} (dec {dec})  {t['path']}")
         if cal.get("field_corrections"):
             f = cal["field_corrections"]
             lines.append(f"  field gain corrections: {f['valid']} valid, {f['rejected']} rejected (gains transferred)")

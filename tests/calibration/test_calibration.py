@@ -516,3 +516,25 @@ def test_tables_with_missing_windows_are_filled_or_flagged_never_blocking(solved
     per_spw = casatasks().flagdata(vis=ms, mode="summary")["spw"]
     frac = {int(k): v["flagged"] / v["total"] for k, v in per_spw.items()}
     assert all(frac[s] == 1.0 for s in lost) and max(frac[s] for s in frac if s not in lost) < 0.5, frac
+
+
+def test_field_gain_solve_against_a_wrong_sky_is_rejected_and_the_gains_transferred(solved, tmp_path):
+    """The field solve's QA gate: a sky model that is not the sky (one 5 Jy source where there is
+    none) cannot pass; the correction is rejected with the reason, and the calibrator pair alone is
+    left applied (the gains transferred)."""
+    from dsacont.calibration.field import FieldQA, solve_field_gains
+    from dsacont.calibration.skymodel import SkySource
+    from dsacont.config import get_paths
+
+    tables = solved["summary"]["tables"]
+    ms = _copy(solved["ms"], tmp_path / "field.ms")
+    info = C.read_ms_info(ms)
+    ra0, dec0 = np.degrees(info.field_dirs[len(info.field_dirs) // 2])
+    wrong = [SkySource("nowhere", float(ra0) + 0.5, float(dec0) - 0.5, 5.0)]
+    res = solve_field_gains(ms, [tables["B"], tables["G"]], paths=get_paths(root=tmp_path / "root"), sky=wrong,
+                            qa=FieldQA(min_model_jy=0.0))
+    assert res["status"] == "rejected" and ("model flux ratio" in res["reason"] or "SNR" in res["reason"]), res
+
+    assert res["applied"]["tables"] == [tables["B"], tables["G"]]
+    assert res["entry"]["status"] == "rejected" and res["entry"]["origin"] == "field"
+    assert res["qa"]["model_flux_ratio_before"] < 0.3
