@@ -15,7 +15,9 @@ gain correction, solved on the field itself (the DSA-110 team's "epoch gaincal",
          ``combine='scan,field,spw'`` (one solution per antenna and polarisation for the group: the
          wander is achromatic across the 187.5 MHz band and the SNR is 4x that of a per-SPW solve)
       4. apply [B, G, F] and measure the model flux ratio again
-      5. QA gate: flagged solutions, median SNR, and the model flux ratio before and after; a
+      5. QA gate: flagged solutions, median SNR, the model flux ratio before and after, and the
+         ratio of the model without its brightest source (antenna phases can move one point
+         source anywhere, not many at once: a model that is not the sky is caught there); a
          rejected solve leaves the pair applied (the gains transferred) and says why.
 
 The reference antenna is the calibrator solve's (from the G table's metrics), so the phases stay
@@ -69,6 +71,13 @@ class FieldQA:
         The ratio after may not be lower than before by more than this.
     min_model_jy : float
         Smallest total apparent model flux (Jy) worth solving against.
+    min_held_out_ratio : float
+        Smallest model flux ratio of the model without its brightest source, after the
+        correction. Antenna phases can make the data match any single point source (they move
+        it), so a correction is trusted only when the fainter sources, which it cannot all move
+        at once, are recovered too.
+    min_held_out_sources : int
+        Fewest sources besides the brightest for that check (fewer: rejected, unverifiable).
     """
 
     max_flagged: float = 0.3
@@ -76,6 +85,8 @@ class FieldQA:
     min_model_flux_ratio: float = 0.7
     max_ratio_loss: float = 0.02
     min_model_jy: float = 0.1
+    min_held_out_ratio: float = 0.6
+    min_held_out_sources: int = 3
 
 
 def field_sky(info: MSInfo, *, catalogue=None, radius_deg: float = MODEL_RADIUS_DEG,
@@ -249,6 +260,16 @@ def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None,
             reasons.append(f"model flux ratio {after:.3f} after the solve < {qa.min_model_flux_ratio}")
         if after < before - qa.max_ratio_loss:
             reasons.append(f"model flux ratio fell from {before:.3f} to {after:.3f}")
+        held = sorted(sky, key=lambda src: -src.flux_jy)[1:] if sky_meta["name"] == "given" else list(sky[1:])
+        if len(held) < qa.min_held_out_sources:
+            reasons.append(f"only {len(held)} model source(s) besides the brightest: the solve cannot be verified")
+        else:
+            write_model(ms, None, sky=held, info=info)
+            metrics["held_out_ratio"] = round(model_flux_ratio(ms, info), 4)
+            metrics["held_out_sources"] = len(held)
+            if not metrics["held_out_ratio"] >= qa.min_held_out_ratio:
+                reasons.append(f"the model's {len(held)} fainter sources are not recovered (ratio "
+                               f"{metrics['held_out_ratio']:.3f} < {qa.min_held_out_ratio}): the model is not this sky")
     metrics["qa_gate"] = asdict(qa)
     metrics["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     if tmp.is_dir():
@@ -265,10 +286,11 @@ def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None,
         applied["tables"] = [*base_tables, str(final)]
         out["applied"] = applied
         entry.update(status="valid", reason=None, metrics=metrics)
-        log.info("%s: field gains (%s, %d sources, %.2f Jy apparent): model flux ratio %.3f -> %.3f, "
-                 "median SNR %.0f, phase rms %.0f deg", ms, sky_meta["name"], sky_meta["n_sources"],
-                 sky_meta["apparent_jy"] or float("nan"), before, metrics["model_flux_ratio_after"],
-                 metrics["snr_median"], metrics["phase_rms_deg"])
+        log.info("%s: field gains (%s, %d sources, %.2f Jy apparent): model flux ratio %.3f -> %.3f "
+                 "(without the brightest source %.3f), median SNR %.0f, phase rms %.0f deg", ms, sky_meta["name"],
+                 sky_meta["n_sources"], sky_meta["apparent_jy"] or float("nan"), before,
+                 metrics["model_flux_ratio_after"], metrics["held_out_ratio"], metrics["snr_median"],
+                 metrics["phase_rms_deg"])
     out["qa"] = metrics
     out["timings_s"] = metrics["timings_s"]
     if not out["path"]:
