@@ -374,7 +374,7 @@ def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, opti
 def _stamp_calibration(res: dict, chain) -> None:
     """Write the calibration chain into the tile's FITS headers (CALCHAIN, and a HISTORY line each)."""
     cards = [("CALCHAIN", " ".join(f"{c['kind']}:{c['how']}" for c in chain)[:68],
-              "calibration tables applied (kind:how), in order")]
+              "calibration chain (kind:how)")]
     history = [f"dsacont calibration {i + 1}: {c['kind']} {Path(c['path']).name} ({c['how']}"
                + (f", {c['calibrator']}" if c.get("calibrator") else "")
                + (f", solved {c['age_h']:+.2f} h from the data" if c.get("age_h") is not None else "")
