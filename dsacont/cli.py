@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stream": ("dsacont.service.cli", "run the streaming service on an incoming directory"),
     "replay": ("dsacont.service.cli", "feed archived subband files into an incoming directory in time order"),
     "status": ("dsacont.service.cli", "queue and products at a glance"),
+    "sources": ("dsacont.sources.cli", "find sources in FITS images (Aegean), catalogue beside each; cross-match QA"),
     "demo": ("dsacont.demo", "simulate the 0834+555 transit and run it through the streaming path"),
 }
 

@@ -22,6 +22,7 @@ LAYERS = [
     ("convert", ["dsacont.convert"]),
     ("calibration", ["dsacont.calibration"]),
     ("imaging", ["dsacont.imaging"]),
+    ("sources", ["dsacont.sources"]),
     ("service", ["dsacont.service"]),
     ("entry points", ["dsacont.demo", "dsacont.cli"]),
 ]
