@@ -25,13 +25,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("dsacont.service.cli", "feed archived subband files into an incoming directory in time order"),
     "status": ("dsacont.service.cli", "queue and products at a glance"),
     "sources": ("dsacont.sources.cli", "find sources in FITS images (Aegean), catalogue beside each; cross-match QA"),
+    "lightcurve": ("dsacont.sources.cli", "forced-photometry light curve of a source over recorded tiles/mosaics"),
     "demo": ("dsacont.demo", "simulate the 0834+555 transit and run it through the streaming path"),
 }
 
 # modules with more than one subcommand expose cli_<name> for the others
 _FUNC = {"applycal": "cli_applycal", "status": "cli_status", "image": "cli_image", "mosaic": "cli_mosaic",
          "stream": "cli_stream",
-         "products": "cli_products", "replay": "cli_replay"}
+         "products": "cli_products", "replay": "cli_replay",
+         "lightcurve": "cli_lightcurve"}
 
 
 def _usage() -> str:

@@ -180,3 +180,83 @@ def sky_image(out_path, *, sources=None, n_sources=200, npix=1024, cell_arcsec=6
     truth.update(image=stem + ".fits", noise=stem + ".noise.fits" if write_noise_map else None,
                  beam_arcsec=(bmaj, bmin, bpa), cell_arcsec=cell_arcsec, mjd=hdr["MJD-OBS"])
     return truth
+
+
+def variable_light_curves(mjd, n_steady, n_flare, n_dip, *, base_flux_jy=(0.02, 0.5), flare_amp=(0.5, 3.0),
+                          flare_decay_days=(1.0, 3.0), dip_depth=(0.3, 0.6), dip_sigma_days=(1.5, 3.0), seed=0):
+    """True fluxes of steady, flaring and ESE-dipping sources at the epochs ``mjd``.
+
+    A flare is a fast rise (at an epoch, one day) and exponential decay: ``S0 (1 + a e^{-(t-t0)/tau})``
+    for t >= t0. An ESE-like dip is a symmetric Gaussian dip ``S0 (1 - d e^{-(t-t0)^2 / 2 w^2})``
+    whose centre is at least 2 w from the ends of the series. Base fluxes are log-uniform.
+
+    Returns
+    -------
+    dict
+        ``kind`` (N,) 'steady'/'flare'/'dip'; ``base_flux_jy`` (N,); ``flux_jy`` (N, T);
+        ``t0_mjd``, ``amplitude`` (flare a or dip d), ``width_days`` (tau or w), NaN for steady ones.
+    """
+    rng = np.random.default_rng(seed)
+    mjd = np.asarray(mjd, float)
+    n = n_steady + n_flare + n_dip
+    kind = np.array(["steady"] * n_steady + ["flare"] * n_flare + ["dip"] * n_dip)
+    base = np.exp(rng.uniform(math.log(base_flux_jy[0]), math.log(base_flux_jy[1]), n))
+    flux = np.repeat(base[:, None], len(mjd), axis=1)
+    t0 = np.full(n, np.nan)
+    amp = np.full(n, np.nan)
+    width = np.full(n, np.nan)
+    span = (mjd.min(), mjd.max())
+    for i in range(n):
+        if kind[i] == "flare":
+            t0[i] = rng.uniform(span[0] + 0.2 * (span[1] - span[0]), span[0] + 0.7 * (span[1] - span[0]))
+            amp[i], width[i] = rng.uniform(*flare_amp), rng.uniform(*flare_decay_days)
+            dt = mjd - t0[i]
+            flux[i] = base[i] * (1.0 + np.where(dt >= 0, amp[i] * np.exp(-np.clip(dt, 0, None) / width[i]), 0.0))
+        elif kind[i] == "dip":
+            width[i], amp[i] = rng.uniform(*dip_sigma_days), rng.uniform(*dip_depth)
+            lo, hi = span[0] + 2 * width[i], span[1] - 2 * width[i]
+            t0[i] = rng.uniform(lo, hi) if hi > lo else 0.5 * (span[0] + span[1])
+            flux[i] = base[i] * (1.0 - amp[i] * np.exp(-0.5 * ((mjd - t0[i]) / width[i]) ** 2))
+    return {"kind": kind, "base_flux_jy": base, "flux_jy": flux, "t0_mjd": t0, "amplitude": amp, "width_days": width}
+
+
+def variable_epochs(out_dir, n_days, *, n_steady=60, n_flare=4, n_dip=4, npix=512, cell_arcsec=6.0,
+                    beam_arcsec=(45.0, 33.0, 30.0), noise_jy=1e-3, start="2025-10-29T13:55:26",
+                    base_flux_jy=(0.02, 0.5), seed=0, **lc_kwargs) -> dict:
+    """Daily images of one field (the same LST on successive sidereal days) with variable sources.
+
+    Each epoch is a :func:`sky_image` (with its noise map) ``out_dir/day<NN>.fits``, one sidereal
+    day (0.99727 d) after the previous one; the sources keep their positions, their fluxes follow
+    :func:`variable_light_curves`. The truth is written to ``out_dir/variables_truth.csv`` (one
+    row per source: name, ra_deg, dec_deg, kind, base_flux_jy, t0_mjd, amplitude, width_days) and
+    ``out_dir/variables_flux.npy`` (N, T).
+
+    Returns
+    -------
+    dict
+        ``images`` (paths), ``mjd`` (T,), ``name``, ``ra_deg``, ``dec_deg`` (N,), and
+        :func:`variable_light_curves`'s arrays.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    n = n_steady + n_flare + n_dip
+    pos = random_sources(n, npix=npix, cell_arcsec=cell_arcsec, noise_jy=noise_jy, bmaj_arcsec=beam_arcsec[0],
+                         seed=seed + 1000)
+    t_start = Time(start, scale="utc")
+    mjd = t_start.mjd + 0.99726957 * np.arange(n_days)
+    lc = variable_light_curves(mjd, n_steady, n_flare, n_dip, base_flux_jy=base_flux_jy, seed=seed, **lc_kwargs)
+    images = []
+    for k in range(n_days):
+        src = {"name": pos["name"], "ra_deg": pos["ra_deg"], "dec_deg": pos["dec_deg"], "flux_jy": lc["flux_jy"][:, k]}
+        date = Time(mjd[k], format="mjd", scale="utc").isot
+        t = sky_image(os.path.join(os.fspath(out_dir), f"day{k:02d}.fits"), sources=src, npix=npix,
+                      cell_arcsec=cell_arcsec, beam_arcsec=beam_arcsec, noise_jy=noise_jy, date_obs=date,
+                      seed=seed + 10 * k + 7)
+        images.append(t["image"])
+    with open(os.path.join(os.fspath(out_dir), "variables_truth.csv"), "w", newline="") as fh:
+        wr = csv.writer(fh)
+        wr.writerow(["name", "ra_deg", "dec_deg", "kind", "base_flux_jy", "t0_mjd", "amplitude", "width_days"])
+        for i in range(n):
+            wr.writerow([pos["name"][i], pos["ra_deg"][i], pos["dec_deg"][i], lc["kind"][i], lc["base_flux_jy"][i],
+                         lc["t0_mjd"][i], lc["amplitude"][i], lc["width_days"][i]])
+    np.save(os.path.join(os.fspath(out_dir), "variables_flux.npy"), lc["flux_jy"])
+    return dict(lc, images=images, mjd=mjd, name=pos["name"], ra_deg=pos["ra_deg"], dec_deg=pos["dec_deg"])

@@ -5,7 +5,12 @@ catalogues through :mod:`dsacont.calibration.skymodel`, and products databases r
 
 - :mod:`~dsacont.sources.finder`: ``find_sources`` (Aegean on an image with dsacont's noise map,
   the catalogue ``<image stem>.sources.fits`` beside it), ``read_sources``, ``catalogue_product``;
-- :mod:`~dsacont.sources.cli`: the ``dsacont sources`` command.
+- :mod:`~dsacont.sources.crossmatch`: ``crossmatch`` (flux ratio, offsets, completeness against
+  NVSS, the VLA calibrators or a catalogue file; the operators' gates), ``reference_sources``;
+- :mod:`~dsacont.sources.photometry`: ``forced_photometry`` at given positions, with upper limits;
+- :mod:`~dsacont.sources.lightcurve`: ``light_curve``/``light_curves`` (pandas DataFrames) over a
+  list of images or a products database (read-only), ``products_images``, ``plot_light_curve``;
+- :mod:`~dsacont.sources.cli`: the ``dsacont sources`` and ``dsacont lightcurve`` commands.
 """
 from __future__ import annotations
 
@@ -18,6 +23,15 @@ _EXPORTS = {
     "catalogue_path": "dsacont.sources.finder",
     "catalogue_product": "dsacont.sources.finder",
     "noise_for_image": "dsacont.sources.finder",
+    "crossmatch": "dsacont.sources.crossmatch",
+    "reference_sources": "dsacont.sources.crossmatch",
+    "forced_photometry": "dsacont.sources.photometry",
+    "image_mjd": "dsacont.sources.photometry",
+    "light_curve": "dsacont.sources.lightcurve",
+    "light_curves": "dsacont.sources.lightcurve",
+    "products_images": "dsacont.sources.lightcurve",
+    "resolve_source": "dsacont.sources.lightcurve",
+    "plot_light_curve": "dsacont.sources.lightcurve",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

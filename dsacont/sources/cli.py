@@ -13,6 +13,7 @@ from dsacont.errors import BadInputError
 from dsacont.jsonio import json_default
 from dsacont.sources.crossmatch import DEFAULT_FLUX_LIMIT_JY
 from dsacont.sources.finder import DEFAULT_ISLAND_NSIGMA, DEFAULT_NSIGMA
+from dsacont.sources.photometry import DEFAULT_DETECT_NSIGMA, DEFAULT_UL_NSIGMA
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -88,3 +89,87 @@ def cli(argv: list[str]) -> int:
                   f"{qa['completeness']:.2f} ({qa['n_found_above_limit']}/{qa['n_reference_above_limit']}); "
                   f"gates {qa['gates']}")
     return rc
+
+
+def _add_image_source_options(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--images", nargs="+", default=None,
+                    help="FITS images to measure (tiles' .pbcor.fits or mosaics); default: the products database's")
+    ap.add_argument("--db", default=None,
+                    help="the products SQLite file, opened read-only (default: products.sqlite3 in the state "
+                         "directory of --root/--state or of the CONTIMG_* variables)")
+    ap.add_argument("--root", default=None, help="dsacont root directory, as get_paths(root=...)")
+    ap.add_argument("--state", default=None, help="directory of the SQLite state databases")
+    ap.add_argument("--kind", default="images", choices=["images", "mosaics", "all"],
+                    help="which recorded products to measure: tiles, mosaics or both")
+    ap.add_argument("--start", default=None, help="earliest product mid-time (ISO UTC or MJD; default: all)")
+    ap.add_argument("--end", default=None, help="latest product mid-time (ISO UTC or MJD; default: all)")
+    ap.add_argument("--detect-nsigma", type=float, default=DEFAULT_DETECT_NSIGMA,
+                    help="a measurement is a detection at flux / error >= this")
+    ap.add_argument("--ul-nsigma", type=float, default=DEFAULT_UL_NSIGMA,
+                    help="upper limit = max(flux, 0) + this x error for non-detections")
+
+
+def _time_arg(text):
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _image_kwargs(args) -> dict:
+    kw = {"kind": args.kind, "start": _time_arg(args.start), "end": _time_arg(args.end),
+          "detect_nsigma": args.detect_nsigma, "ul_nsigma": args.ul_nsigma}
+    if args.images:
+        return dict(kw, images=args.images)
+    if args.db:
+        return dict(kw, products=args.db)
+    from dsacont.config import get_paths
+
+    over = {"state": args.state} if args.state else {}
+    return dict(kw, products=get_paths(root=args.root, **over).products_db)
+
+
+def _parser_lightcurve() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="dsacont lightcurve", formatter_class=_Formatter,
+        description="Forced photometry of one source on every recorded tile (or mosaic), or on the given "
+                    "images: a table, optionally CSV and a PNG plot.")
+    ap.add_argument("source", help="NAME (a VLA calibrator, or a source of the shipped NVSS subset) or RA,DEC "
+                                   "(degrees, or sexagesimal hh:mm:ss,+dd:mm:ss)")
+    _add_image_source_options(ap)
+    ap.add_argument("--csv", default=None, help="write the light curve to this CSV file")
+    ap.add_argument("--plot", default=None, help="write a PNG plot of the light curve to this file")
+    return ap
+
+
+def cli_lightcurve(argv: list[str]) -> int:
+    """``dsacont lightcurve``."""
+    from dsacont.sources.lightcurve import light_curve, plot_light_curve
+
+    args = _parser_lightcurve().parse_args(argv)
+    try:
+        lc = light_curve(args.source, **_image_kwargs(args))
+    except (BadInputError, ValueError) as exc:
+        print(f"dsacont lightcurve: {exc}", file=sys.stderr)
+        return 1
+    if lc.empty:
+        print(f"dsacont lightcurve: no image covers {args.source}", file=sys.stderr)
+        return 1
+    print(f"{lc['name'].iloc[0]}  RA {lc['ra_deg'].iloc[0]:.5f}  Dec {lc['dec_deg'].iloc[0]:+.5f}  "
+          f"({len(lc)} measurements)")
+    print(f"{'mjd':>12} {'flux_mJy':>10} {'err_mJy':>9} {'snr':>7}  {'ul_mJy':>8}  image")
+    for r in lc.itertuples():
+        ul = f"{1e3 * r.upper_limit_jy:8.3f}" if not r.detected else " " * 8
+        print(f"{r.mjd:12.5f} {1e3 * r.flux_jy:10.3f} {1e3 * r.flux_err_jy:9.3f} {r.snr:7.1f}  {ul}  {r.image}")
+    if args.csv:
+        from dsacont.io.atomic import atomic_path
+
+        with atomic_path(args.csv) as tmp:
+            lc.to_csv(tmp, index=False)
+        print(f"wrote {args.csv}")
+    if args.plot:
+        plot_light_curve(lc, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
