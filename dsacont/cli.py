@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("dsacont.service.cli", "queue and products at a glance"),
     "sources": ("dsacont.sources.cli", "find sources in FITS images (Aegean), catalogue beside each; cross-match QA"),
     "lightcurve": ("dsacont.sources.cli", "forced-photometry light curve of a source over recorded tiles/mosaics"),
+    "variables": ("dsacont.sources.cli", "variability metrics and ESE-like dips of reference sources, ranked"),
     "demo": ("dsacont.demo", "simulate the 0834+555 transit and run it through the streaming path"),
 }
 
@@ -33,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 _FUNC = {"applycal": "cli_applycal", "status": "cli_status", "image": "cli_image", "mosaic": "cli_mosaic",
          "stream": "cli_stream",
          "products": "cli_products", "replay": "cli_replay",
-         "lightcurve": "cli_lightcurve"}
+         "lightcurve": "cli_lightcurve", "variables": "cli_variables"}
 
 
 def _usage() -> str:

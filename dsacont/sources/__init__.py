@@ -10,7 +10,9 @@ catalogues through :mod:`dsacont.calibration.skymodel`, and products databases r
 - :mod:`~dsacont.sources.photometry`: ``forced_photometry`` at given positions, with upper limits;
 - :mod:`~dsacont.sources.lightcurve`: ``light_curve``/``light_curves`` (pandas DataFrames) over a
   list of images or a products database (read-only), ``products_images``, ``plot_light_curve``;
-- :mod:`~dsacont.sources.cli`: the ``dsacont sources`` and ``dsacont lightcurve`` commands.
+- :mod:`~dsacont.sources.variability`: ``rank_variables`` (eta, V, max deviation, ranked candidates),
+  ``find_dip`` (ESE-like symmetric dips), ``metrics``;
+- :mod:`~dsacont.sources.cli`: the ``dsacont sources``, ``lightcurve`` and ``variables`` commands.
 """
 from __future__ import annotations
 
@@ -32,6 +34,9 @@ _EXPORTS = {
     "products_images": "dsacont.sources.lightcurve",
     "resolve_source": "dsacont.sources.lightcurve",
     "plot_light_curve": "dsacont.sources.lightcurve",
+    "rank_variables": "dsacont.sources.variability",
+    "find_dip": "dsacont.sources.variability",
+    "metrics": "dsacont.sources.variability",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

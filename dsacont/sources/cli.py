@@ -173,3 +173,68 @@ def cli_lightcurve(argv: list[str]) -> int:
         plot_light_curve(lc, args.plot)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _parser_variables() -> argparse.ArgumentParser:
+    from dsacont.sources.variability import DEFAULT_DIP_NSIGMA, DEFAULT_P_MAX, DEFAULT_V_MIN
+
+    ap = argparse.ArgumentParser(
+        prog="dsacont variables", formatter_class=_Formatter,
+        description="Light curves of every reference source on the recorded tiles (or mosaics, or the given "
+                    "images), variability metrics (eta, V, max deviation), ESE-like dips; candidates ranked.")
+    ap.add_argument("--reference", default="nvss",
+                    help="the sources to follow: 'nvss' (shipped subset), 'vla' (calibrators), or a catalogue file "
+                         "(NVSS/FIRST/VLASS-style, or a dsacont .sources.fits)")
+    _add_image_source_options(ap)
+    ap.add_argument("--p-max", type=float, default=DEFAULT_P_MAX,
+                    help="a candidate's light curve has at most this chance of coming from a steady source")
+    ap.add_argument("--v-min", type=float, default=DEFAULT_V_MIN, help="a candidate's modulation index V is at least this")
+    ap.add_argument("--frac-sys", type=float, default=0.0,
+                    help="fraction of each flux added in quadrature to its error (flux-scale scatter)")
+    ap.add_argument("--dip-nsigma", type=float, default=DEFAULT_DIP_NSIGMA, help="least significance of an ESE-like dip")
+    ap.add_argument("--min-points", type=int, default=3, help="least number of measurements of a source")
+    ap.add_argument("--top", type=int, default=20, help="print at most this many candidates")
+    ap.add_argument("--csv", default=None, help="write every source's metrics to this CSV file")
+    ap.add_argument("--plots", default=None, help="write each printed candidate's light curve as a PNG in this directory")
+    return ap
+
+
+def cli_variables(argv: list[str]) -> int:
+    """``dsacont variables``."""
+    import os
+    import re
+
+    from dsacont.sources.crossmatch import reference_sources
+    from dsacont.sources.lightcurve import light_curves, plot_light_curve
+    from dsacont.sources.variability import rank_variables
+
+    args = _parser_variables().parse_args(argv)
+    try:
+        refs = reference_sources(args.reference)
+        lc = light_curves(refs, **_image_kwargs(args))
+    except (BadInputError, ValueError) as exc:
+        print(f"dsacont variables: {exc}", file=sys.stderr)
+        return 1
+    m = rank_variables(lc, p_max=args.p_max, v_min=args.v_min, frac_sys=args.frac_sys, dip_nsigma=args.dip_nsigma,
+                    min_points=args.min_points)
+    cand = m[m["candidate"]] if not m.empty else m
+    print(f"{len(m)} sources with >= {args.min_points} measurements, {len(cand)} candidates "
+          f"({int(cand['dip'].sum()) if len(cand) else 0} ESE-like dips)")
+    if len(cand):
+        print(f"{'#':>3} {'name':<24} {'kind':<11} {'n':>3} {'mean_mJy':>9} {'eta':>9} {'V':>6} {'maxdev':>7}  dip")
+    for rank, r in enumerate(cand.head(args.top).itertuples(), 1):
+        dip = f"t0 {r.dip_t0_mjd:.1f} w {r.dip_width_days:.1f} d depth {r.dip_depth:.2f}" if r.dip else ""
+        print(f"{rank:3d} {r.name:<24} {r.kind:<11} {r.n:3d} {1e3 * r.mean_flux_jy:9.2f} {r.eta:9.1f} {r.V:6.3f} "
+              f"{r.max_dev_sigma:+7.1f}  {dip}")
+        if args.plots:
+            os.makedirs(args.plots, exist_ok=True)
+            safe = re.sub(r"[^A-Za-z0-9+.\-_]", "_", str(r.name))
+            plot_light_curve(lc[lc["name"] == r.name], os.path.join(args.plots, f"{rank:03d}_{safe}.png"),
+                             title=f"{r.name} ({r.kind}, eta {r.eta:.0f}, V {r.V:.2f})")
+    if args.csv:
+        from dsacont.io.atomic import atomic_path
+
+        with atomic_path(args.csv) as tmp:
+            m.to_csv(tmp, index=False)
+        print(f"wrote {args.csv}")
+    return 0
