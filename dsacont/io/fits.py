@@ -202,10 +202,14 @@ def beam_from_header(hdr) -> dict:
 
 
 def freq_from_header(hdr) -> float:
-    """Reference frequency (Hz) of the image's FREQ axis (``CRVALn``); NaN without one."""
+    """Reference frequency (Hz) of the image's FREQ axis (``CRVALn``), else its ``FREQ`` or ``RESTFRQ``
+    card (a 2-D mosaic's); NaN without any."""
     for i in range(1, int(hdr["NAXIS"]) + 1):
         if str(hdr.get(f"CTYPE{i}", "")).startswith("FREQ"):
             return float(hdr[f"CRVAL{i}"])
+    for key in ("FREQ", "RESTFRQ"):
+        if key in hdr:
+            return float(hdr[key])
     return float("nan")
 
 
