@@ -9,7 +9,8 @@ catalogues through :mod:`dsacont.calibration.skymodel`, and products databases r
   NVSS, the VLA calibrators or a catalogue file; the operators' gates), ``reference_sources``;
 - :mod:`~dsacont.sources.photometry`: ``forced_photometry`` at given positions, with upper limits;
 - :mod:`~dsacont.sources.lightcurve`: ``light_curve``/``light_curves`` (pandas DataFrames) over a
-  list of images or a products database (read-only), ``products_images``, ``plot_light_curve``;
+  list of images or a products database (read-only), ``to_dataset`` (xarray),
+  ``products_images``, ``plot_light_curve``;
 - :mod:`~dsacont.sources.variability`: ``rank_variables`` (eta, V, max deviation, ranked candidates),
   ``find_dip`` (ESE-like symmetric dips), ``metrics``;
 - :mod:`~dsacont.sources.cli`: the ``dsacont sources``, ``lightcurve`` and ``variables`` commands.
@@ -34,6 +35,7 @@ _EXPORTS = {
     "products_images": "dsacont.sources.lightcurve",
     "resolve_source": "dsacont.sources.lightcurve",
     "plot_light_curve": "dsacont.sources.lightcurve",
+    "to_dataset": "dsacont.sources.lightcurve",
     "rank_variables": "dsacont.sources.variability",
     "find_dip": "dsacont.sources.variability",
     "metrics": "dsacont.sources.variability",

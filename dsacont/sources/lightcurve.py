@@ -219,3 +219,36 @@ def plot_light_curve(df, path, *, title: str | None = None) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp)
     return Path(path)
+
+
+def to_dataset(lc):
+    """A light-curve table as an xarray Dataset over (source, image), for notebooks.
+
+    Parameters
+    ----------
+    lc : pandas.DataFrame
+        :func:`light_curves`'s table.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dimensions ``source`` (coordinates ``ra_deg``, ``dec_deg``) and ``image`` (coordinates
+        ``mjd``, ``kind``; sorted by time); variables ``flux_jy``, ``flux_err_jy``, ``snr``,
+        ``upper_limit_jy`` (float64, NaN where a source was not measured on an image) and
+        ``detected`` (bool, False there).
+    """
+    import xarray as xr
+
+    images = lc.drop_duplicates("image").sort_values("mjd", kind="stable")
+    sources = lc.drop_duplicates("name")
+    data = {}
+    for v in ("flux_jy", "flux_err_jy", "snr", "upper_limit_jy", "detected"):
+        piv = lc.pivot(index="name", columns="image", values=v).reindex(index=sources["name"], columns=images["image"])
+        arr = piv.to_numpy(dtype=float)
+        data[v] = (("source", "image"), np.nan_to_num(arr, nan=0.0).astype(bool) if v == "detected" else arr)
+    coords = {"source": sources["name"].to_numpy(), "ra_deg": ("source", sources["ra_deg"].to_numpy(float)),
+              "dec_deg": ("source", sources["dec_deg"].to_numpy(float)), "image": images["image"].to_numpy(),
+              "mjd": ("image", images["mjd"].to_numpy(float))}
+    if "kind" in images:
+        coords["kind"] = ("image", images["kind"].to_numpy())
+    return xr.Dataset(data, coords=coords)

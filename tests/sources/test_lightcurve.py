@@ -12,7 +12,7 @@ import pytest
 
 from dsacont.errors import BadInputError
 from dsacont.simulator.images import sky_image, variable_epochs
-from dsacont.sources import forced_photometry, light_curve, light_curves, products_images, resolve_source
+from dsacont.sources import forced_photometry, light_curve, light_curves, products_images, resolve_source, to_dataset
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,14 @@ def test_light_curves_follow_the_truth(epochs):
         np.testing.assert_allclose(one["mjd"], v["mjd"], atol=1e-6)
         # within 5 sigma of the true flux at every epoch
         assert np.all(np.abs(one["flux_jy"].to_numpy() - v["flux_jy"][i]) < 5 * one["flux_err_jy"].to_numpy())
+    ds = to_dataset(lc)
+    assert ds.sizes == {"source": len(srcs), "image": len(v["images"])}
+    np.testing.assert_allclose(ds["mjd"], v["mjd"], atol=1e-6)
+    k = f"{srcs[3][0]:.5f},{srcs[3][1]:+.5f}"
+    np.testing.assert_allclose(ds["flux_jy"].sel(source=k), lc[lc["name"] == k]["flux_jy"])
+    # a source missing from one image: NaN there, not detected
+    part = to_dataset(lc[~((lc["name"] == k) & (lc["image"] == v["images"][0]))])
+    assert np.isnan(part["flux_jy"].sel(source=k)[0]) and not bool(part["detected"].sel(source=k)[0])
 
 
 def test_light_curve_from_products_database(epochs, products_db):
