@@ -53,6 +53,8 @@ def _parser_sources() -> argparse.ArgumentParser:
                     help="cross-match radius, arcsec (default: half the beam's major FWHM)")
     ap.add_argument("--flux-limit", type=float, default=DEFAULT_FLUX_LIMIT_JY,
                     help="completeness over reference sources at least this bright, Jy")
+    ap.add_argument("--flux-column", default="int_flux", choices=["int_flux", "peak_flux"],
+                    help="catalogue flux compared with the reference (peak: for unresolved sources)")
     ap.add_argument("--json", action="store_true", help="print one JSON object per image instead of a summary")
     return ap
 
@@ -71,7 +73,7 @@ def cli(argv: list[str]) -> int:
             qa = None
             if args.reference:
                 qa = crossmatch(res, args.reference, noise=_noise_arg(args.noise), match_arcsec=args.match_arcsec,
-                                flux_limit_jy=args.flux_limit)
+                                flux_limit_jy=args.flux_limit, flux_column=args.flux_column)
         except BadInputError as exc:
             print(f"dsacont sources: {exc}", file=sys.stderr)
             rc = 1

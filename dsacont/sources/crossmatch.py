@@ -9,7 +9,7 @@ reader) into ``SkySource`` lists.
 Each reference source inside the image's coverage (finite pixels) is matched to the nearest
 catalogue source within ``match_arcsec`` (default half the restoring beam's major FWHM). Figures:
 
-- flux ratio ``int_flux / S_ref(freq)`` of the matches (the reference flux moved to the image
+- flux ratio ``int_flux / S_ref(freq)`` (or ``peak_flux``) of the matches (the reference flux moved to the image
   frequency with its spectral index): median, robust scatter (1.4826 MAD), count;
 - offsets catalogue - reference, ``dRA cos(Dec)`` and ``dDec`` (arcsec): medians and robust scatter;
 - completeness: the fraction of reference sources brighter than ``flux_limit_jy`` in the coverage
@@ -91,7 +91,8 @@ def _catalogue_and_image(catalogue, image):
 
 def crossmatch(catalogue, reference="nvss", *, image=None, noise=None, match_arcsec: float | None = None,
                flux_limit_jy: float = DEFAULT_FLUX_LIMIT_JY, format: str | None = None,
-               flux_unit: str | None = None, ref_freq_hz: float = 1.4e9, return_matches: bool = False) -> dict:
+               flux_unit: str | None = None, ref_freq_hz: float = 1.4e9, flux_column: str = "int_flux",
+               return_matches: bool = False) -> dict:
     """Cross-match a catalogue with a reference: flux ratio, offsets and completeness, as a QA dict.
 
     Parameters
@@ -112,6 +113,9 @@ def crossmatch(catalogue, reference="nvss", *, image=None, noise=None, match_arc
         Completeness is measured over reference sources at least this bright (at the image frequency).
     format, flux_unit, ref_freq_hz
         How to read a reference catalogue file (``read_catalogue``).
+    flux_column : {'int_flux', 'peak_flux'}
+        The catalogue's flux to compare: integrated (default), or the peak, which for unresolved
+        sources does not depend on the restoring beam in the header matching the image's.
     return_matches : bool
         Also return ``matches``, an astropy Table of the matched pairs.
 
@@ -181,7 +185,9 @@ def crossmatch(catalogue, reference="nvss", *, image=None, noise=None, match_arc
                 matched[claim[claim != keep]] = False
     m = np.flatnonzero(matched)
     ci = idx[m]
-    c_flux = np.asarray(cat["int_flux"], float)[ci] if len(m) else np.zeros(0)
+    if flux_column not in ("int_flux", "peak_flux"):
+        raise ValueError(f"flux_column {flux_column!r}: 'int_flux' or 'peak_flux'")
+    c_flux = np.asarray(cat[flux_column], float)[ci] if len(m) else np.zeros(0)
     ratio = c_flux / r_flux[m]
     dra = ((np.asarray(cat["ra_deg"], float)[ci] - r_ra[m] + 180.0) % 360.0 - 180.0) * np.cos(np.radians(r_dec[m])) * 3600
     ddec = (np.asarray(cat["dec_deg"], float)[ci] - r_dec[m]) * 3600
@@ -195,7 +201,8 @@ def crossmatch(catalogue, reference="nvss", *, image=None, noise=None, match_arc
         ("pass" if FLUX_GATE[0] <= med <= FLUX_GATE[1] else "fail"),
         "completeness": "n/a" if not n_above else ("pass" if completeness >= COMPLETENESS_GATE else "fail"),
     }
-    out = {"reference": _reference_name(reference), "match_arcsec": float(match_arcsec), "n_catalogue": len(cat),
+    out = {"reference": _reference_name(reference), "match_arcsec": float(match_arcsec), "flux_column": flux_column,
+           "n_catalogue": len(cat),
            "n_reference": int(len(r_ra)), "n_matched": int(len(m)), "flux_ratio_median": med,
            "flux_ratio_scatter": _robust_std(ratio), "ra_offset_arcsec": float(np.median(dra)) if len(m) else float("nan"),
            "dec_offset_arcsec": float(np.median(ddec)) if len(m) else float("nan"),
@@ -206,7 +213,7 @@ def crossmatch(catalogue, reference="nvss", *, image=None, noise=None, match_arc
         t = Table()
         t["ref_name"] = r_name[m].astype(str)
         t["name"] = np.asarray(cat["name"])[ci]
-        t["ref_flux_jy"], t["int_flux"], t["ratio"] = r_flux[m], c_flux, ratio
+        t["ref_flux_jy"], t[flux_column], t["ratio"] = r_flux[m], c_flux, ratio
         t["ra_offset_arcsec"], t["dec_offset_arcsec"] = dra, ddec
         out["matches"] = t
     return out

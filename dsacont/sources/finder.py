@@ -307,6 +307,8 @@ def find_sources(image_path, *, noise=None, nsigma: float = DEFAULT_NSIGMA,
         cards["DATE-OBS"] = str(hdr["DATE-OBS"])
     with atomic_path(out_path) as tmp_out:
         write_table(tmp_out, table, header=cards)
+    # the returned table carries the same cards as the file's (the cross-match reads BMAJ, FREQ, NSIGMA)
+    table.meta.update({k: (v[0] if isinstance(v, tuple) else v) for k, v in cards.items()})
     elapsed = time.perf_counter() - t0
     log.info("%s: %d sources (>= %.1f sigma, noise: %s) in %.1f s -> %s", image_path, len(table), nsigma,
              noise_source, elapsed, out_path)

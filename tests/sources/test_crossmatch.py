@@ -53,6 +53,10 @@ def test_nvss_layout_file_gives_flux_scale_offsets_and_completeness(field, tmp_p
     # a flux scale far off fails the operators' gate
     low = crossmatch(d / "f.sources.fits", _nvss_layout(tmp_path / "x.csv", truth, scale=2.0))
     assert low["flux_ratio_median"] == pytest.approx(2.0, rel=0.03) and low["gates"]["flux_scale"] == "fail"
+    # the in-memory result matches like the file (its table carries the beam and threshold cards)
+    mem = crossmatch(res, ref, flux_limit_jy=0.02, flux_column="peak_flux")
+    assert mem["match_arcsec"] == pytest.approx(22.5) and mem["flux_column"] == "peak_flux"
+    assert mem["flux_ratio_median"] == pytest.approx(1 / 0.9, rel=0.02) and mem["completeness"] == 1.0
 
 
 def test_completeness_counts_missing_sources(field, tmp_path):
