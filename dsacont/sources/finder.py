@@ -43,6 +43,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -184,13 +185,18 @@ def _aegean_version() -> str:
 
 def _run_aegean(image_path, rms_path, bkg_path, nsigma, island_nsigma, ndim, cores):
     from AegeanTools.source_finder import SourceFinder
+    from scipy.linalg import LinAlgWarning
 
     # AegeanTools logs every step at INFO on its own handler: keep it to warnings unless we debug
     logging.getLogger("AegeanTools").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
     sf = SourceFinder()
     kw = {"cube_index": 0} if ndim > 2 else {}
-    return sf.find_sources_in_image(os.fspath(image_path), rmsin=rms_path, bkgin=bkg_path, innerclip=nsigma,
-                                    outerclip=island_nsigma, cores=cores, progress=False, nonegative=True, **kw)
+    with warnings.catch_warnings():
+        # Aegean's own: ill-conditioned covariances of faint fits (their errors come out NaN), numpy renames
+        warnings.filterwarnings("ignore", category=LinAlgWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="AegeanTools")
+        return sf.find_sources_in_image(os.fspath(image_path), rmsin=rms_path, bkgin=bkg_path, innerclip=nsigma,
+                                        outerclip=island_nsigma, cores=cores, progress=False, nonegative=True, **kw)
 
 
 def _table(found, hdr):
