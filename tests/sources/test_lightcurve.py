@@ -129,6 +129,10 @@ def test_cli_lightcurve(epochs, products_db, tmp_path):
     csv = pd.read_csv(tmp_path / "lc.csv")
     assert len(csv) == 8 and {"mjd", "flux_jy", "flux_err_jy", "upper_limit_jy"} <= set(csv.columns)
     assert (tmp_path / "lc.png").read_bytes()[:4] == b"\x89PNG"
+    # --state: the database in that state directory (as the service lays it out)
+    via_state = subprocess.run([sys.executable, "-m", "dsacont.cli", "lightcurve", spec, "--state",
+                                str(products_db.parent), "--kind", "mosaics"], capture_output=True, text=True)
+    assert via_state.returncode == 0 and "8 measurements" in via_state.stdout, via_state.stderr
     bad = subprocess.run([sys.executable, "-m", "dsacont.cli", "lightcurve", "0.0,-80.0", "--db", str(products_db),
                           "--kind", "mosaics"], capture_output=True, text=True)
     assert bad.returncode == 1 and "no image covers" in bad.stderr
