@@ -72,6 +72,26 @@ def resolve_source(spec):
     raise ValueError(f"unknown source {text!r}: not 'RA,DEC', a VLA calibrator or a name in the shipped NVSS subset")
 
 
+def _connect_ro(db_path: str) -> sqlite3.Connection:
+    """A read-only connection to a (WAL) SQLite file.
+
+    SQLite's ``mode=ro`` still needs the ``-shm`` file beside the database (it creates it, and the
+    ``-wal``, when the directory is writable; they are SQLite's usual companions and the service
+    makes them too). In a directory we cannot write, the file is opened ``immutable`` instead
+    (no locks: a snapshot that may miss commits not yet checkpointed).
+    """
+    try:
+        con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30.0)
+        con.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return con
+    except sqlite3.OperationalError:
+        import logging
+
+        logging.getLogger(__name__).warning("%s: cannot open read-only with locks (read-only directory?); "
+                                            "reading it as an immutable snapshot", db_path)
+        return sqlite3.connect(f"file:{db_path}?immutable=1", uri=True)
+
+
 def products_images(db_path, *, kind: str = "images", start=None, end=None) -> list[dict]:
     """The images and/or mosaics recorded in a products database, oldest first (read-only).
 
@@ -98,7 +118,7 @@ def products_images(db_path, *, kind: str = "images", start=None, end=None) -> l
         raise BadInputError(db_path, "products database does not exist")
     lo, hi = to_mjd(start), to_mjd(end)
     out = []
-    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30.0)
+    con = _connect_ro(db_path)
     try:
         for table in (("images", "mosaics") if kind == "all" else (kind,)):
             try:

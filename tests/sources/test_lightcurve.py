@@ -3,6 +3,8 @@ from a real products database written by dsacont.service.products."""
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import subprocess
 import sys
 
@@ -133,6 +135,19 @@ def test_cli_lightcurve(epochs, products_db, tmp_path):
     via_state = subprocess.run([sys.executable, "-m", "dsacont.cli", "lightcurve", spec, "--state",
                                 str(products_db.parent), "--kind", "mosaics"], capture_output=True, text=True)
     assert via_state.returncode == 0 and "8 measurements" in via_state.stdout, via_state.stderr
+    # a state directory the reader cannot write (root runs it without its DAC override): an immutable snapshot
+    ro = tmp_path / "ro_state"
+    ro.mkdir()
+    shutil.copy(products_db, ro / "products.sqlite3")
+    ro.chmod(0o555)
+    try:
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+        r = subprocess.run(prefix + [sys.executable, "-m", "dsacont.cli", "lightcurve", spec, "--db",
+                                     str(ro / "products.sqlite3"), "--kind", "mosaics"], capture_output=True, text=True)
+        assert r.returncode == 0 and "8 measurements" in r.stdout, r.stderr
+        assert "immutable snapshot" in r.stderr and sorted(p.name for p in ro.iterdir()) == ["products.sqlite3"]
+    finally:
+        ro.chmod(0o755)
     bad = subprocess.run([sys.executable, "-m", "dsacont.cli", "lightcurve", "0.0,-80.0", "--db", str(products_db),
                           "--kind", "mosaics"], capture_output=True, text=True)
     assert bad.returncode == 1 and "no image covers" in bad.stderr
