@@ -212,7 +212,7 @@ def _table(found, hdr):
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = peak / rms
     t = Table()
-    t["name"] = [_name(r, d) for r, d in zip(ra, dec)]
+    t["name"] = np.array([_name(r, d) for r, d in zip(ra, dec)], dtype="U20")
     t["ra_deg"], t["dec_deg"] = ra, dec
     t["ra_err_arcsec"] = col("err_ra", 3600.0) * np.cos(np.radians(dec))
     t["dec_err_arcsec"] = col("err_dec", 3600.0)

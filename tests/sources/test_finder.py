@@ -159,6 +159,13 @@ def test_local_rms_keeps_artefacts_out(tmp_path):
     assert (local["peak_flux"] > 0).all(), "no negative components"
 
 
+def test_empty_catalogue(mosaic, tmp_path):
+    d, truth = mosaic
+    res = find_sources(d / "m.fits", nsigma=1e4, local=False, out_path=tmp_path / "none.sources.fits")
+    t = read_sources(res["path"])
+    assert res["n_sources"] == 0 and len(t) == 0 and t["name"].dtype.kind == "U" and "int_flux" in t.colnames
+
+
 def test_bad_inputs_name_the_file(tmp_path):
     with pytest.raises(BadInputError, match="nope.fits"):
         find_sources(tmp_path / "nope.fits")
