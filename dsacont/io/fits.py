@@ -230,7 +230,8 @@ def write_table(path, table, *, header: dict | None = None) -> None:
 
 
 def read_table(path):
-    """The FITS binary table of ``path`` (HDU 1) as an astropy ``Table`` with units; its header in ``.meta``."""
+    """The FITS binary table of ``path`` (HDU 1) as an astropy ``Table`` with units and text (not bytes)
+    columns; its header in ``.meta``."""
     from astropy.table import Table
 
-    return Table.read(path, hdu=1)
+    return Table.read(path, hdu=1, character_as_bytes=False)
