@@ -202,10 +202,14 @@ def beam_from_header(hdr) -> dict:
 
 
 def freq_from_header(hdr) -> float:
-    """Reference frequency (Hz) of the image's FREQ axis (``CRVALn``); NaN without one."""
+    """Reference frequency (Hz) of the image's FREQ axis (``CRVALn``), else its ``FREQ`` or ``RESTFRQ``
+    card (a 2-D mosaic's); NaN without any."""
     for i in range(1, int(hdr["NAXIS"]) + 1):
         if str(hdr.get(f"CTYPE{i}", "")).startswith("FREQ"):
             return float(hdr[f"CRVAL{i}"])
+    for key in ("FREQ", "RESTFRQ"):
+        if key in hdr:
+            return float(hdr[key])
     return float("nan")
 
 
@@ -220,3 +224,27 @@ def add_cards(path, cards, history=()) -> None:
             hdr[key] = (value, comment)
         for line in history:
             hdr.add_history(str(line))
+
+
+def write_table(path, table, *, header: dict | None = None) -> None:
+    """Write an astropy ``Table`` as a FITS binary table (HDU 1) to ``path``, overwriting.
+
+    Column units are kept (``TUNITn``). ``header``: cards for the table HDU, ``{keyword: value}``
+    or ``{keyword: (value, comment)}`` (e.g. the image it was made from); the primary HDU carries
+    the observatory cards (:func:`set_standard_cards`), and ``DATE-OBS``/``MJD-OBS`` when given.
+    """
+    hdu = fits.table_to_hdu(table)
+    primary = fits.Header()
+    for k, v in (header or {}).items():
+        hdu.header[k] = v
+        if k in ("DATE-OBS", "MJD-OBS"):
+            primary[k] = v
+    fits.HDUList([fits.PrimaryHDU(header=set_standard_cards(primary)), hdu]).writeto(path, overwrite=True)
+
+
+def read_table(path):
+    """The FITS binary table of ``path`` (HDU 1) as an astropy ``Table`` with units and text (not bytes)
+    columns; its header in ``.meta``."""
+    from astropy.table import Table
+
+    return Table.read(path, hdu=1, character_as_bytes=False)

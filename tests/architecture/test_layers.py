@@ -1,8 +1,8 @@
 """The import rule of docs/ARCHITECTURE.md, checked over every module's source (lazy imports too).
 
 service -> stages -> io -> core, never upward, no cycles; the stages import only stages that come
-before them in the pipeline (flagging, convert, calibration, imaging); the simulator imports nothing
-of the pipeline, so a bug shared by both cannot hide itself.
+before them in the pipeline (flagging, convert, calibration, imaging, sources); the simulator
+imports nothing of the pipeline, so a bug shared by both cannot hide itself.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ LAYERS = [
     ("convert", ["dsacont.convert"]),
     ("calibration", ["dsacont.calibration"]),
     ("imaging", ["dsacont.imaging"]),
+    ("sources", ["dsacont.sources"]),
     ("service", ["dsacont.service"]),
     ("entry points", ["dsacont.demo", "dsacont.cli"]),
 ]

@@ -106,3 +106,32 @@ def test_notebook_runs_against_the_products(mini_demo):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # waterfall, bandpass, mosaic
+
+
+def test_sources_notebook_runs_against_the_products(mini_demo, tmp_path):
+    """notebooks/sources_and_lightcurves.ipynb on the short run: the mosaic's catalogue, its
+    cross-match with the simulator's truth (NVSS column layout), 0834+555's light curve from the
+    products database (read-only); nothing written into the run directory."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    root, _ = mini_demo
+    def files():  # SQLite's -wal/-shm companions aside (a read-only reader of a WAL database makes them)
+        return sorted(p.relative_to(root) for p in root.rglob("*")
+                      if p.is_file() and "tmp" not in p.parts and not p.name.endswith(("-wal", "-shm")))
+
+    before = files()
+    nb = nbformat.read(Path(__file__).parents[2] / "notebooks" / "sources_and_lightcurves.ipynb", as_version=4)
+    os.environ.update(DSACONT_DEMO_ROOT=str(root), DSACONT_SOURCES_OUT=str(tmp_path))
+    try:
+        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        os.environ.pop("DSACONT_DEMO_ROOT", None)
+        os.environ.pop("DSACONT_SOURCES_OUT", None)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # catalogue, cross-match, light curve
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "'flux_scale': 'pass'" in text
+    assert list(tmp_path.glob("*.sources.fits")) and (tmp_path / "0834+555.png").exists()
+    assert files() == before
