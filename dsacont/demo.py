@@ -9,9 +9,16 @@
    ``dsacont stream``) on ``<root>``: it finds the groups, converts and flags them, solves the
    calibration on the calibrator transit (the groups before it wait for it), applies it, images
    every tile and builds the 60-minute mosaic when its 12 tiles are done. Nothing is hand-picked.
-4. Print a summary: groups, calibration solved, the calibrator's flux in the mosaic against the
-   simulator's truth, noise, and the wall time of each stage; write it to
-   ``<root>/summary.json``.
+4. Print a summary: groups, calibration solved and how each group was calibrated, the
+   calibrator's flux in the mosaic against the simulator's truth, noise, and the wall time of each
+   stage; write it to ``<root>/summary.json``.
+
+``--hours N`` runs N hours from the start of the acceptance hour instead (a mosaic per hour, the
+groups after the transit calibrated around the clock: the calibrator pair transferred and a field
+gain correction per group); ``--sky real|realistic`` simulates the real sky (NVSS, the VLA
+calibrators, Cas A) and, with 'realistic', the realistic instrument (gains wandering by tens of
+degrees over hours). On the default synthetic sky NVSS does not describe the field, so the field
+corrections are rejected by their QA gate and the calibrator's gains are transferred.
 """
 from __future__ import annotations
 
