@@ -332,6 +332,7 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
                     log.error("group %s: our claim was taken over (lease lost); abandoning it", rec.timestamp)
                 budget = o.watch_budget_s if o.watch_budget_s is not None else max(5.0, o.lease_s / 4)
                 new = watcher.poll(budget_s=budget)
+                watcher.report(me)
                 if new:
                     last_activity = now
                 for r in new:
@@ -344,8 +345,12 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
                 if (o.idle_exit_s is not None and not inflight and watcher.backlog == 0
                         and now - last_activity >= o.idle_exit_s):
                     force = True
+                # never while a file of the group is in incoming but not recorded; "newer data" counts
+                # only once the watcher has looked at everything it sees
                 for ts, state, note in queue.finalize_groups(incomplete_timeout_s=o.incomplete_timeout_s,
-                                                             min_subbands=o.min_subbands, force=force):
+                                                             min_subbands=o.min_subbands, force=force,
+                                                             unrecorded=watcher.unrecorded_times(),
+                                                             hold_newer=watcher.backlog > 0):
                     last_activity = now
                     if state == "failed":
                         summary.failed.append((ts, note))

@@ -113,6 +113,19 @@ MIGRATIONS = [
     );
     CREATE INDEX events_group ON events (group_id);
     """,
+    """
+    ALTER TABLE groups ADD COLUMN reopened INTEGER NOT NULL DEFAULT 0;  -- times re-opened by a late file
+    ALTER TABLE groups ADD COLUMN rebuild INTEGER NOT NULL DEFAULT 0;   -- queued to rebuild its products
+    ALTER TABLE groups ADD COLUMN wait_token TEXT;  -- calibration state when it began to wait
+    CREATE TABLE unrecorded (                  -- files a watcher sees but has not recorded yet
+        path       TEXT PRIMARY KEY,
+        t_unix     REAL NOT NULL,              -- timestamp in the file name
+        subband    INTEGER NOT NULL,
+        reason     TEXT NOT NULL,              -- 'unsettled' | 'validation budget'
+        first_seen REAL NOT NULL,
+        watcher    TEXT NOT NULL, host TEXT, pid INTEGER, pid_start TEXT
+    );
+    """,
 ]
 
 
@@ -227,6 +240,9 @@ class GroupRecord:
     worker: str | None = None
     claim_token: str | None = None
     result: dict | None = None
+    reopened: int = 0
+    rebuild: bool = False
+    wait_token: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -311,6 +327,8 @@ class IngestQueue:
             started=row["started"], finished=row["finished"], not_before=row["not_before"],
             wait_reason=row["wait_reason"], error=row["error"], worker=row["worker"],
             claim_token=row["claim_token"], result=json.loads(row["result"]) if row["result"] else None,
+            **{k: row[k] for k in ("reopened", "wait_token") if k in row.keys()},
+            rebuild=bool(row["rebuild"]) if "rebuild" in row.keys() else False,
         )
 
     def get(self, group) -> GroupRecord | None:
@@ -479,9 +497,45 @@ class IngestQueue:
         self.conn.execute("UPDATE groups SET n_ok = ?, missing = ? WHERE id = ?",
                           (len(subs), json.dumps(missing), gid))
 
+    # -- what a watcher sees but has not recorded ---------------------------------------------
+    def set_unrecorded(self, worker: WorkerId, files, *, now: float | None = None) -> None:
+        """Replace the list of files ``worker``'s watcher sees but has not recorded yet.
+
+        ``files``: ``[(path, t_unix, subband, reason), ...]`` (reason ``unsettled`` or
+        ``validation budget``). Read by ``dsacont status``; rows of a watcher whose process is
+        gone are ignored there and dropped by the next :meth:`set_unrecorded` of any watcher.
+        """
+        now = time.time() if now is None else now
+        files = {str(f[0]): f for f in files}
+        with db.transaction(self.conn):
+            old = {r["path"]: r for r in self.conn.execute("SELECT * FROM unrecorded")}
+            for path, r in old.items():
+                mine = r["watcher"] == worker.name
+                dead = r["host"] == worker.host and not pid_alive(r["pid"], r["pid_start"])
+                if (mine and path not in files) or dead:
+                    self.conn.execute("DELETE FROM unrecorded WHERE path = ?", (path,))
+            self.conn.execute("DELETE FROM unrecorded WHERE path IN (SELECT path FROM files)")
+            for path, (_p, t_unix, subband, reason) in files.items():
+                if path in old and old[path]["reason"] == reason and old[path]["watcher"] == worker.name:
+                    continue
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO unrecorded (path, t_unix, subband, reason, first_seen, watcher, host, "
+                    "pid, pid_start) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (path, float(t_unix), int(subband), reason,
+                     old[path]["first_seen"] if path in old else now, worker.name, worker.host, worker.pid,
+                     worker.pid_start))
+
+    def unrecorded(self) -> list[dict]:
+        """Files seen in incoming but not recorded yet (by live watchers), oldest data first."""
+        host = socket.gethostname()
+        rows = [dict(r) for r in self.conn.execute(
+            "SELECT * FROM unrecorded WHERE path NOT IN (SELECT path FROM files) ORDER BY t_unix, subband")]
+        return [r for r in rows if r["host"] != host or pid_alive(r["pid"], r["pid_start"])]
+
     # -- collecting -> pending / failed ------------------------------------------------------
     def finalize_groups(self, *, now: float | None = None, incomplete_timeout_s: float = 900.0,
-                        min_subbands: int = 12, force: bool = False) -> list[tuple[str, str, str]]:
+                        min_subbands: int = 12, force: bool = False, unrecorded=(),
+                        hold_newer: bool = False) -> list[tuple[str, str, str]]:
         """Move ``collecting`` groups on, by the incomplete-group policy.
 
         A collecting group is finalised when
@@ -490,6 +544,14 @@ class IngestQueue:
           * the newest file in the queue is ``incomplete_timeout_s`` newer (data time) than the
             group: the correlator has moved on (this makes the policy work at any replay speed); or
           * ``force`` (the service was told no more files will come: ``--once``).
+
+        Never while a file of the group is visible but not yet recorded: ``unrecorded`` holds the
+        name timestamps (Unix s) of the files the watcher has seen but not recorded (not settled,
+        or beyond its validation budget); a group any of them would join waits for them (unless
+        all 16 subbands are already seen). The "newer data" rule counts only data the watcher has
+        fully looked at: ``hold_newer`` (the watcher has such files at all) suspends it, and it
+        never applies to a group re-opened by a late file (newer data says nothing about a late
+        subband). The wall-time rule still applies to both.
 
         On finalising, usable files whose shape differs from the majority of the group's files
         are quarantined ("wrong shape"). Then: 16 usable subbands -> ``pending``; at least
@@ -506,6 +568,8 @@ class IngestQueue:
             newest = self.conn.execute(
                 "SELECT MAX(t_max_unix) FROM groups WHERE n_ok >= ?", (N_SUBBANDS // 2,)).fetchone()[0] or 0.0
             rows = self.conn.execute("SELECT * FROM groups WHERE state = 'collecting' ORDER BY t_unix").fetchall()
+            tol = self.tolerance_s
+            unrecorded = [float(t) for t in unrecorded]
             for g in rows:
                 gid = g["id"]
                 seen = {r[0] for r in self.conn.execute("SELECT DISTINCT subband FROM files WHERE group_id = ?",
@@ -513,8 +577,12 @@ class IngestQueue:
                 why = None
                 if len(seen) >= N_SUBBANDS:
                     why = "all 16 subbands arrived"
+                elif any(g["t_max_unix"] - t <= tol and t - g["t_unix"] <= tol for t in unrecorded):
+                    continue  # a file of it is in incoming, not yet recorded: wait for it
                 elif now - g["last_file"] >= incomplete_timeout_s:
                     why = f"no new file for {now - g['last_file']:.0f} s"
+                elif hold_newer or g["reopened"]:
+                    pass
                 elif newest - g["t_max_unix"] >= incomplete_timeout_s:
                     why = f"newer data ({iso_from_unix(newest)}) arrived {newest - g['t_max_unix']:.0f} s later"
                 elif force:
