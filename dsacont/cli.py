@@ -24,13 +24,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stream": ("dsacont.service.cli", "run the streaming service on an incoming directory"),
     "replay": ("dsacont.service.cli", "feed archived subband files into an incoming directory in time order"),
     "status": ("dsacont.service.cli", "queue and products at a glance"),
+    "reprocess": ("dsacont.service.cli", "rebuild a group's products (e.g. after late subbands arrived)"),
     "demo": ("dsacont.demo", "simulate the 0834+555 transit and run it through the streaming path"),
 }
 
 # modules with more than one subcommand expose cli_<name> for the others
 _FUNC = {"applycal": "cli_applycal", "status": "cli_status", "image": "cli_image", "mosaic": "cli_mosaic",
          "stream": "cli_stream",
-         "products": "cli_products", "replay": "cli_replay"}
+         "products": "cli_products", "replay": "cli_replay", "reprocess": "cli_reprocess"}
 
 
 def _usage() -> str:

@@ -158,7 +158,7 @@ class Watcher:
                 self.unsettled += 1
                 self._unsettled.append((e.path, name))
                 continue
-            self._sizes.pop(e.path, None)
+            self._sizes[e.path] = st.st_size  # settled: stays so while left for the next poll by the budget
             out.append((e.path, name))
         out.sort(key=lambda x: (x[1].timestamp, x[1].subband))
         return out
@@ -203,6 +203,7 @@ class Watcher:
             res = self.queue.add_file(path, unix_from_datetime(name.timestamp), name.subband, shape=shape,
                                       reason=reason, size=size, mtime=mtime)
             self.known.add(path)
+            self._sizes.pop(path, None)
             self.newest_arrival = time.time()
             if res.status == "ok":
                 log.debug("file %s -> group %s", os.path.basename(path), res.group_timestamp)

@@ -19,12 +19,24 @@ import os
 import random
 import re
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from streamtools import make_archive, run_service, shifted_name, sim_group_files, start_service, wait_for
+from streamtools import (
+    make_archive,
+    run_service,
+    service_env,
+    shifted_name,
+    sim_group_files,
+    start_service,
+    subband_file,
+    wait_for,
+)
 
 from dsacont.config import get_paths
 from dsacont.io.groups import parse_subband_name
@@ -171,4 +183,162 @@ def test_no_finalising_while_a_file_of_the_group_is_unrecorded(tmp_path):
     assert q.unrecorded() == []
     q.set_unrecorded(me, [])
     assert q.conn.execute("SELECT COUNT(*) FROM unrecorded").fetchone()[0] == 0
+    q.close()
+
+
+# ----------------------------------------------------------------------------------- late files
+def _stop(svc):
+    if svc.poll() is None:
+        svc.send_signal(signal.SIGTERM)
+        try:
+            svc.wait(60)
+        except subprocess.TimeoutExpired:
+            svc.kill()
+            svc.wait()
+    return svc.log_path.read_text(errors="replace")
+
+
+def _state(root, ts):
+    g = _groups(root).get(ts)
+    return g.state if g else None
+
+
+def test_group_failed_as_incomplete_is_rescued_by_its_late_subbands(sim_files, tmp_path):
+    """(c) 11 of 16 subbands: failed as incomplete (newer data arrived); the other 5 arrive later:
+    the group re-opens and is processed with all 16."""
+    root = tmp_path / "run"
+    incoming = get_paths(root=root).ensure().incoming
+    late_sbs = (2, 4, 5, 6, 15)
+    stamps = make_archive(sim_files, incoming, range(3), skip={0: set(late_sbs)})
+    svc = start_service(root, "--incomplete-timeout", "60")
+    try:
+        wait_for(lambda: _state(root, stamps[0]) == "failed" and _state(root, stamps[2]) == "completed", 120,
+                 what="the incomplete group to fail and the others to complete")
+        assert _groups(root)[stamps[0]].error.startswith("incomplete: only 11 of 16")
+        for f in sim_files:
+            if parse_subband_name(f).subband in late_sbs:
+                shutil.copyfile(f, incoming / shifted_name(f, 0))
+        wait_for(lambda: _state(root, stamps[0]) == "completed", 120, what="the re-opened group to complete")
+    finally:
+        log = _stop(svc)
+    assert "re-opened" in log
+    g = _groups(root)[stamps[0]]
+    assert g.missing == [] and g.claims == 1 and g.reopened >= 1 and g.attempts == 0
+    q = IngestQueue(get_paths(root=root).queue_db)
+    try:
+        assert q.files("quarantined") == [] and q.late_files() == []
+    finally:
+        q.close()
+    prod = json.loads((get_paths(root=root).images / f"{stamps[0]}.json").read_text())
+    assert prod["missing"] == [] and len(prod["source_files"]) == 16
+
+
+def test_late_subband_for_a_completed_group_then_reprocess(sim_files, tmp_path):
+    """(d) A group completed with 15 subbands; its sb07 arrives late: recorded (not quarantined),
+    the products untouched (the policy is off); ``dsacont reprocess`` rebuilds the group once, over
+    its old row, and marks the mosaic that used its image stale."""
+    from dsacont.service.products import Products
+
+    root = tmp_path / "run"
+    paths = get_paths(root=root).ensure()
+    stamps = make_archive(sim_files, paths.incoming, range(3), skip={0: {7}})
+    svc = start_service(root, "--incomplete-timeout", "60")
+    try:
+        wait_for(lambda: all(_state(root, s) == "completed" for s in stamps), 120, what="three groups completed")
+        assert _groups(root)[stamps[0]].missing == [7]
+        products = Products(paths.products_db)
+        before = {r["path"]: r for r in products.list_images()}
+        img0 = str(paths.images / f"{stamps[0]}.json")
+        fits = paths.mosaics / "mosaic_test.fits"
+        fits.write_bytes(b"SIMPLE")
+        mosaic = products.add_mosaic(fits, images=[img0, str(paths.images / f"{stamps[1]}.json")])
+        late = paths.incoming / shifted_name(subband_file(sim_files, 7), 0)
+        shutil.copyfile(subband_file(sim_files, 7), late)
+        q = IngestQueue(paths.queue_db)
+        try:
+            wait_for(lambda: q.late_files(stamps[0]), 30, what="the late file to be recorded")
+            assert q.files("quarantined") == []
+            time.sleep(1.5)  # a few polls: the policy is off, nothing is rebuilt by itself
+            assert q.get(stamps[0]).claims == 1
+        finally:
+            q.close()
+        r = subprocess.run([sys.executable, "-m", "dsacont.cli", "reprocess", stamps[0], "--root", str(root)],
+                           capture_output=True, text=True, env=service_env())
+        assert r.returncode == 0 and "queued for rebuilding" in r.stdout, r.stdout + r.stderr
+        wait_for(lambda: _groups(root)[stamps[0]].claims == 2 and _state(root, stamps[0]) == "completed", 60,
+                 what="the rebuild")
+    finally:
+        log = _stop(svc)
+    g = _groups(root)[stamps[0]]
+    assert g.missing == [] and not g.rebuild
+    q = IngestQueue(paths.queue_db)
+    try:
+        assert len(q.events(g.id, "completed")) == 2 and len(q.events(g.id, "rebuild")) == 1
+        assert q.late_files() == [] and q.files("quarantined") == []
+    finally:
+        q.close()
+    # the product rebuilt with 16 subbands, over its old row: one row per group, same ids
+    prod = json.loads(Path(img0).read_text())
+    assert prod["missing"] == [] and len(prod["source_files"]) == 16
+    after = {r["path"]: r for r in products.list_images()}
+    assert sorted(after) == sorted(before) and len(after) == 3
+    assert {p: r["id"] for p, r in after.items()} == {p: r["id"] for p, r in before.items()}
+    assert after[img0]["updated"] > before[img0]["updated"]
+    assert all(after[p]["updated"] == before[p]["updated"] for p in after if p != img0)
+    ledger = [json.loads(x) for x in (paths.state / "ledger.jsonl").read_text().splitlines()]
+    assert sum(1 for e in ledger if e["group"] == stamps[0] and e["point"] == "start") == 2
+    assert products.get("mosaic", mosaic)["status"] == "stale"
+    assert {r["path"] for r in products.images_not_in_mosaic()} >= {img0}
+    assert "rebuilt: mosaic(s)" in log
+
+
+def test_late_files_reopen_or_wait_for_a_rebuild(tmp_path):
+    """The queue's side: a late subband re-opens a group failed as incomplete (which then waits for
+    the wall-time rule, not "newer data"); for a taken group it is recorded usable, with a note;
+    ``rebuild_late`` (the ``reprocess_late`` policy) queues a completed group once its late files
+    have stopped coming; the claim takes them in."""
+    from dsacont.service.queue import WorkerId
+
+    me = WorkerId.this_process("t")
+    q = IngestQueue(tmp_path / "q.sqlite3")
+    _add(q, T0, range(11))
+    _add(q, T0 + 1236, range(16))
+    assert [s for _t, s, _n in q.finalize_groups(incomplete_timeout_s=60)] == ["failed", "pending"]
+    r = q.add_file("/in/late_sb11.hdf5", T0 + 2, 11)
+    g = q.get("2025-10-29T13:52:51")
+    assert r.status == "ok" and g.state == "collecting" and g.reopened == 1 and len(g.present) == 12
+    assert q.finalize_groups(incomplete_timeout_s=60) == []  # newer data does not count for it
+    assert q.finalize_groups(incomplete_timeout_s=60, now=time.time() + 61)[0][1] == "pending"
+    g = q.claim(me)
+    assert g.timestamp == "2025-10-29T13:52:51" and g.missing == [12, 13, 14, 15]
+    assert q.complete(g, {})
+    r = q.add_file("/in/late_sb12.hdf5", T0 + 2, 12)
+    assert r.status == "ok" and r.reason.startswith("late: arrived after group 2025-10-29T13:52:51")
+    assert q.get(g.id).state == "completed" and [f["path"] for f in q.late_files()] == [r.path]
+    assert q.rebuild_late(quiet_s=60) == {}  # more may come
+    assert q.rebuild_late(quiet_s=60, now=time.time() + 61) == {"2025-10-29T13:52:51": "queued"}
+    g2 = q.claim(me)
+    assert g2.id == g.id and g2.rebuild and 12 in [i for i, p in enumerate(g2.paths) if p]
+    assert q.late_files() == []
+    assert q.complete(g2, {}) and not q.get(g.id).rebuild
+    assert q.rebuild(["2025-10-29T13:52:51", "2030-01-01T00:00:00"]) == {
+        "2025-10-29T13:52:51": "queued", "2030-01-01T00:00:00": "unknown"}
+    q.close()
+
+
+def test_newer_data_does_not_count_while_data_arrive_out_of_order(tmp_path):
+    """Newer data recorded *before* an older group's files (a backlog copied in random order) is no
+    sign that the older group is over: only the wall-time rule finalises it. In time order, the
+    rule works as before."""
+    q = IngestQueue(tmp_path / "q.sqlite3")
+    _add(q, T0 + 1236, range(16))
+    _add(q, T0, range(11))  # arrives after data 1236 s newer: out of order
+    assert q.finalize_groups(incomplete_timeout_s=60) == [("2025-10-29T14:13:27", "pending", "all 16 subbands arrived")]
+    assert q.get("2025-10-29T13:52:51").state == "collecting"
+    assert q.finalize_groups(incomplete_timeout_s=60, now=time.time() + 61)[0][1] == "failed"
+    q.close()
+    q = IngestQueue(tmp_path / "q2.sqlite3")
+    _add(q, T0, range(11))
+    _add(q, T0 + 1236, range(16))  # in time order
+    assert [s for _t, s, _n in q.finalize_groups(incomplete_timeout_s=60)] == ["failed", "pending"]
     q.close()
