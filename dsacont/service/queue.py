@@ -539,11 +539,15 @@ class IngestQueue:
         """
         now = time.time() if now is None else now
         files = {str(f[0]): f for f in files}
+        alive: dict = {}  # (pid, start) -> bool, asked once per watcher
         with db.transaction(self.conn):
             old = {r["path"]: r for r in self.conn.execute("SELECT * FROM unrecorded")}
             for path, r in old.items():
                 mine = r["watcher"] == worker.name
-                dead = r["host"] == worker.host and not pid_alive(r["pid"], r["pid_start"])
+                key = (r["pid"], r["pid_start"])
+                if not mine and r["host"] == worker.host and key not in alive:
+                    alive[key] = pid_alive(*key)
+                dead = not mine and r["host"] == worker.host and not alive[key]
                 if (mine and path not in files) or dead:
                     self.conn.execute("DELETE FROM unrecorded WHERE path = ?", (path,))
             self.conn.execute("DELETE FROM unrecorded WHERE path IN (SELECT path FROM files)")
@@ -562,7 +566,9 @@ class IngestQueue:
         host = socket.gethostname()
         rows = [dict(r) for r in self.conn.execute(
             "SELECT * FROM unrecorded WHERE path NOT IN (SELECT path FROM files) ORDER BY t_unix, subband")]
-        return [r for r in rows if r["host"] != host or pid_alive(r["pid"], r["pid_start"])]
+        alive = {(r["pid"], r["pid_start"]): pid_alive(r["pid"], r["pid_start"])
+                 for r in rows if r["host"] == host}
+        return [r for r in rows if r["host"] != host or alive[(r["pid"], r["pid_start"])]]
 
     # -- collecting -> pending / failed ------------------------------------------------------
     def finalize_groups(self, *, now: float | None = None, incomplete_timeout_s: float = 900.0,
