@@ -8,7 +8,7 @@ again, at least ``--kills`` times; then it runs to the end. Printed (one JSON do
 files, kills survived, claims, reclaims, completions per group, duplicate product rows or files,
 half-written products, quarantined files, wall time.
 
-    python benchmarks/random_kill.py [GROUP_DIR] [--groups 6] [--kills 50] [--seed 1]
+    python benchmarks/random_kill.py [GROUP_DIR] [--groups 12] [--kills 50] [--seed 1] [--max-attempts 1000]
 
 GROUP_DIR: a directory with one 16-subband group (default: a small-preset group simulated into
 the work directory). Peer: none (no other streaming pipeline on this machine to kill); the
@@ -38,12 +38,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("group_dir", nargs="?", help="a directory with one 16-subband group (default: simulate one)")
-    ap.add_argument("--groups", type=int, default=6, help="groups in the replay (default 6)")
+    ap.add_argument("--groups", type=int, default=12, help="groups in the replay (default 12)")
     ap.add_argument("--kills", type=int, default=50, help="SIGKILLs of the service, at least (default 50)")
-    ap.add_argument("--max-delay", type=float, default=6.0, help="kill between 0.3 s and this many s after each "
-                    "start (default 6)")
-    ap.add_argument("--interval", type=float, default=1.5, help="seconds between copied files (default 1.5)")
+    ap.add_argument("--max-delay", type=float, default=10.0, help="kill between 0.3 s and this many s after each "
+                    "start (default 10; the service needs a few s to start its cluster)")
+    ap.add_argument("--interval", type=float, default=0.2, help="seconds between copied files (default 0.2)")
+    ap.add_argument("--work-s", type=float, default=4.0, help="seconds of stand-in work per group, so that kills "
+                    "land while groups are in flight (default 4)")
     ap.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    ap.add_argument("--max-attempts", type=int, default=1000, help="the service's --max-attempts (default 1000: "
+                    "each kill with a group in flight uses one of its attempts)")
     ap.add_argument("--workdir", help="work directory (default: a new temporary one, removed at the end)")
     args = ap.parse_args(argv)
 
@@ -78,8 +82,12 @@ def main(argv=None) -> dict:
 
     t_start = time.time()
     threading.Thread(target=copier, daemon=True).start()
-    svc_args = ("--incomplete-timeout", "60", "--reprocess-late", "--option", "sleep_s=0.5")
-    kills = 0
+    # every kill of the service while a group is in flight counts as one of that group's attempts
+    # (the queue cannot tell a service killed from outside from one the group crashed); with 50
+    # kills over a few groups that is not the question here, so the attempts are many
+    svc_args = ("--incomplete-timeout", "60", "--reprocess-late", "--max-attempts", str(args.max_attempts),
+                "--option", f"sleep_s={args.work_s}")
+    kills = in_flight = 0
     while kills < args.kills:
         svc = start_service(root, *svc_args, log_name="service.log")
         time.sleep(rng.uniform(0.3, args.max_delay))
@@ -87,6 +95,11 @@ def main(argv=None) -> dict:
             os.kill(svc.pid, signal.SIGKILL)
             kills += 1
         svc.wait()
+        try:
+            with IngestQueue(paths.queue_db) as q:
+                in_flight += q.counts()["in_progress"] > 0
+        except Exception:  # noqa: BLE001 - killed before the queue existed
+            pass
     done.wait()
     rc, log = run_service(root, *svc_args, "--idle-exit", "5", timeout=900)
     wall = time.time() - t_start
@@ -116,12 +129,17 @@ def main(argv=None) -> dict:
         except ValueError:
             half += 1
     once = all(completed[t] == 1 + rebuilds[t] for t in stamps) and sorted(groups) == sorted(stamps)
-    duplicates = (len(rows) - len(set(rows))) + (len(rows) - len(stamps)) + (len(on_disk) - len(stamps))
+    # more than one product row or file for a group, or one for no group
+    per_row = Counter(Path(r).stem for r in rows)
+    per_file = Counter(Path(n).stem for n in on_disk)
+    duplicates = sum(c - 1 for c in (*per_row.values(), *per_file.values()) if c > 1) + sum(
+        1 for s in (*per_row, *per_file) if s not in stamps)
     ok = rc == 0 and once and duplicates == 0 and half == 0 and all(g.state == "completed" for g in groups.values())
     result = {
         "groups": len(stamps),
         "files": len(order),
         "kills": kills,
+        "kills_with_a_group_in_flight": in_flight,
         # every kill was followed by a restart that carried on; all count if the end state is right
         "kills_survived": kills if ok else 0,
         "final_exit_code": rc,
@@ -133,6 +151,7 @@ def main(argv=None) -> dict:
         "rebuilds": sum(rebuilds.values()),
         "reopened": reopened,
         "claims": sum(g.claims for g in groups.values()),
+        "max_attempts_used": max((g.attempts for g in groups.values()), default=0),
         "reclaims": reclaims,
         "duplicates_found": duplicates,
         "half_written_products": half,
