@@ -57,7 +57,7 @@ def test_groups_waiting_for_calibration_are_not_reclaimed_until_the_registry_cha
         def ready():
             g = _groups(root)
             return (all(s in g and g[s].state == "completed" for s in stamps[3:])
-                    and all(s in g and g[s].waits == 1 for s in stamps[:2]))
+                    and all(s in g and g[s].waits >= 1 for s in stamps[:2]))
 
         wait_for(ready, 120, what="groups 3-5 done, 0 and 1 waiting")
         time.sleep(3)  # ten polls: nothing that could satisfy them has happened, so no claim
