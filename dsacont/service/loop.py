@@ -492,8 +492,12 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
                     break
                 try:
                     known = known_for_group(paths, rec.timestamp)
-                    if rec.rebuild:  # make every product again: the task is told of none
-                        known = dict(known, products={"ms": [], "images": []}, rebuild=True)
+                    if rec.rebuild:  # make every product again: the task is told of none, nor of
+                        # calibration solved on the group's own MS (a calibrator group solves again)
+                        own = {m.get("path") for m in (known.get("products") or {}).get("ms", [])}
+                        known = dict(known, products={"ms": [], "images": []}, rebuild=True,
+                                     calibration=[r for r in known.get("calibration") or []
+                                                  if getattr(r, "source_ms", None) not in own])
                 except Exception as exc:  # noqa: BLE001 - a state database unreadable now: retry later
                     log.error("group %s: cannot read what the state databases hold for it: %s", rec.timestamp, exc)
                     queue.fail(rec, f"reading the state databases: {type(exc).__name__}: {exc}", retry=True,

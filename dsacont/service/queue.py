@@ -484,6 +484,15 @@ class IngestQueue:
                 log.warning("group %s re-opened: its sb%02d arrived after it failed as incomplete (%s)",
                             g["timestamp"], subband, path)
                 gstate, gts = "collecting", iso_from_unix(lo)
+            elif reason is None and gstate == "pending" and g["claims"] > 0:
+                # queued again after an attempt (e.g. waiting for calibration): products made
+                # without this subband may exist, so the next claim rebuilds them, and now
+                self.conn.execute("UPDATE groups SET rebuild = 1, not_before = NULL, wait_token = NULL WHERE id = ?",
+                                  (gid,))
+                self._event(gid, "rebuild", detail={"from": "pending", "reason": f"late sb{subband:02d}: {path}"},
+                            t=now)
+                log.warning("group %s: its sb%02d arrived after an attempt without it; the group is rebuilt with it "
+                            "(%s)", gts, subband, path)
             elif reason is None and gstate not in ("collecting", "pending"):
                 # taken for processing without it: recorded, used when the group is processed again
                 note = (f"late: arrived after group {gts} was taken for processing (state {gstate}) without it; "

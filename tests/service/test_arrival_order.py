@@ -342,3 +342,23 @@ def test_newer_data_does_not_count_while_data_arrive_out_of_order(tmp_path):
     _add(q, T0 + 1236, range(16))  # in time order
     assert [s for _t, s, _n in q.finalize_groups(incomplete_timeout_s=60)] == ["failed", "pending"]
     q.close()
+
+
+def test_late_subband_for_a_group_waiting_after_an_attempt_rebuilds_it(tmp_path):
+    """A group that was tried without a subband and waits (for calibration: a bandpass without
+    that window, say) is claimable again at once when the subband arrives, its products rebuilt."""
+    from dsacont.service.queue import WorkerId
+
+    me = WorkerId.this_process("t")
+    q = IngestQueue(tmp_path / "q.sqlite3")
+    _add(q, T0, range(15))
+    q.finalize_groups(force=True)
+    g = q.claim(me)
+    assert g.missing == [15] and q.defer(g, "no bandpass solutions for sb15", delay_s=86400, wait_token="1:2")
+    assert q.claim(me) is None
+    assert q.wake_calibration("1:2") == []  # nothing changed in the registry
+    r = q.add_file("/in/late_sb15.hdf5", T0 + 2, 15)
+    assert r.status == "ok"
+    g2 = q.claim(me)
+    assert g2 is not None and g2.id == g.id and g2.rebuild and g2.missing == []
+    q.close()
