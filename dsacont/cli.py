@@ -27,13 +27,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sources": ("dsacont.sources.cli", "find sources in FITS images (Aegean), catalogue beside each; cross-match QA"),
     "lightcurve": ("dsacont.sources.cli", "forced-photometry light curve of a source over recorded tiles/mosaics"),
     "variables": ("dsacont.sources.cli", "variability metrics and ESE-like dips of reference sources, ranked"),
+    "reprocess": ("dsacont.service.cli", "rebuild a group's products (e.g. after late subbands arrived)"),
     "demo": ("dsacont.demo", "simulate the 0834+555 transit and run it through the streaming path"),
 }
 
 # modules with more than one subcommand expose cli_<name> for the others
 _FUNC = {"applycal": "cli_applycal", "status": "cli_status", "image": "cli_image", "mosaic": "cli_mosaic",
          "stream": "cli_stream",
-         "products": "cli_products", "replay": "cli_replay",
+         "products": "cli_products", "replay": "cli_replay", "reprocess": "cli_reprocess",
          "lightcurve": "cli_lightcurve", "variables": "cli_variables"}
 
 

@@ -16,11 +16,14 @@ Test hooks, all through ``context.options`` (``dsacont stream --option KEY=VALUE
 ``hang_group`` a group timestamp whose processing hangs (sleeps 600 s).
 ``sleep_s``  extra seconds of "work" per group.
 ``cal_after`` a group timestamp: groups before it raise CalibrationUnavailable until that
-             group has completed (mimics a calibrator transit in the middle of a replay);
+             group has completed (mimics a calibrator transit in the middle of a replay; that
+             group returns a stand-in gain table for the service to register);
              ``cal_lookup_s`` makes that lookup slow (so the solve can finish meanwhile);
              ``cal_lookup_until`` a group timestamp: the lookup lasts until the queue records that
              group completed (observable state, whatever the machine's load; deadline 300 s), so
-             the calibrator is certain to finish during it.
+             the calibrator is certain to finish during it; ``cal_waits_for`` a group timestamp:
+             the ``cal_after`` group first waits until that group has started (deadline 300 s), so
+             that group is certain to look for calibration before the calibrator is done.
 
 Every call appends one line to ``<state>/ledger.jsonl`` (group, point, pid) so the tests can see
 which worker process ran what.
@@ -60,6 +63,18 @@ def _wait_completed(context, timestamp, deadline_s):
     raise TimeoutError(f"{timestamp} did not complete in {deadline_s} s")
 
 
+def _wait_started(context, timestamp, deadline_s):
+    """Wait until the ledger shows group ``timestamp`` started on some worker."""
+    ledger = Path(context.paths.state) / "ledger.jsonl"
+    t0 = time.time()
+    while time.time() - t0 < deadline_s:
+        if ledger.exists() and any(json.loads(x)["group"] == timestamp and json.loads(x)["point"] == "start"
+                                   for x in ledger.read_text().splitlines() if x.strip()):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{timestamp} did not start in {deadline_s} s")
+
+
 def _maybe_kill(context, group, point):
     _ledger(context, group, point)
     for option, victim in (("kill_at", context.service_pid), ("crash_worker_at", os.getpid())):
@@ -90,6 +105,8 @@ def summarise(group, context) -> dict:
             if context.options.get("cal_lookup_until"):
                 _wait_completed(context, context.options["cal_lookup_until"], 300.0)
             raise CalibrationUnavailable(f"no calibration valid for {group.timestamp} yet")
+    if cal_after and group.timestamp == cal_after and context.options.get("cal_waits_for"):
+        _wait_started(context, context.options["cal_waits_for"], 300.0)
     if context.options.get("hang_group") == group.timestamp:
         time.sleep(600)  # a hung CASA call
     ds = open_group(group.paths, allow_missing=True)
@@ -116,9 +133,16 @@ def summarise(group, context) -> dict:
     _maybe_kill(context, group, "before_register")
     products.add_image(out, start=group.timestamp, status="test", qa={"mean_amp": product["mean_amp"]})
     _maybe_kill(context, group, "after_register")
+    result = {"product": str(out), "mean_amp": product["mean_amp"], "missing": product["missing"]}
     if cal_after and group.timestamp == cal_after:
         (Path(paths.state) / "calibrated").touch()
-    return {"product": str(out), "mean_amp": product["mean_amp"], "missing": product["missing"]}
+        # a stand-in "solve", returned for the service to register: the registry changes, which is
+        # what wakes the groups waiting for calibration
+        from dsacont.db import to_mjd
+
+        result["products"] = {"calibration": [{"kind": "G", "calibrator": "stand-in", "solve_mjd": to_mjd(
+            group.timestamp), "path": str(out), "source_ms": None}]}
+    return result
 
 
 def on_complete(group, result, context):

@@ -1,4 +1,4 @@
-"""The service's commands: ``dsacont stream``, ``status``, ``products`` and ``replay``.
+"""The service's commands: ``dsacont stream``, ``status``, ``reprocess``, ``products`` and ``replay``.
 
 Each function builds its options from the command line (and, for ``stream``, the ``--config``
 TOML file) and calls the library: :func:`dsacont.service.loop.run_service`,
@@ -114,8 +114,9 @@ def stream_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-attempts", type=int, help=f"attempts before a group fails (default {_d('max_attempts')})")
     ap.add_argument("--retry-backoff", type=float, help="first retry delay, s; doubles with each attempt "
                     f"(default {_d('retry_backoff_s')})")
-    ap.add_argument("--cal-wait", type=float, help="retry delay while calibration is not valid, s; sooner when "
-                    f"another group completes (default {_d('cal_wait_s')})")
+    ap.add_argument("--cal-wait", type=float, help="a group waiting for calibration is claimed again when the "
+                    "calibration registry changes, or at --max-cal-wait; with this, also every this many s (default "
+                    f"{_d('cal_wait_s')})")
     ap.add_argument("--max-cal-wait", type=float, help="fail a group still without valid calibration this many s "
                     f"after it was queued (default {_d('max_cal_wait_s')}, 24 h)")
     ap.add_argument("--disk-full-pause", type=float, help="pause claiming this many s after a full disk "
@@ -132,6 +133,9 @@ def stream_parser() -> argparse.ArgumentParser:
                     help="do not read the visibilities to find NaN/Inf and truncation (default: read them)")
     ap.add_argument("--max-nan-fraction", type=float, help="quarantine a file with a larger fraction of NaN/Inf "
                     f"visibilities (default {_d('max_nonfinite_frac')}: any)")
+    ap.add_argument("--reprocess-late", dest="reprocess_late", action="store_const", const=True,
+                    help="rebuild by itself a completed group whose missing subbands arrive late (default "
+                    f"{_d('reprocess_late')}: record them; 'dsacont reprocess GROUP' rebuilds)")
     ap.add_argument("--retry-failed", action="store_true", default=False, help="first put failed groups back in "
                     "the queue (attempts reset), e.g. after fixing a full disk (default: leave them failed)")
     ap.add_argument("-v", "--verbose", action="store_true", default=False, help="debug logging (default: info)")
@@ -203,6 +207,43 @@ def cli_status(argv: list[str]) -> int:
             time.sleep(args.watch)
         except KeyboardInterrupt:
             return 0
+
+
+def cli_reprocess(argv: list[str]) -> int:
+    """``dsacont reprocess GROUP... | --late``: queue groups to be processed again, products rebuilt."""
+    ap = argparse.ArgumentParser(prog="dsacont reprocess", description=(
+        "Queue groups to be processed again with all their usable files (late subbands included): the "
+        "service rebuilds every product of each group and records it over the old rows (no duplicates); "
+        "mosaics that used the group's images are marked stale and made again. A running 'dsacont "
+        "stream' picks them up; otherwise run 'dsacont stream --once'."))
+    ap.add_argument("groups", nargs="*", metavar="GROUP", help="group timestamps, YYYY-MM-DDTHH:MM:SS (as "
+                    "'dsacont status' shows them; default: none)")
+    ap.add_argument("--late", action="store_true", help="also every completed group with subbands that arrived "
+                    "after it was processed (default: only the groups named)")
+    _add_path_args(ap)
+    args = ap.parse_args(argv)
+    paths = _paths_from_args(args)
+    if not paths.queue_db.exists():
+        print(f"dsacont reprocess: no queue database at {paths.queue_db}", file=sys.stderr)
+        return 1
+    with IngestQueue(paths.queue_db) as q:
+        names = list(args.groups)
+        if args.late:
+            names += sorted({f["group_timestamp"] for f in q.late_files() if f["group_state"] == "completed"}
+                            - set(names))
+        if not names:
+            print("dsacont reprocess: no group named (and none with late subbands)", file=sys.stderr)
+            return 1 if not args.late else 0
+        out = q.rebuild(names, reason="dsacont reprocess")
+    rc = 0
+    for ts, what in out.items():
+        if what in ("queued", "marked"):
+            print(f"{ts}  {what} for rebuilding")
+        else:
+            rc = 1
+            why = "no such group" if what == "unknown" else f"is {what}; try again when it has finished"
+            print(f"{ts}  not queued: {why}", file=sys.stderr)
+    return rc
 
 
 def _summary(kind: str, d: dict) -> str:

@@ -7,8 +7,10 @@ service process (several may share one queue; see below):
    ``*_sbNN.hdf5``, validate each settled file and record it in the ingest queue
    (:mod:`dsacont.service.queue`) under its group; a bad file is **quarantined** (left in place,
    never processed) with a reason naming it: not HDF5, truncated, unreadable, wrong shape (vs. the
-   majority of its siblings), NaN/Inf, duplicate subband, or arriving after its group was taken
-   for processing (a late subband still joins a group that is queued but not yet claimed).
+   majority of its siblings), NaN/Inf, or duplicate subband. A late subband still joins a group
+   that is queued but not yet claimed; one for a group that failed as incomplete re-opens it; one
+   for a group already taken is recorded as late (``dsacont reprocess GROUP``, or the
+   ``reprocess_late`` option, rebuilds the group's products with it).
 2. **Incomplete-group policy** (:meth:`dsacont.service.queue.IngestQueue.finalize_groups`): a group is
    queued (``pending``) as soon as all 16 subbands have arrived. Otherwise it is finalised when
    no file has arrived for it for ``incomplete_timeout_s`` (default 900 s) of wall time, or
@@ -16,7 +18,10 @@ service process (several may share one queue; see below):
    makes the rule independent of replay speed). Then: >= ``min_subbands`` (default 12) usable
    subbands -> processed, with the missing ones recorded (the processor gets ``None`` for
    them, the loader's ``allow_missing=True`` flags them); fewer -> ``failed`` with
-   ``incomplete: N of 16 usable subbands``.
+   ``incomplete: N of 16 usable subbands``. Arrival order never splits a group: no rule
+   finalises a group while a file of it is in ``incoming`` but not yet recorded (not settled,
+   or left by the validation budget), and "newer data" counts only once the watcher has recorded
+   everything it sees (a backlog copied in any order, a restart on hours of files).
 3. **Claim and process**: pending groups are claimed atomically, oldest first, and handed to
    the *processor* ``process(group: GroupRecord, context: ServiceContext) -> dict`` (default
    ``dsacont.service.pipeline:process_group``; any ``module:function`` via ``processor``). It runs
@@ -34,7 +39,9 @@ service process (several may share one queue; see below):
    missed by a crash). Hooks run one at a time, in completion order, each given the products
    recorded before it (``known_for_hook``); the products a hook returns are recorded too.
    ``CalibrationUnavailable`` puts the group back to ``pending`` without using an attempt; it
-   is retried ``cal_wait_s`` later, or at once when another group completes. ``BadInputError``
+   is claimed again only when the calibration registry has changed since its task started (at
+   once if it changed while the task ran), or at its deadline (``max_cal_wait_s`` after it was
+   queued, when it fails); the log says once what it waits for. ``BadInputError``
    quarantines the group. Any other error uses an attempt (retried with backoff; ``failed``
    after ``max_attempts``).
 6. **Full disk**: an ENOSPC/EDQUOT from the processor (or SQLite's "database or disk is full")
@@ -71,6 +78,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -85,7 +93,8 @@ from tqdm.auto import tqdm
 from dsacont import db
 from dsacont.options import merge
 from dsacont.service.executor import Executor, ServiceContext, load_callable, run_group_task, run_hook_task
-from dsacont.service.queue import GroupRecord, IngestQueue, WorkerId
+from dsacont.service.products import Products
+from dsacont.service.queue import GroupRecord, IngestQueue, WorkerId, iso_from_unix
 from dsacont.service.state import known_for_group, known_for_hook, record_products
 from dsacont.service.watcher import Watcher
 
@@ -146,9 +155,11 @@ class ServiceOptions:
         Attempts before a group fails.
     retry_backoff_s : float
         First retry delay in seconds (doubles with each attempt).
-    cal_wait_s : float
-        Retry delay in seconds for a group whose calibration is not valid yet (it is retried
-        sooner, as soon as another group completes).
+    cal_wait_s : float or None
+        A group whose calibration is not valid yet waits, without being claimed, until the
+        calibration registry changes (a table registered, made valid or rejected: its row count
+        or latest update changed) or its deadline (``max_cal_wait_s``); with this set, it is also
+        tried again every ``cal_wait_s`` seconds (default None: never just because time passed).
     max_cal_wait_s : float
         A group still without valid calibration this many seconds after it was queued fails.
     disk_full_pause_s : float
@@ -168,6 +179,13 @@ class ServiceOptions:
     group_timeout_s : float or None
         Give up on a group running longer than this many seconds (an attempt fails with "timed
         out"; on a LocalCluster the worker process is restarted, killing a hung CASA call).
+    reprocess_late : bool
+        A subband that arrives after its group was completed without it is always recorded (and
+        ``dsacont reprocess GROUP`` rebuilds the group's products with it); with this option the
+        service queues such a group for rebuilding by itself, once all 16 subbands are in or no
+        late file came for ``incomplete_timeout_s``. The products are recorded over the old rows,
+        and mosaics that used the group's images are marked ``stale`` (the mosaic trigger makes
+        them again).
     """
 
     processor: str = DEFAULT_PROCESSOR
@@ -188,7 +206,7 @@ class ServiceOptions:
     lease_s: float = 120.0
     max_attempts: int = 3
     retry_backoff_s: float = 10.0
-    cal_wait_s: float = 300.0
+    cal_wait_s: float | None = None
     max_cal_wait_s: float = 86400.0
     disk_full_pause_s: float = 60.0
     min_free_gb: float = 1.0
@@ -198,6 +216,7 @@ class ServiceOptions:
     settle_s: float = 1.0
     watch_budget_s: float | None = None
     group_timeout_s: float | None = None
+    reprocess_late: bool = False
 
 
 @dataclass
@@ -289,10 +308,13 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
     hook_queue: deque = deque()  # hooks to run next, in completion order: (group, result)
     paused_until = 0.0
     outcomes = 0
-    last_completion = 0.0
     last_activity = time.time()
     last_status = 0.0
     error_stop = None
+    # the calibration registry's state when the waiting groups were last woken (None: wake those
+    # that began waiting before a change made while the service was down)
+    cal_state = None
+    cal_seen: dict[int, str] = {}  # group id -> the registry's state when its task was submitted
 
     def submit_hook(group, result):
         """Queue the hook; hooks run one at a time, each given the products recorded before it."""
@@ -332,6 +354,7 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
                     log.error("group %s: our claim was taken over (lease lost); abandoning it", rec.timestamp)
                 budget = o.watch_budget_s if o.watch_budget_s is not None else max(5.0, o.lease_s / 4)
                 new = watcher.poll(budget_s=budget)
+                watcher.report(me)
                 if new:
                     last_activity = now
                 for r in new:
@@ -344,13 +367,19 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
                 if (o.idle_exit_s is not None and not inflight and watcher.backlog == 0
                         and now - last_activity >= o.idle_exit_s):
                     force = True
+                # never while a file of the group is in incoming but not recorded; "newer data" counts
+                # only once the watcher has looked at everything it sees
                 for ts, state, note in queue.finalize_groups(incomplete_timeout_s=o.incomplete_timeout_s,
-                                                             min_subbands=o.min_subbands, force=force):
+                                                             min_subbands=o.min_subbands, force=force,
+                                                             unrecorded=watcher.unrecorded_times(),
+                                                             hold_newer=watcher.backlog > 0):
                     last_activity = now
                     if state == "failed":
                         summary.failed.append((ts, note))
                         if o.stop_on_error and error_stop is None:
                             error_stop = f"group {ts} failed: {note}"
+                if o.reprocess_late and queue.rebuild_late(quiet_s=o.incomplete_timeout_s):
+                    last_activity = now
                 # 2. groups of dead services back to the queue
                 queue.heartbeat({gid: rec.claim_token for gid, (rec, _f, _t) in inflight.items()})
                 for ts, why in queue.reclaim_stale():
@@ -388,16 +417,19 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
             for rec, out, t0 in done:
                 last_activity = time.time()
                 out = _record_products(paths, rec, out)  # the products first, then the queue
-                # a group that found no calibration while another group completed (and may have
-                # solved it) retries at once instead of waiting cal_wait_s
-                wait = 0.0 if last_completion > t0 else o.cal_wait_s
-                state = _record_outcome(queue, rec, out, me, cal_wait_s=wait, max_cal_wait_s=o.max_cal_wait_s,
-                                        disk_full_pause_s=o.disk_full_pause_s, t0=t0, paths=paths)
+                # a group that found no calibration waits until the registry changes, unless it
+                # already changed while its task ran (a solve recorded meanwhile): then at once
+                seen = cal_seen.pop(rec.id, None)
+                cal_now = calibration_state(paths) if out.get("status") == "calibration_wait" else None
+                state = _record_outcome(queue, rec, out, me, cal_wait_s=o.cal_wait_s, max_cal_wait_s=o.max_cal_wait_s,
+                                        disk_full_pause_s=o.disk_full_pause_s, t0=t0, paths=paths,
+                                        cal_token=seen, cal_now=cal_now)
                 if state in ("completed", "failed", "quarantined"):
                     outcomes += 1
                 if state == "completed":
-                    last_completion = time.time()
                     summary.completed.append(rec.timestamp)
+                    if rec.rebuild:
+                        _mark_mosaics_stale(paths, rec, o.tolerance_s)
                     submit_hook(rec, out.get("result"))
                 elif state == "deferred":
                     summary.deferred += 1
@@ -435,7 +467,14 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
                 summary.exit_code = 1
                 stop.set()
 
-            # 4. claim and submit
+            # 4. claim and submit (groups waiting for calibration first, if the registry changed)
+            new_state = calibration_state(paths)
+            if new_state != cal_state:
+                cal_state = new_state
+                woken = queue.wake_calibration(cal_state)
+                if woken:
+                    log.info("calibration registry changed: %d group(s) waiting for calibration claimable again "
+                             "(%s)", len(woken), ", ".join(woken))
             now = time.time()
             can_claim = not stop.is_set() and now >= paused_until and (
                 o.max_groups is None or outcomes + len(inflight) < o.max_groups)
@@ -453,6 +492,12 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
                     break
                 try:
                     known = known_for_group(paths, rec.timestamp)
+                    if rec.rebuild:  # make every product again: the task is told of none, nor of
+                        # calibration solved on the group's own MS (a calibrator group solves again)
+                        own = {m.get("path") for m in (known.get("products") or {}).get("ms", [])}
+                        known = dict(known, products={"ms": [], "images": []}, rebuild=True,
+                                     calibration=[r for r in known.get("calibration") or []
+                                                  if getattr(r, "source_ms", None) not in own])
                 except Exception as exc:  # noqa: BLE001 - a state database unreadable now: retry later
                     log.error("group %s: cannot read what the state databases hold for it: %s", rec.timestamp, exc)
                     queue.fail(rec, f"reading the state databases: {type(exc).__name__}: {exc}", retry=True,
@@ -461,6 +506,7 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
                 ctx = ServiceContext(attempt=rec.attempts + 1, known=known, **ctx_base)
                 fut = executor.submit(run_group_task, o.processor, rec, ctx, key=_task_key(rec))
                 inflight[rec.id] = (rec, fut, time.time())
+                cal_seen[rec.id] = cal_state  # read just before this claim loop
                 last_activity = time.time()
 
             # 5. exit?
@@ -508,6 +554,44 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
     return summary
 
 
+def _mark_mosaics_stale(paths, rec: GroupRecord, tolerance_s: float) -> list[int]:
+    """After a group's products were rebuilt: mark the mosaics made of its images ``stale``.
+
+    The group's images: those of its MS rows, and any image whose start lies within the group's
+    span of file timestamps (``tolerance_s`` either side). The mosaic trigger then sees them as in
+    no (current) mosaic and makes the mosaics again, at the same paths, so their rows are
+    replaced. Returns the mosaic ids marked.
+    """
+    timestamp = rec.timestamp
+    if not paths.products_db.exists():
+        return []
+    try:
+        products = Products(paths.products_db)
+        images = {r["path"] for r in products.for_group(timestamp).get("images", [])}
+        con = db.connect(paths.products_db, readonly=True)
+        try:
+            lo = rec.t_unix - tolerance_s
+            hi = rec.t_unix + 2 * tolerance_s  # a group spans at most tolerance_s
+            images |= {r[0] for r in con.execute(
+                "SELECT path FROM images WHERE start_mjd BETWEEN ? AND ?",
+                (lo / 86400.0 + 40587.0, hi / 86400.0 + 40587.0))}
+            images = sorted(images)
+            ids = [r[0] for r in con.execute(
+                f"SELECT DISTINCT mosaic_id FROM mosaic_images WHERE image_path IN ({','.join('?' * len(images))}) "
+                "ORDER BY mosaic_id", images)] if images else []
+        finally:
+            con.close()
+        for mid in ids:
+            products.set_status("mosaic", mid, "stale", qa={"stale_reason": f"group {timestamp} was rebuilt"})
+    except Exception as exc:  # noqa: BLE001 - the group is done; say what could not be marked
+        log.error("group %s rebuilt, but its mosaics could not be marked stale: %s", timestamp, exc)
+        return []
+    if ids:
+        log.warning("group %s rebuilt: mosaic(s) %s marked stale, to be made again", timestamp,
+                    ", ".join(map(str, ids)))
+    return ids
+
+
 def _task_key(rec: GroupRecord) -> str:
     return f"group-{rec.timestamp}-{rec.claim_token[:8]}"
 
@@ -525,8 +609,26 @@ def _resolve_hook(spec: str | None) -> str | None:
     return spec
 
 
-def _record_outcome(queue: IngestQueue, rec: GroupRecord, out: dict, me: WorkerId, *, cal_wait_s: float,
-                    disk_full_pause_s: float, t0: float, paths, max_cal_wait_s: float = 86400.0) -> str:
+def calibration_state(paths) -> str:
+    """The calibration registry's state, as ``"<rows>:<latest update>"``: it changes whenever a
+    table is registered, made valid or rejected (``"0:0"`` without a registry)."""
+    if not paths.registry_db.exists():
+        return "0:0"
+    try:
+        con = db.connect(paths.registry_db, readonly=True)
+        try:
+            n, last = con.execute("SELECT COUNT(*), MAX(updated) FROM caltables").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:  # e.g. created but no table yet
+        log.debug("calibration registry %s unreadable now: %s", paths.registry_db, exc)
+        return "0:0"
+    return f"{n}:{last or 0}"
+
+
+def _record_outcome(queue: IngestQueue, rec: GroupRecord, out: dict, me: WorkerId, *, cal_wait_s: float | None,
+                    disk_full_pause_s: float, t0: float, paths, max_cal_wait_s: float = 86400.0,
+                    cal_token: str | None = None, cal_now: str | None = None) -> str:
     """Write a task outcome to the queue; returns completed/deferred/quarantined/failed/pending/stale."""
     status = out.get("status")
     wall = time.time() - t0
@@ -544,9 +646,21 @@ def _record_outcome(queue: IngestQueue, rec: GroupRecord, out: dict, me: WorkerI
         log.error("group %s failed: no valid calibration within %.1f h", rec.timestamp, max_cal_wait_s / 3600)
         return new or "stale"
     if status == "calibration_wait":
-        ok = queue.defer(rec, f"waiting for calibration: {out.get('message')}", delay_s=cal_wait_s, worker=me.name)
-        log.info("group %s waits for calibration (%s); retry %s", rec.timestamp, out.get("message"),
-                 f"within {cal_wait_s:.0f} s or when another group completes" if cal_wait_s else "now")
+        now = time.time()
+        deadline = (rec.queued or now) + max_cal_wait_s + 1.0
+        changed = cal_token is not None and cal_now is not None and cal_token != cal_now
+        delay = 0.0 if changed else max(0.0, min(deadline - now, cal_wait_s if cal_wait_s else math.inf))
+        reason = f"waiting for calibration: {out.get('message')}"
+        ok = queue.defer(rec, reason, delay_s=delay, worker=me.name, wait_token=cal_token if not changed else None)
+        if changed:
+            log.info("group %s waits for calibration (%s), but the calibration registry changed meanwhile: "
+                     "retry now", rec.timestamp, out.get("message"))
+        elif rec.waits == 0 or rec.error != reason:  # say once what it waits for
+            log.info("group %s waits for calibration (%s); claimed again when the calibration registry changes%s, "
+                     "or fails at %s UTC", rec.timestamp, out.get("message"),
+                     f" or in {cal_wait_s:.0f} s" if cal_wait_s else "", iso_from_unix(deadline))
+        else:
+            log.debug("group %s still waits for calibration", rec.timestamp)
         return "deferred" if ok else "stale"
     if status == "bad_input":
         ok = queue.quarantine(rec, f"bad input: {out.get('message')}", worker=me.name)

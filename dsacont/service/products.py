@@ -407,10 +407,12 @@ class Products:
         return {"ms": ms, "images": images}
 
     def images_not_in_mosaic(self) -> list[dict]:
-        """Return the image rows in no mosaic yet, by mid-time (the mosaic trigger's candidates)."""
+        """Return the image rows in no mosaic yet (or only in ``stale`` ones), by mid-time (the mosaic
+        trigger's candidates)."""
         with self._connect() as con:
             return [self._row(r) for r in con.execute(
-                "SELECT * FROM images WHERE path NOT IN (SELECT image_path FROM mosaic_images) "
+                "SELECT * FROM images WHERE path NOT IN (SELECT mi.image_path FROM mosaic_images mi "
+                "JOIN mosaics m ON m.id = mi.mosaic_id WHERE m.status != 'stale') "
                 "ORDER BY mid_mjd, id")]
 
     def counts(self) -> dict:

@@ -8,18 +8,29 @@ Group life cycle::
 
     collecting --(16 subbands, or timeout with >= min_subbands)--> pending
     collecting --(timeout with too few subbands)-----------------> failed      ('incomplete ...')
+    failed (incomplete, never claimed) --(a late subband)--------> collecting  (re-opened)
+    completed/failed/quarantined --(rebuild: dsacont reprocess)--> pending     (products made again)
     pending ----(claim: atomic, oldest group first)--------------> in_progress
     in_progress --(processor returned)----------------------------> completed
     in_progress --(error, attempts left)--------------------------> pending     (not_before = backoff)
     in_progress --(error, no attempts left)-----------------------> failed
     in_progress --(BadInputError from the processor)--------------> quarantined
-    in_progress --(CalibrationUnavailable)------------------------> pending     (waits, no attempt used)
+    in_progress --(CalibrationUnavailable)------------------------> pending     (waits, no attempt used, until
+                                                                               the calibration registry
+                                                                               changes or its deadline)
     in_progress --(worker pid dead / lease expired)---------------> pending     (reclaimed; counts as an attempt)
 
 Files: each ``*_sbNN.hdf5`` seen is one row in ``files`` with ``status`` ``ok`` or
 ``quarantined`` (with the reason: not HDF5, truncated, wrong shape, NaNs, duplicate subband,
-arrived after its group was taken for processing, unreadable). Quarantined files are never given to the
-processor; they are left in place (nothing is deleted or moved).
+unreadable). Quarantined files are never given to the processor; they are left in place (nothing
+is deleted or moved). A usable subband that arrives after its group was taken for processing is
+``ok`` with a ``late: ...`` note (:meth:`IngestQueue.late_files`): the group's products lack it
+until the group is processed again (:meth:`IngestQueue.rebuild`, ``dsacont reprocess``; the
+next claim takes every usable file and clears the notes).
+
+Arrival order: a group is never finalised while a file of it is in the incoming directory but
+not yet recorded (the watcher passes those to :meth:`IngestQueue.finalize_groups`, and writes
+them to the ``unrecorded`` table for ``dsacont status``).
 
 Safety:
 
@@ -112,6 +123,21 @@ MIGRATIONS = [
         detail    TEXT
     );
     CREATE INDEX events_group ON events (group_id);
+    """,
+    """
+    ALTER TABLE groups ADD COLUMN reopened INTEGER NOT NULL DEFAULT 0;  -- times re-opened by a late file
+    ALTER TABLE groups ADD COLUMN rebuild INTEGER NOT NULL DEFAULT 0;   -- queued to rebuild its products
+    ALTER TABLE groups ADD COLUMN wait_token TEXT;  -- calibration state when it began to wait
+    ALTER TABLE files ADD COLUMN behind REAL;  -- s its data time was behind the newest recorded before it
+    CREATE INDEX files_added ON files (added);
+    CREATE TABLE unrecorded (                  -- files a watcher sees but has not recorded yet
+        path       TEXT PRIMARY KEY,
+        t_unix     REAL NOT NULL,              -- timestamp in the file name
+        subband    INTEGER NOT NULL,
+        reason     TEXT NOT NULL,              -- 'unsettled' | 'validation budget'
+        first_seen REAL NOT NULL,
+        watcher    TEXT NOT NULL, host TEXT, pid INTEGER, pid_start TEXT
+    );
     """,
 ]
 
@@ -227,6 +253,9 @@ class GroupRecord:
     worker: str | None = None
     claim_token: str | None = None
     result: dict | None = None
+    reopened: int = 0
+    rebuild: bool = False
+    wait_token: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -311,6 +340,8 @@ class IngestQueue:
             started=row["started"], finished=row["finished"], not_before=row["not_before"],
             wait_reason=row["wait_reason"], error=row["error"], worker=row["worker"],
             claim_token=row["claim_token"], result=json.loads(row["result"]) if row["result"] else None,
+            **{k: row[k] for k in ("reopened", "wait_token") if k in row.keys()},
+            rebuild=bool(row["rebuild"]) if "rebuild" in row.keys() else False,
         )
 
     def get(self, group) -> GroupRecord | None:
@@ -406,6 +437,8 @@ class IngestQueue:
         with db.transaction(self.conn):
             if self.conn.execute("SELECT 1 FROM files WHERE path = ?", (path,)).fetchone():
                 return AddResult(path, None, None, "known")
+            newest = self.conn.execute("SELECT MAX(t_max_unix) FROM groups").fetchone()[0]
+            behind = None if newest is None else max(0.0, newest - t_unix)
             g = self._find_group(t_unix)
             if g is None:
                 cur = self.conn.execute(
@@ -425,39 +458,65 @@ class IngestQueue:
                     )
                 gts = iso_from_unix(min(g["t_unix"], t_unix)) if gstate == "collecting" else g["timestamp"]
             status = "ok"
+            note = None  # a usable file that the group's products so far lack
             if reason is None:
-                if gstate not in ("collecting", "pending"):
-                    reason = (f"arrived after group {gts} was taken for processing (state {gstate}) "
-                              f"without it; not used")
-                else:  # a pending group has not been read yet: a late subband still joins it
-                    dup = self.conn.execute(
-                        "SELECT path FROM files WHERE group_id = ? AND subband = ? AND status = 'ok'",
-                        (gid, subband),
-                    ).fetchone()
-                    if dup is not None:
-                        reason = f"duplicate sb{subband:02d} for group {gts}: already have {dup['path']}"
-                    elif gstate == "pending" and shape:  # the group's shape was settled when it was queued
-                        ref = self.conn.execute(
-                            "SELECT shape FROM files WHERE group_id = ? AND status = 'ok' AND shape IS NOT NULL "
-                            "LIMIT 1", (gid,)).fetchone()
-                        if ref is not None and _shape_key(json.loads(ref["shape"])) != _shape_key(shape):
-                            reason = (f"wrong shape: {_fmt_shape(_shape_key(shape))} but the files of group {gts} "
-                                      f"have {_fmt_shape(_shape_key(json.loads(ref['shape'])))}")
+                dup = self.conn.execute(
+                    "SELECT path FROM files WHERE group_id = ? AND subband = ? AND status = 'ok'",
+                    (gid, subband),
+                ).fetchone()
+                if dup is not None:
+                    reason = f"duplicate sb{subband:02d} for group {gts}: already have {dup['path']}"
+                elif gstate != "collecting" and shape:  # the group's shape was settled when it was queued
+                    ref = self.conn.execute(
+                        "SELECT shape FROM files WHERE group_id = ? AND status = 'ok' AND shape IS NOT NULL "
+                        "LIMIT 1", (gid,)).fetchone()
+                    if ref is not None and _shape_key(json.loads(ref["shape"])) != _shape_key(shape):
+                        reason = (f"wrong shape: {_fmt_shape(_shape_key(shape))} but the files of group {gts} "
+                                  f"have {_fmt_shape(_shape_key(json.loads(ref['shape'])))}")
+            if reason is None and gstate == "failed" and g["claims"] == 0:
+                # failed as incomplete by the policy, never processed: the late subband re-opens it
+                lo, hi = min(g["t_unix"], t_unix), max(g["t_max_unix"], t_unix)
+                self.conn.execute(
+                    "UPDATE groups SET state = 'collecting', reopened = reopened + 1, error = NULL, finished = NULL, "
+                    "t_unix = ?, t_max_unix = ?, timestamp = ?, last_file = ? WHERE id = ?",
+                    (lo, hi, iso_from_unix(lo), now, gid))
+                self._event(gid, "reopened", detail={"late_file": path, "subband": int(subband)}, t=now)
+                log.warning("group %s re-opened: its sb%02d arrived after it failed as incomplete (%s)",
+                            g["timestamp"], subband, path)
+                gstate, gts = "collecting", iso_from_unix(lo)
+            elif reason is None and gstate == "pending" and g["claims"] > 0:
+                # queued again after an attempt (e.g. waiting for calibration): products made
+                # without this subband may exist, so the next claim rebuilds them, and now
+                self.conn.execute("UPDATE groups SET rebuild = 1, not_before = NULL, wait_token = NULL WHERE id = ?",
+                                  (gid,))
+                self._event(gid, "rebuild", detail={"from": "pending", "reason": f"late sb{subband:02d}: {path}"},
+                            t=now)
+                log.warning("group %s: its sb%02d arrived after an attempt without it; the group is rebuilt with it "
+                            "(%s)", gts, subband, path)
+            elif reason is None and gstate not in ("collecting", "pending"):
+                # taken for processing without it: recorded, used when the group is processed again
+                note = (f"late: arrived after group {gts} was taken for processing (state {gstate}) without it; "
+                        f"used when the group is processed again (dsacont reprocess {gts})")
             if reason is not None:
                 status = "quarantined"
             self.conn.execute(
-                "INSERT INTO files (path, group_id, subband, t_unix, status, reason, size, mtime, shape, added) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (path, gid, int(subband), t_unix, status, reason, size, mtime,
-                 json.dumps(shape) if shape else None, now),
+                "INSERT INTO files (path, group_id, subband, t_unix, status, reason, size, mtime, shape, added, behind) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (path, gid, int(subband), t_unix, status, reason or note, size, mtime,
+                 json.dumps(shape) if shape else None, now, behind),
             )
             if status == "ok":
                 self._refresh_counts(gid)
+                if note is not None:
+                    self._event(gid, "late_file", detail={"path": path, "subband": int(subband), "state": gstate},
+                                t=now)
             else:
                 self._event(gid, "file_quarantined", detail={"path": path, "reason": reason}, t=now)
         if status == "quarantined":
             log.warning("quarantined %s: %s", path, reason)
-        return AddResult(path, gid, gts, status, reason)
+        elif note is not None:
+            log.warning("%s: %s", path, note)
+        return AddResult(path, gid, gts, status, reason or note)
 
     def _find_group(self, t_unix: float):
         """Find the group this timestamp belongs to: after adding it the group spans <= tolerance."""
@@ -479,9 +538,51 @@ class IngestQueue:
         self.conn.execute("UPDATE groups SET n_ok = ?, missing = ? WHERE id = ?",
                           (len(subs), json.dumps(missing), gid))
 
+    # -- what a watcher sees but has not recorded ---------------------------------------------
+    def set_unrecorded(self, worker: WorkerId, files, *, now: float | None = None) -> None:
+        """Replace the list of files ``worker``'s watcher sees but has not recorded yet.
+
+        ``files``: ``[(path, t_unix, subband, reason), ...]`` (reason ``unsettled`` or
+        ``validation budget``). Read by ``dsacont status``; rows of a watcher whose process is
+        gone are ignored there and dropped by the next :meth:`set_unrecorded` of any watcher.
+        """
+        now = time.time() if now is None else now
+        files = {str(f[0]): f for f in files}
+        alive: dict = {}  # (pid, start) -> bool, asked once per watcher
+        with db.transaction(self.conn):
+            old = {r["path"]: r for r in self.conn.execute("SELECT * FROM unrecorded")}
+            for path, r in old.items():
+                mine = r["watcher"] == worker.name
+                key = (r["pid"], r["pid_start"])
+                if not mine and r["host"] == worker.host and key not in alive:
+                    alive[key] = pid_alive(*key)
+                dead = not mine and r["host"] == worker.host and not alive[key]
+                if (mine and path not in files) or dead:
+                    self.conn.execute("DELETE FROM unrecorded WHERE path = ?", (path,))
+            self.conn.execute("DELETE FROM unrecorded WHERE path IN (SELECT path FROM files)")
+            for path, (_p, t_unix, subband, reason) in files.items():
+                if path in old and old[path]["reason"] == reason and old[path]["watcher"] == worker.name:
+                    continue
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO unrecorded (path, t_unix, subband, reason, first_seen, watcher, host, "
+                    "pid, pid_start) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (path, float(t_unix), int(subband), reason,
+                     old[path]["first_seen"] if path in old else now, worker.name, worker.host, worker.pid,
+                     worker.pid_start))
+
+    def unrecorded(self) -> list[dict]:
+        """Files seen in incoming but not recorded yet (by live watchers), oldest data first."""
+        host = socket.gethostname()
+        rows = [dict(r) for r in self.conn.execute(
+            "SELECT * FROM unrecorded WHERE path NOT IN (SELECT path FROM files) ORDER BY t_unix, subband")]
+        alive = {(r["pid"], r["pid_start"]): pid_alive(r["pid"], r["pid_start"])
+                 for r in rows if r["host"] == host}
+        return [r for r in rows if r["host"] != host or alive[(r["pid"], r["pid_start"])]]
+
     # -- collecting -> pending / failed ------------------------------------------------------
     def finalize_groups(self, *, now: float | None = None, incomplete_timeout_s: float = 900.0,
-                        min_subbands: int = 12, force: bool = False) -> list[tuple[str, str, str]]:
+                        min_subbands: int = 12, force: bool = False, unrecorded=(),
+                        hold_newer: bool = False) -> list[tuple[str, str, str]]:
         """Move ``collecting`` groups on, by the incomplete-group policy.
 
         A collecting group is finalised when
@@ -490,6 +591,17 @@ class IngestQueue:
           * the newest file in the queue is ``incomplete_timeout_s`` newer (data time) than the
             group: the correlator has moved on (this makes the policy work at any replay speed); or
           * ``force`` (the service was told no more files will come: ``--once``).
+
+        Never while a file of the group is visible but not yet recorded: ``unrecorded`` holds the
+        name timestamps (Unix s) of the files the watcher has seen but not recorded (not settled,
+        or beyond its validation budget); a group any of them would join waits for them (unless
+        all 16 subbands are already seen). The "newer data" rule counts only data the watcher has
+        fully looked at: ``hold_newer`` (the watcher has such files at all) suspends it, and it
+        never applies to a group re-opened by a late file (newer data says nothing about a late
+        subband). Nor while data arrive out of order: when a file recorded within the last
+        ``incomplete_timeout_s`` (wall time) was itself that much older than data recorded before
+        it (a backlog copied in random order, a late correlator node), newer data is no sign that
+        a group is over. The wall-time rule still applies to all of these.
 
         On finalising, usable files whose shape differs from the majority of the group's files
         are quarantined ("wrong shape"). Then: 16 usable subbands -> ``pending``; at least
@@ -506,6 +618,12 @@ class IngestQueue:
             newest = self.conn.execute(
                 "SELECT MAX(t_max_unix) FROM groups WHERE n_ok >= ?", (N_SUBBANDS // 2,)).fetchone()[0] or 0.0
             rows = self.conn.execute("SELECT * FROM groups WHERE state = 'collecting' ORDER BY t_unix").fetchall()
+            if rows and not hold_newer:
+                hold_newer = self.conn.execute(
+                    "SELECT 1 FROM files WHERE added >= ? AND behind >= ? LIMIT 1",
+                    (now - incomplete_timeout_s, incomplete_timeout_s)).fetchone() is not None
+            tol = self.tolerance_s
+            unrecorded = [float(t) for t in unrecorded]
             for g in rows:
                 gid = g["id"]
                 seen = {r[0] for r in self.conn.execute("SELECT DISTINCT subband FROM files WHERE group_id = ?",
@@ -513,8 +631,12 @@ class IngestQueue:
                 why = None
                 if len(seen) >= N_SUBBANDS:
                     why = "all 16 subbands arrived"
+                elif any(g["t_max_unix"] - t <= tol and t - g["t_unix"] <= tol for t in unrecorded):
+                    continue  # a file of it is in incoming, not yet recorded: wait for it
                 elif now - g["last_file"] >= incomplete_timeout_s:
                     why = f"no new file for {now - g['last_file']:.0f} s"
+                elif hold_newer or g["reopened"]:
+                    pass
                 elif newest - g["t_max_unix"] >= incomplete_timeout_s:
                     why = f"newer data ({iso_from_unix(newest)}) arrived {newest - g['t_max_unix']:.0f} s later"
                 elif force:
@@ -600,7 +722,12 @@ class IngestQueue:
             if row is None:
                 return None
             _failpoint("claim_mid")
-            self._event(row["id"], "claimed", worker.name, detail={"token": token, "claim": row["claims"]}, t=now)
+            # this claim takes every usable file of the group: none is late for it any more
+            self.conn.execute(f"UPDATE files SET reason = NULL WHERE group_id = ? AND status = 'ok' AND {_LATE}",
+                              (row["id"],))
+            self._event(row["id"], "claimed", worker.name,
+                        detail={"token": token, "claim": row["claims"], **({"rebuild": True} if row["rebuild"] else {})},
+                        t=now)
             rec = self._record(row)
         log.info("claimed group %s (claim %d, %d/16 subbands)", rec.timestamp, rec.claims,
                  N_SUBBANDS - len(rec.missing))
@@ -643,17 +770,15 @@ class IngestQueue:
                  now: float | None = None) -> bool:
         """Mark a claimed group ``completed`` (False if the claim was lost meanwhile).
 
-        Also wakes the groups waiting for calibration: the completed group may have solved it.
+        Groups waiting for calibration are not woken by a completion as such, only by a change of
+        the calibration registry (:meth:`wake_calibration`, called by the service).
         """
         now = time.time() if now is None else now
         res = json.dumps(result, default=str) if result is not None else None
-        ok = self._finish(group.id, group.claim_token,
-                          "state = 'completed', finished = ?, result = ?, error = NULL, lease_until = NULL, "
-                          "wait_reason = NULL",
-                          (now, res), "completed", worker, None, now)
-        if ok:
-            self.wake("calibration")
-        return ok
+        return self._finish(group.id, group.claim_token,
+                            "state = 'completed', finished = ?, result = ?, error = NULL, lease_until = NULL, "
+                            "wait_reason = NULL, wait_token = NULL, rebuild = 0",
+                            (now, res), "completed", worker, None, now)
 
     def wake(self, wait_reason: str = "calibration") -> int:
         """Make groups deferred for ``wait_reason`` claimable now; returns how many."""
@@ -662,6 +787,21 @@ class IngestQueue:
                 "UPDATE groups SET not_before = NULL WHERE state = 'pending' AND wait_reason = ? "
                 "AND not_before IS NOT NULL", (wait_reason,))
         return cur.rowcount
+
+    def wake_calibration(self, token: str) -> list[str]:
+        """Make claimable the groups waiting for calibration since before the registry was in state
+        ``token`` (any other ``wait_token``): something that could satisfy them has happened.
+        Returns their timestamps."""
+        with db.transaction(self.conn):
+            rows = self.conn.execute(
+                "UPDATE groups SET not_before = NULL WHERE state = 'pending' AND wait_reason = 'calibration' "
+                "AND not_before IS NOT NULL AND (wait_token IS NULL OR wait_token != ?) RETURNING timestamp",
+                (token,)).fetchall()
+            for r in rows:
+                self.conn.execute("INSERT INTO events (t, group_id, event, detail) SELECT ?, id, 'woken', ? "
+                                  "FROM groups WHERE timestamp = ?",
+                                  (time.time(), json.dumps({"calibration": token}), r[0]))
+        return sorted(r[0] for r in rows)
 
     def fail(self, group: GroupRecord, error: str, *, retry: bool = True, worker: str | None = None,
              not_before: float | None = None, wait_reason: str = "retry", now: float | None = None) -> str | None:
@@ -696,17 +836,19 @@ class IngestQueue:
                             (reason, now), "quarantined", worker, {"error": reason}, now)
 
     def defer(self, group: GroupRecord, reason: str, *, delay_s: float, wait_reason: str = "calibration",
-              worker: str | None = None, now: float | None = None) -> bool:
+              worker: str | None = None, wait_token: str | None = None, now: float | None = None) -> bool:
         """Put a claimed group back to ``pending`` without using an attempt.
 
-        E.g. calibration not valid yet; claimable after ``delay_s`` or when :meth:`wake` is called.
+        E.g. calibration not valid yet; claimable after ``delay_s``, or when :meth:`wake` is called,
+        or (``wait_token``: the calibration registry's state the task saw) when
+        :meth:`wake_calibration` is called with another state.
         """
         now = time.time() if now is None else now
         return self._finish(group.id, group.claim_token,
                             "state = 'pending', waits = waits + 1, error = ?, not_before = ?, wait_reason = ?, "
-                            "lease_until = NULL",
-                            (reason, now + delay_s, wait_reason, ), "deferred", worker,
-                            {"reason": reason, "wait": wait_reason}, now)
+                            "wait_token = ?, lease_until = NULL",
+                            (reason, now + delay_s, wait_reason, wait_token), "deferred", worker,
+                            {"reason": reason, "wait": wait_reason, "until": now + delay_s}, now)
 
     def release(self, group: GroupRecord, reason: str = "service stopped", *, worker: str | None = None,
                 now: float | None = None) -> bool:
@@ -784,6 +926,63 @@ class IngestQueue:
                 self._event(gid, "requeued", detail={"from": list(states)})
         return len(ids)
 
+    def late_files(self, group=None) -> list[dict]:
+        """Usable files that arrived after their group was taken for processing and are in none of its
+        products yet (all groups, or one by id/timestamp/record)."""
+        sql = (f"SELECT f.*, g.timestamp AS group_timestamp, g.state AS group_state FROM files f "
+               f"JOIN groups g ON g.id = f.group_id WHERE f.status = 'ok' AND f.{_LATE}")
+        args: list = []
+        if group is not None:
+            gid = group.id if isinstance(group, GroupRecord) else (self.get(group).id if self.get(group) else -1)
+            sql += " AND f.group_id = ?"
+            args.append(gid)
+        return [dict(r) for r in self.conn.execute(sql + " ORDER BY f.t_unix, f.subband", args)]
+
+    def rebuild(self, timestamps, *, reason: str = "operator", now: float | None = None) -> dict[str, str]:
+        """Queue groups to be processed again, their products rebuilt (``dsacont reprocess``).
+
+        A group that is completed, failed or quarantined goes back to ``pending`` (attempts reset)
+        with ``rebuild`` set: the service gives its task none of the group's recorded products, so
+        every product is made again from all its usable files, late ones included, and recorded
+        over the old rows (same paths). A pending group is only marked. Returns ``{timestamp:
+        outcome}``: ``queued`` / ``marked``, or why not (``unknown``, ``collecting``,
+        ``in_progress``).
+        """
+        now = time.time() if now is None else now
+        out = {}
+        with db.transaction(self.conn):
+            for ts in timestamps:
+                row = self.conn.execute("SELECT id, state FROM groups WHERE timestamp = ?", (ts,)).fetchone()
+                if row is None:
+                    out[ts] = "unknown"
+                    continue
+                if row["state"] in ("collecting", "in_progress"):
+                    out[ts] = row["state"]
+                    continue
+                if row["state"] == "pending":
+                    self.conn.execute("UPDATE groups SET rebuild = 1 WHERE id = ?", (row["id"],))
+                    out[ts] = "marked"
+                else:
+                    self.conn.execute(
+                        "UPDATE groups SET state = 'pending', rebuild = 1, attempts = 0, not_before = NULL, "
+                        "claim_token = NULL, wait_reason = NULL, wait_token = NULL, queued = ?, error = NULL "
+                        "WHERE id = ?", (now, row["id"]))
+                    out[ts] = "queued"
+                self._event(row["id"], "rebuild", detail={"from": row["state"], "reason": reason}, t=now)
+        for ts, what in out.items():
+            log.info("group %s: rebuild %s (%s)", ts, what, reason)
+        return out
+
+    def rebuild_late(self, *, quiet_s: float, now: float | None = None) -> dict[str, str]:
+        """Queue for rebuilding the completed groups that have late files (the policy option
+        ``reprocess_late``): once all 16 subbands are in, or no late file came for ``quiet_s``."""
+        now = time.time() if now is None else now
+        due = [r["timestamp"] for r in self.conn.execute(
+            f"SELECT g.timestamp, g.n_ok, MAX(f.added) AS last FROM groups g JOIN files f ON f.group_id = g.id "
+            f"WHERE g.state = 'completed' AND f.status = 'ok' AND f.{_LATE} GROUP BY g.id")
+            if r["n_ok"] >= N_SUBBANDS or now - r["last"] >= quiet_s]
+        return self.rebuild(due, reason="late subbands arrived (reprocess_late)", now=now) if due else {}
+
     def next_claimable_in(self, *, now: float | None = None, wait_reasons=("retry", "disk_full", None)) -> float | None:
         """Return the seconds until the next pending group becomes claimable.
 
@@ -799,6 +998,10 @@ class IngestQueue:
                 d = r["not_before"] - now
                 best = d if best is None else min(best, d)
         return best
+
+
+#: SQL condition on ``files``: a usable file that arrived after its group was taken for processing
+_LATE = "reason LIKE 'late:%'"
 
 
 def _shape_key(shape: dict) -> tuple:

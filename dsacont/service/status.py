@@ -1,6 +1,12 @@
-"""The queue and the products at a glance: what ``dsacont status`` prints."""
+"""The queue and the products at a glance: what ``dsacont status`` prints.
+
+Besides the counts: the backlog (files the service's watcher sees in incoming but has not recorded
+yet, groups collecting, pending and running), the oldest data not processed yet and so how far
+behind real time the service is, groups waiting (and for what), and recent failures.
+"""
 from __future__ import annotations
 
+import sqlite3
 import time
 
 from dsacont.calibration.registry import Registry
@@ -28,6 +34,7 @@ def status(paths, *, failures: int = 10) -> dict:
                 for g in q.groups("pending") if g.not_before]
             out["collecting"] = [{"group": g.timestamp, "subbands": 16 - len(g.missing)}
                                  for g in q.groups("collecting")]
+            out["backlog"] = _backlog(q, now)
             out["recent_failures"] = q.recent_failures(failures)
             last = q.conn.execute("SELECT MAX(finished) FROM groups WHERE state = 'completed'").fetchone()[0]
             out["last_completed"] = iso_from_unix(last) if last else None
@@ -69,6 +76,45 @@ def calibration_status(paths, *, last: int = 12) -> dict | None:
     return out or None
 
 
+def _backlog(q: IngestQueue, now: float) -> dict:
+    """What is not processed yet: files seen but not recorded, groups not finished, how old the data is."""
+    try:
+        files = q.unrecorded()
+    except sqlite3.OperationalError:  # a queue database older than the 'unrecorded' table
+        files = []
+    by_reason: dict = {}
+    for f in files:
+        by_reason[f["reason"]] = by_reason.get(f["reason"], 0) + 1
+    open_states = ("collecting", "pending", "in_progress")
+    oldest_group, newest_group = q.conn.execute(
+        f"SELECT MIN(t_unix), MAX(t_max_unix) FROM groups WHERE state IN {open_states}").fetchone()
+    times = [t for t in (oldest_group, *(f["t_unix"] for f in files)) if t is not None]
+    oldest = min(times) if times else None
+    newest_seen = max([t for t in (q.conn.execute("SELECT MAX(t_max_unix) FROM groups").fetchone()[0],
+                                   *(f["t_unix"] for f in files)) if t is not None], default=None)
+    done = q.conn.execute("SELECT MAX(t_max_unix) FROM groups WHERE state = 'completed'").fetchone()[0]
+    return {
+        "unrecorded_files": len(files),
+        "unrecorded_by_reason": by_reason,
+        "unrecorded": [{"path": f["path"], "subband": f["subband"], "time": iso_from_unix(f["t_unix"]),
+                        "reason": f["reason"], "seen_s": round(now - f["first_seen"], 1)} for f in files[:20]],
+        "groups_open": dict(q.conn.execute(
+            f"SELECT state, COUNT(*) FROM groups WHERE state IN {open_states} GROUP BY state").fetchall()),
+        "oldest_unprocessed": iso_from_unix(oldest) if oldest is not None else None,
+        "newest_data": iso_from_unix(newest_seen) if newest_seen is not None else None,
+        "latest_completed_data": iso_from_unix(done) if done is not None else None,
+        # how far behind real time: the age of the oldest data not processed yet (0: caught up)
+        "behind_s": round(now - oldest, 1) if oldest is not None else 0.0,
+    }
+
+
+def _duration(s: float) -> str:
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if abs(s) >= size:
+            return f"{s / size:.1f} {unit}"
+    return f"{s:.0f} s"
+
+
 def format_status(paths, *, failures: int = 10) -> str:
     """:func:`status` as a printed table."""
     s = status(paths, failures=failures)
@@ -81,6 +127,21 @@ def format_status(paths, *, failures: int = 10) -> str:
         files = s.get("files") or {}
         lines.append(f"  files: {files.get('ok', 0)} ok, {files.get('quarantined', 0)} quarantined"
                      + (f"; last group completed {s['last_completed']} UTC" if s.get("last_completed") else ""))
+        b = s.get("backlog") or {}
+        if b:
+            why = ", ".join(f"{n} {r}" for r, n in sorted(b["unrecorded_by_reason"].items()))
+            opened = b["groups_open"]
+            lines.append(f"  backlog: {b['unrecorded_files']} file(s) seen, not recorded yet" + (f" ({why})" if why else "")
+                         + f"; groups collecting {opened.get('collecting', 0)}, pending {opened.get('pending', 0)}, "
+                         f"running {opened.get('in_progress', 0)}")
+            if b["oldest_unprocessed"]:
+                lines.append(f"  oldest unprocessed data {b['oldest_unprocessed']} UTC: behind real time by "
+                             f"{_duration(b['behind_s'])}; newest data seen {b['newest_data']} UTC")
+            else:
+                lines.append("  caught up: nothing unprocessed" + (f"; newest data {b['newest_data']} UTC"
+                                                                   if b["newest_data"] else ""))
+            for f in b["unrecorded"][:5]:
+                lines.append(f"  unrecorded {f['path']}  ({f['reason']}, seen {f['seen_s']:.0f} s ago)")
         for g in s["in_progress"]:
             lines.append(f"  running   {g['group']}  {g['running_s']:>7.0f} s  attempt {g['attempt']}  {g['worker']}")
         for g in s["collecting"]:

@@ -7,6 +7,11 @@ HDF5 signature, UVH5 header consistency through :func:`dsacont.io.uvh5.read_subb
 visibility row readable, no NaN/Inf) and recorded in the ingest queue
 (:mod:`dsacont.service.queue`) under its group; a bad file is recorded as quarantined with a reason
 naming it (the queue clusters files by the timestamps in their names, :mod:`dsacont.io.groups`).
+
+What the watcher has seen but not recorded (a file not settled yet, or left for the next poll
+by the validation budget) is kept in :attr:`Watcher.unrecorded`: the service never finalises a
+group while such a file of it is in the directory, and ``dsacont status`` shows them (the queue's
+``unrecorded`` table, :meth:`Watcher.report`).
 """
 from __future__ import annotations
 
@@ -117,12 +122,16 @@ class Watcher:
         self.newest_arrival = 0.0
         self.backlog = 0  # files seen but not yet recorded (not settled, or validation budget used up)
         self.unsettled = 0
+        #: files seen but not yet recorded after the last poll: [(path, t_unix, subband, reason)]
+        self.unrecorded: list[tuple[str, float, int, str]] = []
+        self._unsettled: list[tuple[str, object]] = []
 
     def scan(self) -> list[tuple[str, object]]:
         """List new, settled subband files (not yet in the queue) with their parsed names, oldest first."""
         out = []
         now = time.time()
         self.unsettled = 0
+        self._unsettled = []
         try:
             entries = list(os.scandir(self.incoming))
         except FileNotFoundError:
@@ -147,8 +156,9 @@ class Watcher:
             if now - st.st_mtime < self.settle_s and prev != st.st_size:
                 self._sizes[e.path] = st.st_size
                 self.unsettled += 1
+                self._unsettled.append((e.path, name))
                 continue
-            self._sizes.pop(e.path, None)
+            self._sizes[e.path] = st.st_size  # settled: stays so while left for the next poll by the budget
             out.append((e.path, name))
         out.sort(key=lambda x: (x[1].timestamp, x[1].subband))
         return out
@@ -162,10 +172,11 @@ class Watcher:
         results = []
         t0 = time.monotonic()
         todo = self.scan()
-        self.backlog = self.unsettled  # files seen but not yet looked at count as a backlog too
+        unrecorded = [(p, unix_from_datetime(n.timestamp), n.subband, "unsettled") for p, n in self._unsettled]
         for i, (path, name) in enumerate(todo):
             if budget_s is not None and time.monotonic() - t0 > budget_s:
-                self.backlog += len(todo) - i
+                unrecorded += [(p, unix_from_datetime(n.timestamp), n.subband, "validation budget")
+                               for p, n in todo[i:]]
                 log.info("watcher: validation budget of %.0f s used; %d more file(s) next poll", budget_s,
                          len(todo) - i)
                 break
@@ -192,8 +203,22 @@ class Watcher:
             res = self.queue.add_file(path, unix_from_datetime(name.timestamp), name.subband, shape=shape,
                                       reason=reason, size=size, mtime=mtime)
             self.known.add(path)
+            self._sizes.pop(path, None)
             self.newest_arrival = time.time()
             if res.status == "ok":
                 log.debug("file %s -> group %s", os.path.basename(path), res.group_timestamp)
             results.append(res)
+        self.unrecorded = unrecorded
+        self.backlog = len(unrecorded)  # files seen but not yet looked at count as a backlog
         return results
+
+    def report(self, worker) -> None:
+        """Write :attr:`unrecorded` to the queue (for ``dsacont status``) when it changed since the last report."""
+        key = sorted((p, r) for p, _t, _sb, r in self.unrecorded)
+        if key != getattr(self, "_reported", None):
+            self.queue.set_unrecorded(worker, self.unrecorded)
+            self._reported = key
+
+    def unrecorded_times(self) -> list[float]:
+        """The name timestamps (Unix s) of the files seen but not yet recorded (see :attr:`unrecorded`)."""
+        return [t for _p, t, _sb, _r in self.unrecorded]

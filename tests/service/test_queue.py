@@ -116,8 +116,8 @@ def test_duplicate_and_late_files_are_quarantined_with_reasons(tmp_path):
     add_group(q, T0, subbands=[15])
     q.finalize_groups()
     q.claim(WorkerId.this_process("t"))
-    late = q.add_file("/in/2025-10-29T13:53:00_sb07.hdf5", T0 + 9, 7)
-    assert late.status == "quarantined" and "after group 2025-10-29T13:52:51 was taken for processing" in late.reason
+    late = q.add_file("/in/2025-10-29T13:53:00_sb07.hdf5", T0 + 9, 7)  # a duplicate, though late
+    assert late.status == "quarantined" and "duplicate sb07" in late.reason
     g = q.get("2025-10-29T13:52:51")
     assert g.state == "in_progress" and len(g.present) == 16 and "13:52:58_sb03" not in json.dumps(g.paths)
     assert {f["path"] for f in q.files("quarantined")} == {dup.path, late.path}

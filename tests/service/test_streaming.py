@@ -344,10 +344,12 @@ def test_calibration_wait_defers_without_failing(sim_files, tmp_path):
     stamps = make_archive(sim_files, tmp_path / "archive", range(3))
     replay(tmp_path / "archive", get_paths(root=root).incoming)
     # two in flight: group 0 finds no calibration while group 1 (the "calibrator") completes (its
-    # lookup lasts until the queue records group 1 completed: no timing race); it must retry at
+    # lookup lasts until the queue records group 1 completed, and group 1 starts only once group 0 has:
+    # no timing race); it must retry at
     # once, not after --cal-wait (600 s: the test would time out)
     rc, log = run_service(root, "--once", "--cal-wait", "600", "--max-inflight", "2",
                           "--option", f"cal_after={stamps[1]}", "--option", f"cal_lookup_until={stamps[1]}",
+                          "--option", f"cal_waits_for={stamps[0]}",
                           timeout=400)
     assert rc == 0, log[-3000:]
     _check_nothing_lost_or_doubled(root, stamps)
