@@ -249,9 +249,14 @@ def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None,
             reasons.append(f"{100 * metrics['flagged_fraction']:.0f} % of solutions flagged (> {100 * qa.max_flagged:.0f} %)")
         if metrics["snr_median"] < qa.min_snr:
             reasons.append(f"median SNR {metrics['snr_median']:.1f} < {qa.min_snr}")
+    flags_saved = False
     if not reasons:
         final_tmp = tmp
         t = _time.perf_counter()
+        # applycal flags the data of flagged solutions: keep the flags as they are, in case the
+        # correction is rejected (it must leave no trace)
+        casatasks().flagmanager(vis=ms, mode="save", versionname=_FLAG_VERSION, merge="replace")
+        flags_saved = True
         applied = apply_calibration(ms, tables=[*base_tables, str(final_tmp)], interp=interp)
         after = model_flux_ratio(ms, info)
         timings["after"] = _time.perf_counter() - t
@@ -279,6 +284,8 @@ def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None,
     if reasons:
         out["reason"] = "; ".join(reasons)
         log.warning("%s: field gain solve rejected (%s); the calibrator gains are transferred", ms, out["reason"])
+        if flags_saved:
+            casatasks().flagmanager(vis=ms, mode="restore", versionname=_FLAG_VERSION)
         out["applied"] = apply_calibration(ms, tables=base_tables, interp=interp)
         entry.update(status="rejected", reason=out["reason"], metrics=metrics)
     else:
@@ -291,11 +298,25 @@ def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None,
                  sky_meta["n_sources"], sky_meta["apparent_jy"] or float("nan"), before,
                  metrics["model_flux_ratio_after"], metrics["held_out_ratio"], metrics["snr_median"],
                  metrics["phase_rms_deg"])
+    if flags_saved:
+        casatasks().flagmanager(vis=ms, mode="delete", versionname=_FLAG_VERSION)
+        if not _other_versions(ms):
+            shutil.rmtree(ms + ".flagversions", ignore_errors=True)
     out["qa"] = metrics
     out["timings_s"] = metrics["timings_s"]
     if not out["path"]:
         entry["path"] = str(final)
     return out
+
+
+_FLAG_VERSION = "dsacont_before_field_gains"
+
+
+def _other_versions(ms) -> bool:
+    """Whether the MS has flag versions other than dsacont's temporary one."""
+    listing = Path(ms + ".flagversions") / "FLAG_VERSION_LIST"
+    return listing.exists() and any(line.strip() and not line.startswith(_FLAG_VERSION)
+                                    for line in listing.read_text().splitlines())
 
 
 def _present_antennas(gain_table) -> list[int]:

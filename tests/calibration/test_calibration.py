@@ -541,5 +541,8 @@ def test_field_gain_solve_against_a_wrong_sky_is_rejected_and_the_gains_transfer
     assert res["applied"]["tables"] == [tables["B"], tables["G"]]
     assert res["entry"]["status"] == "rejected" and res["entry"]["origin"] == "field"
     assert res["qa"]["model_flux_ratio_before"] < 0.3 and res["qa"]["held_out_ratio"] < 0.3
+    # no trace of the rejected trial: its flagged solutions' flags are undone (the pair alone flags less)
+    pair_only = C.apply_calibration(_copy(solved["ms"], tmp_path / "pair.ms"), tables=[tables["B"], tables["G"]])
+    assert res["applied"]["flagged_fraction"] == pytest.approx(pair_only["flagged_fraction"], abs=1e-9)
     nvss = solve_field_gains(ms, [tables["B"], tables["G"]], paths=get_paths(root=tmp_path / "root2"))
     assert nvss["status"] == "rejected" and "not recovered" in nvss["reason"], nvss["reason"]
