@@ -173,3 +173,15 @@ def wait_for(cond, timeout=60.0, interval=0.2, what="condition"):
             return v
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def queue_groups(root) -> dict:
+    """The service's queue under ``root``: ``{group timestamp: GroupRecord}``."""
+    from dsacont.config import get_paths
+    from dsacont.service.queue import IngestQueue
+
+    q = IngestQueue(get_paths(root=root).queue_db)
+    try:
+        return {g.timestamp: g for g in q.groups()}
+    finally:
+        q.close()

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 from streamtools import (
     make_archive,
+    queue_groups,
     run_service,
     service_env,
     shifted_name,
@@ -50,18 +51,10 @@ def sim_files(request):
     return sim_group_files(request)
 
 
-def _groups(root) -> dict:
-    q = IngestQueue(get_paths(root=root).queue_db)
-    try:
-        return {g.timestamp: g for g in q.groups()}
-    finally:
-        q.close()
-
-
 def _assert_all_complete_once(root, stamps):
     """Every group completed once, with all 16 subbands, no file quarantined, one product each."""
     paths = get_paths(root=root)
-    groups = _groups(root)
+    groups = queue_groups(root)
     assert sorted(groups) == sorted(stamps)
     bad = {t: (g.state, g.missing, g.error) for t, g in groups.items() if g.state != "completed" or g.missing}
     assert not bad, bad
@@ -199,7 +192,7 @@ def _stop(svc):
 
 
 def _state(root, ts):
-    g = _groups(root).get(ts)
+    g = queue_groups(root).get(ts)
     return g.state if g else None
 
 
@@ -214,7 +207,7 @@ def test_group_failed_as_incomplete_is_rescued_by_its_late_subbands(sim_files, t
     try:
         wait_for(lambda: _state(root, stamps[0]) == "failed" and _state(root, stamps[2]) == "completed", 120,
                  what="the incomplete group to fail and the others to complete")
-        assert _groups(root)[stamps[0]].error.startswith("incomplete: only 11 of 16")
+        assert queue_groups(root)[stamps[0]].error.startswith("incomplete: only 11 of 16")
         for f in sim_files:
             if parse_subband_name(f).subband in late_sbs:
                 shutil.copyfile(f, incoming / shifted_name(f, 0))
@@ -222,7 +215,7 @@ def test_group_failed_as_incomplete_is_rescued_by_its_late_subbands(sim_files, t
     finally:
         log = _stop(svc)
     assert "re-opened" in log
-    g = _groups(root)[stamps[0]]
+    g = queue_groups(root)[stamps[0]]
     assert g.missing == [] and g.claims == 1 and g.reopened >= 1 and g.attempts == 0
     q = IngestQueue(get_paths(root=root).queue_db)
     try:
@@ -245,7 +238,7 @@ def test_late_subband_for_a_completed_group_then_reprocess(sim_files, tmp_path):
     svc = start_service(root, "--incomplete-timeout", "60")
     try:
         wait_for(lambda: all(_state(root, s) == "completed" for s in stamps), 120, what="three groups completed")
-        assert _groups(root)[stamps[0]].missing == [7]
+        assert queue_groups(root)[stamps[0]].missing == [7]
         products = Products(paths.products_db)
         before = {r["path"]: r for r in products.list_images()}
         img0 = str(paths.images / f"{stamps[0]}.json")
@@ -265,11 +258,11 @@ def test_late_subband_for_a_completed_group_then_reprocess(sim_files, tmp_path):
         r = subprocess.run([sys.executable, "-m", "dsacont.cli", "reprocess", stamps[0], "--root", str(root)],
                            capture_output=True, text=True, env=service_env())
         assert r.returncode == 0 and "queued for rebuilding" in r.stdout, r.stdout + r.stderr
-        wait_for(lambda: _groups(root)[stamps[0]].claims == 2 and _state(root, stamps[0]) == "completed", 60,
+        wait_for(lambda: queue_groups(root)[stamps[0]].claims == 2 and _state(root, stamps[0]) == "completed", 60,
                  what="the rebuild")
     finally:
         log = _stop(svc)
-    g = _groups(root)[stamps[0]]
+    g = queue_groups(root)[stamps[0]]
     assert g.missing == [] and not g.rebuild
     q = IngestQueue(paths.queue_db)
     try:

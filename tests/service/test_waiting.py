@@ -17,7 +17,7 @@ import sys
 import time
 
 import pytest
-from streamtools import make_archive, service_env, sim_group_files, start_service, wait_for
+from streamtools import make_archive, queue_groups, service_env, sim_group_files, start_service, wait_for
 
 from dsacont.config import get_paths
 from dsacont.service.queue import IngestQueue, WorkerId
@@ -30,14 +30,6 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture(scope="module")
 def sim_files(request):
     return sim_group_files(request)
-
-
-def _groups(root) -> dict:
-    q = IngestQueue(get_paths(root=root).queue_db)
-    try:
-        return {g.timestamp: g for g in q.groups()}
-    finally:
-        q.close()
 
 
 def test_groups_waiting_for_calibration_are_not_reclaimed_until_the_registry_changes(sim_files, tmp_path):
@@ -55,13 +47,13 @@ def test_groups_waiting_for_calibration_are_not_reclaimed_until_the_registry_cha
     svc = start_service(root, "--incomplete-timeout", "60", "--option", f"cal_after={stamps[2]}")
     try:
         def ready():
-            g = _groups(root)
+            g = queue_groups(root)
             return (all(s in g and g[s].state == "completed" for s in stamps[3:])
                     and all(s in g and g[s].waits >= 1 for s in stamps[:2]))
 
         wait_for(ready, 120, what="groups 3-5 done, 0 and 1 waiting")
         time.sleep(3)  # ten polls: nothing that could satisfy them has happened, so no claim
-        g = _groups(root)
+        g = queue_groups(root)
         assert [g[s].claims for s in stamps[:2]] == [1, 1] and all(g[s].state == "pending" for s in stamps[:2])
         assert all(g[s].wait_reason == "calibration" for s in stamps[:2])
         # dsacont status: the two waiting groups, the backlog and how far behind real time
@@ -75,13 +67,13 @@ def test_groups_waiting_for_calibration_are_not_reclaimed_until_the_registry_cha
         assert abs(st["backlog"]["behind_s"] - (time.time() - t0)) < 120
         for f in cal:  # the calibrator group arrives
             shutil.copyfile(f, paths.incoming / f.name)
-        wait_for(lambda: all(g.state == "completed" for g in _groups(root).values()) and len(_groups(root)) == 6,
+        wait_for(lambda: all(g.state == "completed" for g in queue_groups(root).values()) and len(queue_groups(root)) == 6,
                  120, what="every group completed")
     finally:
         svc.terminate()
         svc.wait(60)
     log = svc.log_path.read_text(errors="replace")
-    g = _groups(root)
+    g = queue_groups(root)
     assert [g[s].claims for s in stamps] == [2, 2, 1, 1, 1, 1], {s: g[s].claims for s in stamps}
     assert all(g[s].attempts == 0 for s in stamps)
     for s in stamps[:2]:  # said once
