@@ -66,7 +66,21 @@ def site_config_path() -> str | None:
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(text)
         os.replace(tmp, path)
+    _rotate(Path(logfile))
     return str(path)
+
+
+#: CASA's log is rotated (to ``casa.log.1``) when a process starts and finds it larger than this
+MAX_LOG_BYTES = 200 * 2**20
+
+
+def _rotate(logfile: Path) -> None:
+    """Keep CASA's log from filling the disk: one old copy, rotated at process start."""
+    try:
+        if logfile.stat().st_size > MAX_LOG_BYTES:
+            os.replace(logfile, logfile.with_name(logfile.name + ".1"))
+    except OSError:  # absent, or rotated by another process at the same moment
+        pass
 
 
 def configure() -> None:
@@ -91,8 +105,19 @@ def ensure_casa():
 
 
 def casatasks():
-    """Return the imported ``casatasks`` module, configured for offline use."""
+    """Return the imported ``casatasks`` module, configured for offline use.
+
+    CASA's own log keeps warnings and errors only (``CONTIMG_CASA_LOG_LEVEL``, default ``WARN``;
+    ``INFO`` for everything): at INFO, a day of streaming writes gigabytes of per-solution lines.
+    """
     ensure_casa()
     import casatasks as ct
 
+    global _LOG_LEVEL_SET
+    if not _LOG_LEVEL_SET:
+        ct.casalog.filter(os.environ.get("CONTIMG_CASA_LOG_LEVEL", "WARN"))
+        _LOG_LEVEL_SET = True
     return ct
+
+
+_LOG_LEVEL_SET = False
