@@ -33,7 +33,6 @@ from streamtools import (
     run_service,
     service_env,
     shifted_name,
-    sim_group_files,
     start_service,
     subband_file,
     wait_for,
@@ -44,11 +43,6 @@ from dsacont.io.groups import parse_subband_name
 from dsacont.service.queue import IngestQueue
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module")
-def sim_files(request):
-    return sim_group_files(request)
 
 
 def _assert_all_complete_once(root, stamps):

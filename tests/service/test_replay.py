@@ -15,15 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from streamtools import CADENCE_S, make_archive, sim_group_files
+from streamtools import CADENCE_S, make_archive
 
 from dsacont.io.groups import parse_subband_name
 from dsacont.service.replay import INCOMPLETE_SUFFIX, plan, replay
-
-
-@pytest.fixture(scope="module")
-def sim_files(request):
-    return sim_group_files(request)
 
 
 @pytest.fixture()

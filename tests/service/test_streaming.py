@@ -31,7 +31,6 @@ from streamtools import (
     run_service,
     service_env,
     shifted_name,
-    sim_group_files,
     start_service,
     subband_file,
     wait_for,
@@ -47,11 +46,6 @@ from dsacont.service.queue import IngestQueue, pid_alive
 from dsacont.service.replay import replay
 
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture(scope="module")
-def sim_files(request):
-    return sim_group_files(request)
 
 
 def _queue(root) -> IngestQueue:

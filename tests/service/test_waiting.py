@@ -17,7 +17,7 @@ import sys
 import time
 
 import pytest
-from streamtools import make_archive, queue_groups, service_env, sim_group_files, start_service, wait_for
+from streamtools import make_archive, queue_groups, service_env, start_service, wait_for
 
 from dsacont.config import get_paths
 from dsacont.service.queue import IngestQueue, WorkerId
@@ -25,11 +25,6 @@ from dsacont.service.status import format_status, status
 from dsacont.service.watcher import Watcher
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module")
-def sim_files(request):
-    return sim_group_files(request)
 
 
 def test_groups_waiting_for_calibration_are_not_reclaimed_until_the_registry_changes(sim_files, tmp_path):
