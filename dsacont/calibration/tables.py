@@ -47,7 +47,10 @@ def caltable_metrics(path, antennas=None) -> dict:
 
 def missing_spws(path, n_spw: int) -> list[int]:
     """SPWs (0 .. ``n_spw`` - 1) for which the table has no unflagged solution at all."""
-    t = read_caltable(path)
+    return _missing(read_caltable(path), n_spw)
+
+
+def _missing(t: dict, n_spw: int) -> list[int]:
     spw, flag = t["SPECTRAL_WINDOW_ID"], t["FLAG"]
     return [s for s in range(int(n_spw)) if not np.any(~flag[..., spw == s])]
 
@@ -88,12 +91,14 @@ def complete_spws(path, n_spw: int, donors=()) -> dict:
         ``filled``: ``{spw: donor path}``; ``flagged``: [spw]; empty lists when nothing was missing.
     """
     out = {"filled": {}, "flagged": []}
-    todo = missing_spws(path, n_spw)
+    solutions = read_caltable(path)
+    todo = _missing(solutions, n_spw)
     if not todo or combined_spw(path) is not None:
         return out
+    donor_missing: dict = {}  # each donor read once, however many windows it is asked for
     cols = ("TIME", "FIELD_ID", "SPECTRAL_WINDOW_ID", "ANTENNA1", "ANTENNA2", "INTERVAL", "SCAN_NUMBER",
             "OBSERVATION_ID", "CPARAM", "PARAMERR", "FLAG", "SNR")  # WEIGHT: never filled by CASA
-    have_spw = np.asarray(read_caltable(path)["SPECTRAL_WINDOW_ID"])
+    have_spw = np.asarray(solutions["SPECTRAL_WINDOW_ID"])
     present = sorted(set(range(int(n_spw))) - set(todo))
     with table(path, readonly=False) as tb:
         names = [c for c in cols if c in tb.colnames()]
@@ -103,7 +108,9 @@ def complete_spws(path, n_spw: int, donors=()) -> dict:
         for s in todo:
             rows, source = None, None
             for donor in donors:
-                if s in missing_spws(donor, n_spw):
+                if donor not in donor_missing:
+                    donor_missing[donor] = missing_spws(donor, n_spw)
+                if s in donor_missing[donor]:
                     continue
                 with table(donor) as dt:
                     sel = np.nonzero(np.asarray(dt.getcol("SPECTRAL_WINDOW_ID")) == s)[0]
