@@ -4,6 +4,7 @@ with gain transfer only.
 
     python benchmarks/around_the_clock.py [--root DIR] [--start-h -1] [--end-h 6] [--every 1]
                                           [--fov 3.5] [--niter 2000] [--max-inflight 2]
+                                          [--sky-models strip,catalogue]
 
 1. Simulate the stretch (small preset, the realistic instrument: antenna phases wandering by tens
    of degrees over hours, amplitude drifts, phase jumps, RFI; the real sky: NVSS, the VLA
@@ -143,6 +144,9 @@ def main(argv=None) -> int:
     ap.add_argument("--fov", type=float, default=3.5, help="tile field of view, deg (default 3.5)")
     ap.add_argument("--niter", type=int, default=2000, help="tclean niter (default 2000)")
     ap.add_argument("--max-inflight", type=int, default=2, help="groups in flight (default 2)")
+    ap.add_argument("--sky-models", default="strip,catalogue",
+                    help="the field solve's sky models in order (the pipeline option sky_models; default "
+                    "strip,catalogue: dsacont's own model of earlier tiles first, then NVSS)")
     ap.add_argument("--skip-transfer", action="store_true", help="do not image the transfer-only comparison")
     ap.add_argument("--measure-only", action="store_true",
                     help="measure the products of an earlier run under --root again (no simulation, no service)")
@@ -173,7 +177,8 @@ def main(argv=None) -> int:
         replay(feed, paths.incoming, mode="link")
         options = ServiceOptions(max_inflight=args.max_inflight, idle_exit_s=60.0, poll_s=1.0,
                                  incomplete_timeout_s=60.0, cal_wait_s=10.0, min_free_gb=0.0, max_groups=len(groups),
-                                 processor_options={"tiles_per_mosaic": 12, "imaging": imaging})
+                                 processor_options={"tiles_per_mosaic": 12, "imaging": imaging,
+                                                    "sky_models": args.sky_models})
         t = time.perf_counter()
         summary = run_service(paths, options)
         t_stream = time.perf_counter() - t
@@ -200,6 +205,8 @@ def main(argv=None) -> int:
             m["noise_ratio"] = round(qa["noise_jy"] / qa["radiometer_jy"], 3) if qa.get("radiometer_jy") else None
             row["hourly"] = m
         chain = (ms or {}).get("caltables") or []
+        field = next((c for c in chain if c["how"] == "field"), None)
+        row["sky_model"] = (field["detail"].get("sky_model") or {}).get("name", "?").split(" (")[0] if field else None
         done = sorted((root / "transfer_images").glob(f"{g.timestamp}*.qa.json"))
         if im is not None and not args.skip_transfer and any(c["how"] == "field" for c in chain):
             t = time.perf_counter()
@@ -228,10 +235,13 @@ def main(argv=None) -> int:
                          "imaged_fraction": round(sum(r["imaged"] for r in hr) / len(hr), 3),
                          "with_hourly_solve": summarise(hr, "hourly"),
                          "transfer_only": summarise(hr, "transfer_only"),
+                         "field_sky_models": {k: sum(r["sky_model"] == k for r in hr)
+                                              for k in sorted({r["sky_model"] for r in hr if r["sky_model"]})},
                          "calibration": sorted({r["calibration"] for r in hr if r["calibration"]})})
     out = {
         "benchmark": "around_the_clock",
         "stretch_h": [args.start_h, args.end_h], "every": args.every, "groups": len(groups),
+        "sky_models": args.sky_models,
         "completed": completed, "failed": failed,
         "imaged_fraction": round(sum(r["imaged"] for r in rows) / max(len(rows), 1), 3),
         "imaging": imaging,

@@ -77,6 +77,11 @@ class Paths:
         """SQLite calibration registry (caltables and validity windows)."""
         return self.state / "cal_registry.sqlite3"
 
+    @property
+    def sky_db(self) -> Path:
+        """SQLite sky model dsacont keeps itself (sources of earlier tiles, by strip)."""
+        return self.state / "sky_model.sqlite3"
+
     def ensure(self, *names: str) -> "Paths":
         """Create the named directories (all by default) and check they are writable.
 

@@ -256,6 +256,11 @@ def _summary(kind: str, d: dict) -> str:
             bits.append(f"DR={qa['dynamic_range']:.0f}")
     if kind in ("ms", "images") and qa.get("calibration"):
         bits.append("cal=" + ",".join(qa["calibration"]))
+    if kind == "catalogues":
+        bits[1] = f"{d.get('n_sources', 0):>5} sources"
+        if qa.get("n_matched"):
+            bits.append(f"{qa.get('reference', 'ref')}: {qa['n_matched']} matched, "
+                        f"flux ratio {qa.get('flux_ratio_median', float('nan')):.3f}")
     if kind == "mosaics" and qa.get("n_tiles") is not None:
         bits.append(f"tiles={qa['n_tiles']}")
     bits.append(d["path"])
@@ -270,7 +275,8 @@ def cli_products(argv: list[str]) -> int:
     ap.add_argument("--root", help="dsacont root directory, as get_paths(root=...) (default: CONTIMG_* variables)")
     sub = ap.add_subparsers(dest="action", required=True)
     p_list = sub.add_parser("list", help="list products of one kind, ordered by mid-time")
-    p_list.add_argument("kind", choices=["ms", "images", "mosaics", "image", "mosaic"], help="product kind")
+    p_list.add_argument("kind", choices=["ms", "images", "mosaics", "catalogues", "image", "mosaic", "catalogue"],
+                        help="product kind")
     p_list.add_argument("--status", help="only products with this status (converted, calibrated, imaged, "
                         "mosaicked; default: any)")
     p_list.add_argument("--since", help="ISO UTC time: mid-time >= since (default: no limit)")
@@ -278,7 +284,8 @@ def cli_products(argv: list[str]) -> int:
     p_list.add_argument("--limit", type=int, help="at most this many rows (default: all)")
     p_list.add_argument("--json", action="store_true", help="print JSON rows instead of one line each")
     p_show = sub.add_parser("show", help="show one product (all fields, JSON)")
-    p_show.add_argument("kind", choices=["ms", "image", "mosaic", "images", "mosaics"], help="product kind")
+    p_show.add_argument("kind", choices=["ms", "image", "mosaic", "catalogue", "images", "mosaics", "catalogues"],
+                        help="product kind")
     p_show.add_argument("key", help="id or path")
     sub.add_parser("counts", help="number of products per kind and status")
     args = ap.parse_args(argv)

@@ -268,6 +268,9 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
     o = merge(options if options is not None else ServiceOptions(), overrides)
     if DEFAULT_PROCESSOR in (o.processor, o.on_complete):  # fail fast on a wrong pipeline option
         load_callable("dsacont.service.pipeline:options_from")(o.processor_options)
+    # what a task is sent follows the pipeline's rules (tables of the strip within its borrowing reach)
+    known_kw = {"borrow_days": float(o.processor_options["bandpass_borrow_days"])} \
+        if "bandpass_borrow_days" in (o.processor_options or {}) else {}
     t_start = time.time()
     paths.ensure()
     queue = IngestQueue(paths.queue_db, tolerance_s=o.tolerance_s, lease_s=o.lease_s, max_attempts=o.max_attempts,
@@ -491,7 +494,7 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
                 if rec is None:
                     break
                 try:
-                    known = known_for_group(paths, rec.timestamp)
+                    known = known_for_group(paths, rec.timestamp, **known_kw)
                     if rec.rebuild:  # make every product again: the task is told of none, nor of
                         # calibration solved on the group's own MS (a calibrator group solves again)
                         own = {m.get("path") for m in (known.get("products") or {}).get("ms", [])}

@@ -41,18 +41,20 @@ from astropy.time import Time
 from dsacont import calibration
 from dsacont.calibration.field import solve_field_gains
 from dsacont.calibration.select import BORROW_DAYS, DEC_TOLERANCE_DEG, TRANSFER_H, choose_tables, origin_of, same_strip
+from dsacont.calibration.skymodel import SkySource
 from dsacont.config import Paths, get_paths
 from dsacont.convert import convert_group
 from dsacont.errors import CalibrationUnavailable, ConfigError
 from dsacont.imaging import image_ms
 from dsacont.imaging.mosaic import make_mosaic
 from dsacont.imaging.tclean import image_product
-from dsacont.io.fits import add_cards
+from dsacont.io.fits import add_cards, read_header
 from dsacont.io.groups import Group, cluster_files
 from dsacont.io.ms import FlattenInterrupted
 from dsacont.io.uvh5 import open_group
 from dsacont.options import from_mapping
 from dsacont.service.state import records_from_entries
+from dsacont.sources import catalogue_product, crossmatch, find_sources
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,19 @@ class PipelineOptions:
         calibrator's gains only.
     sky_catalogue : str or None
         Catalogue file for the field model (NVSS/FIRST/VLASS-style); None: the shipped NVSS subset.
+    sky_models : str
+        The field solve's sky models, in the order tried (comma separated; the next is tried only
+        when the solve against the one before is rejected): ``strip``, the model dsacont keeps
+        from earlier tiles of the strip (:mod:`dsacont.service.sky`), and ``catalogue``
+        (``sky_catalogue`` or NVSS).
+    catalogue_tiles : bool
+        Find the sources of every tile (:func:`dsacont.sources.find_sources`, a
+        ``<tile>.pbcor.sources.fits`` beside it); they are recorded and feed the strip model.
+    model_min_snr : float
+        Tile sources enter the strip model from this S/N up (compact, clean Aegean fits only).
+    model_max_noise_ratio : float
+        ... and only from tiles whose noise is at most this many times the radiometer equation's
+        (a tile striped by a bright source outside its field is not a model of the sky).
     cal_dec_tolerance_deg : float
         A table is applied only to groups whose pointing declination is within this of its own.
     cal_transfer_h : float
@@ -102,6 +117,10 @@ class PipelineOptions:
     cal_min_pb: float = CAL_MIN_PB
     field_gains: bool = True
     sky_catalogue: str | None = None
+    sky_models: str = "strip,catalogue"
+    catalogue_tiles: bool = True
+    model_min_snr: float = 7.0
+    model_max_noise_ratio: float = 5.0
     cal_dec_tolerance_deg: float = DEC_TOLERANCE_DEG
     cal_transfer_h: float = TRANSFER_H
     bandpass_borrow_days: float = BORROW_DAYS
@@ -244,6 +263,31 @@ def _choose(ms, mid, dec_deg, candidates, options: PipelineOptions, field_gains:
     return choice
 
 
+def _sky_models(known: dict, options: PipelineOptions) -> list[tuple[str | None, object]]:
+    """The field solve's sky models in the order to try: (name, catalogue for ``solve_field_gains``).
+
+    ``strip``: the model of earlier tiles the service sent (``known["sky_model"]``, see
+    :meth:`dsacont.service.sky.SkyStore.model_near`), named with its provenance; ``catalogue``:
+    ``options.sky_catalogue`` or the shipped NVSS subset. Always at least one (the catalogue).
+    """
+    out: list[tuple[str | None, object]] = []
+    for kind in [k.strip() for k in options.sky_models.split(",") if k.strip()]:
+        if kind == "strip":
+            model = known.get("sky_model") or {}
+            rows = model.get("sources") or []
+            if rows:
+                prov = model.get("provenance") or {}
+                name = (f"dsacont strip model ({len(rows)} sources from {prov.get('images', '?')} tile(s), "
+                        f"{prov.get('days', '?')} day(s))")
+                out.append((name, [SkySource(str(r[0]), float(r[1]), float(r[2]), float(r[3])) for r in rows]))
+        elif kind == "catalogue":
+            out.append((None, options.sky_catalogue))
+        else:
+            raise ValueError(f"unknown sky model {kind!r} in sky_models={options.sky_models!r} "
+                             "(known: strip, catalogue)")
+    return out or [(None, options.sky_catalogue)]
+
+
 def stage_calibrate(timestamp, ms: Path, paths: Paths, known: dict, made: dict, options: PipelineOptions) -> dict:
     """Calibrate the group: solve on a calibrator transit, else correct the gains on the field; apply.
 
@@ -295,8 +339,16 @@ def stage_calibrate(timestamp, ms: Path, paths: Paths, known: dict, made: dict, 
     if options.field_gains and not own_transit:
         g = choice.tables[1]
         refant = (g.metrics or {}).get("refant")
-        field = solve_field_gains(str(ms), choice.paths, paths=paths, refant=refant,
-                                  catalogue=options.sky_catalogue)
+        tried = []
+        for name, catalogue in _sky_models(known, options):
+            # the strip model is what the telescope saw: no calibrator is added to it
+            field = solve_field_gains(str(ms), choice.paths, paths=paths, refant=refant,
+                                      catalogue=catalogue, sky_name=name, add_calibrators=name is None)
+            if field["status"] == "valid":
+                break
+            tried.append({"sky_model": field["sky"], "reason": field["reason"]})
+        if tried and field["status"] == "valid":
+            field["sky"]["rejected_before"] = tried
         entry = dict(field["entry"])
         if g.key is not None:
             entry["depends_on"] = g.key
@@ -368,6 +420,58 @@ def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, opti
     made.setdefault("images", []).append(product)
     res["files"] = product["files"]
     log.info("%s: imaged in %.1f s", timestamp, time.perf_counter() - t0)
+    return res
+
+
+def stage_catalogue(timestamp, img: dict, paths: Paths, made: dict, options: PipelineOptions) -> dict | None:
+    """Find the sources of the new tile, cross-match them with the reference, and hand them back.
+
+    The catalogue (``<tile>.pbcor.sources.fits``, :func:`dsacont.sources.find_sources`) goes into
+    ``made["catalogues"]`` with its cross-match QA against NVSS (or ``options.sky_catalogue``);
+    its compact sources (clean fits, S/N >= ``options.model_min_snr``) into
+    ``made["detections"]`` for the strip sky model (:mod:`dsacont.service.sky`), marked trusted
+    when the tile's gains came from a calibrator transit or an accepted field solve and its noise
+    is within ``options.model_max_noise_ratio`` of the radiometer equation. A failure of
+    the finder is logged and leaves the group imaged (the catalogue is a by-product).
+    """
+    image = (img.get("files") or {}).get("pbcor")
+    if not options.catalogue_tiles or not image or not made.get("images"):
+        return None
+    t0 = time.perf_counter()
+    try:
+        res = find_sources(image, cores=1)
+        qa = crossmatch(res, reference=options.sky_catalogue or "nvss")
+    except Exception as exc:  # noqa: BLE001 - a by-product: never fails the group
+        log.warning("%s: no source catalogue of %s (%s: %s)", timestamp, image, type(exc).__name__, exc)
+        return None
+    qa = {k: v for k, v in qa.items() if k != "matches"}
+    qa["catalogue_s"] = round(time.perf_counter() - t0, 2)
+    tab = res["table"]
+    bmaj = float(res["beam"]["bmaj_arcsec"])
+    err = np.asarray(tab["int_flux_err"], float)
+    flux = np.asarray(tab["int_flux"], float)
+    snr = np.asarray(tab["snr"], float)
+    err = np.where(np.isfinite(err) & (err > 0), err, np.abs(flux) / np.maximum(snr, 1e-3))
+    keep = ((np.asarray(tab["flags"]) == 0) & (snr >= options.model_min_snr) & (flux > 0)
+            & (np.asarray(tab["major_arcsec"], float) <= 1.3 * bmaj))
+    chain = ((made.get("ms_update") or {}).get("qa") or {}).get("calibration_chain") or []
+    product = made["images"][-1]
+    noise_ratio = (product.get("qa") or {}).get("noise_ratio")
+    trusted = (any(c["kind"] == "G" and c["how"] in ("transit", "field") for c in chain)
+               and noise_ratio is not None and noise_ratio <= options.model_max_noise_ratio)
+    made.setdefault("catalogues", []).append(catalogue_product(res, qa))
+    hdr = read_header(image)
+    made["detections"] = {
+        "image": image, "group": timestamp, "mjd": 0.5 * (product["start"] + product["end"]), "trusted": trusted,
+        "calibration": [f"{c['kind']}:{c['how']}" for c in chain], "beam_arcsec": bmaj, "freq_hz": res["freq_hz"],
+        "ra_deg": float(hdr["CRVAL1"]), "dec_deg": float(hdr["CRVAL2"]),
+        "radius_deg": 0.5 * min(int(hdr["NAXIS1"]), int(hdr["NAXIS2"])) * abs(float(hdr["CDELT2"])),
+        "noise_jy": (product.get("qa") or {}).get("noise_jy"),
+        "rows": np.column_stack([np.asarray(tab["ra_deg"], float), np.asarray(tab["dec_deg"], float), flux, err,
+                                 snr])[keep].round(7).tolist()}
+    log.info("%s: %d sources (%d for the sky model, %s), NVSS flux ratio %.3f over %d matches, in %.1f s",
+             timestamp, res["n_sources"], int(keep.sum()), "trusted" if trusted else "not trusted",
+             qa.get("flux_ratio_median", float("nan")), qa.get("n_matched", 0), qa["catalogue_s"])
     return res
 
 
@@ -468,6 +572,9 @@ def process_group(record, context=None) -> dict:
         t = time.perf_counter()
         img = stage_image(timestamp, ms, paths, known, made, options)
         timings["image"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
+        if stage_catalogue(timestamp, img, paths, made, options) is not None:
+            timings["catalogue"] = round(time.perf_counter() - t, 2)
     except Exception as exc:
         try:
             exc.products = made  # the service records what was made before the error

@@ -12,6 +12,9 @@ One SQLite file (``Paths.products_db``, WAL journal, parameterised SQL only). Ta
                      time range, imaging parameters, status, QA JSON (noise, peak, dynamic range...)
     mosaics          one row per mosaic: FITS files, time range, status, QA JSON
     mosaic_images    which images went into which mosaic
+    catalogues       one row per source catalogue (``<image>.sources.fits``): the image it was
+                     made from, number of sources, finder parameters, cross-match QA JSON
+                     (flux ratio, offsets, completeness against the reference)
 
 Times are stored as ISO-8601 UTC strings (``YYYY-MM-DDTHH:MM:SS.sss``, sortable as text) and as
 MJD floats (``*_mjd`` columns, for range queries). Any time argument may be an ISO string, a
@@ -46,8 +49,9 @@ from dsacont.jsonio import json_default
 
 log = logging.getLogger(__name__)
 
-KINDS = ("ms", "images", "mosaics")
-_KIND_ALIASES = {"ms": "ms", "image": "images", "images": "images", "mosaic": "mosaics", "mosaics": "mosaics"}
+KINDS = ("ms", "images", "mosaics", "catalogues")
+_KIND_ALIASES = {"ms": "ms", "image": "images", "images": "images", "mosaic": "mosaics", "mosaics": "mosaics",
+                 "catalogue": "catalogues", "catalogues": "catalogues"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ms (
@@ -101,7 +105,20 @@ CREATE TABLE IF NOT EXISTS mosaic_images (
     image_path TEXT NOT NULL,
     PRIMARY KEY (mosaic_id, image_path)
 );
+CREATE TABLE IF NOT EXISTS catalogues (
+    id INTEGER PRIMARY KEY,
+    path TEXT UNIQUE NOT NULL,
+    image_path TEXT NOT NULL,
+    image_id INTEGER REFERENCES images(id),
+    mid_mjd REAL,
+    n_sources INTEGER,
+    params TEXT NOT NULL DEFAULT '{}',
+    status TEXT NOT NULL,
+    qa TEXT NOT NULL DEFAULT '{}',
+    created TEXT NOT NULL, updated TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS ms_mid ON ms(mid_mjd);
+CREATE INDEX IF NOT EXISTS catalogues_mid ON catalogues(mid_mjd);
 CREATE INDEX IF NOT EXISTS images_mid ON images(mid_mjd);
 CREATE INDEX IF NOT EXISTS mosaics_mid ON mosaics(mid_mjd);
 """
@@ -272,6 +289,21 @@ class Products:
             end_mjd=emjd, params=_dumps(params or {}), status=status, qa=_dumps(qa or {}),
         ))
 
+    def add_catalogue(self, path, *, image, mjd=None, n_sources: int = 0, params: dict | None = None,
+                      qa: dict | None = None, status: str = "catalogued") -> int:
+        """Register (or update) a source catalogue already in place; returns its id.
+
+        ``image``: the image (tile or mosaic FITS path) it was made from, linked to the image row
+        when that is registered; ``mjd``: the image's mid-time; ``qa``: its cross-match QA.
+        """
+        p = self._require_exists(path)
+        image_path = os.path.abspath(os.fspath(image))
+        row = self.get("image", image_path)
+        return self._upsert("catalogues", dict(
+            path=p, image_path=image_path, image_id=None if row is None else row["id"],
+            mid_mjd=None if mjd is None else float(mjd), n_sources=int(n_sources), params=_dumps(params or {}),
+            status=status, qa=_dumps(qa or {})))
+
     def add_mosaic(self, path, *, images=(), files: dict | None = None, ra_deg=None, dec_deg=None,
                    start=None, end=None, params: dict | None = None, status: str = "mosaicked",
                    qa: dict | None = None) -> int:
@@ -383,6 +415,10 @@ class Products:
     def list_mosaics(self, *, status=None, since=None, until=None, limit=None) -> list[dict]:
         """Mosaic rows ordered by mid-time; optional status and mid-time window filters."""
         return self._list("mosaics", status, since, until, limit)
+
+    def list_catalogues(self, *, status=None, since=None, until=None, limit=None) -> list[dict]:
+        """Source catalogue rows ordered by their image's mid-time; optional filters as for images."""
+        return self._list("catalogues", status, since, until, limit)
 
     def images_between(self, start, end, *, status=None) -> list[dict]:
         """Images whose mid-time lies in [start, end], ordered by time (the tiles of a mosaic)."""

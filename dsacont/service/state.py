@@ -21,7 +21,9 @@ The products description (every key optional, JSON-serialisable)::
                                                     "registry_id" | "key"}, ...]},  # add_caltables
                     # "key": a table solved by the same task (its entry's key in "calibration")
      "images":      [{<Products.add_image arguments, "path" included>}, ...],
-     "mosaics":     [{<Products.add_mosaic arguments, "path" included>}, ...]}
+     "mosaics":     [{<Products.add_mosaic arguments, "path" included>}, ...],
+     "catalogues":  [<dsacont.sources.catalogue_product record>, ...],      # Products.add_catalogue
+     "detections":  {<SkyStore.add_image argument>}}        # a tile's sources, for the sky model
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from dsacont.calibration.registry import DEFAULT_VALIDITY_H, CalRecord, Registry
 from dsacont.calibration.select import BORROW_DAYS, origin_of
 from dsacont.db import to_mjd
 from dsacont.service.products import Products
+from dsacont.service.sky import SkyStore
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +57,14 @@ def known_for_group(paths, timestamp: str, *, borrow_days: float = BORROW_DAYS) 
         solved within ``borrow_days`` of the group's timestamp (ISO, UTC), and the field gain
         tables whose validity reaches within :data:`CALIBRATION_MARGIN_H` of it. The worker
         chooses among them (:func:`dsacont.calibration.select.choose_tables`) once it knows the
-        group's exact mid-time and pointing declination.
+        group's exact mid-time and pointing declination. ``sky_model``: the sources of earlier
+        trusted tiles near the group's meridian, not of the group itself
+        (:meth:`dsacont.service.sky.SkyStore.model_near`), for its field gain solve; None when
+        none was recorded yet.
     """
-    out = {"products": {"ms": [], "images": []}, "calibration": []}
+    out = {"products": {"ms": [], "images": []}, "calibration": [], "sky_model": None}
+    if paths.sky_db.exists():
+        out["sky_model"] = SkyStore(paths.sky_db).model_near(timestamp, exclude_group=timestamp)
     if paths.products_db.exists():
         out["products"] = Products(paths.products_db).for_group(timestamp)
     registry = Registry(paths.registry_db)
@@ -123,7 +131,9 @@ def record_products(paths, made: dict | None) -> dict:
         return ids
     if made.get("calibration"):
         ids["calibration"] = _record_calibration(Registry(paths.registry_db), made["calibration"])
-    keys = ("ms", "ms_update", "caltables", "images", "mosaics")
+    if made.get("detections"):
+        ids["sky_image"] = SkyStore(paths.sky_db).add_image(made["detections"])
+    keys = ("ms", "ms_update", "caltables", "images", "mosaics", "catalogues")
     if not any(made.get(k) for k in keys):
         return ids
     products = Products(paths.products_db)
@@ -144,6 +154,11 @@ def record_products(paths, made: dict | None) -> dict:
     for m in made.get("mosaics") or []:
         m = dict(m)
         ids.setdefault("mosaics", []).append(products.add_mosaic(m.pop("path"), **m))
+    for c in made.get("catalogues") or []:
+        c = dict(c)
+        ids.setdefault("catalogues", []).append(products.add_catalogue(
+            c["path"], image=c["image"], mjd=c.get("mjd"), n_sources=c.get("n_sources", 0), params=c.get("params"),
+            qa=c.get("qa"), status=c.get("status", "catalogued")))
     return ids
 
 

@@ -12,6 +12,7 @@ import time
 from dsacont.calibration.registry import Registry
 from dsacont.service.products import Products
 from dsacont.service.queue import IngestQueue, iso_from_unix
+from dsacont.service.sky import SkyStore
 
 
 def status(paths, *, failures: int = 10) -> dict:
@@ -73,6 +74,11 @@ def calibration_status(paths, *, last: int = 12) -> dict | None:
             ms = []
         out["recent_groups"] = [{"group": r.get("group_timestamp"),
                                  "calibration": " ".join((r.get("qa") or {}).get("calibration") or ["?"])} for r in ms]
+    if paths.sky_db.exists():
+        try:
+            out["sky_model"] = SkyStore(paths.sky_db).summary()
+        except Exception as exc:  # noqa: BLE001 - status must never crash on another module's DB
+            out["sky_model"] = {"error": str(exc)}
     return out or None
 
 
@@ -173,6 +179,10 @@ def format_status(paths, *, failures: int = 10) -> str:
         if cal.get("field_corrections"):
             f = cal["field_corrections"]
             lines.append(f"  field gain corrections: {f['valid']} valid, {f['rejected']} rejected (gains transferred)")
+        sky = cal.get("sky_model") or {}
+        if sky.get("sources") is not None:
+            lines.append(f"  sky model of the strip: {sky['sources']} sources from {sky['trusted_images']} trusted "
+                         f"tile(s) ({sky['images']} recorded)")
         for g in cal.get("recent_groups") or []:
             lines.append(f"  {g['group']}  {g['calibration']}")
     return "\n".join(lines)

@@ -119,3 +119,18 @@ def test_cli(db, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["path"] == str(im)
     assert cli(["--db", str(db.db_path), "show", "image", "99"]) == 1
     assert cli(["--db", str(tmp_path / "nope.sqlite3"), "list", "ms"]) == 1
+
+
+def test_catalogues_are_linked_to_their_image_and_listed(db, tmp_path, capsys):
+    im = _touch(tmp_path / "images" / "t.pbcor.fits")
+    image_id = db.add_image(im, start="2025-10-29T13:52:51", end="2025-10-29T13:58:00")
+    cat = _touch(tmp_path / "images" / "t.pbcor.sources.fits")
+    qa = {"reference": "NVSS", "n_matched": 12, "flux_ratio_median": 0.981}
+    cid = db.add_catalogue(cat, image=im, mjd=60977.58, n_sources=71, params={"finder": "aegean"}, qa=qa)
+    assert db.add_catalogue(cat, image=im, mjd=60977.58, n_sources=72, qa=qa) == cid  # keyed by path
+    row = db.get("catalogue", cid)
+    assert row["image_id"] == image_id and row["n_sources"] == 72 and row["qa"]["flux_ratio_median"] == 0.981
+    assert db.counts()["catalogues"] == {"catalogued": 1}
+    assert cli(["--db", str(db.db_path), "list", "catalogues"]) == 0
+    out = capsys.readouterr().out
+    assert "72 sources" in out and "NVSS: 12 matched, flux ratio 0.981" in out and "1 catalogues" in out
