@@ -41,6 +41,7 @@ from dsacont.io.groups import find_groups
 from dsacont.service.loop import ServiceOptions, run_service
 from dsacont.service.products import Products
 from dsacont.service.replay import replay
+from dsacont.service.sky import SkyStore
 from dsacont.simulator import load_truth, simulate
 from dsacont.simulator.core import PRESETS
 
@@ -185,6 +186,9 @@ def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_grou
         "calibration_tables": [{"kind": r.kind, "calibrator": r.calibrator, "path": r.path}
                                for r in cal_tables if r.origin != "field"],
         "field_gain_tables": sum(r.origin == "field" for r in cal_tables),
+        "field_gain_sky_models": _sky_model_tally(cal_tables),
+        "sky_model": SkyStore(paths.sky_db).summary() if paths.sky_db.exists() else None,
+        "catalogues": len(products.list_catalogues()),
         "calibration_of_groups": _calibration_tally(images),
         "hours": _per_hour(mosaics, images),
         "image_noise_mjy": [round(1e3 * (im.get("qa") or {}).get("noise_jy", float("nan")), 3) for im in images],
@@ -206,6 +210,16 @@ def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_grou
         except Exception as exc:  # noqa: BLE001
             out["calibrator"] = {"error": str(exc)}
     (root / "summary.json").write_text(json.dumps(out, indent=1, default=str))
+    return out
+
+
+def _sky_model_tally(tables) -> dict:
+    """Which sky model the accepted field gain corrections were solved against: ``{name: n}``."""
+    out: dict[str, int] = {}
+    for r in tables:
+        if r.origin == "field":
+            name = ((r.metrics or {}).get("sky") or {}).get("name", "?").split(" (")[0]
+            out[name] = out.get(name, 0) + 1
     return out
 
 
@@ -241,8 +255,14 @@ def format_summary(s: dict) -> str:
         "dsacont demo: 60 minutes around the 0834+555 transit of 2025-10-29, through the streaming service",
         f"  groups completed     {s['groups_completed']} (failed {s['groups_failed']}); MS {s['ms']}, "
         f"images {s['images']}",
-        f"  calibration solved   {solved or 'none'}; field gain corrections {s.get('field_gain_tables', 0)}",
+        f"  calibration solved   {solved or 'none'}; field gain corrections {s.get('field_gain_tables', 0)}"
+        + (" (" + ", ".join(f"{n} against {k}" for k, n in s["field_gain_sky_models"].items()) + ")"
+           if s.get("field_gain_sky_models") else ""),
     ]
+    if s.get("sky_model"):
+        sm = s["sky_model"]
+        lines.append(f"  sky model of strip   {sm['sources']} sources from {sm['trusted_images']} trusted tile(s); "
+                     f"{s.get('catalogues', 0)} tile catalogues")
     for how, n in (s.get("calibration_of_groups") or {}).items():
         lines.append(f"  calibrated with      {how}: {n} group(s)")
     cal = s.get("calibrator") or {}

@@ -92,8 +92,9 @@ class PipelineOptions:
         from earlier tiles of the strip (:mod:`dsacont.service.sky`), and ``catalogue``
         (``sky_catalogue`` or NVSS).
     catalogue_tiles : bool
-        Find the sources of every tile (:func:`dsacont.sources.find_sources`, a
-        ``<tile>.pbcor.sources.fits`` beside it); they are recorded and feed the strip model.
+        Find the sources of every tile and mosaic (:func:`dsacont.sources.find_sources`, a
+        ``<tile>.pbcor.sources.fits`` / ``<mosaic>.sources.fits`` beside it, with its NVSS
+        cross-match QA); they are recorded, and the tiles' feed the strip model.
     model_min_snr : float
         Tile sources enter the strip model from this S/N up (compact, clean Aegean fits only).
     model_max_noise_ratio : float
@@ -423,6 +424,26 @@ def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, opti
     return res
 
 
+def _catalogue(image: str, options: PipelineOptions) -> dict | None:
+    """:func:`dsacont.sources.find_sources` on ``image`` and the cross-match with the reference.
+
+    Returns find_sources's result with ``qa`` (the cross-match, ``catalogue_s``) and ``product``
+    (the record for the products database); None when the finder fails (logged: a catalogue is a
+    by-product and never fails a group or a mosaic).
+    """
+    t0 = time.perf_counter()
+    try:
+        res = find_sources(image, cores=1)
+        qa = crossmatch(res, reference=options.sky_catalogue or "nvss")
+    except Exception as exc:  # noqa: BLE001 - a by-product: never fails the group
+        log.warning("no source catalogue of %s (%s: %s)", image, type(exc).__name__, exc)
+        return None
+    res["qa"] = {k: v for k, v in qa.items() if k != "matches"}
+    res["qa"]["catalogue_s"] = round(time.perf_counter() - t0, 2)
+    res["product"] = catalogue_product(res, res["qa"])
+    return res
+
+
 def stage_catalogue(timestamp, img: dict, paths: Paths, made: dict, options: PipelineOptions) -> dict | None:
     """Find the sources of the new tile, cross-match them with the reference, and hand them back.
 
@@ -437,15 +458,10 @@ def stage_catalogue(timestamp, img: dict, paths: Paths, made: dict, options: Pip
     image = (img.get("files") or {}).get("pbcor")
     if not options.catalogue_tiles or not image or not made.get("images"):
         return None
-    t0 = time.perf_counter()
-    try:
-        res = find_sources(image, cores=1)
-        qa = crossmatch(res, reference=options.sky_catalogue or "nvss")
-    except Exception as exc:  # noqa: BLE001 - a by-product: never fails the group
-        log.warning("%s: no source catalogue of %s (%s: %s)", timestamp, image, type(exc).__name__, exc)
+    res = _catalogue(image, options)
+    if res is None:
         return None
-    qa = {k: v for k, v in qa.items() if k != "matches"}
-    qa["catalogue_s"] = round(time.perf_counter() - t0, 2)
+    qa = res["qa"]
     tab = res["table"]
     bmaj = float(res["beam"]["bmaj_arcsec"])
     err = np.asarray(tab["int_flux_err"], float)
@@ -459,7 +475,7 @@ def stage_catalogue(timestamp, img: dict, paths: Paths, made: dict, options: Pip
     noise_ratio = (product.get("qa") or {}).get("noise_ratio")
     trusted = (any(c["kind"] == "G" and c["how"] in ("transit", "field") for c in chain)
                and noise_ratio is not None and noise_ratio <= options.model_max_noise_ratio)
-    made.setdefault("catalogues", []).append(catalogue_product(res, qa))
+    made.setdefault("catalogues", []).append(res["product"])
     hdr = read_header(image)
     made["detections"] = {
         "image": image, "group": timestamp, "mjd": 0.5 * (product["start"] + product["end"]), "trusted": trusted,
@@ -527,6 +543,8 @@ def maybe_mosaic(paths: Paths, images, options: PipelineOptions | None = None) -
                           "ra_deg": res.get("ra_deg"), "dec_deg": res.get("dec_deg"),
                           "qa": {**res.get("qa", {}), "mosaic_s": round(time.perf_counter() - t0, 2)}}
         log.info("mosaic of %d tiles from %s -> %s", n, run[0]["start_time"], out)
+        if options.catalogue_tiles and files.get("mosaic"):
+            res["catalogue"] = _catalogue(files["mosaic"], options)
         made.append(res)
         i += n
     return made
@@ -602,7 +620,8 @@ def on_group_complete(group, result, context=None) -> dict:
     made = maybe_mosaic(paths, _known_of(context).get("unmosaicked_images") or [], _options_of(context))
     return {"mosaics": [m.get("files", {}).get("mosaic") for m in made],
             "mosaic_s": round(time.perf_counter() - t, 2),
-            "products": {"mosaics": [m["product"] for m in made]}}
+            "products": {"mosaics": [m["product"] for m in made],
+                         "catalogues": [m["catalogue"]["product"] for m in made if m.get("catalogue")]}}
 
 
 def convert_only(record, context=None) -> dict:

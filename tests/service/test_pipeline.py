@@ -46,8 +46,12 @@ def test_twelve_tile_trigger_skips_a_missing_group(tmp_path):
     assert len(made) == 1
     assert made[0]["product"]["images"] == [k + 1 for k in range(6, 18)]
     assert made[0]["n_tiles"] == 12
-    assert sorted(p.name for p in paths.mosaics.glob("*.fits") if "noise" not in p.name) == \
-        [f"mosaic_{rows[5]['start_time'][:19]}_12tiles.fits"]
+    assert sorted(p.name for p in paths.mosaics.glob("*.fits") if "noise" not in p.name and "sources" not in p.name) \
+        == [f"mosaic_{rows[5]['start_time'][:19]}_12tiles.fits"]
+    # the mosaic is catalogued beside it (noise only here: a catalogue of no source, with its record)
+    cat = made[0]["catalogue"]["product"]
+    assert cat["image"] == made[0]["product"]["path"] and cat["path"].endswith("_12tiles.sources.fits")
+    assert cat["n_sources"] == 0 and cat["qa"]["n_matched"] == 0
     # without the gap the same 25 slots make two mosaics, 0-11 and 12-23
     (tmp_path / "full").mkdir()
     full = [_tile(tmp_path / "full", k, t0 + k * GROUP_CADENCE_S / 86400) for k in range(25)]
