@@ -21,7 +21,9 @@ The products description (every key optional, JSON-serialisable)::
                                                     "registry_id" | "key"}, ...]},  # add_caltables
                     # "key": a table solved by the same task (its entry's key in "calibration")
      "images":      [{<Products.add_image arguments, "path" included>}, ...],
-     "mosaics":     [{<Products.add_mosaic arguments, "path" included>}, ...]}
+     "mosaics":     [{<Products.add_mosaic arguments, "path" included>}, ...],
+     "antenna_health": {"ms": path, "group_timestamp", "records": [...]},  # add_antenna_health
+     "images_update": [{"path", "status", "qa"}, ...]}        # Products.set_status (a tile gated out)
 """
 from __future__ import annotations
 
@@ -123,13 +125,17 @@ def record_products(paths, made: dict | None) -> dict:
         return ids
     if made.get("calibration"):
         ids["calibration"] = _record_calibration(Registry(paths.registry_db), made["calibration"])
-    keys = ("ms", "ms_update", "caltables", "images", "mosaics")
+    keys = ("ms", "ms_update", "caltables", "images", "mosaics", "antenna_health", "images_update")
     if not any(made.get(k) for k in keys):
         return ids
     products = Products(paths.products_db)
     if made.get("ms"):
         ms = dict(made["ms"])
         ids["ms"] = products.add_ms(ms.pop("path"), **ms)
+    if made.get("antenna_health"):
+        h = made["antenna_health"]
+        ids["antenna_health"] = products.add_antenna_health(h["ms"], h["records"],
+                                                            group_timestamp=h.get("group_timestamp"))
     if made.get("ms_update"):
         u = made["ms_update"]
         products.set_status("ms", u["path"], u["status"], qa=u.get("qa"))
@@ -144,6 +150,8 @@ def record_products(paths, made: dict | None) -> dict:
     for m in made.get("mosaics") or []:
         m = dict(m)
         ids.setdefault("mosaics", []).append(products.add_mosaic(m.pop("path"), **m))
+    for u in made.get("images_update") or []:
+        products.set_status("images", u["path"], u["status"], qa=u.get("qa"))
     return ids
 
 
