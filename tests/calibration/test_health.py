@@ -196,3 +196,24 @@ def test_health_recorded_per_group_in_products_db(real_ms, tmp_path):
     assert len(db.antenna_health(ms)) == 2 * len(ants)
     one = db.antenna_health(antenna=rows[0]["antenna"])
     assert [(r["pol"], r["state"]) for r in one] == [(r["pol"], r["state"]) for r in rows[:2]] == [("X", "ok"), ("Y", "ok")]
+
+
+def test_cli_health_prints_flags_and_draws(real_ms, tmp_path, capsys):
+    import json
+
+    from dsacont.cli import main
+
+    ms = str(tmp_path / "c.ms")
+    shutil.copytree(real_ms[0], ms)
+    assert main(["health", ms, "--flag"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["dead"], out["dies"], out["bad"], out["ok"]) == (7, 2, 4, 83)
+    assert out["bad_antennas"] == sorted({str(a + 1) for a in _truth_sets(real_ms[1])[2]})
+    assert out["flagged"]["receptors"] == 13 and out["flagged"]["flagged_fraction_added"] > 0.05
+    assert out["plot"] == str(tmp_path / "c.health.png") and (tmp_path / "c.health.png").stat().st_size > 5000
+    # flagged now: the dead and bad receptors have no data left to judge; the dying antenna's
+    # unflagged half is healthy
+    assert main(["health", ms, "--no-plot"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert (again["flagged"], again["ok"], again["dead"], again["dies"]) == (11, 85, 0, 0) and "plot" not in again
+    assert main(["health", str(tmp_path / "none.ms"), "--no-plot"]) == 2
