@@ -4,8 +4,12 @@
                                         (:mod:`dsacont.calibration.model`), solve G0 (phase, per
                                         integration) -> B (solint inf, solnorm) -> G (amplitude+phase)
 
-- Reference antenna: chosen automatically among the antennas with (nearly) the fewest flags,
-  the one closest to the array's centroid; CASA gets a ranked list to fall back on.
+- Antenna health first (:mod:`~dsacont.calibration.health`): dead receptors and antennas with a
+  wild or wrapping phase are found in the data and flagged.
+- Reference antenna: chosen automatically among the healthy antennas with (nearly) the fewest
+  flags, the one closest to the array's centroid; CASA gets a ranked list to fall back on.
+- After the solve, the QA gates of :mod:`~dsacont.calibration.gates` (reference antenna, SNR,
+  bandpass phase scatter) and the flagged fraction reject a bad pair.
 - ``G0``: phase-only, per integration, per SPW: removes the time-variable phase before the
   bandpass average (applied while solving B only; never registered).
 - ``B``: ``bandtype='B'``, ``solint='inf'``, ``combine='scan'``, ``solnorm=True``, per SPW
