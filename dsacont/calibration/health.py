@@ -20,16 +20,19 @@ The statistics, per receptor (antenna a, receptor X or Y; parallel hands only):
   correlator input writes zeros). Dead at every t: ``dead`` (``zeros``); at some: ``dies``.
 * **coherent SNR**: for each baseline, integration and subband, |mean over channels| / (noise of
   that mean, from adjacent-channel differences). Noise alone gives ~0.9 whatever the units; sky
-  gives more. The receptor's median over its baselines (dead partners left out), / the array's
-  median: below ``DEAD_SNR_RATIO`` the receptor carries no sky, ``dead`` (``no coherent signal``).
+  gives more. Per baseline the median over integrations and subbands, divided by the median of
+  the baselines of similar length (8 length bins: a source off the phase centre decorrelates more
+  on long baselines); the receptor's median of that over its baselines to healthy partners below
+  ``DEAD_SNR_RATIO``: the receptor carries no sky, ``dead`` (``no coherent signal``).
 * **phase coherence**: per baseline, |sum_t V_t conj(V_t-1)| / sum_t |V_t||V_t-1| over consecutive
-  integrations (subbands summed: their bandpass phases cancel). A phase that is redrawn every
-  integration gives ~1/sqrt(N); below ``BAD_COHERENCE_RATIO`` of the array's median: ``bad``
-  (``wild phase``).
+  integrations (subbands summed: their bandpass phases cancel), normalised by length bin like the
+  SNR. A phase that is redrawn every integration gives ~1/sqrt(N); the receptor's median below
+  ``BAD_COHERENCE_RATIO``: ``bad`` (``wild phase``).
 * **phase rate**: arg of the same sum / the integration time, as the antenna's (median over
-  partners, sign by baseline orientation). Faster than ``MAX_PHASE_RATE_DEG_MIN`` away from the
-  array's median (and than ``RATE_MAD_FACTOR`` robust sigmas): ``bad`` (``phase wraps``): a
-  solve with one solution per group would average it to nothing.
+  partners, sign by baseline orientation), minus a robust fit linear in antenna position (the
+  fringe rate of a source off the phase centre). Faster than ``MAX_PHASE_RATE_DEG_MIN`` and than
+  ``RATE_SIGMA`` standard errors (from the spread of the antenna's baselines): ``bad`` (``phase wraps``): a solve with one
+  solution per group would average it to nothing.
 
 The two coherent statistics need sky on the baselines: when the array's median SNR is below
 ``MIN_ARRAY_SNR`` (a faint field), only the autocorrelation/zero test is used and
@@ -59,11 +62,12 @@ DEAD_SNR_RATIO = 0.3
 BAD_COHERENCE_RATIO = 0.5
 #: a phase rate farther than this from the array's median is a wrapping phase, deg per minute
 MAX_PHASE_RATE_DEG_MIN = 15.0
-#: ... and farther than this many robust sigmas (1.4826 MAD) of the receptors' rates
-RATE_MAD_FACTOR = 8.0
+#: ... and farther than this many standard errors of the antenna's rate (from the spread of its
+#: baselines' rates about the model)
+RATE_SIGMA = 6.0
 #: below this array-median coherent SNR (noise alone: ~0.9) the sky is too faint for the
 #: coherent statistics: only autocorrelations and zeros are judged
-MIN_ARRAY_SNR = 2.5
+MIN_ARRAY_SNR = 4.0
 
 #: correlation types (Stokes codes) -> receptor pair; parallel hands carry the statistics
 _CORR_RECEPTORS = {9: (0, 0), 10: (0, 1), 11: (1, 0), 12: (1, 1), 5: (0, 0), 6: (0, 1), 7: (1, 0), 8: (1, 1)}
@@ -90,17 +94,19 @@ class AntennaHealth:
     auto_ratio : ndarray (Na, 2) float
         Median autocorrelation power / the array's median (nan without autocorrelations).
     snr_ratio : ndarray (Na, 2) float
-        Median coherent SNR of the receptor's baselines / the array's median.
+        Median over the receptor's baselines of their coherent SNR / that of baselines of similar
+        length.
     coherence_ratio : ndarray (Na, 2) float
-        Median phase coherence between consecutive integrations / the array's median.
+        The same for the phase coherence between consecutive integrations.
     phase_rate_deg_min : ndarray (Na, 2) float
-        Phase rate relative to the array's median, degrees per minute.
+        Phase rate less the array's (a fit linear in antenna position), degrees per minute.
     dead_t : ndarray (Na, Nt, 2) bool
         Receptor dead (zeros / no power) in integration t (``times_s``).
     times_s : ndarray (Nt,) float
         MS TIME of the integrations, s.
     array_snr : float
-        The array's median coherent SNR per baseline, integration and subband (noise alone ~0.9).
+        The median over baselines between healthy receptors of their coherent SNR per
+        integration and subband (noise alone ~0.9).
     notes : list of str
     """
 
@@ -198,18 +204,55 @@ def _read_stats(ms, info, chunk_rows):
     return a1, a2, ti, spw, mean, var, n, nzero
 
 
-def _median_by_antenna(values, b1, b2, na, weight_ok=None):
-    """Median over baselines of each antenna: values (nbl, ...) -> (na,) (nan-aware)."""
+def _by_length(values, blen, ref, nbins: int = 8):
+    """values (nbl,) / the median of the ``ref`` baselines in the same length bin (quantiles of
+    the ``ref`` baselines' lengths); nan where a bin has no reference."""
+    out = np.full(values.shape, np.nan)
+    if ref.sum() < 2:
+        return out
+    nb = int(max(1, min(nbins, ref.sum() // 20)))
+    edges = np.quantile(blen[ref], np.linspace(0, 1, nb + 1))
+    idx = np.clip(np.searchsorted(edges, blen, side="right") - 1, 0, nb - 1)
+    for k in range(nb):
+        m = ref & (idx == k)
+        if m.any():
+            med = np.median(values[m])
+            if med > 0:
+                out[idx == k] = values[idx == k] / med
+    return out
+
+
+def _receptor_median(values, b1, b2, na, partner_ok, sign: bool = False):
+    """(na,) median over each antenna's baselines to good partners of ``values`` (nbl,); with
+    ``sign``, a baseline's value counts negated for its second antenna (a phase rate b1 - b2)."""
     out = np.full(na, np.nan)
     for a in range(na):
-        sel = (b1 == a) | (b2 == a)
-        if weight_ok is not None:
-            sel &= weight_ok
-        if sel.any():
-            v = values[sel].ravel()
-            v = v[np.isfinite(v)]
-            if v.size:
-                out[a] = np.median(v)
+        s1 = (b1 == a) & partner_ok[b2]
+        s2 = (b2 == a) & partner_ok[b1]
+        v = np.concatenate([values[s1], -values[s2] if sign else values[s2]])
+        v = v[np.isfinite(v)]
+        if v.size >= 3:
+            out[a] = np.median(v)
+    return out
+
+
+def _minus_plane(rate, pos, judged, iters: int = 3):
+    """rate (na, 2) minus a robust fit a + k . position (the fringe rate of a source off the phase
+    centre is linear in antenna position), fitted on the ``judged`` receptors."""
+    x = pos - np.median(pos[np.any(judged, axis=1)], axis=0)
+    A_all = np.column_stack([np.ones(len(pos)), x])
+    out = np.full(rate.shape, np.nan)
+    for r in range(2):
+        use = judged[:, r].copy()
+        coef = np.zeros(4)
+        for _ in range(iters):
+            if use.sum() < 8:
+                break
+            coef = np.linalg.lstsq(A_all[use], rate[use, r], rcond=None)[0]
+            res = rate[:, r] - A_all @ coef
+            mad = 1.4826 * np.median(np.abs(res[use])) + 1e-9
+            use = judged[:, r] & (np.abs(res) < max(5 * mad, MAX_PHASE_RATE_DEG_MIN / 2))
+        out[:, r] = rate[:, r] - A_all @ coef
     return out
 
 
@@ -303,25 +346,30 @@ def antenna_health(ms, *, chunk_rows: int = 100_000) -> AntennaHealth:
                 first = int(np.nonzero(d)[0][0])
                 reason[a, r] = f"zeros from integration {first} of {nt} on"
 
+    # baselines are compared with baselines of similar length: a bright source off the phase
+    # centre decorrelates across a subband, and fringes faster, on long baselines than on short ones
+    pos = np.asarray(info.antenna_positions, float)
+    blen = np.linalg.norm(pos[b1] - pos[b2], axis=1)
+
     # ---- coherent SNR: a receptor with power but no sky
-    partner_ok = np.ones((na, 2), bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        snr_bl = np.nanmedian(snr.reshape(nbl, nspw * nt, 2), axis=1)  # (nbl, 2)
     snr_r = np.full((na, 2), np.nan)
     array_snr = np.nan
     for _ in range(2):  # second pass leaves out the baselines to receptors found dead
         partner_ok = np.isin(state, ("ok", "dies"))
-        for r in range(2):
-            sel = partner_ok[b1, r] & partner_ok[b2, r]
-            med = _median_by_antenna(snr[..., r], b1, b2, na)
-            med_ok = _median_by_antenna(snr[..., r], b1, b2, na, weight_ok=sel)
-            snr_r[:, r] = np.where(np.isfinite(med_ok), med_ok, med)
-        judged = np.isin(state, ("ok", "dies")) & np.isfinite(snr_r)
-        array_snr = float(np.median(snr_r[judged])) if judged.any() else np.nan
+        both = partner_ok[b1] & partner_ok[b2] & np.isfinite(snr_bl)  # (nbl, 2)
+        array_snr = float(np.median(snr_bl[both])) if both.any() else np.nan
         if not np.isfinite(array_snr) or array_snr < MIN_ARRAY_SNR:
             break
-        for a, r in np.argwhere(judged & (snr_r < DEAD_SNR_RATIO * array_snr)):
+        for r in range(2):
+            snr_r[:, r] = _receptor_median(_by_length(snr_bl[:, r], blen, both[:, r]), b1, b2, na, partner_ok[:, r])
+        judged = np.isin(state, ("ok", "dies")) & np.isfinite(snr_r)
+        for a, r in np.argwhere(judged & (snr_r < DEAD_SNR_RATIO)):
             state[a, r] = "dead"
-            reason[a, r] = f"no coherent signal (SNR {snr_r[a, r] / array_snr:.2g} of the array's)"
-    snr_ratio = snr_r / array_snr if np.isfinite(array_snr) and array_snr > 0 else np.full((na, 2), np.nan)
+            reason[a, r] = f"no coherent signal (SNR {snr_r[a, r]:.2g} of the array's)"
+    snr_ratio = snr_r
 
     # ---- phase in time: coherence between consecutive integrations and phase rate
     coh_ratio = np.full((na, 2), np.nan)
@@ -341,32 +389,44 @@ def antenna_health(ms, *, chunk_rows: int = 100_000) -> AntennaHealth:
             coh = np.where(norm > 0, np.abs(L) / norm, np.nan)
             rate = np.angle(L) / step * 60.0 * 180.0 / np.pi  # deg/min, antenna b1 minus b2
         good = np.isin(state, ("ok", "dies"))
-        coh_a = np.full((na, 2), np.nan)
+        both = good[b1] & good[b2] & np.isfinite(coh)
         rate_a = np.full((na, 2), np.nan)
-        for a in np.nonzero(present)[0]:
+        for r in range(2):
+            coh_ratio[:, r] = _receptor_median(_by_length(coh[:, r], blen, both[:, r]), b1, b2, na, good[:, r])
+            rate_a[:, r] = _receptor_median(rate[:, r], b1, b2, na, good[:, r], sign=True)
+        judged = good & np.isfinite(coh_ratio) & np.isfinite(rate_a)
+        if judged.sum() >= 8:
+            model = rate_a - _minus_plane(rate_a, pos, judged)  # the array's rate at each antenna
+            rate_rel = np.full((na, 2), np.nan)
+            rate_err = np.full((na, 2), np.nan)
             for r in range(2):
-                sel = ((b1 == a) & good[b2, r]) | ((b2 == a) & good[b1, r])
-                sel &= np.isfinite(coh[:, r])
-                if sel.sum() >= 3:
-                    coh_a[a, r] = np.median(coh[sel, r])
-                    rate_a[a, r] = np.median(np.where(b1[sel] == a, rate[sel, r], -rate[sel, r]))
-        judged = good & np.isfinite(coh_a)
-        if judged.sum() >= 4:
-            coh_ratio = coh_a / np.median(coh_a[judged])
-            rate_rel = rate_a - np.median(rate_a[judged])
-            sigma = 1.4826 * np.median(np.abs(rate_rel[judged]))
-            lim = max(MAX_PHASE_RATE_DEG_MIN, RATE_MAD_FACTOR * sigma)
+                # each baseline's rate less the model's for it: the antenna's own, partner by partner
+                d = rate[:, r] - (model[b1, r] - model[b2, r])
+                rate_rel[:, r] = _receptor_median(d, b1, b2, na, good[:, r], sign=True)
+                spread = _receptor_median(np.abs(d - np.where(np.isfinite(rate_rel[b1, r]), rate_rel[b1, r], 0.0)
+                                                 + np.where(np.isfinite(rate_rel[b2, r]), rate_rel[b2, r], 0.0)),
+                                          b1, b2, na, good[:, r])
+                npart = np.array([((b1 == a) & good[b2, r]).sum() + ((b2 == a) & good[b1, r]).sum() for a in range(na)])
+                rate_err[:, r] = 1.4826 * spread * 1.25 / np.sqrt(np.maximum(npart, 1))
+            lim = np.maximum(MAX_PHASE_RATE_DEG_MIN, RATE_SIGMA * rate_err)
             wild = judged & (coh_ratio < BAD_COHERENCE_RATIO)
             wrap = judged & ~wild & (np.abs(rate_rel) > lim)
+            # a phase fault is the antenna's (its LO, its electronics): both receptors that can be
+            # judged must show it, a wrap with one sign (one receptor alone is sky structure or noise)
             for a in np.nonzero(wild.any(axis=1) | wrap.any(axis=1))[0]:
-                r = int(np.argmax(wild[a] | wrap[a]))
+                live = [r for r in range(2) if judged[a, r]]
+                if not all(wild[a, r] or wrap[a, r] for r in live):
+                    continue
+                if not any(wild[a, r] for r in live) and len({np.sign(rate_rel[a, r]) for r in live}) != 1:
+                    continue
+                r = next((r for r in live if wild[a, r]), live[0])
                 why = (f"wild phase (coherence {coh_ratio[a, r]:.2g} of the array's)" if wild[a, r] else
                        f"phase wraps ({rate_rel[a, r]:+.0f} deg/min)")
                 for rr in range(2):
                     if state[a, rr] in ("ok", "dies"):
                         state[a, rr], reason[a, rr] = "bad", why
         else:
-            notes.append("fewer than 4 receptors to compare phases with: phase not judged")
+            notes.append("fewer than 8 receptors to compare phases with: phase not judged")
     h = AntennaHealth(ms=ms, antenna_names=list(info.antenna_names), state=state.astype(str),
                       reason=reason.astype(str), auto_ratio=auto_ratio, snr_ratio=snr_ratio,
                       coherence_ratio=coh_ratio, phase_rate_deg_min=rate_rel, dead_t=dead_t,

@@ -217,3 +217,31 @@ def test_cli_health_prints_flags_and_draws(real_ms, tmp_path, capsys):
     again = json.loads(capsys.readouterr().out)
     assert (again["flagged"], again["ok"], again["dead"], again["dies"]) == (11, 85, 0, 0) and "plot" not in again
     assert main(["health", str(tmp_path / "none.ms"), "--no-plot"]) == 2
+
+
+@pytest.mark.parametrize("minutes, seed", [(-10, 5), (-60, 3)])
+def test_groups_off_the_transit(tmp_path, minutes, seed):
+    """10 min before the transit (0834+555 1.4 deg off the phase centre: its fringes decorrelate and
+    rotate on long baselines) every fault is still found and nothing else; an hour before (no
+    bright source: the array's coherent SNR ~1) only the zeros can be told, and nothing healthy is
+    flagged: the faults the data cannot show are left to the calibrator group's tables."""
+    import astropy.units as u
+    from astropy.time import Time
+
+    from dsacont import load_truth, simulate
+    from dsacont.config import get_paths
+    from dsacont.convert import convert_group
+
+    start = (Time(GROUP_START) + minutes * u.min).isot[:19]
+    files = by_subband(simulate(tmp_path, start, 5, preset="small", seed=seed, realism="realistic"))
+    ms = convert_group(files, tmp_path / "o.ms", flag=False, paths=get_paths(root=tmp_path / "root"), progress=False)
+    truth = load_truth(tmp_path, start)
+    h = antenna_health(ms)
+    ants, dead, bad, dies = _truth_sets(truth)
+    found = {(int(a), p) for a in ants for p in range(2) if h.state[a, p] != "ok"}
+    zeros = {(int(ants[i]), p) for i, p in np.argwhere(truth["fault_dead_kind"] == "zeros")}
+    everything = dead | {(a, p) for a in bad | dies for p in range(2)}
+    if minutes == -10:
+        assert h.array_snr > 5 and found == everything
+    else:
+        assert h.array_snr < 2 and h.notes and found == zeros | {(a, p) for a in dies for p in range(2)}
