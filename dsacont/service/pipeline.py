@@ -406,7 +406,10 @@ def maybe_mosaic(paths: Paths, images, options: PipelineOptions | None = None) -
     -------
     list of dict
         ``make_mosaic`` results, each with ``files`` and ``product`` (the products-database row
-        to record: path, input image ids, files, centre, QA with ``mosaic_s``).
+        to record: path, input image ids, files, centre, QA with ``mosaic_s`` and
+        ``excluded_tiles``, the tiles :func:`~dsacont.imaging.qa.tile_gates` kept out, with the
+        reason) and ``rejected_images`` (their status updates). A run whose every tile is kept out
+        gives ``{"files": {}, "product": None, "rejected_images": [...]}``.
     """
     options = options or PipelineOptions()
     n = options.tiles_per_mosaic
@@ -429,7 +432,9 @@ def maybe_mosaic(paths: Paths, images, options: PipelineOptions | None = None) -
         kept = [r for r in run if r["id"] not in {e["image_id"] for e in excluded}]
         for e in excluded:
             log.warning("tile %s kept out of the mosaic: %s", e["path"], e["reason"])
-        if not kept:
+        if not kept:  # nothing to mosaic: the tiles are still recorded as rejected
+            made.append({"files": {}, "product": None, "rejected_images": [
+                {"path": e["path"], "status": "rejected", "qa": {"rejected": e["reason"]}} for e in excluded]})
             i += n
             continue
         res = make_mosaic([r["path"] for r in kept], out, **options.mosaic)
@@ -512,9 +517,9 @@ def on_group_complete(group, result, context=None) -> dict:
     paths = _paths_of(context).ensure(*WORK_DIRS)
     t = time.perf_counter()
     made = maybe_mosaic(paths, _known_of(context).get("unmosaicked_images") or [], _options_of(context))
-    return {"mosaics": [m.get("files", {}).get("mosaic") for m in made],
+    return {"mosaics": [m.get("files", {}).get("mosaic") for m in made if m["product"]],
             "mosaic_s": round(time.perf_counter() - t, 2),
-            "products": {"mosaics": [m["product"] for m in made],
+            "products": {"mosaics": [m["product"] for m in made if m["product"]],
                          "images_update": [u for m in made for u in m.get("rejected_images", [])]}}
 
 

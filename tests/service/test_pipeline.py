@@ -86,3 +86,15 @@ def test_gated_tiles_kept_out_of_the_mosaic_with_their_reason(tmp_path):
     mos = db.list_mosaics()[0]
     assert mos["qa"]["excluded_tiles"] == ex
     assert db.images_not_in_mosaic() == []  # ten in the mosaic, two rejected
+
+
+def test_a_run_of_only_bad_tiles_makes_no_mosaic_and_rejects_them(tmp_path):
+    paths = get_paths(root=tmp_path / "root").ensure("mosaics")
+    t0 = Time("2025-10-29T13:24:37").mjd
+    rows = [_tile(tmp_path, k, t0 + k * GROUP_CADENCE_S / 86400) for k in range(3)]
+    for r in rows:
+        r["qa"] = {"noise_ratio": 1.1, "dynamic_range": 4.0}
+    made = maybe_mosaic(paths, rows, PipelineOptions(tiles_per_mosaic=3))
+    assert [m["product"] for m in made] == [None] and not list(paths.mosaics.glob("*.fits"))
+    assert [u["path"] for u in made[0]["rejected_images"]] == [r["path"] for r in rows]
+    assert all(u["qa"]["rejected"] == "dynamic range 4.0 (< 10)" for u in made[0]["rejected_images"])
