@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "flag": ("dsacont.flagging.cli", "flag RFI in an existing Measurement Set (FLAG column)"),
     "calibrate": ("dsacont.calibration.cli", "solve bandpass and gains on a calibrator MS, register tables"),
     "applycal": ("dsacont.calibration.cli", "apply the registered calibration to a target MS"),
+    "health": ("dsacont.calibration.cli", "find dead receptors and bad antennas in an MS's data; flag, plot"),
     "image": ("dsacont.service.cli", "image a calibrated MS with tclean, PB-corrected FITS"),
     "mosaic": ("dsacont.service.cli", "combine tile images into a primary-beam-weighted mosaic"),
     "products": ("dsacont.service.cli", "query the products database"),
@@ -32,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 # modules with more than one subcommand expose cli_<name> for the others
-_FUNC = {"applycal": "cli_applycal", "status": "cli_status", "image": "cli_image", "mosaic": "cli_mosaic",
+_FUNC = {"applycal": "cli_applycal", "health": "cli_health", "status": "cli_status", "image": "cli_image", "mosaic": "cli_mosaic",
          "stream": "cli_stream",
          "products": "cli_products", "replay": "cli_replay", "reprocess": "cli_reprocess",
          "lightcurve": "cli_lightcurve", "variables": "cli_variables"}

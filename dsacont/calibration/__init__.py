@@ -10,6 +10,14 @@ One calibrator group goes through::
     apply_calibration(target_ms)                  applycal with the valid tables, check
                                                   CORRECTED_DATA (apply.py)
 
+Every group, before anything is solved or applied::
+
+    assess_and_flag(ms)                           dead receptors and bad antennas found in the data
+                                                  (health.py), flagged, drawn (plots.py)
+
+After a solve, ``table_gates`` (gates.py) rejects a table referenced to an unhealthy antenna, near
+the noise, or with a scattered bandpass phase.
+
 Every other group, around the clock::
 
     choose_tables(records, mjd, dec)              the calibrator pair of the group's strip, and how
@@ -31,6 +39,14 @@ from dsacont.calibration.apply import (  # noqa: F401
     check_corrected,
 )
 from dsacont.calibration.field import FieldQA, field_sky, model_flux_ratio, solve_field_gains  # noqa: F401
+from dsacont.calibration.gates import bandpass_phase_scatter, table_gates  # noqa: F401
+from dsacont.calibration.health import (  # noqa: F401
+    AntennaHealth,
+    antenna_health,
+    assess_and_flag,
+    flag_unhealthy,
+    require_healthy,
+)
 from dsacont.calibration.model import (  # noqa: F401
     MODEL_SIGN,
     beam_offsets,
@@ -43,7 +59,7 @@ from dsacont.calibration.model import (  # noqa: F401
     write_model,
 )
 from dsacont.calibration.msinfo import MSInfo, read_ms_info  # noqa: F401
-from dsacont.calibration.plots import plot_bandpass, plot_gains  # noqa: F401
+from dsacont.calibration.plots import plot_antenna_health, plot_bandpass, plot_gains  # noqa: F401
 from dsacont.calibration.select import Choice, choose_tables  # noqa: F401
 from dsacont.calibration.skymodel import (  # noqa: F401
     SkySource,

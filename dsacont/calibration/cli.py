@@ -1,4 +1,5 @@
-"""The ``dsacont calibrate`` and ``dsacont applycal`` commands (options only; the work is in solve/apply).
+"""The ``dsacont calibrate``, ``applycal`` and ``health`` commands (options only; the work is in
+solve/apply/health).
 """
 from __future__ import annotations
 
@@ -74,4 +75,32 @@ def cli_applycal(argv: list[str]) -> int:
         return 3
     print(json.dumps({k: res[k] for k in ("ms", "tables", "ids", "interp", "flagged_fraction", "timings_s")},
                      indent=2))
+    return 0
+
+
+def cli_health(argv: list[str]) -> int:
+    """``dsacont health MS``: judge every receptor (antenna x polarisation) from the data; print
+    the unhealthy ones as JSON, draw the antenna x polarisation grid; with --flag, flag them."""
+    from dsacont.calibration.health import antenna_health, flag_unhealthy
+    from dsacont.calibration.plots import plot_antenna_health
+
+    p = argparse.ArgumentParser(prog="dsacont health", description=cli_health.__doc__)
+    p.add_argument("ms", help="Measurement Set (DATA column; read only unless --flag)")
+    p.add_argument("--flag", action="store_true",
+                   help="OR the verdicts into FLAG (dead receptor: its correlations only; bad antenna: all; "
+                        "dying antenna: from its death on) (default: off, read only)")
+    p.add_argument("--plot", help="PNG of the grid (default: <ms without .ms>.health.png beside the MS)")
+    p.add_argument("--no-plot", action="store_true", help="draw nothing (default: draw)")
+    a = p.parse_args(argv)
+    try:
+        h = antenna_health(a.ms)
+    except (BadInputError, RuntimeError) as exc:
+        print(f"dsacont health: {exc}", file=__import__("sys").stderr)
+        return 2
+    out = {**h.summary(), "unhealthy": h.unhealthy()}
+    if a.flag:
+        out["flagged"] = flag_unhealthy(a.ms, h)
+    if not a.no_plot:
+        out["plot"] = plot_antenna_health(h, a.plot or f"{str(a.ms).rstrip('/').removesuffix('.ms')}.health.png")
+    print(json.dumps(out, indent=1))
     return 0

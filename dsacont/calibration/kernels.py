@@ -41,3 +41,54 @@ def _point_sources_kernel(uvw, freqs, tidx, fidx, lmn_sf, amp, sign, npol):
             for p in range(npol):
                 out[p, c, r] = acc[c]
     return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _channel_stats_kernel(data, flag):
+    """Per row and correlation: the mean over usable channels, the noise variance per channel, counts.
+
+    data (ncorr, nchan, nrow) complex64 raw visibilities (any units); flag (ncorr, nchan, nrow) bool.
+    A sample is usable when unflagged and not exactly zero. Returns ``mean`` (nrow, ncorr)
+    complex128 (0 without usable samples), ``var`` (nrow, ncorr) float64: the complex noise
+    variance of one sample, from differences of adjacent usable channels, sum |V[c+1] - V[c]|^2 /
+    (2 ndiff) (0 with fewer than two), ``n`` (nrow, ncorr) int32 usable samples and ``nzero``
+    (nrow, ncorr) int32 unflagged exact zeros.
+    """
+    ncorr, nchan, nrow = data.shape
+    mean = np.zeros((nrow, ncorr), dtype=np.complex128)
+    var = np.zeros((nrow, ncorr), dtype=np.float64)
+    n = np.zeros((nrow, ncorr), dtype=np.int32)
+    nzero = np.zeros((nrow, ncorr), dtype=np.int32)
+    for r in range(nrow):
+        for p in range(ncorr):
+            acc = 0.0 + 0.0j
+            d2 = 0.0
+            nd = 0
+            k = 0
+            z = 0
+            prev_ok = False
+            prev = 0.0 + 0.0j
+            for c in range(nchan):
+                if flag[p, c, r]:
+                    prev_ok = False
+                    continue
+                v = data[p, c, r]
+                if v.real == 0.0 and v.imag == 0.0:
+                    z += 1
+                    prev_ok = False
+                    continue
+                acc += v
+                k += 1
+                if prev_ok:
+                    d = v - prev
+                    d2 += d.real * d.real + d.imag * d.imag
+                    nd += 1
+                prev = v
+                prev_ok = True
+            if k > 0:
+                mean[r, p] = acc / k
+            if nd > 0:
+                var[r, p] = d2 / (2.0 * nd)
+            n[r, p] = k
+            nzero[r, p] = z
+    return mean, var, n, nzero

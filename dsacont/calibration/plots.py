@@ -105,3 +105,53 @@ def plot_gains(table, out=None) -> str:
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=90)
     return out
+
+
+#: colours of the receptor states of :func:`plot_antenna_health`
+HEALTH_COLOURS = {"ok": "#4daf4a", "dead": "#e41a1c", "dies": "#ff7f00", "bad": "#984ea3", "flagged": "#999999"}
+
+
+def plot_antenna_health(health, out) -> str:
+    """PNG of receptor health: an antenna x polarisation grid, one cell per receptor, coloured by
+    state (:data:`HEALTH_COLOURS`), the unhealthy ones labelled with their reason underneath.
+
+    Parameters
+    ----------
+    health : AntennaHealth, or its ``records()`` (a list of dicts with antenna, pol, state, reason)
+    out : path of the PNG (written atomically)
+
+    Returns
+    -------
+    str : ``out``
+    """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    records = health.records() if hasattr(health, "records") else list(health)
+    title = Path(health.ms).name if hasattr(health, "ms") else Path(str(out)).name
+    names = sorted({r["antenna"] for r in records}, key=lambda a: (len(a), a))
+    states = list(HEALTH_COLOURS)
+    grid = np.full((2, len(names)), np.nan)
+    col = {a: i for i, a in enumerate(names)}
+    for r in records:
+        grid["XY".index(r["pol"]), col[r["antenna"]]] = states.index(r["state"]) if r["state"] in states else 4
+    bad = [r for r in records if r["state"] != "ok"]
+    fig = Figure(figsize=(max(6.0, 0.16 * len(names) + 1.5), 2.6 + 0.16 * min(len(bad), 30)))
+    ax = fig.add_axes([0.05, 1 - 2.0 / fig.get_figheight(), 0.86, 1.4 / fig.get_figheight()])
+    ax.imshow(grid, aspect="auto", cmap=ListedColormap(list(HEALTH_COLOURS.values())), vmin=-0.5,
+              vmax=len(states) - 0.5, interpolation="nearest")
+    ax.set_yticks([0, 1], ["X", "Y"])
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+    ax.set_xlabel("antenna")
+    n = {s: sum(r["state"] == s for r in records) for s in states}
+    ax.set_title(f"{title}: " + ", ".join(f"{v} {k}" for k, v in n.items() if v), fontsize=9)
+    ax.legend(handles=[Patch(color=c, label=s) for s, c in HEALTH_COLOURS.items()], loc="upper left",
+              bbox_to_anchor=(1.0, 1.0), fontsize=6, frameon=False)
+    text = "\n".join(f"{r['antenna']} {r['pol']}: {r['state']}  {r['reason']}" for r in bad[:30])
+    if len(bad) > 30:
+        text += f"\n... and {len(bad) - 30} more"
+    fig.text(0.06, 0.02, text, fontsize=6, va="bottom", family="monospace")
+    with atomic_path(str(out)) as tmp:
+        fig.savefig(tmp, dpi=90)
+    return str(out)

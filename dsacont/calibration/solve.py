@@ -4,8 +4,12 @@
                                         (:mod:`dsacont.calibration.model`), solve G0 (phase, per
                                         integration) -> B (solint inf, solnorm) -> G (amplitude+phase)
 
-- Reference antenna: chosen automatically among the antennas with (nearly) the fewest flags,
-  the one closest to the array's centroid; CASA gets a ranked list to fall back on.
+- Antenna health first (:mod:`~dsacont.calibration.health`): dead receptors and antennas with a
+  wild or wrapping phase are found in the data and flagged.
+- Reference antenna: chosen automatically among the healthy antennas with (nearly) the fewest
+  flags, the one closest to the array's centroid; CASA gets a ranked list to fall back on.
+- After the solve, the QA gates of :mod:`~dsacont.calibration.gates` (reference antenna, SNR,
+  bandpass phase scatter) and the flagged fraction reject a bad pair.
 - ``G0``: phase-only, per integration, per SPW: removes the time-variable phase before the
   bandpass average (applied while solving B only; never registered).
 - ``B``: ``bandtype='B'``, ``solint='inf'``, ``combine='scan'``, ``solnorm=True``, per SPW
@@ -28,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dsacont.calibration.gates import table_gates
+from dsacont.calibration.health import antenna_health, flag_unhealthy, require_healthy
 from dsacont.calibration.model import select_calibrator, write_model
 from dsacont.calibration.msinfo import MSInfo, read_ms_info
 from dsacont.calibration.plots import plot_bandpass, plot_gains
@@ -54,15 +60,20 @@ def flag_for_calibration(ms) -> dict:
     return {"total": summary["flagged"] / max(summary["total"], 1), "antenna": per_ant}
 
 
-def choose_refant(info: MSInfo, antenna_flags: dict, n: int = 5) -> list[str]:
+def choose_refant(info: MSInfo, antenna_flags: dict, n: int = 5, health=None) -> list[str]:
     """Rank antennas for reference: low flag fraction first, then closeness to the array centre (median position).
 
     Antennas whose flag fraction exceeds the best by more than 5 percentage points are ranked
-    after all others. Returns up to ``n`` antenna names (CASA takes them as a fall-back list).
+    after all others. With ``health`` (:class:`~dsacont.calibration.health.AntennaHealth`), only
+    antennas whose two receptors are healthy are candidates. Returns up to ``n`` antenna names
+    (CASA takes them as a fall-back list).
     """
     names = [n_ for n_ in info.antenna_names if n_ in antenna_flags]
+    if health is not None:
+        healthy = set(health.healthy_antennas())
+        names = [a for a in names if a in healthy]
     if not names:
-        raise BadInputError(info.path, "no antenna has unflagged data")
+        raise BadInputError(info.path, "no antenna has unflagged data" + (" and two healthy receptors" if health else ""))
     idx = {a: i for i, a in enumerate(info.antenna_names)}
     pos = info.antenna_positions[[idx[a] for a in names]]
     dist = np.linalg.norm(pos - np.median(pos, axis=0), axis=1)  # median: robust to outriggers
@@ -75,7 +86,7 @@ def choose_refant(info: MSInfo, antenna_flags: dict, n: int = 5) -> list[str]:
 def solve_calibration(ms_path, calibrator=None, *, paths=None, registry=None, refant=None,
                       gain_solint: str = "inf", minsnr: float = 3.0, beam: str = "time",
                       validity_h: dict | None = None, plots: bool = True, uvrange: str = "",
-                      sky=None, fill_from: dict | None = None) -> dict:
+                      sky=None, fill_from: dict | None = None, health=True) -> dict:
     """Solve bandpass (B) and complex gains (G) on a calibrator MS and register them.
 
     The MS is modified: autocorrelations and zeros are flagged, MODEL_DATA is written.
@@ -111,6 +122,12 @@ def solve_calibration(ms_path, calibrator=None, *, paths=None, registry=None, re
         subbands); SPWs no table has are written as flagged solutions
         (:func:`~dsacont.calibration.tables.complete_spws`). Either way, what was done is in
         ``metrics[kind]["spw_fill"]``.
+    health : bool or AntennaHealth
+        True (default): judge every receptor from the data first
+        (:func:`~dsacont.calibration.health.antenna_health`), flag the dead and bad ones, and
+        reference the solve to a healthy antenna only (a given ``refant`` that is not healthy
+        raises :class:`BadInputError` before anything is solved). An ``AntennaHealth``: use it.
+        False: skip. The verdicts are in ``metrics["health"]``.
 
     Returns
     -------
@@ -139,12 +156,21 @@ def solve_calibration(ms_path, calibrator=None, *, paths=None, registry=None, re
     ct = casatasks()
 
     t = _time.perf_counter()
+    ant_health = None
+    if health is not False:
+        ant_health = health if hasattr(health, "records") else antenna_health(ms)
+        if refant:
+            require_healthy(refant.split(","), ant_health)
+        health_meta = {**ant_health.summary(), "flagged": flag_unhealthy(ms, ant_health),
+                       "unhealthy": ant_health.unhealthy()}
+    timings["health"] = _time.perf_counter() - t
+    t = _time.perf_counter()
     flags = flag_for_calibration(ms)
     timings["flag"] = _time.perf_counter() - t
     t = _time.perf_counter()
     model_meta = write_model(ms, cal, sky=sky, beam=beam, info=info)
     timings["model"] = _time.perf_counter() - t
-    refants = refant.split(",") if refant else choose_refant(info, flags["antenna"])
+    refants = refant.split(",") if refant else choose_refant(info, flags["antenna"], health=ant_health)
     refant_str = ",".join(refants)
     log.info("%s: reference antenna(s) %s", ms, refant_str)
 
@@ -166,6 +192,8 @@ def solve_calibration(ms_path, calibrator=None, *, paths=None, registry=None, re
     tmp = {k: work / f"{stem}.{k}" for k in ("G0", "B", "G")}
     metrics = {"flags": {"total": flags["total"]}, "model": model_meta, "refant": refant_str,
                "calibrator": cal.name, "ms": ms, "solve_mjd": solve_mjd}
+    if ant_health is not None:
+        metrics["health"] = health_meta
     try:
         t = _time.perf_counter()
         ct.gaincal(vis=ms, caltable=str(tmp["G0"]), solint="int", refant=refant_str, calmode="p",
@@ -194,6 +222,8 @@ def solve_calibration(ms_path, calibrator=None, *, paths=None, registry=None, re
                 log.warning("%s: the %s solve has no solutions for SPW(s) %s: filled from %s; flagged: %s", ms, k,
                             sorted([*fill["filled"], *fill["flagged"]]),
                             sorted(set(fill["filled"].values())) or "no earlier table", fill["flagged"] or "none")
+        gate_reasons, metrics["gates"] = table_gates(tmp["B"], tmp["G"], health=ant_health,
+                                                     antenna_names=info.antenna_names)
     except Exception as exc:
         if registry:
             for k in ("B", "G"):
@@ -208,6 +238,10 @@ def solve_calibration(ms_path, calibrator=None, *, paths=None, registry=None, re
     metrics["timings_s"] = timings
     status = "valid"
     why = ", ".join(f"{k}: {100 * v:.0f} % of solutions flagged" for k, v in bad.items()) if bad else None
+    if gate_reasons:  # the QA gates (calibration/gates.py): reference antenna, SNR, phase scatter
+        why = "; ".join([why, *gate_reasons] if why else gate_reasons)
+        bad = bad or {"gates": gate_reasons}
+        log.warning("%s: calibration rejected: %s", ms, why)
     reg_metrics = {k: {**metrics[k], "refant": refant_str, "model": model_meta} if bad else
                    {**metrics[k], "refant": refant_str, "beam_mid_error": model_meta["beam_mid_error"],
                     "timings_s": timings} for k in ("B", "G")}

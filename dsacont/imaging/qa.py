@@ -467,3 +467,54 @@ def calibrator_checks(image, pb, wcs2d, info, cell_arcsec, beam, calibrators="au
             "fit_ra_deg": fit["ra_deg"], "fit_dec_deg": fit["dec_deg"],
         })
     return out
+
+
+#: a tile whose main-lobe noise exceeds this multiple of the radiometer equation is kept out of mosaics
+MAX_NOISE_RATIO = 3.0
+#: ... or whose dynamic range (peak / noise) is below this (a tile of noise, or a broken image)
+MIN_DYNAMIC_RANGE = 10.0
+#: ... or in which a detected catalogue calibrator in the main lobe is off its catalogue flux by more
+#: than this fraction (ratio outside [1 - x, 1 / (1 - x)])
+MAX_FLUX_RATIO_ERROR = 0.35
+#: the flux-ratio gate looks only at calibrators where the tile's beam reaches this
+GATE_MIN_PB = 0.5
+
+
+def tile_gates(qa: dict, *, max_noise_ratio: float = MAX_NOISE_RATIO, min_dynamic_range: float = MIN_DYNAMIC_RANGE,
+               max_flux_ratio_error: float = MAX_FLUX_RATIO_ERROR) -> list[str]:
+    """Why a tile must be kept out of a mosaic (empty: it may go in), from its QA record.
+
+    Parameters
+    ----------
+    qa : dict
+        :func:`tile_qa`'s record (as stored with the image). Missing figures are not judged (a
+        tile made without QA passes); a figure that is present but not finite fails.
+    max_noise_ratio : float
+        ``noise_ratio`` (main-lobe noise / radiometer equation) above this fails.
+    min_dynamic_range : float
+        ``dynamic_range`` below this fails.
+    max_flux_ratio_error : float
+        A calibrator of ``qa["calibrators"]`` that is detected where the beam is at least
+        :data:`GATE_MIN_PB` with a flux ratio outside [1 - x, 1 / (1 - x)] fails (a calibrator
+        not detected is not held against the tile: the sky model may lack it).
+
+    Returns
+    -------
+    list of str, one sentence per failed gate.
+    """
+    out = []
+    qa = qa or {}
+    r = qa.get("noise_ratio")
+    if r is not None and not (np.isfinite(r) and r <= max_noise_ratio):
+        out.append(f"noise {r:.2f}x the radiometer equation (> {max_noise_ratio:g})")
+    dr = qa.get("dynamic_range")
+    if dr is not None and not (np.isfinite(dr) and dr >= min_dynamic_range):
+        out.append(f"dynamic range {dr:.1f} (< {min_dynamic_range:g})")
+    lo, hi = 1.0 - max_flux_ratio_error, 1.0 / (1.0 - max_flux_ratio_error)
+    for c in qa.get("calibrators") or []:
+        if c.get("detected") and (c.get("pb") or 0.0) >= GATE_MIN_PB:
+            ratio = c.get("ratio")
+            if ratio is None or not (np.isfinite(ratio) and lo <= ratio <= hi):
+                out.append(f"{c.get('name')} at {float(ratio if ratio is not None else 'nan'):.2f}x its "
+                           f"catalogue flux (outside {lo:.2f}-{hi:.2f})")
+    return out

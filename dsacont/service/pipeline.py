@@ -47,6 +47,7 @@ from dsacont.convert import convert_group
 from dsacont.errors import CalibrationUnavailable, ConfigError
 from dsacont.imaging import image_ms
 from dsacont.imaging.mosaic import make_mosaic
+from dsacont.imaging.qa import tile_gates
 from dsacont.imaging.tclean import image_product
 from dsacont.io.fits import add_cards, read_header
 from dsacont.io.groups import Group, cluster_files
@@ -241,6 +242,12 @@ def stage_convert(timestamp, files, paths: Paths, known: dict, made: dict) -> Pa
         flags = json.loads(summary.read_text())
         qa.update(flagged_fraction=flags.get("overall"), flag_summary=str(summary),
                   waterfall=str(out.parent / f"{timestamp}.waterfall.png"))
+    try:  # dead receptors and bad antennas, from the data: flagged, recorded per group by the service
+        health = calibration.assess_and_flag(out, group_timestamp=timestamp)
+        health.pop("health")
+        made["antenna_health"], qa["antenna_health"] = health, health["summary"]
+    except Exception as exc:  # never lose a group to its health check
+        log.warning("%s: antenna health not assessed: %s", timestamp, exc)
     made["ms"] = {"path": str(out), "start": start.mjd, "end": end.mjd, "group_timestamp": timestamp,
                   "inputs": [f for f in files if f], "status": "converted", "qa": qa}
     log.info("%s: converted in %.1f s -> %s", timestamp, time.perf_counter() - t, out)
@@ -519,7 +526,10 @@ def maybe_mosaic(paths: Paths, images, options: PipelineOptions | None = None) -
     -------
     list of dict
         ``make_mosaic`` results, each with ``files`` and ``product`` (the products-database row
-        to record: path, input image ids, files, centre, QA with ``mosaic_s``).
+        to record: path, input image ids, files, centre, QA with ``mosaic_s`` and
+        ``excluded_tiles``, the tiles :func:`~dsacont.imaging.qa.tile_gates` kept out, with the
+        reason) and ``rejected_images`` (their status updates). A run whose every tile is kept out
+        gives ``{"files": {}, "product": None, "rejected_images": [...]}``.
     """
     options = options or PipelineOptions()
     n = options.tiles_per_mosaic
@@ -536,12 +546,26 @@ def maybe_mosaic(paths: Paths, images, options: PipelineOptions | None = None) -
         name = f"mosaic_{run[0]['start_time'][:19]}_{n}tiles"
         out = paths.mosaics / f"{name}.fits"
         t0 = time.perf_counter()
-        res = make_mosaic([r["path"] for r in run], out, **options.mosaic)
+        # image QA gates (imaging.qa.tile_gates): a bad tile stays out, its reason goes with the mosaic
+        excluded = [{"image_id": r["id"], "path": r["path"], "reason": "; ".join(why)}
+                    for r in run if (why := tile_gates(r.get("qa") or {}))]
+        kept = [r for r in run if r["id"] not in {e["image_id"] for e in excluded}]
+        for e in excluded:
+            log.warning("tile %s kept out of the mosaic: %s", e["path"], e["reason"])
+        if not kept:  # nothing to mosaic: the tiles are still recorded as rejected
+            made.append({"files": {}, "product": None, "rejected_images": [
+                {"path": e["path"], "status": "rejected", "qa": {"rejected": e["reason"]}} for e in excluded]})
+            i += n
+            continue
+        res = make_mosaic([r["path"] for r in kept], out, **options.mosaic)
         files = {k: res[k] for k in ("mosaic", "noise", "png", "qa_json") if res.get(k)}
         res["files"] = files
-        res["product"] = {"path": files.get("mosaic", str(out)), "images": [r["id"] for r in run], "files": files,
+        res["product"] = {"path": files.get("mosaic", str(out)), "images": [r["id"] for r in kept], "files": files,
                           "ra_deg": res.get("ra_deg"), "dec_deg": res.get("dec_deg"),
-                          "qa": {**res.get("qa", {}), "mosaic_s": round(time.perf_counter() - t0, 2)}}
+                          "qa": {**res.get("qa", {}), "mosaic_s": round(time.perf_counter() - t0, 2),
+                                 "excluded_tiles": excluded}}
+        res["rejected_images"] = [{"path": e["path"], "status": "rejected", "qa": {"rejected": e["reason"]}}
+                                  for e in excluded]
         log.info("mosaic of %d tiles from %s -> %s", n, run[0]["start_time"], out)
         if options.catalogue_tiles and files.get("mosaic"):
             res["catalogue"] = _catalogue(files["mosaic"], options)
@@ -618,9 +642,10 @@ def on_group_complete(group, result, context=None) -> dict:
     paths = _paths_of(context).ensure(*WORK_DIRS)
     t = time.perf_counter()
     made = maybe_mosaic(paths, _known_of(context).get("unmosaicked_images") or [], _options_of(context))
-    return {"mosaics": [m.get("files", {}).get("mosaic") for m in made],
+    return {"mosaics": [m.get("files", {}).get("mosaic") for m in made if m["product"]],
             "mosaic_s": round(time.perf_counter() - t, 2),
-            "products": {"mosaics": [m["product"] for m in made],
+            "products": {"mosaics": [m["product"] for m in made if m["product"]],
+                         "images_update": [u for m in made for u in m.get("rejected_images", [])],
                          "catalogues": [m["catalogue"]["product"] for m in made if m.get("catalogue")]}}
 
 

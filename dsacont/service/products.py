@@ -15,6 +15,9 @@ One SQLite file (``Paths.products_db``, WAL journal, parameterised SQL only). Ta
     catalogues       one row per source catalogue (``<image>.sources.fits``): the image it was
                      made from, number of sources, finder parameters, cross-match QA JSON
                      (flux ratio, offsets, completeness against the reference)
+    antenna_health   one row per receptor (antenna x polarisation) of an MS: state ('ok', 'dead',
+                     'dies', 'bad', 'flagged'), reason, the metric it rests on, when it died
+                     (:mod:`dsacont.calibration.health`)
 
 Times are stored as ISO-8601 UTC strings (``YYYY-MM-DDTHH:MM:SS.sss``, sortable as text) and as
 MJD floats (``*_mjd`` columns, for range queries). Any time argument may be an ISO string, a
@@ -117,6 +120,21 @@ CREATE TABLE IF NOT EXISTS catalogues (
     qa TEXT NOT NULL DEFAULT '{}',
     created TEXT NOT NULL, updated TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS antenna_health (
+    id INTEGER PRIMARY KEY,
+    ms_id INTEGER REFERENCES ms(id) ON DELETE CASCADE,
+    ms_path TEXT NOT NULL,
+    group_timestamp TEXT,
+    antenna TEXT NOT NULL,
+    pol TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    metric REAL,
+    dead_from_mjd REAL,
+    recorded TEXT NOT NULL,
+    UNIQUE (ms_path, antenna, pol)
+);
+CREATE INDEX IF NOT EXISTS antenna_health_antenna ON antenna_health(antenna, state);
 CREATE INDEX IF NOT EXISTS ms_mid ON ms(mid_mjd);
 CREATE INDEX IF NOT EXISTS catalogues_mid ON catalogues(mid_mjd);
 CREATE INDEX IF NOT EXISTS images_mid ON images(mid_mjd);
@@ -344,6 +362,51 @@ class Products:
             con.execute("COMMIT")
         return rid
 
+    def add_antenna_health(self, ms, records, *, group_timestamp: str | None = None) -> int:
+        """Record the health of every receptor of an MS (replacing what was recorded for it).
+
+        ``records``: :meth:`dsacont.calibration.health.AntennaHealth.records` (dicts with
+        ``antenna``, ``pol``, ``state``, ``reason``, ``metric``, ``dead_from_s`` (MS TIME, s) or
+        ``dead_from_mjd``). The MS need not be registered (``ms_id`` is then NULL). Returns the
+        number of rows written.
+        """
+        path = os.path.abspath(os.fspath(ms))
+        row = self.get("ms", path)
+        now = _now()
+        rows = []
+        for r in records:
+            dead = r.get("dead_from_mjd")
+            if dead is None and r.get("dead_from_s") is not None:
+                dead = float(r["dead_from_s"]) / 86400.0
+            rows.append((row["id"] if row else None, path, group_timestamp or (row or {}).get("group_timestamp"),
+                         str(r["antenna"]), str(r["pol"]), str(r["state"]), str(r.get("reason") or ""),
+                         None if r.get("metric") is None else float(r["metric"]), dead, now))
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("DELETE FROM antenna_health WHERE ms_path = ?", (path,))
+            con.executemany(
+                "INSERT INTO antenna_health (ms_id, ms_path, group_timestamp, antenna, pol, state, reason, metric, "
+                "dead_from_mjd, recorded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            con.execute("COMMIT")
+        return len(rows)
+
+    def antenna_health(self, ms=None, *, state: str | None = None, antenna: str | None = None) -> list[dict]:
+        """Recorded receptor health, oldest group first: of one MS (path), or of every MS; only
+        one ``state`` (e.g. ``"dead"``) or one ``antenna`` (name) if given."""
+        where, args = [], []
+        if ms is not None:
+            where.append("ms_path = ?")
+            args.append(os.path.abspath(os.fspath(ms)))
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        if antenna is not None:
+            where.append("antenna = ?")
+            args.append(str(antenna))
+        sql = "SELECT * FROM antenna_health" + (" WHERE " + " AND ".join(where) if where else "")
+        with self._connect() as con:
+            return [dict(r) for r in con.execute(sql + " ORDER BY group_timestamp, ms_path, id", args)]
+
     def set_status(self, kind: str, key, status: str, qa: dict | None = None) -> None:
         """Change a product's status (and merge ``qa`` into its QA JSON)."""
         table = self._table(kind)
@@ -444,10 +507,11 @@ class Products:
 
     def images_not_in_mosaic(self) -> list[dict]:
         """Return the image rows in no mosaic yet (or only in ``stale`` ones), by mid-time (the mosaic
-        trigger's candidates)."""
+        trigger's candidates); a tile the QA gates kept out of a mosaic (status ``rejected``) is not
+        one."""
         with self._connect() as con:
             return [self._row(r) for r in con.execute(
-                "SELECT * FROM images WHERE path NOT IN (SELECT mi.image_path FROM mosaic_images mi "
+                "SELECT * FROM images WHERE status != 'rejected' AND path NOT IN (SELECT mi.image_path FROM mosaic_images mi "
                 "JOIN mosaics m ON m.id = mi.mosaic_id WHERE m.status != 'stale') "
                 "ORDER BY mid_mjd, id")]
 

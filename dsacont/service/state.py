@@ -23,7 +23,9 @@ The products description (every key optional, JSON-serialisable)::
      "images":      [{<Products.add_image arguments, "path" included>}, ...],
      "mosaics":     [{<Products.add_mosaic arguments, "path" included>}, ...],
      "catalogues":  [<dsacont.sources.catalogue_product record>, ...],      # Products.add_catalogue
-     "detections":  {<SkyStore.add_image argument>}}        # a tile's sources, for the sky model
+     "detections":  {<SkyStore.add_image argument>},        # a tile's sources, for the sky model
+     "antenna_health": {"ms": path, "group_timestamp", "records": [...]},  # add_antenna_health
+     "images_update": [{"path", "status", "qa"}, ...]}        # Products.set_status (a tile gated out)
 """
 from __future__ import annotations
 
@@ -133,13 +135,17 @@ def record_products(paths, made: dict | None) -> dict:
         ids["calibration"] = _record_calibration(Registry(paths.registry_db), made["calibration"])
     if made.get("detections"):
         ids["sky_image"] = SkyStore(paths.sky_db).add_image(made["detections"])
-    keys = ("ms", "ms_update", "caltables", "images", "mosaics", "catalogues")
+    keys = ("ms", "ms_update", "caltables", "images", "mosaics", "catalogues", "antenna_health", "images_update")
     if not any(made.get(k) for k in keys):
         return ids
     products = Products(paths.products_db)
     if made.get("ms"):
         ms = dict(made["ms"])
         ids["ms"] = products.add_ms(ms.pop("path"), **ms)
+    if made.get("antenna_health"):
+        h = made["antenna_health"]
+        ids["antenna_health"] = products.add_antenna_health(h["ms"], h["records"],
+                                                            group_timestamp=h.get("group_timestamp"))
     if made.get("ms_update"):
         u = made["ms_update"]
         products.set_status("ms", u["path"], u["status"], qa=u.get("qa"))
@@ -159,6 +165,8 @@ def record_products(paths, made: dict | None) -> dict:
         ids.setdefault("catalogues", []).append(products.add_catalogue(
             c["path"], image=c["image"], mjd=c.get("mjd"), n_sources=c.get("n_sources", 0), params=c.get("params"),
             qa=c.get("qa"), status=c.get("status", "catalogued")))
+    for u in made.get("images_update") or []:
+        products.set_status("images", u["path"], u["status"], qa=u.get("qa"))
     return ids
 
 

@@ -546,3 +546,34 @@ def test_field_gain_solve_against_a_wrong_sky_is_rejected_and_the_gains_transfer
     assert res["applied"]["flagged_fraction"] == pytest.approx(pair_only["flagged_fraction"], abs=1e-9)
     nvss = solve_field_gains(ms, [tables["B"], tables["G"]], paths=get_paths(root=tmp_path / "root2"))
     assert nvss["status"] == "rejected" and "not recovered" in nvss["reason"], nvss["reason"]
+
+
+def test_gates_reject_unhealthy_reference_noisy_bandpass_and_low_snr(solved, tmp_path):
+    """The post-solve QA gates (calibration/gates.py) on the real solved tables: they pass as
+    solved; referenced to an antenna judged dead, with the bandpass phases scrambled by 30 deg, or
+    with the SNR cut 1000-fold, the pair is rejected with the reason."""
+    from dsacont.calibration.gates import table_gates
+    from dsacont.calibration.health import antenna_health
+    from dsacont.io.ms import table
+
+    tables = solved["summary"]["tables"]
+    health = antenna_health(solved["ms"])
+    reasons, m = table_gates(tables["B"], tables["G"], health=health)
+    assert reasons == [] and m["refants"] == [solved["summary"]["refant"].split(",")[0]]
+    assert m["bandpass_phase_scatter_deg"] < 5 and m["snr_median_G"] > 20
+    ref = health.antenna_names.index(m["refants"][0])
+    health.state[ref, 1] = "dead"
+    reasons, _ = table_gates(tables["B"], tables["G"], health=health)
+    assert reasons == [f"solutions referenced to unhealthy antenna(s) {m['refants'][0]}"]
+    b, g = str(tmp_path / "x.B"), str(tmp_path / "x.G")
+    shutil.copytree(tables["B"], b)
+    shutil.copytree(tables["G"], g)
+    rng = np.random.default_rng(0)
+    with table(b, readonly=False) as tb:
+        c = tb.getcol("CPARAM")
+        tb.putcol("CPARAM", c * np.exp(1j * np.radians(rng.normal(0, 30, c.shape))))
+    with table(g, readonly=False) as tb:
+        tb.putcol("SNR", tb.getcol("SNR") / 1000)
+    reasons, m2 = table_gates(b, g)
+    assert len(reasons) == 2 and reasons[0].startswith("G: median SNR") and "bandpass phase scatter" in reasons[1]
+    assert 20 < m2["bandpass_phase_scatter_deg"] < 40  # the 30 deg put in, measured

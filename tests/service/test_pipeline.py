@@ -57,3 +57,48 @@ def test_twelve_tile_trigger_skips_a_missing_group(tmp_path):
     full = [_tile(tmp_path / "full", k, t0 + k * GROUP_CADENCE_S / 86400) for k in range(25)]
     made = maybe_mosaic(get_paths(root=tmp_path / "root2").ensure("mosaics"), full, PipelineOptions(tiles_per_mosaic=12))
     assert [m["product"]["images"] for m in made] == [list(range(1, 13)), list(range(13, 25))]
+
+
+def test_gated_tiles_kept_out_of_the_mosaic_with_their_reason(tmp_path):
+    """Of 12 consecutive tiles, one with 8x the radiometer noise and one whose calibrator came out
+    at half its flux are kept out: the mosaic is made of the other 10, its QA lists the two with
+    their reasons, and once recorded the two are 'rejected' and no longer mosaic candidates."""
+    from dsacont.service.products import Products
+    from dsacont.service.state import record_products
+
+    paths = get_paths(root=tmp_path / "root").ensure("mosaics")
+    t0 = Time("2025-10-29T13:24:37").mjd
+    rows = [_tile(tmp_path, k, t0 + k * GROUP_CADENCE_S / 86400) for k in range(12)]
+    for r in rows:
+        r["qa"] = {"noise_ratio": 1.1, "dynamic_range": 500.0}
+    rows[3]["qa"]["noise_ratio"] = 8.0
+    rows[7]["qa"]["calibrators"] = [{"name": "0834+555", "detected": True, "pb": 0.95, "ratio": 0.5}]
+    made = maybe_mosaic(paths, rows, PipelineOptions(tiles_per_mosaic=12))
+    assert len(made) == 1 and made[0]["n_tiles"] == 10
+    assert made[0]["product"]["images"] == [r["id"] for k, r in enumerate(rows) if k not in (3, 7)]
+    ex = made[0]["product"]["qa"]["excluded_tiles"]
+    assert [(e["image_id"], e["path"]) for e in ex] == [(4, rows[3]["path"]), (8, rows[7]["path"])]
+    assert ex[0]["reason"].startswith("noise 8.00x the radiometer equation") and "0834+555 at 0.50x" in ex[1]["reason"]
+    # recorded by the service as the hook returns it
+    db = Products(paths.products_db)
+    for r in rows:
+        db.add_image(r["path"], start=r["start_mjd"], qa=r["qa"])
+    record_products(paths, {"mosaics": [made[0]["product"]],
+                            "images_update": [u for m in made for u in m["rejected_images"]]})
+    assert [db.get("image", rows[k]["path"])["status"] for k in (2, 3, 7)] == ["imaged", "rejected", "rejected"]
+    assert db.get("image", rows[3]["path"])["qa"]["rejected"] == ex[0]["reason"]
+    mos = db.list_mosaics()[0]
+    assert mos["qa"]["excluded_tiles"] == ex
+    assert db.images_not_in_mosaic() == []  # ten in the mosaic, two rejected
+
+
+def test_a_run_of_only_bad_tiles_makes_no_mosaic_and_rejects_them(tmp_path):
+    paths = get_paths(root=tmp_path / "root").ensure("mosaics")
+    t0 = Time("2025-10-29T13:24:37").mjd
+    rows = [_tile(tmp_path, k, t0 + k * GROUP_CADENCE_S / 86400) for k in range(3)]
+    for r in rows:
+        r["qa"] = {"noise_ratio": 1.1, "dynamic_range": 4.0}
+    made = maybe_mosaic(paths, rows, PipelineOptions(tiles_per_mosaic=3))
+    assert [m["product"] for m in made] == [None] and not list(paths.mosaics.glob("*.fits"))
+    assert [u["path"] for u in made[0]["rejected_images"]] == [r["path"] for r in rows]
+    assert all(u["qa"]["rejected"] == "dynamic range 4.0 (< 10)" for u in made[0]["rejected_images"])
