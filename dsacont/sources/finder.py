@@ -297,7 +297,8 @@ def find_sources(image_path, *, noise=None, nsigma: float = DEFAULT_NSIGMA,
         found = _run_aegean(image_path, rms_path, bkg_path, nsigma, island_nsigma, int(hdr["NAXIS"]), cores)
     table = _table(found, hdr)
     beam = beam_from_header(hdr)
-    cards = {"IMAGE": (os.path.basename(image_path), "image the catalogue was made from"),
+    name = os.path.basename(image_path)  # a long name leaves no room for the comment (astropy would warn)
+    cards = {"IMAGE": (name, "image the catalogue was made from") if len(name) <= 32 else name,
              "FINDER": (_aegean_version(), "source finder"),
              "NSIGMA": (float(nsigma), "detection threshold, x local rms"),
              "ISLSIGMA": (float(island_nsigma), "island threshold, x local rms"),
