@@ -22,7 +22,7 @@ Steps:
    child and its own children (WSClean runs as one: ``os.wait4``'s rusage), the steps' times, noise
    vs the radiometer equation, dynamic range, 0834+555's fitted PB-corrected flux vs the
    simulator's truth (``--simulate``) and the QA's catalogue check, its offset in beams;
-3. the difference image of the two restored images (same pixel grid; WSClean's is a true SIN
+3. the difference image of the two restored images (same pixel grid; with gridder wgridder WSClean's is a true SIN
    projection and tclean's a slant SIN, so it is taken on the pixel grid and the source positions
    are compared in the sky): RMS of (a - b) over the inner 90 % vs the noise, and its peak;
 4. (``--mosaic``) a 12-tile mosaic of copies of the first imager's tile with the pointing moved

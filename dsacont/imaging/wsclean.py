@@ -9,10 +9,13 @@ moves) is :mod:`dsacont.imaging.tile`'s, shared with tclean.
 
 Choices
 -------
-- **Gridder**: the w-gridder (``-use-wgridder``, ducc0's wgridder inside WSClean), which corrects
-  the full w-term to ``-wgridder-accuracy`` (1e-4): the image is a true SIN projection (no slant
-  PV2_1/PV2_2 cards, unlike tclean's 'standard' gridder, which leaves the w-plane as a coordinate
-  distortion) and there is no w-term budget to check.
+- **Gridder** (``gridder='auto'``): as tclean's, a 2-D gridder (WSClean's with one w-layer,
+  ``-nwlayers 1``) that leaves the array's w-plane ``w = a u + b v`` as a slant SIN projection
+  (PV2_1/PV2_2, :mod:`dsacont.imaging.tclean`), unless the residual w-phase at the field edge
+  exceeds ``wterm_tolerance_rad``; then the w-gridder (``-use-wgridder``, ducc0's wgridder inside
+  WSClean, full w-correction to ``-wgridder-accuracy`` 1e-4, a true SIN image). The w-gridder
+  costs many w-planes over a 5 deg field: on the full-size transit tile it took 918 CPU-s against
+  tclean's 563 (``benchmarks/README.md``).
 - **Threads**: ``-j threads`` (default: the CPUs this process may use), so the service's
   concurrency stays pinned. ``-parallel-gridding`` only helps with several output images (channels
   or polarisations); a Stokes-I MFS tile has one, so it is not used.
@@ -56,7 +59,7 @@ import numpy as np
 from dsacont.imaging.geometry import DEFAULT_CELLS_PER_BEAM, DEFAULT_FOV_DEG
 from dsacont.imaging.qa import robust_rms
 from dsacont.imaging.tile import cleanup, finish_tile, flattened, next_step, plan_tile, work_dirs
-from dsacont.io.fits import set_standard_cards
+from dsacont.io.fits import set_slant_sin, set_standard_cards
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +93,8 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
              calibrators="auto", keep_casa: bool = False, nmajor: int = 10, thermal_noise: bool = False,
              flatten="auto", threads: int | None = None, mgain: float = DEFAULT_MGAIN,
              auto_mask: float | None = None, accuracy: float = DEFAULT_ACCURACY, extra_args=(),
-             wsclean: str | None = None, **tclean_only) -> dict:
+             wsclean: str | None = None, gridder: str = "auto", wterm_tolerance_rad: float = 1.0,
+             **tclean_only) -> dict:
     """Image one MS (one tile) with WSClean; write FITS image, pb, pbcor, residual and QA.
 
     Parameters
@@ -113,9 +117,16 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
         More WSClean options, appended to the Stokes-I command line as given.
     wsclean : str, optional
         The program (default :func:`wsclean_binary`).
+    gridder : {'wgridder', '2d', 'auto'}
+        'wgridder': ``-use-wgridder`` (full w-correction, true SIN); '2d': WSClean's gridder with
+        one w-layer (``-nwlayers 1``), the w-plane left as a slant SIN projection as tclean's
+        'standard' does (PV2_1/PV2_2); 'auto': '2d' when the residual w-phase at the field edge is
+        within ``wterm_tolerance_rad``, else 'wgridder'. tclean's gridder names mean 'wgridder'.
+    wterm_tolerance_rad : float
+        For ``gridder='auto'``.
     **tclean_only
-        tclean's own options (``gridder``, ``deconvolver``, ``cyclefactor``, ``clean_border``,
-        ``wterm_tolerance_rad``) are accepted, so one option set serves both imagers, and ignored.
+        tclean's own options (``deconvolver``, ``cyclefactor``, ``clean_border``) are accepted, so
+        one option set serves both imagers, and ignored.
 
     Returns
     -------
@@ -133,7 +144,7 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
     RuntimeError
         WSClean failed (the message holds the end of its log).
     """
-    unknown = set(tclean_only) - {"gridder", "deconvolver", "cyclefactor", "clean_border", "wterm_tolerance_rad"}
+    unknown = set(tclean_only) - {"deconvolver", "cyclefactor", "clean_border"}
     if unknown:
         raise TypeError(f"image_ms (wsclean) got unexpected keyword arguments {sorted(unknown)}")
     exe = wsclean or wsclean_binary()
@@ -153,7 +164,8 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
                                robust=robust, niter=niter, threshold_nsigma=threshold_nsigma, datacolumn=datacolumn,
                                paths=paths, cells_per_beam=cells_per_beam, pbcor_limit=pbcor_limit, name=name,
                                calibrators=calibrators, keep_casa=keep_casa, nmajor=nmajor,
-                               thermal_noise=thermal_noise, flatten=flatten, **tclean_only)
+                               thermal_noise=thermal_noise, flatten=flatten, wterm_tolerance_rad=wterm_tolerance_rad,
+                               **tclean_only)
     info, timing, name = plan["info"], plan["timing"], plan["name"]
     imsize, cell_arcsec = plan["imsize"], plan["cell_arcsec"]
     log.info("%s: %d antennas, %d channels %.1f-%.1f MHz, B_max %.0f m, w_max %.0f m -> %d^2 x %.3g\" "
@@ -161,6 +173,14 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
              info["freqs"].min() / 1e6, info["freqs"].max() / 1e6, info["max_baseline_m"], info["max_w_m"],
              imsize, cell_arcsec, threads, 100 * info["flagged_fraction"])
     column = {"corrected": "CORRECTED_DATA", "data": "DATA", "model": "MODEL_DATA"}[datacolumn.lower()]
+    if gridder == "auto":
+        gridder = "2d" if plan["wphase"] <= wterm_tolerance_rad else "wgridder"
+    if gridder not in ("wgridder", "2d"):
+        gridder = "wgridder"  # tclean's names ('standard', 'wproject', ...) mean nothing to WSClean
+    # the 2-D gridder (-nwlayers 1) leaves the w-plane w = a u + b v as a slant SIN projection,
+    # exactly as tclean's 'standard' gridder does
+    slant = (-info["w_plane"][0], -info["w_plane"][1]) if gridder == "2d" else None
+    grid_args = ["-nwlayers", "1"] if gridder == "2d" else ["-use-wgridder", "-wgridder-accuracy", str(accuracy)]
     try:
         work, stage = work_dirs(plan, prefix="wsc")
     except BaseException:
@@ -171,8 +191,7 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
         with flattened(plan, flatten, datacolumn) as flat:
             next_step(plan, "wsclean")
             common = [exe, "-size", str(imsize), str(imsize), "-scale", f"{cell_arcsec}asec",
-                      "-weight", "briggs", str(robust), "-data-column", column, "-use-wgridder",
-                      "-wgridder-accuracy", str(accuracy), "-reorder",
+                      "-weight", "briggs", str(robust), "-data-column", column, *grid_args, "-reorder",
                       "-j", str(threads), "-no-update-model-required", "-temp-dir", str(work)]
             cmd = [*common, "-name", str(work / name), "-pol", "I", "-niter", str(int(niter)),
                    "-nmiter", str(int(nmajor)), "-mgain", str(mgain),
@@ -206,16 +225,17 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
         beam = fit_psf_beam(psf, cell_arcsec)
         model = _plane(work / f"{name}-model.fits")
         resid = _plane(work / f"{name}-residual.fits")
-        cards = _finish_wsclean_fits(work / f"{name}-residual.fits", files["residual"], beam=beam)
-        _finish_wsclean_fits(work / f"{name}-residual.fits", files["image"], beam=beam,
+        cards = _finish_wsclean_fits(work / f"{name}-residual.fits", files["residual"], beam=beam, slant=slant)
+        _finish_wsclean_fits(work / f"{name}-residual.fits", files["image"], beam=beam, slant=slant,
                              data=restore(model, resid, beam, cell_arcsec))
         timing["restore_s"] = time.perf_counter() - t0
         timing["export_s"] = time.perf_counter() - t0
         result = finish_tile(
             plan, files, robust=robust, pbcor_limit=pbcor_limit, calibrators=calibrators, stage=stage,
-            imaging={"imager": "wsclean", "gridder": "wgridder", "deconvolver": "hogbom"}, flattened_rec=flat,
-            qa_extra={"imager": "wsclean", "gridder": "wgridder", "wterm_phase_edge_rad": 0.0,
-                      "wterm_phase_edge_no_slant_rad": plan["wphase_full"], "slant_sin": None,
+            imaging={"imager": "wsclean", "gridder": gridder, "deconvolver": "hogbom"}, flattened_rec=flat,
+            qa_extra={"imager": "wsclean", "gridder": gridder,
+                      "wterm_phase_edge_rad": plan["wphase"] if slant else 0.0,
+                      "wterm_phase_edge_no_slant_rad": plan["wphase_full"], "slant_sin": list(slant) if slant else None,
                       "iterations": int(cards.get("WSCMINOR", -1)), "major_cycles": int(cards.get("WSCMAJOR", -1)),
                       "noise_q_jy": noise_q, "wsclean_version": str(cards.get("WSCVERSI", "")).strip(),
                       "threads": threads, "auto_mask": auto_mask, "mgain": mgain})
@@ -333,7 +353,7 @@ def restore(model, residual, beam: dict, cell_arcsec: float):
     return out.astype(np.float32)
 
 
-def _finish_wsclean_fits(src: Path, dest: str, *, beam: dict, data=None) -> dict:
+def _finish_wsclean_fits(src: Path, dest: str, *, beam: dict, data=None, slant=None) -> dict:
     """Copy a WSClean FITS (or ``data`` in its place) to ``dest`` with ``beam`` and dsacont's
     standard cards; return WSClean's WSC* cards.
 
@@ -361,4 +381,6 @@ def _finish_wsclean_fits(src: Path, dest: str, *, beam: dict, data=None) -> dict
         hdr["TIMESYS"] = hdr.get("TIMESYS", "UTC")
         set_standard_cards(hdr)
         fits.PrimaryHDU(data, hdr).writeto(dest, overwrite=True)
+    if slant is not None:
+        set_slant_sin(dest, *slant)
     return {k: hdr[k] for k in hdr if str(k).startswith("WSC")}
