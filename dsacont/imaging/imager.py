@@ -6,7 +6,9 @@ the same files, result dict and QA (:mod:`dsacont.imaging.tile`). ``imager='auto
 takes WSClean when the ``wsclean`` program is installed and tclean otherwise; asking for 'wsclean'
 without the program also falls back to tclean. Either fallback says so in one log line (once per
 process), with how to install WSClean. Why WSClean is the default: ``benchmarks/README.md``
-(Imaging): the same tile, the same grid, measured side by side.
+(Imaging): the same full-size transit tile, the same grid, side by side: 308 CPU-s against
+tclean's 563, 0834+555 at 1.0013 vs 1.0014 of truth, 0.002 vs 0.001 beam, residual noise 1.085x
+vs 1.036x the radiometer equation.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from dsacont.imaging import tclean, wsclean
 log = logging.getLogger(__name__)
 
 IMAGERS = ("auto", "wsclean", "tclean")
-DEFAULT_IMAGER = "tclean"
+DEFAULT_IMAGER = "auto"
 _warned: set[str] = set()
 
 
