@@ -70,7 +70,8 @@ def _simulate_archive(archive: Path, preset: str, seed: int, n_groups: int, hour
     sim_kw = {}
     if sky != "synthetic":
         want["sky"] = sky
-        sim_kw = {"sky_model": "real"} if sky == "real" else {"realism": "realistic", "faults": False}
+        sim_kw = {"real": {"sky_model": "real"}, "realistic": {"realism": "realistic", "faults": False},
+                  "faulty": {"realism": "realistic"}}[sky]
     if marker.exists() and json.loads(marker.read_text()) == want:
         groups = [g for g in find_groups(archive) if g.complete]
         if len(groups) >= n_groups:
@@ -113,6 +114,46 @@ def _calibrator_in_mosaic(mosaic: dict, archive: Path) -> dict:
     return out
 
 
+def _sources_in_mosaic(mosaic: dict, products: Products, archive: Path, names=("0824+558",)) -> list[dict]:
+    """Catalogued sources other than the calibrator, found in the mosaic's catalogue, against truth.
+
+    The nearest catalogue component within half a restoring beam of the simulator's position; its
+    integrated flux against the simulator's flux at the catalogue's frequency. A source the
+    simulator did not put on the sky (the synthetic sky holds none of them) is left out.
+    """
+    from dsacont.sources import read_sources
+
+    cats = [c for c in products.list_catalogues() if c["image_path"] == mosaic["path"]]
+    truth = load_truth(archive, sorted(glob.glob(str(archive / "*_sb00.hdf5")))[0])
+    tnames = [str(n) for n in np.atleast_1d(truth["source_name"])]
+    out = []
+    if not cats:
+        return [{"name": n, "error": "the mosaic has no catalogue"} for n in names if n in tnames]
+    tab = read_sources(cats[0]["path"])
+    freq = float(tab.meta.get("FREQ") or REF_FREQ_HZ)
+    half_beam = 0.5 * float(tab.meta.get("BMAJ", 0.02))
+    for n in names:
+        if n not in tnames:
+            continue
+        i = tnames.index(n)
+        ra, dec = float(np.atleast_1d(truth["source_ra_deg"])[i]), float(np.atleast_1d(truth["source_dec_deg"])[i])
+        s_true = float(np.atleast_1d(truth["source_flux_jy"])[i]) * (
+            freq / float(np.atleast_1d(truth["source_ref_freq_hz"])[i])) ** float(
+            np.atleast_1d(truth["source_spectral_index"])[i])
+        cos_sep = (np.sin(np.radians(dec)) * np.sin(np.radians(np.asarray(tab["dec_deg"], float)))
+                   + np.cos(np.radians(dec)) * np.cos(np.radians(np.asarray(tab["dec_deg"], float)))
+                   * np.cos(np.radians(np.asarray(tab["ra_deg"], float) - ra)))
+        sep = np.degrees(np.arccos(np.clip(cos_sep, -1, 1))) if len(tab) else np.array([])
+        if not len(sep) or sep.min() > half_beam:
+            out.append({"name": n, "truth_jy": s_true, "detected": False})
+            continue
+        j = int(np.argmin(sep))
+        out.append({"name": n, "truth_jy": round(s_true, 4), "detected": True,
+                    "measured_jy": round(float(tab["int_flux"][j]), 4), "ratio": round(float(tab["int_flux"][j]) / s_true, 4),
+                    "offset_beams": round(float(sep[j]) / (2 * half_beam), 4), "snr": round(float(tab["snr"][j]), 1)})
+    return out
+
+
 def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_groups: int = N_GROUPS,
              hours: int | None = None, sky: str = "synthetic", scheduler: str | None = None,
              max_inflight: int = 2, fresh: bool = True) -> dict:
@@ -122,7 +163,7 @@ def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_grou
     of the acceptance hour, a mosaic per hour. ``sky``: 'synthetic' (the acceptance sky: 0834+555
     and a synthetic population), 'real' (the real sky: NVSS, the VLA calibrators, Cas A) or
     'realistic' (the real sky and the realistic instrument: gains wandering by tens of degrees
-    over hours, RFI, the real array).
+    over hours, RFI, the real array), or 'faulty' (that and the real array's faults).
     """
     t_all = time.perf_counter()
     root = Path(root).absolute()
@@ -192,6 +233,7 @@ def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_grou
         "calibration_of_groups": _calibration_tally(images),
         "hours": _per_hour(mosaics, images),
         "image_noise_mjy": [round(1e3 * (im.get("qa") or {}).get("noise_jy", float("nan")), 3) for im in images],
+        "image_noise_vs_radiometer": [round((im.get("qa") or {}).get("noise_ratio", float("nan")), 3) for im in images],
         "stage_wall_s": {k: {"total": round(float(np.sum(v)), 1), "mean": round(float(np.mean(v)), 1), "n": len(v)}
                          for k, v in stage_times.items()},
         "simulate_s": round(t_sim, 1),
@@ -209,6 +251,10 @@ def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_grou
             out["calibrator"] = _calibrator_in_mosaic(m, archive)
         except Exception as exc:  # noqa: BLE001
             out["calibrator"] = {"error": str(exc)}
+        try:
+            out["other_sources"] = _sources_in_mosaic(m, products, archive)
+        except Exception as exc:  # noqa: BLE001 - a summary line, never a failed demo
+            out["other_sources"] = [{"error": str(exc)}]
     (root / "summary.json").write_text(json.dumps(out, indent=1, default=str))
     return out
 
@@ -270,8 +316,17 @@ def format_summary(s: dict) -> str:
         lines.append(f"  0834+555 in mosaic   {cal['measured_jy']:.3f} Jy vs truth {cal['truth_jy']:.3f} Jy "
                      f"at {cal['freq_hz'] / 1e6:.1f} MHz (ratio {cal['ratio']:.4f}), "
                      f"offset {cal['offset_arcsec']:.1f}\" ({cal['offset_beams']:.3f} beam)")
+    for o in s.get("other_sources") or []:
+        if o.get("detected"):
+            lines.append(f"  {o['name']:<8} in mosaic   {o['measured_jy']:.3f} Jy vs truth {o['truth_jy']:.3f} Jy "
+                         f"(ratio {o['ratio']:.3f}, {o['snr']:.0f} sigma, offset {o['offset_beams']:.3f} beam)")
+        elif "name" in o:
+            lines.append(f"  {o['name']:<8} in mosaic   not detected" + (f" ({o['error']})" if o.get("error") else ""))
     if s.get("image_noise_mjy"):
         lines.append(f"  tile noise           median {np.median(s['image_noise_mjy']):.2f} mJy/beam")
+        r = [x for x in s.get("image_noise_vs_radiometer") or [] if np.isfinite(x)]
+        if r:
+            lines.append(f"  tile noise / radiometer equation  median {np.median(r):.2f}x ({min(r):.2f}-{max(r):.2f}x)")
     for k, v in s.get("stage_wall_s", {}).items():
         lines.append(f"  {k:<20} {v['total']:7.1f} s total, {v['mean']:6.1f} s per group (n={v['n']})")
     lines += [
@@ -297,10 +352,13 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--hours", type=int, default=None,
                     help="instead of --groups: this many hours from the start of the acceptance hour, a mosaic "
                          "per hour (default: the acceptance hour only, i.e. --groups)")
-    ap.add_argument("--sky", default="synthetic", choices=["synthetic", "real", "realistic"],
+    ap.add_argument("--sky", default="synthetic", choices=["synthetic", "real", "realistic", "faulty"],
                     help="simulated sky and instrument: 'synthetic' (0834+555 and a synthetic population; the "
                          "acceptance test), 'real' (NVSS, the VLA calibrators, Cas A), 'realistic' (the real sky "
-                         "and the realistic instrument: gains wandering over hours, RFI) (default synthetic)")
+                         "and the realistic instrument: gains wandering over hours, RFI), 'faulty' (that and the "
+                         "real array's faults: dead receptors, wild phases, an antenna dying) (default synthetic)")
+    ap.add_argument("--realistic", action="store_true",
+                    help="the whole realistic simulator: the same as --sky faulty (default off)")
     ap.add_argument("--scheduler", help="address of an existing dask-scheduler (default: start a LocalCluster)")
     ap.add_argument("--max-inflight", type=int, default=2,
                     help="groups processed at once (default 2: one per core here)")
@@ -308,7 +366,7 @@ def cli(argv: list[str]) -> int:
                     "afresh; the simulated archive is kept either way)")
     args = ap.parse_args(argv)
     s = run_demo(args.root, preset=args.preset, seed=args.seed, n_groups=args.groups, hours=args.hours,
-                 sky=args.sky, scheduler=args.scheduler,
+                 sky="faulty" if args.realistic else args.sky, scheduler=args.scheduler,
                  max_inflight=args.max_inflight, fresh=not args.keep)
     print(format_summary(s))
     return 0 if s["mosaics"] and not s["groups_failed"] else 1

@@ -1,6 +1,6 @@
 """Imaging: calibrated Measurement Sets to 5-minute tile images and 60-minute mosaics.
 
-One tile (one MS) goes through CASA tclean with an explicit DSA-110 Airy beam and comes out as
+One tile (one MS) goes through WSClean or CASA tclean with an explicit DSA-110 Airy beam and comes out as
 FITS (image, effective primary beam, PB-corrected image, residual) with a QA record; tiles are
 combined in the image plane, each weighted by its own drifting beam and noise.
 
@@ -12,7 +12,12 @@ Modules, in the order a tile uses them:
   primary beam (``make_vptable``, ``effective_beam``, ``beam_image``, ``band_samples``);
 - :mod:`~dsacont.imaging.flatten`: flattening bright sources' drifting-beam modulation in the data
   before tclean, and restoring it (``flatten_sources``, ``unflatten``);
-- :mod:`~dsacont.imaging.tclean`: ``inspect_ms`` and ``image_ms``, the imaging step itself;
+- :mod:`~dsacont.imaging.imager`: ``image_ms``, the imaging step itself: CASA tclean (the default),
+  or WSClean when installed (``imager='auto'|'wsclean'|'tclean'``, ``choose_imager``);
+- :mod:`~dsacont.imaging.tclean` and :mod:`~dsacont.imaging.wsclean`: the two imagers
+  (``wsclean_binary``);
+- :mod:`~dsacont.imaging.tile`: what both share: the grid plan, flattening around the imager,
+  primary beam, pbcor, QA and the files (``inspect_ms``, ``image_product``);
 - :mod:`~dsacont.imaging.qa`: noise, radiometer expectation, source fits (``tile_qa``,
   ``calibrator_checks``, ``robust_rms``, ``fit_source``, ``find_sources``, ...);
 - :mod:`~dsacont.imaging.mosaic`: ``make_mosaic``, the primary-beam-weighted combination;
@@ -40,8 +45,13 @@ _EXPORTS = {
     "band_samples": "dsacont.imaging.beam",
     "flatten_sources": "dsacont.imaging.flatten",
     "unflatten": "dsacont.imaging.flatten",
-    "inspect_ms": "dsacont.imaging.tclean",
-    "image_ms": "dsacont.imaging.tclean",
+    "inspect_ms": "dsacont.imaging.tile",
+    "image_ms": "dsacont.imaging.imager",
+    "choose_imager": "dsacont.imaging.imager",
+    "IMAGERS": "dsacont.imaging.imager",
+    "DEFAULT_IMAGER": "dsacont.imaging.imager",
+    "wsclean_binary": "dsacont.imaging.wsclean",
+    "image_product": "dsacont.imaging.tile",
     "DEFAULT_NITER": "dsacont.imaging.tclean",
     "DEFAULT_NSIGMA": "dsacont.imaging.tclean",
     "DEFAULT_NMAJOR": "dsacont.imaging.tclean",

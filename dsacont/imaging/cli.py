@@ -1,6 +1,6 @@
 """The ``dsacont image`` and ``dsacont mosaic`` commands: options only, the work is the library's.
 
-``dsacont image MS`` runs :func:`dsacont.imaging.tclean.image_ms`; ``dsacont mosaic`` runs
+``dsacont image MS`` runs :func:`dsacont.imaging.image_ms` (WSClean or tclean); ``dsacont mosaic`` runs
 :func:`dsacont.imaging.mosaic.make_mosaic` on tile files or on the images registered in a time
 window. Every option shows its real default (the library's constants).
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 from dsacont.config import get_paths
 from dsacont.errors import BadInputError
 from dsacont.imaging.geometry import DEFAULT_CELLS_PER_BEAM, DEFAULT_FOV_DEG
+from dsacont.imaging.imager import DEFAULT_IMAGER, IMAGERS, image_ms
 from dsacont.imaging.mosaic import _stem, make_mosaic
 from dsacont.imaging.tclean import (
     DEFAULT_CYCLEFACTOR,
@@ -22,7 +23,6 @@ from dsacont.imaging.tclean import (
     DEFAULT_ROBUST,
     PBCOR_LIMIT,
     WTERM_TOLERANCE_RAD,
-    image_ms,
 )
 
 DEFAULT_PB_CUTOFF = 0.2
@@ -41,13 +41,16 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 def _parser_image() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="dsacont image", formatter_class=_Formatter,
-        description="Image one calibrated Measurement Set (one 5-minute tile) with CASA tclean: writes "
+        description="Image one calibrated Measurement Set (one 5-minute tile) with WSClean or CASA tclean: writes "
                     "<name>.image/.pb/.pbcor/.residual.fits and <name>.qa.json into the images directory.")
     ap.add_argument("ms", help="the calibrated Measurement Set to image")
     ap.add_argument("--out-dir", default=None,
                     help="output directory (default: the configured images directory)")
     ap.add_argument("--root", default=None,
                     help="dsacont root directory, as get_paths(root=...) (default: from the CONTIMG_* environment variables)")
+    ap.add_argument("--imager", default=DEFAULT_IMAGER, choices=list(IMAGERS),
+                    help="auto: WSClean when the wsclean program is installed, else tclean; 'wsclean' without "
+                         "the program also falls back to tclean (with a log line)")
     ap.add_argument("--imsize", type=int, default=None,
                     help="image side in pixels (default: --fov over the cell, rounded up to a 2^a 3^b 5^c size)")
     ap.add_argument("--cell", type=float, dest="cell_arcsec", default=None,
@@ -77,7 +80,7 @@ def _parser_image() -> argparse.ArgumentParser:
     ap.add_argument("--thermal-noise", action="store_true",
                     help="also image Stokes Q (dirty) and report its RMS as the thermal noise (two more gridding passes)")
     ap.add_argument("--keep-casa", action="store_true",
-                    help="keep CASA's image directories in <out-dir>/<name>.casa/ for inspection")
+                    help="keep the imager's work directory (<out-dir>/<name>.casa/ or <name>.wsclean/) for inspection")
     ap.add_argument("--no-register", action="store_true", help="do not add the image to the products database")
     return ap
 
@@ -98,7 +101,7 @@ def cli(argv: list[str], *, on_result=None) -> int:
                        datacolumn=args.datacolumn, paths=paths, gridder=args.gridder, deconvolver=args.deconvolver,
                        cells_per_beam=args.cells_per_beam, pbcor_limit=args.pbcor_limit, nmajor=args.nmajor,
                        cyclefactor=args.cyclefactor, flatten=None if args.no_flatten else "auto",
-                       thermal_noise=args.thermal_noise, keep_casa=args.keep_casa)
+                       thermal_noise=args.thermal_noise, keep_casa=args.keep_casa, imager=args.imager)
     except BadInputError as exc:
         print(f"dsacont image: {exc}", file=sys.stderr)
         return 1

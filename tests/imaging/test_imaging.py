@@ -34,7 +34,7 @@ def tile(tmp_path_factory):
     _corrected_equals_data(ms)  # no gains were simulated: the calibrated data are DATA
     with warnings.catch_warnings(record=True) as caught:  # checked by test_no_fits_warnings_while_imaging
         warnings.simplefilter("always")
-        res = image_ms(ms, paths=paths, thermal_noise=True)
+        res = image_ms(ms, paths=paths, thermal_noise=True, imager="tclean")
     res["_warnings"] = [f"{w.category.__name__}: {w.message}" for w in caught]
     # the service records what a worker made (image_ms itself never touches a database)
     from dsacont.imaging.tclean import image_product
@@ -383,3 +383,95 @@ def test_mosaic_of_real_tiles(tile, second_tile, tmp_path):
 
     row = Products(paths.products_db).get("mosaic", m["mosaic_id"])
     assert sorted(row["images"]) == sorted([res1["pbcor"], res2["pbcor"]])
+
+
+# --- WSClean: the same tile, the same files, the same grid -------------------------------------
+
+@pytest.fixture(scope="module")
+def wsclean_tile(tile, tmp_path_factory):
+    """The transit tile imaged by WSClean (the same MS as ``tile``'s tclean image)."""
+    from dsacont.imaging import image_ms, wsclean_binary
+
+    if wsclean_binary() is None:
+        pytest.skip("no wsclean program (apt-get install wsclean; .ci/run installs it)")
+    _, _, paths, ms = tile
+    out = tmp_path_factory.mktemp("wsclean-images")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = image_ms(ms, out, paths=paths, imager="wsclean", thermal_noise=True)
+    res["_warnings"] = [f"{w.category.__name__}: {w.message}" for w in caught]
+    return res
+
+
+def test_wsclean_calibrator_flux_and_grid(tile, wsclean_tile):
+    """WSClean's tile: 0834+555 within 2 % of truth and 0.1 beam, noise near the radiometer figure,
+    and the pixel grid and header of tclean's tile (the same slant SIN projection)."""
+    from astropy.io import fits
+
+    from dsacont.imaging import read_fits_image
+    from dsacont.imaging.qa import fit_source
+
+    res_t, truth, paths, _ = tile
+    res = wsclean_tile
+    assert res["imager"] == "wsclean" and res["gridder"] == "2d" and res["qa"]["imager"] == "wsclean"
+    assert not [w for w in res["_warnings"] if "FITS" in w or "WCS" in w], res["_warnings"]
+    s = truth["sources"]
+    k = list(s["name"]).index("0834+555")
+    expected = _band_mean_flux(truth, k, truth["freq_hz"])
+    pbcor, _, w = read_fits_image(res["pbcor"])
+    bpx = res["qa"]["beam_px"]
+    fit = fit_source(pbcor, w, s["ra_deg"][k], s["dec_deg"][k], beam_px=bpx, box_px=int(3 * bpx))
+    assert fit["peak"] == pytest.approx(expected, rel=0.02)
+    assert fit["offset_arcsec"] < 0.1 * res["beam"]["bmin_arcsec"]
+    cal = [c for c in res["qa"]["calibrators"] if c["name"] == "0834+555"][0]
+    assert cal["ratio"] == pytest.approx(1.0, abs=0.02) and cal["offset_beams"] < 0.1
+    qa = res["qa"]
+    assert 0.85 < qa["noise_ratio"] < 1.3 and 0.85 < qa["noise_q_ratio"] < 1.2, qa
+    assert qa["flattened"] and qa["iterations"] > 100 and qa["major_cycles"] >= 2
+    # the restoring beam is fitted to the PSF as tclean fits its own: within 5 %
+    for key in ("bmaj_arcsec", "bmin_arcsec"):
+        assert res["beam"][key] == pytest.approx(res_t["beam"][key], rel=0.05)
+    # the same pixel grid and header layout as tclean's image, for every product
+    for kind in ("image", "residual", "pb", "pbcor"):
+        ht, hw = fits.getheader(res_t[kind]), fits.getheader(res[kind])
+        for key in ("NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "NAXIS4", "CTYPE1", "CTYPE2", "CTYPE3", "CTYPE4",
+                    "CRPIX1", "CRPIX2", "RADESYS", "OBSGEO-X", "OBSGEO-B"):
+            assert hw[key] == ht[key], (kind, key)
+        # CASA's exportfits leaves the residual's BUNIT empty; WSClean's residual says Jy/beam
+        assert hw["BUNIT"] == ht["BUNIT"] or (kind == "residual" and hw["BUNIT"] == "Jy/beam"), kind
+        for key in ("CDELT1", "CDELT2", "CRVAL1", "CRVAL2", "MJD-OBS"):
+            assert hw[key] == pytest.approx(ht[key], rel=1e-9, abs=1e-9), (kind, key)
+        assert hw["CRVAL3"] == pytest.approx(ht["CRVAL3"], rel=1e-3)
+        # the same 2-D gridding with the w-plane as a slant SIN projection
+        assert hw["PV2_1"] == pytest.approx(ht["PV2_1"], abs=1e-9) and hw["PV2_2"] == pytest.approx(ht["PV2_2"])
+    # the products sit where tclean's do, nothing left behind
+    names = {os.path.basename(res[k]) for k in ("image", "residual", "pb", "pbcor", "qa_json")}
+    assert names == {os.path.basename(res_t[k]) for k in ("image", "residual", "pb", "pbcor", "qa_json")}
+    assert not any(p.name.startswith("wsc-") for p in paths.tmp.iterdir())
+    # the MS holds the calibrated data again after flattening (no record left: not 'applied')
+    from dsacont.imaging.flatten import flatten_state
+
+    assert flatten_state(res["ms"]) is None
+
+
+def test_fallback_to_tclean_without_wsclean(tile, tmp_path, monkeypatch, caplog):
+    """imager='wsclean' with no wsclean program on PATH: tclean's tile, and one log line saying so."""
+    import logging
+
+    from dsacont.imaging import image_ms
+    from dsacont.imaging import imager as imager_mod
+
+    _, _, paths, ms = tile
+    monkeypatch.setenv("PATH", str(tmp_path))  # no wsclean here
+    monkeypatch.delenv("DSACONT_WSCLEAN", raising=False)
+    monkeypatch.setattr(imager_mod, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="dsacont.imaging.imager"):
+        res = image_ms(ms, tmp_path / "out", paths=paths, imager="wsclean", fov_deg=1.0, niter=0,
+                       calibrators=None, flatten=None, threads=2)
+        assert imager_mod.choose_imager("wsclean") == "tclean"
+    assert res["imager"] == "tclean" and res["gridder"] == "standard"
+    assert os.path.exists(res["pbcor"])
+    lines = [r.getMessage() for r in caplog.records if "no wsclean program" in r.getMessage()]
+    assert len(lines) == 1 and "tclean" in lines[0] and "apt-get install wsclean" in lines[0]
+    with pytest.raises(ValueError, match="imager must be one of"):
+        image_ms(ms, tmp_path / "out", imager="casa")
