@@ -137,8 +137,9 @@ def _sources_in_mosaic(mosaic: dict, products: Products, archive: Path, names=("
             continue
         i = tnames.index(n)
         ra, dec = float(np.atleast_1d(truth["source_ra_deg"])[i]), float(np.atleast_1d(truth["source_dec_deg"])[i])
+        ref_hz = np.atleast_1d(truth["source_ref_freq_hz"])  # one for all, or one per source
         s_true = float(np.atleast_1d(truth["source_flux_jy"])[i]) * (
-            freq / float(np.atleast_1d(truth["source_ref_freq_hz"])[i])) ** float(
+            freq / float(ref_hz[i] if ref_hz.size > 1 else ref_hz[0])) ** float(
             np.atleast_1d(truth["source_spectral_index"])[i])
         cos_sep = (np.sin(np.radians(dec)) * np.sin(np.radians(np.asarray(tab["dec_deg"], float)))
                    + np.cos(np.radians(dec)) * np.cos(np.radians(np.asarray(tab["dec_deg"], float)))
