@@ -76,10 +76,13 @@ class FieldQA:
     min_model_jy : float
         Smallest total apparent model flux (Jy) worth solving against.
     min_held_out_ratio : float
-        Smallest model flux ratio of the model without its brightest source, after the
-        correction. Antenna phases can make the data match any single point source (they move
-        it), so a correction is trusted only when the fainter sources, which it cannot all move
-        at once, are recovered too.
+        Smallest flux ratio of the model's fainter sources (fitted jointly with its brightest,
+        :func:`held_out_ratio`), after the correction. Antenna phases can make the data match any
+        single point source (they move it), so a correction is trusted only when the fainter
+        sources, which it cannot all move at once, are recovered too. 0.75: corrections accepted
+        on the true sky read 0.79-1.10 (the demo and the around-the-clock benchmark); a solve
+        against NVSS on a sky without NVSS sources read up to 0.60, the gains pulling the data
+        part of the way to any model.
     min_held_out_sources : int
         Fewest sources besides the brightest for that check (fewer: rejected, unverifiable).
     max_held_out_ratio : float
@@ -93,7 +96,7 @@ class FieldQA:
     min_model_flux_ratio: float = 0.7
     max_ratio_loss: float = 0.02
     min_model_jy: float = 0.1
-    min_held_out_ratio: float = 0.6
+    min_held_out_ratio: float = 0.75
     min_held_out_sources: int = 3
     max_model_flux_ratio: float = 1.3
     max_held_out_ratio: float = 1.5
