@@ -194,7 +194,8 @@ def model_flux_ratio(ms, info: MSInfo | None = None, column: str = "CORRECTED_DA
     return num / den if den > 0 else float("nan")
 
 
-def held_out_ratio(ms, sky, info: MSInfo | None = None, column: str = "CORRECTED_DATA") -> float:
+def held_out_ratio(ms, sky, info: MSInfo | None = None, column: str = "CORRECTED_DATA",
+                   full_sums: tuple[float, float] | None = None) -> float:
     """The flux ratio of the model's fainter sources, fitted jointly with its brightest one.
 
     The data ``C`` are fitted as ``a M_b + b M_h`` (real ``a``, ``b``; least squares over the
@@ -203,10 +204,13 @@ def held_out_ratio(ms, sky, info: MSInfo | None = None, column: str = "CORRECTED
     not enough: with one source ten times brighter than the rest, its visibilities leak into the
     projection of a 5-minute snapshot (measured: 0.16 on data of exactly the model's sky).
     ``Re sum(M_b M_h*)`` follows from the sums of the full model: ``(|M|^2 - |M_b|^2 - |M_h|^2) / 2``.
-    MODEL_DATA ends holding ``M_b``.
+    MODEL_DATA ends holding ``M_b``. ``full_sums``: :func:`model_sums` of the whole model, when
+    the caller has them already (MODEL_DATA holding ``sky``); else they are computed here.
     """
-    write_model(ms, None, sky=list(sky), info=info)
-    c_m, mm = model_sums(ms, info, column)
+    if full_sums is None:
+        write_model(ms, None, sky=list(sky), info=info)
+        full_sums = model_sums(ms, info, column)
+    c_m, mm = full_sums
     write_model(ms, None, sky=list(sky[1:]), info=info)
     c_h, hh = model_sums(ms, info, column)
     write_model(ms, None, sky=list(sky[:1]), info=info)
@@ -315,7 +319,8 @@ def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None,
         casatasks().flagmanager(vis=ms, mode="save", versionname=_FLAG_VERSION, merge="replace")
         flags_saved = True
         applied = apply_calibration(ms, tables=[*base_tables, str(final_tmp)], interp=interp)
-        after = model_flux_ratio(ms, info)
+        full_sums = model_sums(ms, info)  # MODEL_DATA holds the whole model (written before the solve)
+        after = full_sums[0] / full_sums[1] if full_sums[1] > 0 else float("nan")
         timings["after"] = _time.perf_counter() - t
         metrics["model_flux_ratio_after"] = round(after, 4)
         if not after >= qa.min_model_flux_ratio:
@@ -330,7 +335,7 @@ def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None,
         if len(held) < qa.min_held_out_sources:
             reasons.append(f"only {len(held)} model source(s) besides the brightest: the solve cannot be verified")
         else:
-            metrics["held_out_ratio"] = round(held_out_ratio(ms, ordered, info), 4)
+            metrics["held_out_ratio"] = round(held_out_ratio(ms, ordered, info, full_sums=full_sums), 4)
             metrics["held_out_sources"] = len(held)
             if metrics["held_out_ratio"] > qa.max_held_out_ratio:
                 reasons.append(f"the model's {len(held)} fainter sources read {metrics['held_out_ratio']:.2f}x their "
