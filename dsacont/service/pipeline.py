@@ -550,11 +550,11 @@ def maybe_mosaic(paths: Paths, images, options: PipelineOptions | None = None) -
         excluded = [{"image_id": r["id"], "path": r["path"], "reason": "; ".join(why)}
                     for r in run if (why := tile_gates(r.get("qa") or {}))]
         kept = [r for r in run if r["id"] not in {e["image_id"] for e in excluded}]
+        rejected = [{"path": e["path"], "status": "rejected", "qa": {"rejected": e["reason"]}} for e in excluded]
         for e in excluded:
             log.warning("tile %s kept out of the mosaic: %s", e["path"], e["reason"])
         if not kept:  # nothing to mosaic: the tiles are still recorded as rejected
-            made.append({"files": {}, "product": None, "rejected_images": [
-                {"path": e["path"], "status": "rejected", "qa": {"rejected": e["reason"]}} for e in excluded]})
+            made.append({"files": {}, "product": None, "rejected_images": rejected})
             i += n
             continue
         res = make_mosaic([r["path"] for r in kept], out, **options.mosaic)
@@ -564,8 +564,7 @@ def maybe_mosaic(paths: Paths, images, options: PipelineOptions | None = None) -
                           "ra_deg": res.get("ra_deg"), "dec_deg": res.get("dec_deg"),
                           "qa": {**res.get("qa", {}), "mosaic_s": round(time.perf_counter() - t0, 2),
                                  "excluded_tiles": excluded}}
-        res["rejected_images"] = [{"path": e["path"], "status": "rejected", "qa": {"rejected": e["reason"]}}
-                                  for e in excluded]
+        res["rejected_images"] = rejected
         log.info("mosaic of %d tiles from %s -> %s", n, run[0]["start_time"], out)
         if options.catalogue_tiles and files.get("mosaic"):
             res["catalogue"] = _catalogue(files["mosaic"], options)
