@@ -17,8 +17,10 @@
 groups after the transit calibrated around the clock: the calibrator pair transferred and a field
 gain correction per group); ``--sky real|realistic`` simulates the real sky (NVSS, the VLA
 calibrators, Cas A) and, with 'realistic', the realistic instrument (gains wandering by tens of
-degrees over hours). On the default synthetic sky NVSS does not describe the field, so the field
-corrections are rejected by their QA gate and the calibrator's gains are transferred.
+degrees over hours); ``--realistic`` (``--sky faulty``) adds the real array's faults. On the default
+synthetic sky NVSS does not describe the field: the field corrections are solved against the sky
+model dsacont builds from the tiles before them (:mod:`dsacont.service.sky`), and a group no tile
+has covered yet gets the calibrator's gains transferred.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 from astropy import units as u
+from astropy.coordinates import SkyCoord
 
 from dsacont.calibration.registry import Registry
 from dsacont.calibrators import REF_FREQ_HZ, get_calibrator, transit_time
@@ -141,10 +144,8 @@ def _sources_in_mosaic(mosaic: dict, products: Products, archive: Path, names=("
         s_true = float(np.atleast_1d(truth["source_flux_jy"])[i]) * (
             freq / float(ref_hz[i] if ref_hz.size > 1 else ref_hz[0])) ** float(
             np.atleast_1d(truth["source_spectral_index"])[i])
-        cos_sep = (np.sin(np.radians(dec)) * np.sin(np.radians(np.asarray(tab["dec_deg"], float)))
-                   + np.cos(np.radians(dec)) * np.cos(np.radians(np.asarray(tab["dec_deg"], float)))
-                   * np.cos(np.radians(np.asarray(tab["ra_deg"], float) - ra)))
-        sep = np.degrees(np.arccos(np.clip(cos_sep, -1, 1))) if len(tab) else np.array([])
+        sep = SkyCoord(np.asarray(tab["ra_deg"], float), np.asarray(tab["dec_deg"], float), unit="deg").separation(
+            SkyCoord(ra, dec, unit="deg")).deg if len(tab) else np.array([])
         if not len(sep) or sep.min() > half_beam:
             out.append({"name": n, "truth_jy": s_true, "detected": False})
             continue
