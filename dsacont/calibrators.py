@@ -152,6 +152,56 @@ def get_calibrator(name: str) -> Calibrator:
     raise KeyError(f"calibrator {name!r} is not in the VLA calibrator catalogue")
 
 
+# --- the brightest sources of the sky, which matter far outside the main lobe -----------------------
+@dataclass(frozen=True)
+class BrightSource:
+    """A source bright enough to matter in the primary beam's sidelobes (the "A-team").
+
+    Attributes
+    ----------
+    name : str
+    ra_deg, dec_deg : float   J2000 (ICRS) position, degrees
+    flux_jy : float           flux density at 1.4 GHz, Jy (a round published figure: the pipeline
+                              fits the scale to the data, so 10-20 % does not matter)
+    spectral_index : float    alpha in S(nu) = flux_jy * (nu / 1.4 GHz) ** alpha
+    major_arcsec, minor_arcsec, pa_deg : float
+                              a Gaussian of the source's extent (FWHM, arcsec; PA east of north, deg)
+    """
+
+    name: str
+    ra_deg: float
+    dec_deg: float
+    flux_jy: float
+    spectral_index: float
+    major_arcsec: float = 0.0
+    minor_arcsec: float = 0.0
+    pa_deg: float = 0.0
+
+    def flux_at(self, freq_hz):
+        """Flux density (Jy) at ``freq_hz`` (Hz, array_like)."""
+        return self.flux_jy * (np.asarray(freq_hz, dtype=float) / REF_FREQ_HZ) ** self.spectral_index
+
+
+#: Cas A (the supernova remnant 3C461: 1.4 GHz flux fading ~0.6 %/yr, ~1,700 Jy in the 2020s; a shell
+#: of ~5' diameter) and Cyg A (3C405: ~1,600 Jy, two lobes ~2' apart). At DSA-110's usual
+#: declinations (+50..+62) Cas A passes 0-10 deg from the pointing and reaches tens of Jy in the
+#: first sidelobes; Cyg A, at +40.7, reaches ~1 Jy in the far sidelobes for pointings below +52.
+BRIGHT_SIDELOBE_SOURCES = (
+    BrightSource("CasA", 350.8500, 58.8150, 1700.0, -0.77, 300.0, 300.0, 0.0),
+    BrightSource("CygA", 299.8682, 40.7339, 1600.0, -0.78, 120.0, 40.0, 115.0),
+)
+
+
+def bright_sidelobe_source(name: str) -> BrightSource:
+    """One of :data:`BRIGHT_SIDELOBE_SOURCES` by name ('CasA', 'Cas A', 'cyga', ...)."""
+    key = name.replace(" ", "").lower()
+    for s in BRIGHT_SIDELOBE_SOURCES:
+        if s.name.lower() == key:
+            return s
+    raise KeyError(f"{name!r} is not one of the bright sidelobe sources "
+                   f"({', '.join(s.name for s in BRIGHT_SIDELOBE_SOURCES)})")
+
+
 def _to_time(t):
     from astropy.time import Time
 

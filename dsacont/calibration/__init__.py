@@ -56,6 +56,9 @@ from dsacont.calibration.model import (  # noqa: F401
     pointing_dec,
     pointing_dec_from_phase_centre,
     select_calibrator,
+    sidelobe_sources,
+    source_model,
+    source_shape,
     write_model,
 )
 from dsacont.calibration.msinfo import MSInfo, read_ms_info  # noqa: F401

@@ -30,14 +30,14 @@ import logging
 import os
 import shutil
 import time as _time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from dsacont import calibrators
 from dsacont.calibration.apply import apply_calibration
-from dsacont.calibration.model import beam_offsets, pointing_dec, write_model
+from dsacont.calibration.model import beam_offsets, pointing_dec, sidelobe_sources, write_model
 from dsacont.calibration.msinfo import MSInfo, read_ms_info
 from dsacont.calibration.skymodel import SkySource, nvss_catalogue, read_catalogue, sources_near
 from dsacont.calibration.tables import caltable_metrics, read_caltable
@@ -104,8 +104,8 @@ class FieldQA:
 
 def field_sky(info: MSInfo, *, catalogue=None, radius_deg: float = MODEL_RADIUS_DEG,
               min_apparent_jy: float = MIN_APPARENT_JY, compact_arcsec: float | None = 30.0,
-              name: str | None = None, add_calibrators: bool = True):
-    """The point-source sky model of a group's field, and a description of it.
+              name: str | None = None, add_calibrators: bool = True, sidelobe: bool = True):
+    """The sky model of a group's field (points, and Cas A where it matters), and a description of it.
 
     Parameters
     ----------
@@ -126,11 +126,17 @@ def field_sky(info: MSInfo, *, catalogue=None, radius_deg: float = MODEL_RADIUS_
     add_calibrators : bool
         Add the VLA calibrators the catalogue lacks (right for a survey catalogue; wrong for a
         model of what the telescope itself saw, where a calibrator absent is absent).
+    sidelobe : bool
+        Put the bright sources in the beam's sidelobes (Cas A, :func:`sidelobe_sources`) first in
+        the model, as Gaussians through the drifting beam: tens of Jy near Cas A's transit, more
+        than the whole field, which a solve against the field alone would fold into the gains.
 
     Returns
     -------
     (list of SkySource, dict)
-        The sources, brightest apparent first; ``{"name", "n_sources", "apparent_jy"}``.
+        The sidelobe sources, then the field's compact sources as points, brightest apparent
+        first; ``{"name", "n_sources", "apparent_jy"}`` and, with sidelobe sources, ``"sidelobe"``
+        (name, mean and peak apparent flux, closest distance).
     """
     if catalogue is None:
         sources, name = nvss_catalogue(), name or "NVSS (shipped subset)"
@@ -154,9 +160,22 @@ def field_sky(info: MSInfo, *, catalogue=None, radius_deg: float = MODEL_RADIUS_
                     for s in near])
     apparent = np.array([s.flux_jy for s in near]) * airy_beam(off, 1.4e9)
     order = np.argsort(-apparent)
-    keep = [near[i] for i in order if apparent[i] >= min_apparent_jy]
-    return keep, {"name": name, "n_sources": len(keep),
-                  "apparent_jy": round(float(apparent[apparent >= min_apparent_jy].sum()), 4)}
+    # compact sources are modelled as points (the catalogue's deconvolved sizes select them)
+    keep = [replace(near[i], major_arcsec=0.0, minor_arcsec=0.0) if isinstance(near[i], SkySource) else near[i]
+            for i in order if apparent[i] >= min_apparent_jy]
+    meta = {"name": name, "n_sources": len(keep),
+            "apparent_jy": round(float(apparent[apparent >= min_apparent_jy].sum()), 4)}
+    side = sidelobe_sources(info, pointing_dec_rad=dec_app) if sidelobe and keep else []
+    if side:
+        keep = [SkySource(d["source"].name, d["source"].ra_deg, d["source"].dec_deg, d["source"].flux_jy,
+                          d["source"].spectral_index, major_arcsec=d["source"].major_arcsec,
+                          minor_arcsec=d["source"].minor_arcsec, pa_deg=d["source"].pa_deg) for d in side] + keep
+        meta["n_sources"] = len(keep)
+        meta["sidelobe"] = [{"name": d["source"].name, "mean_apparent_jy": round(d["mean_apparent_jy"], 3),
+                             "peak_apparent_jy": round(d["peak_apparent_jy"], 3),
+                             "closest_deg": round(d["closest_deg"], 3)} for d in side]
+        meta["apparent_jy"] = round(meta["apparent_jy"] + sum(d["mean_apparent_jy"] for d in side), 4)
+    return keep, meta
 
 
 def _sep_arcsec(a, b) -> float:

@@ -44,6 +44,30 @@ def _point_sources_kernel(uvw, freqs, tidx, fidx, lmn_sf, amp, sign, npol):
 
 
 @numba.njit(nogil=True, cache=True)
+def _gaussian_taper_kernel(uvw, freqs, major_rad, minor_rad, pa_rad):
+    """Visibility amplitude of a unit-flux elliptical Gaussian, (nchan, nrow) float64.
+
+    uvw (nrow, 3) m; freqs (nchan,) Hz; major_rad, minor_rad: FWHM, radians; pa_rad: position
+    angle of the major axis, east of north. With (u, v) in wavelengths,
+    ``exp(-pi^2 / (4 ln 2) * (major^2 (u sin pa + v cos pa)^2 + minor^2 (u cos pa - v sin pa)^2))``:
+    1 on zero spacing, the Fourier transform of the Gaussian of integral 1.
+    """
+    nrow = uvw.shape[0]
+    nchan = freqs.shape[0]
+    out = np.empty((nchan, nrow), dtype=np.float64)
+    k = np.pi ** 2 / (4.0 * np.log(2.0))
+    sp, cp = np.sin(pa_rad), np.cos(pa_rad)
+    for r in range(nrow):
+        a = uvw[r, 0] * sp + uvw[r, 1] * cp      # along the major axis, m
+        b = uvw[r, 0] * cp - uvw[r, 1] * sp      # along the minor axis, m
+        q = (major_rad * a) ** 2 + (minor_rad * b) ** 2
+        for c in range(nchan):
+            lam2 = (freqs[c] / 299792458.0) ** 2
+            out[c, r] = np.exp(-k * q * lam2)
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
 def _channel_stats_kernel(data, flag):
     """Per row and correlation: the mean over usable channels, the noise variance per channel, counts.
 

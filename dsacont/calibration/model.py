@@ -29,7 +29,7 @@ from astropy.coordinates import HADec, SkyCoord
 from astropy.time import Time
 
 from dsacont import calibrators
-from dsacont.calibration.kernels import _point_sources_kernel
+from dsacont.calibration.kernels import _gaussian_taper_kernel, _point_sources_kernel
 from dsacont.calibration.msinfo import MSInfo, read_ms_info
 from dsacont.calibration.transits import DEFAULT_MIN_FLUX_JY
 from dsacont.errors import BadInputError
@@ -92,6 +92,43 @@ def point_model(uvw, freqs, tidx, fidx, lmn_sf, amp, sign=MODEL_SIGN, npol=2):
                                  np.ascontiguousarray(lmn_sf), np.ascontiguousarray(amp), float(sign), int(npol))
 
 
+def source_shape(src) -> tuple[float, float, float] | None:
+    """``(major, minor, pa)`` in radians of a source's Gaussian (attributes ``major_arcsec``,
+    ``minor_arcsec``, ``pa_deg``), or None for a point source."""
+    major = float(getattr(src, "major_arcsec", 0.0) or 0.0)
+    if major <= 0.0:
+        return None
+    minor = float(getattr(src, "minor_arcsec", 0.0) or 0.0) or major
+    return (np.radians(major / 3600.0), np.radians(minor / 3600.0), np.radians(float(getattr(src, "pa_deg", 0.0))))
+
+
+def source_model(uvw, freqs, tidx, fidx, lmn_sf, amp, shapes=None, sign=MODEL_SIGN, npol=2):
+    """Predict point and Gaussian sources for MS rows: :func:`point_model` with, per source, the
+    visibility taper of its Gaussian (:func:`dsacont.calibration.kernels._gaussian_taper_kernel`).
+
+    ``lmn_sf`` (nsrc, nfield, 3), ``amp`` (nsrc, ntime, nchan) Jy, ``shapes``: per source None
+    (point) or ``(major, minor, pa)`` radians (:func:`source_shape`); None: all points. The taper
+    uses the phase centre's (u, v), right for sources much smaller than their distance from it.
+    Returns (npol, nchan, nrow) complex64.
+    """
+    lmn_sf = np.asarray(lmn_sf, dtype=np.float64)
+    amp = np.asarray(amp, dtype=np.float64)
+    if not shapes or all(sh is None for sh in shapes):
+        return point_model(uvw, freqs, tidx, fidx, lmn_sf, amp, sign=sign, npol=npol)
+    points = [k for k, sh in enumerate(shapes) if sh is None]
+    out = (point_model(uvw, freqs, tidx, fidx, lmn_sf[points], amp[points], sign=sign, npol=npol) if points
+           else np.zeros((npol, len(freqs), len(uvw)), dtype=np.complex64))
+    uvw64 = np.ascontiguousarray(uvw, dtype=np.float64)
+    f64 = np.asarray(freqs, dtype=np.float64)
+    for k, sh in enumerate(shapes):
+        if sh is None:
+            continue
+        taper = _gaussian_taper_kernel(uvw64, f64, float(sh[0]), float(sh[1]), float(sh[2]))
+        out += point_model(uvw, freqs, tidx, fidx, lmn_sf[k:k + 1], amp[k:k + 1], sign=sign, npol=npol) \
+            * taper[None].astype(np.float32)
+    return out
+
+
 def pointing_dec(info: MSInfo) -> float:
     ra0, dec0 = info.field_dirs[len(info.field_dirs) // 2]
     dec_app, ha = pointing_dec_from_phase_centre(ra0, dec0, info.mid_mjd)
@@ -140,6 +177,44 @@ def model_amplitudes(src, info: MSInfo, *, beam: str = "time", pointing_dec_rad:
     return amps, meta
 
 
+#: a bright sidelobe source (:data:`dsacont.calibrators.BRIGHT_SIDELOBE_SOURCES`) is modelled when its
+#: largest apparent flux over the tile and the band reaches this (Jy) ...
+SIDELOBE_MIN_APPARENT_JY = 1.0
+#: ... and it passes within this distance of the pointing (degrees): ~1 h of hour angle around Cas A's
+#: transit at Dec +55.6, where its first and second sidelobes give it 2-40 Jy
+SIDELOBE_MAX_OFFSET_DEG = 10.0
+
+
+def sidelobe_sources(info: MSInfo, *, min_apparent_jy: float = SIDELOBE_MIN_APPARENT_JY,
+                     max_offset_deg: float = SIDELOBE_MAX_OFFSET_DEG, pointing_dec_rad: float | None = None) -> list:
+    """The bright sidelobe sources (Cas A, Cyg A) that matter in this tile.
+
+    A source qualifies when it passes within ``max_offset_deg`` of the drifting pointing during the
+    tile and its apparent flux (flux x Airy power beam) reaches ``min_apparent_jy`` at some
+    integration and channel: near the beam's first null (Cas A at 3.4 deg from Dec +55.6) the
+    response changes by orders of magnitude across the band, so one frequency is not enough.
+
+    Returns a list of dicts ``{"source": BrightSource, "peak_apparent_jy", "mean_apparent_jy",
+    "closest_deg"}``, brightest first.
+    """
+    if pointing_dec_rad is None:
+        pointing_dec_rad = pointing_dec(info)
+    mjds = np.linspace(info.times_s.min(), info.times_s.max(), 5) / 86400.0
+    freqs = np.concatenate([np.asarray(f, dtype=float) for f in info.spw_freqs])
+    out = []
+    for src in calibrators.BRIGHT_SIDELOBE_SOURCES:
+        if abs(src.dec_deg - np.degrees(pointing_dec_rad)) > max_offset_deg + 1.0:
+            continue
+        off = beam_offsets(np.radians(src.ra_deg), np.radians(src.dec_deg), pointing_dec_rad, mjds)
+        if np.degrees(off.min()) > max_offset_deg:
+            continue
+        app = src.flux_at(freqs)[None, :] * airy_beam(off[:, None], freqs[None, :])
+        if float(app.max()) >= min_apparent_jy:
+            out.append({"source": src, "peak_apparent_jy": float(app.max()), "mean_apparent_jy": float(app.mean()),
+                        "closest_deg": float(np.degrees(off.min()))})
+    return sorted(out, key=lambda d: -d["peak_apparent_jy"])
+
+
 def write_model(ms, calibrator, *, sky=None, beam: str = "time", pointing_dec_rad: float | None = None,
                 info: MSInfo | None = None) -> dict:
     """Write MODEL_DATA of ``ms``: the calibrator as a point source through the drifting beam.
@@ -150,9 +225,10 @@ def write_model(ms, calibrator, *, sky=None, beam: str = "time", pointing_dec_ra
     calibrator : str or Calibrator or None
         None: the ``sky`` sources alone (a field model).
     sky : list of SkySource, optional
-        Further point sources to include (field sources from a survey catalogue): where a
+        Further sources to include (field sources from a survey catalogue): where a
         bright source sits near the calibrator it otherwise limits the gain accuracy
-        (confusion). Each is attenuated by the same time-dependent beam.
+        (confusion). Each is attenuated by the same time-dependent beam; a source with a size
+        (``major_arcsec`` > 0) is predicted as its Gaussian (:func:`source_model`).
     beam : {'time', 'mid', 'none'}
         'time' (default): beam attenuation per integration (the pointing drifts);
         'mid': the beam at the mid-time for all integrations; 'none': no primary beam.
@@ -176,6 +252,7 @@ def write_model(ms, calibrator, *, sky=None, beam: str = "time", pointing_dec_ra
     sources = ([cal] if cal is not None else []) + [s for s in (sky or [])
                                                       if cal is None or getattr(s, "name", None) != cal.name]
     per_src = [model_amplitudes(s, info, beam=beam, pointing_dec_rad=pointing_dec_rad) for s in sources]
+    shapes = [source_shape(s) for s in sources]
     meta = per_src[0][1]
     lmn_sf = np.array([[lmn(np.radians(s.ra_deg), np.radians(s.dec_deg), r0, d0) for r0, d0 in info.field_dirs]
                        for s in sources])
@@ -189,7 +266,7 @@ def write_model(ms, calibrator, *, sky=None, beam: str = "time", pointing_dec_ra
             uvw = np.asarray(sub.getcol("UVW", s, n)).T
             tidx = np.searchsorted(info.times_s, sub.getcol("TIME", s, n))
             fidx = np.asarray(sub.getcol("FIELD_ID", s, n))
-            model = point_model(uvw, info.spw_freqs[spw], tidx, fidx, lmn_sf, amp, npol=npol)
+            model = source_model(uvw, info.spw_freqs[spw], tidx, fidx, lmn_sf, amp, shapes, npol=npol)
             sub.putcol("MODEL_DATA", model, s, n)
     n_field = len(sources) - (cal is not None)
     if cal is None:

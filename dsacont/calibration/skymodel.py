@@ -48,7 +48,8 @@ class SkySource:
         Reference frequency of ``flux_jy``, Hz.
     major_arcsec, minor_arcsec, pa_deg : float
         Deconvolved Gaussian FWHM (arcsec; 0 = unresolved) and position angle (deg, east of north).
-        Kept for the record and for selecting compact sources; models predict point sources.
+        Models predict the Gaussian where a size is given (:func:`dsacont.calibration.model.source_model`);
+        the field solve selects compact sources and models them as points.
     """
 
     name: str

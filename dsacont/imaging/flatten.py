@@ -28,6 +28,13 @@ source is not removed: its flux and position in the image are still measured fro
 fit scales only the modulation). Sources in the beam's sidelobes outside the image are
 flattened too (their sidelobes cannot be cleaned away).
 
+The brightest sources of the sky (Cas A, Cyg A: :func:`dsacont.calibration.model.sidelobe_sources`)
+are *subtracted* whole (``<A s>`` taken as 0, mode 'subtract'), as Gaussians of their size: Cas A
+passes 3.4 deg from the pointing at Dec +55.6 (apparent places), just past the beam's first null at 1.4 GHz, and its
+1-40 Jy there change by orders of magnitude across the band and within a tile. It lies outside
+the tile, where a constant left in the data could not be deconvolved either; its flux scale is
+fitted like the calibrators' (one scale per source over the tile).
+
 Bookkeeping
 -----------
 The operation is done in place (one pass to fit, one to write) and recorded in the main table
@@ -100,14 +107,15 @@ def bright_sources(info, *, min_apparent_jy: float = DEFAULT_MIN_APPARENT_JY,
     return [c for _, c in out]
 
 
-def _models(info, sources, pointing_dec_rad):
-    """Per source: beam x spectrum amplitudes per SPW (Ntimes, Nchan) in Jy, their mean over the
-    tile, and the direction cosines per field."""
+def _models(info, sources, pointing_dec_rad, subtract=()):
+    """Per source: beam x spectrum amplitudes per SPW (Ntimes, Nchan) in Jy, the constant left in
+    the data (their mean over the tile; 0 for the names in ``subtract``), and the direction cosines
+    per field."""
     amps, consts = [], []
     for s in sources:
         a, _ = C.model_amplitudes(s, info, beam="time", pointing_dec_rad=pointing_dec_rad)
         amps.append(a)
-        consts.append(float(np.mean(np.concatenate([x.ravel() for x in a]))))
+        consts.append(0.0 if s.name in subtract else float(np.mean(np.concatenate([x.ravel() for x in a]))))
     lmn_sf = np.array([[C.lmn(np.radians(s.ra_deg), np.radians(s.dec_deg), r0, d0) for r0, d0 in info.field_dirs]
                        for s in sources])
     return amps, consts, lmn_sf
@@ -122,9 +130,9 @@ def _chunks(tb, info):
         yield spw, sub, s, n, uvw, tidx, fidx
 
 
-def _predict(info, spw, uvw, tidx, fidx, lmn_sf, amp_list, npol):
-    return C.point_model(uvw, info.spw_freqs[spw], tidx, fidx, lmn_sf, np.stack([a[spw] for a in amp_list]),
-                         npol=npol)
+def _predict(info, spw, uvw, tidx, fidx, lmn_sf, amp_list, npol, shapes):
+    return C.source_model(uvw, info.spw_freqs[spw], tidx, fidx, lmn_sf, np.stack([a[spw] for a in amp_list]),
+                          shapes, npol=npol)
 
 
 def flatten_sources(ms, sources="auto", *, column: str = "CORRECTED_DATA", fit: bool = True,
@@ -135,8 +143,10 @@ def flatten_sources(ms, sources="auto", *, column: str = "CORRECTED_DATA", fit: 
     Parameters
     ----------
     ms : path of a calibrated Measurement Set (one tile)
-    sources : 'auto' (:func:`bright_sources`), or a list of calibrator names / objects with
-        ``name, ra_deg, dec_deg, flux_at(freq_hz)`` (e.g. :class:`dsacont.calibration.SkySource`).
+    sources : 'auto' (:func:`bright_sources`, then the bright sidelobe sources of
+        :func:`dsacont.calibration.model.sidelobe_sources`, subtracted whole), 'calibrators' (the
+        first alone), or a list of calibrator names / objects with ``name, ra_deg, dec_deg,
+        flux_at(freq_hz)`` (e.g. :class:`dsacont.calibration.SkySource`; flattened).
     column : the data column tclean will image ('CORRECTED_DATA' or 'DATA').
     fit : fit a flux scale per source (least squares of the source's model against the data,
         cross-correlations, unflagged rows and channels); otherwise the catalogue flux is used.
@@ -144,7 +154,8 @@ def flatten_sources(ms, sources="auto", *, column: str = "CORRECTED_DATA", fit: 
     Returns
     -------
     dict: ``sources`` (name, ra_deg, dec_deg, catalogue ``flux_jy`` at 1.4 GHz, fitted ``scale``,
-    ``mean_apparent_jy`` = scale x <A s> x S, the constant left in the data), ``column``,
+    ``mean_apparent_jy`` = scale x <A s> x S, the constant left in the data, ``mode``: 'flatten'
+    or 'subtract'), ``column``,
     ``seconds``, and ``skipped``: sources whose fitted scale is outside ``FIT_RANGE`` (not in the
     data as catalogued: variable, resolved, or missing from a simulated sky), which are left alone.
     Nothing is written when no source qualifies (``sources`` empty).
@@ -156,14 +167,18 @@ def flatten_sources(ms, sources="auto", *, column: str = "CORRECTED_DATA", fit: 
     if flatten_state(ms) is not None:
         unflatten(ms, info=info)
     pdec = C.pointing_dec(info)
-    if isinstance(sources, str) and sources == "auto":
+    subtract = set()
+    if isinstance(sources, str) and sources in ("auto", "calibrators"):
+        side = [d["source"] for d in C.sidelobe_sources(info, pointing_dec_rad=pdec)] if sources == "auto" else []
+        subtract = {s.name for s in side}
         sources = bright_sources(info, min_apparent_jy=min_apparent_jy, max_offset_deg=max_offset_deg,
-                                 pointing_dec_rad=pdec)
+                                 pointing_dec_rad=pdec) + side
     sources = [get_calibrator(s) if isinstance(s, str) else s for s in (sources or [])]
     result = {"column": column, "sources": [], "seconds": 0.0}
     if not sources:
         return result
-    amps, consts, lmn_sf = _models(info, sources, pdec)
+    amps, consts, lmn_sf = _models(info, sources, pdec, subtract)
+    shapes = [C.source_shape(s) for s in sources]
     ns = len(sources)
     with table(ms, readonly=False) as tb:
         if column not in tb.colnames():
@@ -179,7 +194,8 @@ def flatten_sources(ms, sources="auto", *, column: str = "CORRECTED_DATA", fit: 
                 a1, a2 = sub.getcol("ANTENNA1", s, n), sub.getcol("ANTENNA2", s, n)
                 data = sub.getcol(column, s, n)
                 ok = (~sub.getcol("FLAG", s, n)) & (a1 != a2)[None, None, :]
-                ms_k = [_predict(info, spw, uvw, tidx, fidx, lmn_sf[k:k + 1], [amps[k]], npol) for k in range(ns)]
+                ms_k = [_predict(info, spw, uvw, tidx, fidx, lmn_sf[k:k + 1], [amps[k]], npol, shapes[k:k + 1])
+                        for k in range(ns)]
                 for i in range(ns):
                     mi = np.where(ok, ms_k[i], 0)
                     atb[i] += float(np.real(np.vdot(mi, data)))
@@ -206,6 +222,7 @@ def flatten_sources(ms, sources="auto", *, column: str = "CORRECTED_DATA", fit: 
             amps = [amps[k] for k in keep]
             consts = [consts[k] for k in keep]
             lmn_sf = lmn_sf[keep]
+            shapes = [shapes[k] for k in keep]
             scale = scale[keep]
             ns = len(sources)
         amp_flat = [[scale[k] * (a - consts[k]) for a in amps[k]] for k in range(ns)]
@@ -214,18 +231,23 @@ def flatten_sources(ms, sources="auto", *, column: str = "CORRECTED_DATA", fit: 
             "sources": [{"name": src.name, "ra_deg": float(src.ra_deg), "dec_deg": float(src.dec_deg),
                          "flux_jy": float(src.flux_at(1.4e9)),
                          "spectral_index": float(getattr(src, "spectral_index", 0.0)),
+                         "major_arcsec": float(getattr(src, "major_arcsec", 0.0)),
+                         "minor_arcsec": float(getattr(src, "minor_arcsec", 0.0)),
+                         "pa_deg": float(getattr(src, "pa_deg", 0.0)),
+                         "mode": "subtract" if src.name in subtract else "flatten",
                          "scale": float(scale[k]), "mean_amp_jy": float(consts[k]),
                          "mean_apparent_jy": float(scale[k] * consts[k])} for k, src in enumerate(sources)],
         }
         set_flatten_state(tb, record)
         for spw, sub, s, n, uvw, tidx, fidx in _chunks(tb, info):
-            m = _predict(info, spw, uvw, tidx, fidx, lmn_sf, amp_flat, npol)
+            m = _predict(info, spw, uvw, tidx, fidx, lmn_sf, amp_flat, npol, shapes)
             sub.putcol(column, sub.getcol(column, s, n) - m, s, n)
         record["state"] = "applied"
         set_flatten_state(tb, record)
     dt = _time.perf_counter() - t0
     log.info("%s: flattened %s in %s (%.1f s)", ms,
-             ", ".join(f"{r['name']} (scale {r['scale']:.3f}, {r['mean_apparent_jy']:.3g} Jy apparent)"
+             ", ".join(f"{r['name']} ({'subtracted, ' if r['mode'] == 'subtract' else ''}scale {r['scale']:.3f}, "
+                       f"{r['mean_apparent_jy']:.3g} Jy apparent)"
                        for r in record["sources"]), column, dt)
     return {**result, "sources": record["sources"], "seconds": dt}
 
@@ -240,16 +262,18 @@ def unflatten(ms, *, info=None) -> dict | None:
         return None
     t0 = _time.perf_counter()
     info = info or C.read_ms_info(ms)
-    srcs = [C.SkySource(r["name"], r["ra_deg"], r["dec_deg"], r["flux_jy"], r["spectral_index"])
-            for r in state["sources"]]
+    srcs = [C.SkySource(r["name"], r["ra_deg"], r["dec_deg"], r["flux_jy"], r["spectral_index"],
+                        major_arcsec=r.get("major_arcsec", 0.0), minor_arcsec=r.get("minor_arcsec", 0.0),
+                        pa_deg=r.get("pa_deg", 0.0)) for r in state["sources"]]
     amps, _, lmn_sf = _models(info, srcs, state["pointing_dec_rad"])
+    shapes = [C.source_shape(s) for s in srcs]
     amp_flat = [[r["scale"] * (a - r["mean_amp_jy"]) for a in amps[k]] for k, r in enumerate(state["sources"])]
     column = state["column"]
     with table(ms, readonly=False) as tb:
         npol = int(tb.getcell(column, 0).shape[0])
         set_flatten_state(tb, dict(state, state="restoring"))
         for spw, sub, s, n, uvw, tidx, fidx in _chunks(tb, info):
-            m = _predict(info, spw, uvw, tidx, fidx, lmn_sf, amp_flat, npol)
+            m = _predict(info, spw, uvw, tidx, fidx, lmn_sf, amp_flat, npol, shapes)
             sub.putcol(column, sub.getcol(column, s, n) + m, s, n)
         tb.removekeyword(KEYWORD)
         tb.flush()

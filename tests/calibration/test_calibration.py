@@ -322,6 +322,48 @@ def test_model_matches_casa_ft(conv_ms, tmp_path):
     assert len(np.unique(ddid)) == 16
 
 
+def test_gaussian_model_matches_casa_ft(conv_ms, tmp_path):
+    """A resolved source (elliptical Gaussian, 240" x 90" at PA 30 deg) in our MODEL_DATA equals
+    CASA ft of the same Gaussian component: the taper's size, axes and position angle convention.
+    A Cas A-sized source is all but resolved out on the long baselines, so an error in any of them
+    shows on the short ones."""
+    from dsacont.calibrators import get_calibrator
+    from dsacont.casa import ensure_casa
+
+    ms = _copy(conv_ms[0], tmp_path / "ftg.ms")
+    cal = get_calibrator(CAL)
+    src = C.SkySource("blob", cal.ra_deg + 0.3, cal.dec_deg - 0.2, 5.0, -0.7, major_arcsec=240.0,
+                      minor_arcsec=90.0, pa_deg=30.0)
+    C.write_model(ms, None, sky=[src], beam="none")
+    ct = ensure_casa()
+    tb = ct.table()
+    tb.open(ms)
+    ours = tb.getcol("MODEL_DATA")
+    tb.close()
+    cl = ct.componentlist()
+    cl.addcomponent(dir=f"J2000 {src.ra_deg}deg {src.dec_deg}deg", flux=src.flux_jy, fluxunit="Jy",
+                    freq="1.4GHz", shape="Gaussian", majoraxis="240arcsec", minoraxis="90arcsec",
+                    positionangle="30deg", spectrumtype="spectral index", index=src.spectral_index)
+    cl.rename(str(tmp_path / "g.cl"))
+    cl.close()
+    cl.done()
+    C.casatasks().ft(vis=ms, complist=str(tmp_path / "g.cl"), usescratch=True)
+    tb.open(ms)
+    theirs = tb.getcol("MODEL_DATA")
+    tb.close()
+    tb.done()
+    amp = np.abs(theirs)
+    assert amp.max() > 2.0 and np.percentile(amp, 10) < 0.5  # resolved: the test sees the taper
+    assert np.max(np.abs(ours - theirs)) < 2e-3 * src.flux_jy
+    # a position angle off by 90 deg, or the axes swapped, is far outside that
+    src90 = C.SkySource("blob", src.ra_deg, src.dec_deg, 5.0, -0.7, major_arcsec=240.0, minor_arcsec=90.0, pa_deg=120.0)
+    C.write_model(ms, None, sky=[src90], beam="none")
+    tb.open(ms)
+    wrong = tb.getcol("MODEL_DATA")
+    tb.close()
+    assert np.max(np.abs(wrong - theirs)) > 0.3
+
+
 def test_time_dependent_beam_in_model(conv_ms, tmp_path):
     """MODEL_DATA amplitude = S(f) x Airy(offset(t), f) per integration; 'mid' would be off."""
     from dsacont.calibrators import get_calibrator
