@@ -55,27 +55,29 @@ def simulate_archive(archive: Path, n_groups: int, seed: int) -> tuple[list, lis
     start, transit = demo_window(1)
     casa = bright_sidelobe_source("CasA")
     t_casa = transit_time(casa.ra_deg, transit, casa.dec_deg)
-    want = {"seed": seed, "groups": n_groups, "casa_transit": t_casa.isot}
+    # one seed for both windows: the same antennas, faults and gain histories (functions of time)
+    want = {"seed": seed, "groups": n_groups, "casa_transit": t_casa.isot, "same_seed": True}
     marker = archive / "done.json"
     if not (marker.exists() and json.loads(marker.read_text()) == want):
         shutil.rmtree(archive, ignore_errors=True)
         simulate(archive / "calibrator", start, 4.0, preset="small", seed=seed, realism="realistic")
         simulate(archive / "casa", t_casa - (n_groups / 2) * CADENCE_S * u.s, (n_groups - 0.5) * CADENCE_S / 60.0,
-                 preset="small", seed=seed + 1, realism="realistic")
+                 preset="small", seed=seed, realism="realistic")
         marker.write_text(json.dumps(want))
     cal = sorted(find_groups(archive / "calibrator"), key=lambda g: g.timestamp)
     hour = sorted(find_groups(archive / "casa"), key=lambda g: g.timestamp)
     return cal, hour
 
 
-def casa_geometry(ms_info_mid_mjd: float, pointing_dec_deg: float) -> dict:
-    """Cas A's distance from the pointing HADEC(0, dec) at ``mjd`` and its apparent flux there."""
-    from dsacont.calibration.model import beam_offsets
+def casa_geometry(ms_path: str) -> dict:
+    """Cas A's distance from the pointing HADEC(0, dec) at the tile's mid-time and its apparent flux."""
+    from dsacont.calibration import beam_offsets, pointing_dec, read_ms_info
     from dsacont.telescope import airy_beam
 
     casa = bright_sidelobe_source("CasA")
-    off = float(beam_offsets(np.radians(casa.ra_deg), np.radians(casa.dec_deg), np.radians(pointing_dec_deg),
-                             [ms_info_mid_mjd])[0])
+    info = read_ms_info(ms_path)
+    off = float(beam_offsets(np.radians(casa.ra_deg), np.radians(casa.dec_deg), pointing_dec(info),
+                             [info.mid_mjd])[0])
     freqs = np.array([1.31e9, 1.40e9, 1.49e9])
     return {"offset_deg": round(float(np.degrees(off)), 3),
             "apparent_jy_1.31_1.40_1.49GHz": [round(float(casa.flux_at(f) * airy_beam(off, f)), 2) for f in freqs]}
@@ -138,9 +140,8 @@ def main(argv=None) -> int:
             continue
         qa = im.get("qa") or {}
         row.update(imaged=True, calibration=" ".join(qa.get("calibration") or []),
-                   status=im.get("status"), **casa_geometry(ms["mid_mjd"], qa.get("pointing_dec_deg", 55.5725)))
-        row["flattened"] = [(s["name"], s.get("mode", "flatten"), round(s["scale"], 3))
-                            for s in (qa.get("flatten") or {}).get("sources", [])]
+                   status=im.get("status"), **casa_geometry(ms_path))
+        row["flattened"] = [(s["name"], s.get("mode", "flatten"), round(s["scale"], 3)) for s in qa.get("flattened") or []]
         chain = ms.get("caltables") or []
         field = next((c for c in chain if c["how"] == "field"), None)
         row["field_solve"] = None if field is None else {
