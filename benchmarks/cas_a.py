@@ -144,9 +144,10 @@ def main(argv=None) -> int:
         row["flattened"] = [(s["name"], s.get("mode", "flatten"), round(s["scale"], 3)) for s in qa.get("flattened") or []]
         chain = ms.get("caltables") or []
         field = next((c for c in chain if c["how"] == "field"), None)
+        sky = (field or {}).get("detail", {}).get("sky_model") or {}
         row["field_solve"] = None if field is None else {
-            "sky_model": (field["detail"].get("sky_model") or {}).get("name", "?").split(" (")[0],
-            "qa": {k: field["detail"].get("qa", {}).get(k) for k in ("held_out_ratio", "model_flux_ratio")}}
+            "sky_model": sky.get("name", "?").split(" (")[0], "model_flux_ratio": field["detail"].get("model_flux_ratio"),
+            "sidelobe_in_model": [d["name"] for d in sky.get("sidelobe", [])]}
         row["with_subtraction"] = _measure(im["path"], truth, qa)
         t = time.perf_counter()
         out = root / "without"
@@ -171,6 +172,8 @@ def main(argv=None) -> int:
     out = {
         "benchmark": "cas_a", "groups": len(hour), "completed": completed, "failed": failed,
         "imaged": sum(r["imaged"] for r in rows), "imaging": imaging,
+        "field_solves_valid": sum(bool(r.get("field_solve")) for r in rows),
+        "casa_subtracted": sum(any(f[0] == "CasA" and f[1] == "subtract" for f in r.get("flattened", [])) for r in rows),
         "with_subtraction": summary_of("with_subtraction"),
         "without_subtraction": summary_of("without_subtraction"),
         "wall_s": {"simulate": round(t_sim, 1), "stream": round(t_stream, 1), "images_without": round(t_without, 1),
