@@ -590,6 +590,36 @@ def test_field_gain_solve_against_a_wrong_sky_is_rejected_and_the_gains_transfer
     assert nvss["status"] == "rejected" and "not recovered" in nvss["reason"], nvss["reason"]
 
 
+def test_field_solve_near_cas_a_needs_cas_a_in_its_model(solved, sim_small, tmp_path):
+    """A group at Cas A's transit (3.4 deg from the pointing, 5-30 Jy in the first sidelobe), the
+    same simulated array (seed: the same antennas and constant gains) with the real sky, calibrated
+    with the transit's pair, which is already right: the field correction should be ~1. With Cas A
+    first in its model (:func:`dsacont.calibration.field_sky`'s ``sidelobe``, its 5' Gaussian) it
+    is; against the field alone the gains absorb Cas A (median amplitude 0.86, measured) or the
+    solve is rejected."""
+    import dsacont.calibration.field as F
+    from dsacont import simulate
+    from dsacont.config import get_paths
+    from dsacont.convert import convert_group
+
+    files = simulate(tmp_path / "raw", "2025-10-30T04:38:55", 5, preset="small", seed=1, sky_model="real", rfi=False)
+    ms = str(convert_group(sorted(str(f) for f in files), tmp_path / "casa.ms", flag=False,
+                           paths=get_paths(root=tmp_path / "root"), progress=False))
+    tables = solved["summary"]["tables"]
+    ok = F.solve_field_gains(ms, [tables["B"], tables["G"]], paths=get_paths(root=tmp_path / "root"))
+    assert ok["status"] == "valid", ok["reason"]
+    assert ok["sky"]["sidelobe"][0]["name"] == "CasA" and ok["sky"]["sidelobe"][0]["mean_apparent_jy"] > 2.0
+    assert ok["qa"]["model_flux_ratio_after"] == pytest.approx(1.0, abs=0.05)
+    assert ok["qa"]["amp_median"] == pytest.approx(1.0, abs=0.03), ok["qa"]
+    real_field_sky = F.field_sky
+    try:
+        F.field_sky = lambda info, **kw: real_field_sky(info, sidelobe=False, **kw)
+        bad = F.solve_field_gains(ms, [tables["B"], tables["G"]], paths=get_paths(root=tmp_path / "root2"))
+    finally:
+        F.field_sky = real_field_sky
+    assert bad["status"] == "rejected" or abs(bad["qa"]["amp_median"] - 1.0) > 0.08, bad["qa"]
+
+
 def test_gates_reject_unhealthy_reference_noisy_bandpass_and_low_snr(solved, tmp_path):
     """The post-solve QA gates (calibration/gates.py) on the real solved tables: they pass as
     solved; referenced to an antenna judged dead, with the bandpass phases scrambled by 30 deg, or
