@@ -191,6 +191,7 @@ def solve_spws(ms, info: MSInfo, prep: ModelPrep, *, minsnr: float = 3.0, gain_s
     tm = {"read": 0.0, "flag": 0.0, "model": 0.0, "accumulate": 0.0, "stefcal": 0.0}
     flagged_ant = np.zeros(nant)
     total_ant = np.zeros(nant)
+    n_flagged = n_cells = 0.0
     fields, scans = {}, {}
     seen_spw = set()
     with table(ms, readonly=not write_flags) as tb:
@@ -223,6 +224,8 @@ def solve_spws(ms, info: MSInfo, prep: ModelPrep, *, minsnr: float = 3.0, gain_s
                     sub.putcol("FLAG", flag)
                 per_row = flag.sum(axis=(0, 1)).astype(float)
                 cells = float(flag.shape[0] * flag.shape[1])
+                n_flagged += per_row.sum()
+                n_cells += cells * per_row.size
                 flagged_ant += np.bincount(a1, per_row, nant)
                 total_ant += np.bincount(a1, minlength=nant) * cells
                 cross = a1 != a2
@@ -242,7 +245,7 @@ def solve_spws(ms, info: MSInfo, prep: ModelPrep, *, minsnr: float = 3.0, gain_s
             del data, model, flag
     out.flag_fraction_antenna = {info.antenna_names[a]: float(flagged_ant[a] / total_ant[a])
                                  for a in range(nant) if total_ant[a] > 0}
-    out.flag_fraction = float(flagged_ant.sum() / max(total_ant.sum(), 1.0))
+    out.flag_fraction = float(n_flagged / max(n_cells, 1.0))
     out.field_id = max(fields, key=fields.get) if fields else 0
     out.scan = max(scans, key=scans.get) if scans else 1
     if len(fields) > 1:
@@ -417,6 +420,14 @@ def compare_tables(b_a, g_a, b_b, g_b) -> dict:
     the most solutions unflagged in both, per channel), then the max and median of those over
     antennas. Also the fraction of solutions flagged in one table and not in the other.
     """
+    import warnings
+
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NaN (flagged) slices
+        return _compare_tables(b_a, g_a, b_b, g_b)
+
+
+def _compare_tables(b_a, g_a, b_b, g_b) -> dict:
     from dsacont.calibration.tables import read_caltable
 
     ta = {"B": read_caltable(b_a), "G": read_caltable(g_a)}
@@ -442,14 +453,8 @@ def compare_tables(b_a, g_a, b_b, g_b) -> dict:
         r = r / (rr / np.abs(rr))
         amp = np.abs(np.abs(r) - 1) * 100
         ph = np.abs(np.degrees(np.angle(r)))
-        flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                a_ant = np.nanmax(flat(amp), axis=0)
-                p_ant = np.nanmax(flat(ph), axis=0)
+        a_ant = np.nanmax(amp.reshape(-1, amp.shape[-1]), axis=0)
+        p_ant = np.nanmax(ph.reshape(-1, ph.shape[-1]), axis=0)
         a_ant, p_ant = a_ant[np.isfinite(a_ant)], p_ant[np.isfinite(p_ant)]
         return {"amp_pct_max": float(a_ant.max()) if a_ant.size else float("nan"),
                 "amp_pct_median": float(np.median(a_ant)) if a_ant.size else float("nan"),
@@ -467,8 +472,7 @@ def compare_tables(b_a, g_a, b_b, g_b) -> dict:
         fa, fb = ~np.isfinite(a), ~np.isfinite(b)
         out[k]["flag_disagreement"] = float(np.mean(fa != fb))
     # G x B: the G of each SPW (time-averaged) times B per channel
-    gbar = lambda g: np.nanmean(g, axis=1)[:, :, 0, :]  # noqa: E731  (nspw, npol, nant)
-    pa = ca["B"][:, 0] * gbar(ca["G"])[:, :, None, :]
-    pb = cb_["B"][:, 0] * gbar(cb_["G"])[:, :, None, :]
+    pa = ca["B"][:, 0] * np.nanmean(ca["G"], axis=1)[:, :, :1, :]  # (nspw, npol, nchan, nant)
+    pb = cb_["B"][:, 0] * np.nanmean(cb_["G"], axis=1)[:, :, :1, :]
     out["GxB"] = stats(pa, pb)
     return out
