@@ -26,7 +26,9 @@ file too).
 Measured 2026-11-29 on one full-size transit group (seed 1, calibrator-only model, load 5-9):
 fast 35.3 s wall / 21.0 s CPU (health 14.3, read 12.8, accumulate 3.3, predict 1.6, StEFCal 0.9,
 tables 0.5), CASA 454 s / 278 s (flagdata 21, MODEL_DATA 15, G0 43, bandpass 250, gaincal 114):
-12.9x wall, 13.2x CPU. Fast vs CASA per antenna, max over antennas: B 0.005 % / 0.003 deg, G
+12.9x wall, 13.2x CPU. With DATA read by contiguous runs (commit 31fc343; same solutions to the
+last digit), ``--methods fast`` on the same MS, load 2-3: 16.0 s wall / 15.9 s CPU (health 9.9,
+read 1.6, predict 1.0, accumulate 1.6, StEFCal 0.5, model 0.7), peak RSS 1.08 GB. Fast vs CASA per antenna, max over antennas: B 0.005 % / 0.003 deg, G
 0.025 % / 0.016 deg, G x B 0.026 % / 0.017 deg, the same solutions flagged, SNR medians equal
 (B 104.1 / 104.0, G 235.6 / 235.7). Against the truth: fast 0.448 % / 0.623 deg max, 0.131 % /
 0.154 deg median per antenna; CASA 0.451 % / 0.622 deg, 0.132 % / 0.153 deg.
