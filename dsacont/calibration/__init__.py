@@ -4,9 +4,10 @@ One calibrator group goes through::
 
     find_calibrator_transits(start, end, dec)     which groups hold a usable calibrator transit
                                                   (transits.py)
-    solve_calibration(ms, "0834+555")             flag autocorrelations and zeros, write MODEL_DATA
-                                                  (model.py: time-dependent beam), solve G0 -> B -> G
-                                                  (solve.py)
+    solve_calibration(ms, "0834+555")             flag autocorrelations and zeros, model the
+                                                  calibrator (model.py: time-dependent beam), solve
+                                                  G0 -> B -> G (solve.py; by default our own solver,
+                                                  fastsolve.py + solve_kernels.py, or CASA's)
     apply_calibration(target_ms)                  applycal with the valid tables, check
                                                   CORRECTED_DATA (apply.py)
 

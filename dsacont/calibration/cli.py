@@ -35,6 +35,9 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--registry", help="registry SQLite file (default: the state directory's)")
     p.add_argument("--no-register", action="store_true", help="solve only, do not register")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--method", choices=("fast", "casa"), default="fast",
+                   help="solver: 'fast' (dsacont's own, one pass over the data; default) or 'casa' "
+                        "(CASA gaincal/bandpass/gaincal, MODEL_DATA written)")
     a = p.parse_args(argv)
     paths = _paths_from_args(a)
     validity = {k: v for k, v in (("B", a.bandpass_validity_h), ("G", a.gain_validity_h)) if v is not None}
@@ -42,7 +45,7 @@ def cli(argv: list[str]) -> int:
         sky = load_sky_csv(a.sky) if a.sky else None
         res = solve_calibration(a.ms, a.calibrator, paths=paths, registry=False if a.no_register else a.registry,
                                 refant=a.refant, gain_solint=a.gain_solint, minsnr=a.minsnr, beam=a.beam,
-                                validity_h=validity, plots=not a.no_plots, sky=sky)
+                                validity_h=validity, plots=not a.no_plots, sky=sky, method=a.method)
     except (BadInputError, KeyError) as exc:
         print(f"dsacont calibrate: {exc}", file=__import__("sys").stderr)
         return 2
@@ -51,7 +54,7 @@ def cli(argv: list[str]) -> int:
                "tables": res["tables"], "ids": res["ids"], "plots": res["plots"],
                "flagged_solutions": {k: m[k]["flagged_fraction"] for k in ("B", "G")},
                "snr_median": {k: m[k]["snr_median"] for k in ("B", "G")},
-               "n_sky_sources": m["model"]["n_sky_sources"], "timings_s": m["timings_s"]}
+               "n_sky_sources": m["model"]["n_sky_sources"], "timings_s": m["timings_s"], "method": m["method"]}
     print(json.dumps(summary, indent=2))
     return 0 if res["status"] == "valid" else 1
 
