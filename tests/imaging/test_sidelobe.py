@@ -16,10 +16,10 @@ CASA_GROUP_START = "2025-10-30T04:38:55"  # Cas A transits (LST 23h23m24s) at 04
 @pytest.fixture(scope="module")
 def casa_ms(tmp_path_factory):
     from dsacont import simulate
+    from dsacont.casa import ensure_casa
     from dsacont.config import get_paths
     from dsacont.convert import convert_group
     from dsacont.io.ms import ensure_column
-    from dsacont.casa import ensure_casa
 
     base = tmp_path_factory.mktemp("casa")
     files = sorted(str(p) for p in simulate(base / "raw", CASA_GROUP_START, 5, preset="small", seed=5, rfi=False,
