@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dsacont.calibration.model import lmn, model_amplitudes, point_model, pointing_dec
+from dsacont.calibration.model import lmn, model_amplitudes, pointing_dec, source_model, source_shape
 from dsacont.calibration.msinfo import MSInfo
 from dsacont.calibration.solve_kernels import _flag_autocorr_and_zeros, _stefcal, _sum_over_channels, _sum_over_time
 from dsacont.casa import ensure_casa
@@ -63,11 +63,13 @@ class ModelPrep:
     lmn_sf : (nsrc, nfield, 3) direction cosines of each source for each field's phase centre
     amps : list over SPWs of (nsrc, ntime, nchan) flux x primary beam, Jy
     meta : what :func:`~dsacont.calibration.model.write_model` returns for the same model
+    shapes : per source None (point) or its Gaussian (major, minor, pa) in radians
     """
 
     lmn_sf: np.ndarray
     amps: list
     meta: dict
+    shapes: list | None = None
 
 
 def prepare_model(info: MSInfo, cal, *, sky=None, beam: str = "time") -> ModelPrep:
@@ -91,7 +93,7 @@ def prepare_model(info: MSInfo, cal, *, sky=None, beam: str = "time") -> ModelPr
     meta = {"calibrator": cal.name, "flux_jy": float(cal.flux_jy), "spectral_index": float(cal.spectral_index),
             "ra_deg": cal.ra_deg, "dec_deg": cal.dec_deg, "n_sky_sources": len(sources) - 1, **meta,
             "model_data_written": False}
-    return ModelPrep(lmn_sf=lmn_sf, amps=amps, meta=meta)
+    return ModelPrep(lmn_sf=lmn_sf, amps=amps, meta=meta, shapes=[source_shape(s) for s in sources])
 
 
 def solint_bins(times_s: np.ndarray, solint: str) -> np.ndarray:
@@ -256,7 +258,8 @@ def solve_spws(ms, info: MSInfo, prep: ModelPrep, *, minsnr: float = 3.0, gain_s
             total_ant += np.bincount(a2[cross], minlength=nant) * cells
             tm["flag"] += _time.perf_counter() - t0
             t0 = _time.perf_counter()
-            model = point_model(uvw, info.spw_freqs[spw], tidx, fidx, prep.lmn_sf, prep.amps[spw], npol=npol)
+            model = source_model(uvw, info.spw_freqs[spw], tidx, fidx, prep.lmn_sf, prep.amps[spw], prep.shapes,
+                                 npol=npol)
             tm["model"] += _time.perf_counter() - t0
             _solve_one_spw(out, spw, data, model, flag, weight, a1, a2, tidx, bins[tidx], nbin, ntime, nant,
                            minsnr, min_bl, tm)
