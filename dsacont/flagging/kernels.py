@@ -108,8 +108,61 @@ def _median_buf(buf, n):
 
 
 @numba.njit(nogil=True, cache=True)
+def _sorted_insert(s, n, v):
+    """Insert v into the ascending s[:n] (room for one more); returns n + 1."""
+    j = n - 1
+    while j >= 0 and s[j] > v:
+        s[j + 1] = s[j]
+        j -= 1
+    s[j + 1] = v
+    return n + 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _sorted_find(s, n, v):
+    """Index of a value equal to v in the ascending s[:n] (binary search; v must be present)."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if s[mid] < v:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(nogil=True, cache=True)
+def _sorted_remove(s, n, v):
+    """Remove one value equal to v from the ascending s[:n]; returns n - 1."""
+    for j in range(_sorted_find(s, n, v), n - 1):
+        s[j] = s[j + 1]
+    return n - 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _sorted_median(s, n, skip):
+    """Median of the ascending s[:n] without its element ``skip`` (-1: none); NaN when empty.
+
+    The same value as :func:`_median_buf` of those elements (order statistics do not depend on
+    the algorithm): the upper middle, or the mean of the two middles for an even count.
+    """
+    m = n if skip < 0 else n - 1
+    if m <= 0:
+        return np.nan
+    h = m // 2
+    upper = s[h] if (skip < 0 or h < skip) else s[h + 1]
+    if m % 2 == 1:
+        return upper
+    lower = s[h - 1] if (skip < 0 or h - 1 < skip) else s[h]
+    return 0.5 * (lower + upper)
+
+
+@numba.njit(nogil=True, cache=True)
 def running_median(x, window, exclude_center=False):
     """Compute the running median of a 1-D series over ``window`` samples, NaN entries ignored.
+
+    A sorted window slides along the series (one insertion and one removal per sample), so each
+    median costs O(window) moves, not a selection.
 
     Parameters
     ----------
@@ -128,19 +181,27 @@ def running_median(x, window, exclude_center=False):
     n = x.shape[0]
     out = np.empty(n, dtype=np.float64)
     half = window // 2
-    buf = np.empty(window, dtype=np.float64)
+    srt = np.empty(2 * half + 2, dtype=np.float64)
+    cnt = 0
+    lo_cur = 0
+    hi_cur = 0
     for i in range(n):
         lo = max(0, i - half)
         hi = min(n, i + half + 1)
-        k = 0
-        for j in range(lo, hi):
-            v = x[j]
-            if exclude_center and j == i:
-                continue
+        while hi_cur < hi:
+            v = x[hi_cur]
             if np.isfinite(v):
-                buf[k] = v
-                k += 1
-        out[i] = _median_buf(buf, k)
+                cnt = _sorted_insert(srt, cnt, v)
+            hi_cur += 1
+        while lo_cur < lo:
+            v = x[lo_cur]
+            if np.isfinite(v):
+                cnt = _sorted_remove(srt, cnt, v)
+            lo_cur += 1
+        skip = -1
+        if exclude_center and np.isfinite(x[i]):
+            skip = _sorted_find(srt, cnt, x[i])
+        out[i] = _sorted_median(srt, cnt, skip)
     return out
 
 
@@ -225,15 +286,17 @@ def channel_medians(amp, flags):
         NaN for a channel with no unflagged sample.
     """
     nt, nf = amp.shape
-    buf = np.empty(nt, dtype=np.float64)
+    # gather channel-major first (rows of the plane are read contiguously), then select
+    cols = np.empty((nf, max(nt, 1)), dtype=np.float64)
+    cnt = np.zeros(nf, dtype=np.int64)
+    for t in range(nt):
+        for f in range(nf):
+            if not flags[t, f]:
+                cols[f, cnt[f]] = amp[t, f]
+                cnt[f] += 1
     spec = np.empty(nf, dtype=np.float64)
     for f in range(nf):
-        k = 0
-        for t in range(nt):
-            if not flags[t, f]:
-                buf[k] = amp[t, f]
-                k += 1
-        spec[f] = _median_buf(buf, k)
+        spec[f] = _median_buf(cols[f], cnt[f])
     return spec
 
 
@@ -280,6 +343,31 @@ def background_spec(amp, flags, spec0, freq_window, time_window):
     -------
     numpy.ndarray of float64, shape (Nt, Nf)
     """
+    spec, rt = background_factors(amp, flags, spec0, freq_window, time_window)
+    nt, nf = amp.shape
+    out = np.empty((nt, nf), dtype=np.float64)
+    for t in range(nt):
+        for f in range(nf):
+            out[t, f] = spec[f] * rt[t]
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def background_factors(amp, flags, spec0, freq_window, time_window):
+    """The two factors of :func:`background_spec`: B(t, f) = spec[f] * rt[t].
+
+    Parameters
+    ----------
+    amp, flags, spec0, freq_window, time_window
+        As :func:`background_spec`.
+
+    Returns
+    -------
+    spec : numpy.ndarray of float64, shape (Nf,)
+        The smoothed spectrum s(f), unknown channels filled (positive, finite).
+    rt : numpy.ndarray of float64, shape (Nt,)
+        The temporal factor r(t) (1.0 where unknown).
+    """
     nt, nf = amp.shape
     buf = np.empty(max(nt, nf), dtype=np.float64)
     spec = spec0.copy()
@@ -320,11 +408,7 @@ def background_spec(amp, flags, spec0, freq_window, time_window):
                     rt[t] = np.nan
         rt = running_trend(rt, time_window)
     _fill_nan(rt, 1.0)
-    out = np.empty((nt, nf), dtype=np.float64)
-    for t in range(nt):
-        for f in range(nf):
-            out[t, f] = spec[f] * rt[t]
-    return out
+    return spec, rt
 
 
 @numba.njit(nogil=True, cache=True)
@@ -547,6 +631,31 @@ def extend_fraction(flags, time_fraction, channel_fraction):
 
 
 @numba.njit(nogil=True, cache=True)
+def _box_sums(x, flags, half_t, half_f):
+    """Prefix sums over time of the frequency-box sums of the unflagged finite x, and their counts.
+
+    Returns (cs, cw), each (Nt + 1, Nf) float64: cs[t, f] = sum over t' < t of the sum of the
+    usable x[t', f - half_f .. f + half_f]; cw the same for the number of usable samples.
+    """
+    nt, nf = x.shape
+    cs = np.zeros((nt + 1, nf), dtype=np.float64)
+    cw = np.zeros((nt + 1, nf), dtype=np.float64)
+    rs = np.zeros(nf + 1)
+    rw = np.zeros(nf + 1)
+    for t in range(nt):
+        for f in range(nf):
+            ok = (not flags[t, f]) and np.isfinite(x[t, f])
+            rs[f + 1] = rs[f] + (x[t, f] if ok else 0.0)
+            rw[f + 1] = rw[f] + (1.0 if ok else 0.0)
+        for f in range(nf):
+            lo = max(0, f - half_f)
+            hi = min(nf, f + half_f + 1)
+            cs[t + 1, f] = cs[t, f] + (rs[hi] - rs[lo])
+            cw[t + 1, f] = cw[t, f] + (rw[hi] - rw[lo])
+    return cs, cw
+
+
+@numba.njit(nogil=True, cache=True)
 def masked_box_smooth(x, flags, half_t, half_f):
     """Mean of the unflagged samples in a box around each sample, by running sums (O(1) each).
 
@@ -565,36 +674,32 @@ def masked_box_smooth(x, flags, half_t, half_f):
         0 where the box holds no unflagged sample.
     """
     nt, nf = x.shape
-    # pass 1: along frequency
-    sf = np.zeros((nt, nf), dtype=np.float64)
-    wf = np.zeros((nt, nf), dtype=np.float64)
-    for t in range(nt):
-        cs = np.zeros(nf + 1)
-        cw = np.zeros(nf + 1)
-        for f in range(nf):
-            ok = (not flags[t, f]) and np.isfinite(x[t, f])
-            cs[f + 1] = cs[f] + (x[t, f] if ok else 0.0)
-            cw[f + 1] = cw[f] + (1.0 if ok else 0.0)
-        for f in range(nf):
-            lo = max(0, f - half_f)
-            hi = min(nf, f + half_f + 1)
-            sf[t, f] = cs[hi] - cs[lo]
-            wf[t, f] = cw[hi] - cw[lo]
-    # pass 2: along time
+    cs, cw = _box_sums(x, flags, half_t, half_f)
     out = np.zeros((nt, nf), dtype=np.float64)
-    cs = np.zeros(nt + 1)
-    cw = np.zeros(nt + 1)
-    for f in range(nf):
-        for t in range(nt):
-            cs[t + 1] = cs[t] + sf[t, f]
-            cw[t + 1] = cw[t] + wf[t, f]
-        for t in range(nt):
-            lo = max(0, t - half_t)
-            hi = min(nt, t + half_t + 1)
-            w = cw[hi] - cw[lo]
+    for t in range(nt):
+        lo = max(0, t - half_t)
+        hi = min(nt, t + half_t + 1)
+        for f in range(nf):
+            w = cw[hi, f] - cw[lo, f]
             if w > 0:
-                out[t, f] = (cs[hi] - cs[lo]) / w
+                out[t, f] = (cs[hi, f] - cs[lo, f]) / w
     return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _subtract_box_mean(x, flags, half_t, half_f):
+    """x -= :func:`masked_box_smooth` (x, flags, half_t, half_f), in place, without the (Nt, Nf) mean."""
+    nt, nf = x.shape
+    cs, cw = _box_sums(x, flags, half_t, half_f)
+    for t in range(nt):
+        lo = max(0, t - half_t)
+        hi = min(nt, t + half_t + 1)
+        for f in range(nf):
+            w = cw[hi, f] - cw[lo, f]
+            if w > 0:
+                x[t, f] -= (cs[hi, f] - cs[lo, f]) / w
+            else:
+                x[t, f] -= 0.0
 
 
 @numba.njit(nogil=True, cache=True)
@@ -624,16 +729,14 @@ def zscore_plane_spec(amp, flags, spec0, freq_window, time_window, smooth_t, smo
         NaN where amp is not finite, or everywhere when the plane has no usable samples.
     """
     nt, nf = amp.shape
-    bg = background_spec(amp, flags, spec0, freq_window, time_window)
+    spec, rt = background_factors(amp, flags, spec0, freq_window, time_window)
     x = np.empty((nt, nf), dtype=np.float64)
     for t in range(nt):
+        r = rt[t]
         for f in range(nf):
-            x[t, f] = amp[t, f] / bg[t, f] - 1.0
+            x[t, f] = amp[t, f] / (spec[f] * r) - 1.0
     if smooth_t > 0 or smooth_f > 0:
-        sm = masked_box_smooth(x, flags, smooth_t, smooth_f)
-        for t in range(nt):
-            for f in range(nf):
-                x[t, f] -= sm[t, f]
+        _subtract_box_mean(x, flags, smooth_t, smooth_f)
     _, sig = robust_sigma(x, flags)
     z = np.empty((nt, nf), dtype=np.float32)
     if not (np.isfinite(sig) and sig > 0):
@@ -643,7 +746,6 @@ def zscore_plane_spec(amp, flags, spec0, freq_window, time_window, smooth_t, smo
         for f in range(nf):
             z[t, f] = x[t, f] / sig
     return z
-
 
 @numba.njit(nogil=True, cache=True)
 def flag_plane(amp, flags, chi1, rho, max_window, freq_window, time_window, smooth_t, smooth_f, iterations):
@@ -713,6 +815,9 @@ def flag_plane_spec(amp, pre, spec0, chi1, rho, max_window, freq_window, time_wi
 def combined_statistic(z, use, pre):
     """Median over baselines of z at each (t, f).
 
+    Each integration's (baseline, frequency) slab is gathered channel-major first, so every
+    median reads one contiguous run of values.
+
     Parameters
     ----------
     z : numpy.ndarray of float32, shape (Nt, Nb, Nf)
@@ -732,19 +837,23 @@ def combined_statistic(z, use, pre):
     nt, nb, nf = z.shape
     s = np.full((nt, nf), np.nan)
     cnt = np.zeros((nt, nf), dtype=np.int64)
-    buf = np.empty(nb, dtype=np.float64)
+    slab = np.empty((nf, max(nb, 1)), dtype=np.float64)
+    k = np.zeros(nf, dtype=np.int64)
     for t in range(nt):
-        for f in range(nf):
-            k = 0
-            for b in range(nb):
-                if use[b] and not pre[t, b, f]:
+        k[:] = 0
+        for b in range(nb):
+            if not use[b]:
+                continue
+            for f in range(nf):
+                if not pre[t, b, f]:
                     v = z[t, b, f]
                     if np.isfinite(v):
-                        buf[k] = v
-                        k += 1
-            cnt[t, f] = k
-            if k > 0:
-                s[t, f] = _median_buf(buf, k)
+                        slab[f, k[f]] = v
+                        k[f] += 1
+        for f in range(nf):
+            cnt[t, f] = k[f]
+            if k[f] > 0:
+                s[t, f] = _median_buf(slab[f], k[f])
     return s, cnt
 
 
