@@ -51,7 +51,12 @@ def flag_invalid(amp, flags):
 
 @numba.njit(nogil=True, cache=True)
 def _select_inplace(buf, lo, hi, k):
-    """k-th smallest of buf[lo:hi] (in-place quickselect, Hoare partition); returns the value."""
+    """k-th smallest of buf[lo:hi] (in-place quickselect); returns the value.
+
+    Branchless partitions (a Lomuto pass ``< pivot``, then ``== pivot`` on the right part), so
+    random data cost no branch mispredictions and ties cannot degrade it. On return every element
+    left of ``k`` is <= the value (the median's lower middle relies on it).
+    """
     while hi - lo > 16:
         mid = (lo + hi - 1) // 2
         # median of three as pivot
@@ -63,22 +68,24 @@ def _select_inplace(buf, lo, hi, k):
             if a > b:
                 b = a
         pivot = b
-        i, j = lo, hi - 1
-        while i <= j:
-            while buf[i] < pivot:
-                i += 1
-            while buf[j] > pivot:
-                j -= 1
-            if i <= j:
-                buf[i], buf[j] = buf[j], buf[i]
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j + 1
-        elif k >= i:
-            lo = i
-        else:
-            return buf[k]
+        j = lo
+        for i in range(lo, hi):
+            v = buf[i]
+            buf[i] = buf[j]
+            buf[j] = v
+            j += v < pivot
+        if k < j:
+            hi = j
+            continue
+        m = j
+        for i in range(j, hi):
+            v = buf[i]
+            buf[i] = buf[m]
+            buf[m] = v
+            m += v <= pivot
+        if k < m:
+            return pivot
+        lo = m
     # insertion sort of the short remainder
     for i in range(lo + 1, hi):
         v = buf[i]
@@ -102,8 +109,8 @@ def _median_buf(buf, n):
     # the lower middle is the largest of buf[:h] after the selection
     lower = buf[0]
     for i in range(1, h):
-        if buf[i] > lower:
-            lower = buf[i]
+        v = buf[i]
+        lower = v if v > lower else lower
     return 0.5 * (lower + upper)
 
 
@@ -434,13 +441,18 @@ def robust_sigma(x, flags, max_samples=8192):
     stride = max(1, n // max_samples)
     buf = np.empty(n // stride + 1, dtype=np.float64)
     k = 0
-    for i in range(0, n, stride):
-        t = i // nf
-        f = i - t * nf
+    t = 0
+    f = 0
+    for _ in range(0, n, stride):
+        # (t, f) of the flat index, advanced without a division per sample
         v = x[t, f]
         if not flags[t, f] and np.isfinite(v):
             buf[k] = v
             k += 1
+        f += stride
+        while f >= nf:
+            f -= nf
+            t += 1
     if k == 0:
         return 0.0, np.nan
     med = _median_buf(buf, k)
@@ -483,16 +495,36 @@ def _sumthreshold_rows(z, cur, m, thr):
     """Run one SumThreshold window size along the last axis (frequency) of z.
 
     z: (Nr, N) float; ``cur`` (Nr, N) bool is updated in place with the hits found using the
-    flags as they were before this call.
+    flags as they were before this call. All rows advance together (one running sum each), so
+    the additions of different rows overlap instead of waiting on one another; each row's sum
+    takes the same steps as :func:`_sumthreshold_line`.
     """
     nr, n = z.shape
     if m > n:
         return
-    line = np.empty(n, dtype=np.bool_)
+    fin = cur.copy()
+    limit = m * thr
+    s = np.zeros(nr, dtype=np.float64)
+    last = np.full(nr, -1, dtype=np.int64)
     for r in range(nr):
-        for i in range(n):
-            line[i] = cur[r, i]
-        _sumthreshold_line(z[r], line, cur[r], m, thr)
+        acc = 0.0
+        for i in range(m):
+            acc += thr if fin[r, i] else z[r, i]
+        s[r] = acc
+    for start in range(n - m + 1):
+        if start > 0:
+            i_out = start - 1
+            i_in = start + m - 1
+            for r in range(nr):
+                acc = s[r]
+                acc -= thr if fin[r, i_out] else z[r, i_out]
+                acc += thr if fin[r, i_in] else z[r, i_in]
+                s[r] = acc
+        for r in range(nr):
+            if s[r] > limit:
+                for j in range(max(start, last[r] + 1), start + m):
+                    cur[r, j] = True
+                last[r] = start + m - 1
 
 
 @numba.njit(nogil=True, cache=True)
@@ -559,7 +591,8 @@ def sumthreshold(z, flags, chi1, rho, max_window, time_direction, freq_direction
         thr = chi1 / rho ** (math.log(m) / math.log(2.0))
         if time_direction:
             _sumthreshold_cols(z, cur, m, thr)
-        if freq_direction:
+        # a window of one is the same test in both directions: after the time pass it finds nothing
+        if freq_direction and not (m == 1 and time_direction and z.shape[0] >= 1):
             _sumthreshold_rows(z, cur, m, thr)
         m *= 2
     return cur
@@ -815,8 +848,8 @@ def flag_plane_spec(amp, pre, spec0, chi1, rho, max_window, freq_window, time_wi
 def combined_statistic(z, use, pre):
     """Median over baselines of z at each (t, f).
 
-    Each integration's (baseline, frequency) slab is gathered channel-major first, so every
-    median reads one contiguous run of values.
+    The values are gathered in tiles of 16 channels (each baseline's 64-byte line read once), so
+    every median reads one contiguous run of values.
 
     Parameters
     ----------
@@ -837,23 +870,26 @@ def combined_statistic(z, use, pre):
     nt, nb, nf = z.shape
     s = np.full((nt, nf), np.nan)
     cnt = np.zeros((nt, nf), dtype=np.int64)
-    slab = np.empty((nf, max(nb, 1)), dtype=np.float64)
-    k = np.zeros(nf, dtype=np.int64)
+    tw = 16  # channels per tile: one 64-byte line of float32 per baseline is read once
+    tile = np.empty((tw, max(nb, 1)), dtype=np.float64)
+    k = np.zeros(tw, dtype=np.int64)
     for t in range(nt):
-        k[:] = 0
-        for b in range(nb):
-            if not use[b]:
-                continue
-            for f in range(nf):
-                if not pre[t, b, f]:
-                    v = z[t, b, f]
-                    if np.isfinite(v):
-                        slab[f, k[f]] = v
-                        k[f] += 1
-        for f in range(nf):
-            cnt[t, f] = k[f]
-            if k[f] > 0:
-                s[t, f] = _median_buf(slab[f], k[f])
+        for f0 in range(0, nf, tw):
+            w = min(tw, nf - f0)
+            k[:] = 0
+            for b in range(nb):
+                if not use[b]:
+                    continue
+                for j in range(w):
+                    if not pre[t, b, f0 + j]:
+                        v = z[t, b, f0 + j]
+                        if np.isfinite(v):
+                            tile[j, k[j]] = v
+                            k[j] += 1
+            for j in range(w):
+                cnt[t, f0 + j] = k[j]
+                if k[j] > 0:
+                    s[t, f0 + j] = _median_buf(tile[j], k[j])
     return s, cnt
 
 
@@ -1039,12 +1075,15 @@ def flag_block_kernel(
         qs = np.full((nb, nf), np.nan)
         prec = np.empty((nt, nb, nf), dtype=np.bool_)
         for b in range(nb):
-            a = amp[:, b, :, p].astype(np.float64)
-            pre = flags[:, b, :, p].copy()
-            for f in range(nf):
-                if static_chan[f]:
-                    pre[:, f] = True
-            pre = flag_invalid(a, pre)
+            # the plane as float64, and its pre-flags: input flags, static channels, invalid samples
+            # (flag_invalid's test, fused into the copy)
+            a = np.empty((nt, nf), dtype=np.float64)
+            pre = np.empty((nt, nf), dtype=np.bool_)
+            for t in range(nt):
+                for f in range(nf):
+                    v = np.float64(amp[t, b, f, p])
+                    a[t, f] = v
+                    pre[t, f] = flags[t, b, f, p] or static_chan[f] or (not np.isfinite(v)) or v == 0.0
             spec = channel_medians(a, pre)  # shared by the three uses below
             if is_auto[b]:
                 cur, z = flag_plane_spec(a, pre, spec, a_chi1, rho, max_window, a_freq_window, a_time_window,
