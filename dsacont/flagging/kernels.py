@@ -274,11 +274,43 @@ def _fill_nan(x, fill):
 
 
 @numba.njit(nogil=True, cache=True)
+def _merge_network(n):
+    """Comparators (i, j), i < j, of Batcher's odd-even merge sort for ``n`` elements, as (M, 2) int64.
+
+    Built for the next power of two and without the comparators that touch an index >= n: those
+    positions only ever hold +inf padding, which no comparator moves.
+    """
+    p = 1
+    while p < n:
+        p *= 2
+    pairs = np.empty((max(1, p * p), 2), dtype=np.int64)
+    m = 0
+    k = 1
+    while k < p:
+        j = k
+        while j >= 1:
+            for i in range(j % k, p - j, 2 * j):
+                for q in range(min(j, p - i - j)):
+                    a = i + q
+                    b = i + q + j
+                    if a // (2 * k) == b // (2 * k) and b < n:
+                        pairs[m, 0] = a
+                        pairs[m, 1] = b
+                        m += 1
+            j //= 2
+        k *= 2
+    return pairs[:m]
+
+
+@numba.njit(nogil=True, cache=True)
 def channel_medians(amp, flags):
     """Median over time of each channel's unflagged samples: the raw spectrum s(f).
 
     Shared by :func:`background_spec`, :func:`flag_plane_spec` and
-    :func:`spectral_residual_spec`.
+    :func:`spectral_residual_spec`. All channels are sorted at once along time by a sorting
+    network (flagged samples as +inf, so they sort last), each comparator one pass over the
+    channels; a plane with an unflagged non-finite sample takes a per-channel selection instead.
+    Either way the value is the median of the unflagged samples.
 
     Parameters
     ----------
@@ -293,17 +325,44 @@ def channel_medians(amp, flags):
         NaN for a channel with no unflagged sample.
     """
     nt, nf = amp.shape
-    # gather channel-major first (rows of the plane are read contiguously), then select
-    cols = np.empty((nf, max(nt, 1)), dtype=np.float64)
+    spec = np.empty(nf, dtype=np.float64)
+    srt = np.empty((nt, nf), dtype=np.float64)
     cnt = np.zeros(nf, dtype=np.int64)
+    finite = True
     for t in range(nt):
         for f in range(nf):
-            if not flags[t, f]:
-                cols[f, cnt[f]] = amp[t, f]
-                cnt[f] += 1
-    spec = np.empty(nf, dtype=np.float64)
+            v = np.float64(amp[t, f])
+            fl = flags[t, f]
+            finite = finite and (fl or np.isfinite(v))
+            srt[t, f] = np.inf if fl else v
+            cnt[f] += not fl
+    if finite:
+        net = _merge_network(nt)
+        for q in range(net.shape[0]):
+            i = net[q, 0]
+            j = net[q, 1]
+            for f in range(nf):
+                a = srt[i, f]
+                b = srt[j, f]
+                srt[i, f] = a if a < b else b
+                srt[j, f] = b if a < b else a
+        for f in range(nf):
+            k = cnt[f]
+            if k == 0:
+                spec[f] = np.nan
+            elif k % 2 == 1:
+                spec[f] = srt[k // 2, f]
+            else:
+                spec[f] = 0.5 * (srt[k // 2 - 1, f] + srt[k // 2, f])
+        return spec
+    buf = np.empty(max(nt, 1), dtype=np.float64)
     for f in range(nf):
-        spec[f] = _median_buf(cols[f], cnt[f])
+        k = 0
+        for t in range(nt):
+            if not flags[t, f]:
+                buf[k] = amp[t, f]
+                k += 1
+        spec[f] = _median_buf(buf, k)
     return spec
 
 

@@ -102,3 +102,20 @@ def test_zscore_and_combined_statistic_match_the_reference():
     use = np.arange(nb) % 7 != 0
     for u, v in zip(K.combined_statistic(z, use, p3), R.combined_statistic(z, use, p3)):
         assert np.array_equal(u, v, equal_nan=True)
+
+
+def test_channel_medians_sorting_network_is_the_selection_median():
+    rng = np.random.default_rng(4)
+    for nt in [1, 2, 3, 5, 8, 13, 16, 17, 24, 31, 33, 48]:
+        for frac in (0.0, 0.1, 0.6, 1.0):
+            a = np.abs(3 + rng.normal(size=(nt, 40)))
+            if nt % 2:
+                a = np.round(a)  # ties
+            fl = rng.random(a.shape) < frac
+            assert np.array_equal(K.channel_medians(a, fl), R.channel_medians(a, fl), equal_nan=True)
+    # an unflagged NaN takes the per-channel selection path: still the reference's value elsewhere
+    a = np.abs(3 + rng.normal(size=(24, 40)))
+    a[3, 5] = np.nan
+    fl = np.isnan(a)
+    assert np.array_equal(K.channel_medians(a, fl), R.channel_medians(a, fl))
+    assert np.isfinite(K.channel_medians(a, np.zeros(a.shape, bool))[np.arange(40) != 5]).all()
