@@ -56,10 +56,12 @@ def _spwmap(ms_info: MSInfo, caltable) -> tuple[list[int], list[int]]:
 
 
 ENGINES = ("casa", "dsacont")
+# the engine apply_calibration uses unless told (benchmarks/apply.py measures both at full size)
+DEFAULT_ENGINE = "casa"
 
 
 def apply_calibration(ms, tables=None, registry=None, time=None, *, interp: str = "linear", paths=None,
-                      calwt: bool = False, engine: str = "casa") -> dict:
+                      calwt: bool = False, engine: str | None = None) -> dict:
     """Apply bandpass and gain tables to ``ms`` (writes CORRECTED_DATA) and check the result.
 
     Parameters
@@ -76,8 +78,8 @@ def apply_calibration(ms, tables=None, registry=None, time=None, *, interp: str 
         CASA holds the nearest solution.
     calwt : bool
         Scale the weights by the gains (default False: weights stay as converted).
-    engine : {'casa', 'dsacont'}
-        'casa' (default): CASA applycal. 'dsacont': the numba apply of
+    engine : {'casa', 'dsacont'}, optional
+        Default :data:`DEFAULT_ENGINE`. 'casa': CASA applycal. 'dsacont': the numba apply of
         :mod:`dsacont.calibration.apply_kernels` (G linear in amplitude and phase in time, B
         nearest in time, the same SPW map, ``applymode='calflag'``), reading DATA and writing
         CORRECTED_DATA and FLAG through :func:`dsacont.io.ms.table`; it handles B and G tables
@@ -114,6 +116,7 @@ def apply_calibration(ms, tables=None, registry=None, time=None, *, interp: str 
     maps = [_spwmap(info, t) for t in tables]
     spwmaps = [m for m, _ in maps]
     unsolved = sorted({int(s) for _, u in maps for s in u})
+    engine = DEFAULT_ENGINE if engine is None else engine
     if engine not in ENGINES:
         raise ValueError(f"apply engine {engine!r} for {ms}: expected one of {ENGINES}")
     kinds = [_table_kind(t) for t in tables]

@@ -7,6 +7,9 @@ no solutions: both flag them).
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import shutil
 
 import numpy as np
@@ -14,6 +17,7 @@ import pytest
 
 from dsacont.calibration.apply import apply_calibration
 from dsacont.calibration.apply_kernels import interp_gains_linear
+from dsacont.calibration.cli import cli_applycal
 from dsacont.io.ms import table
 
 
@@ -76,8 +80,15 @@ def test_dsacont_apply_equals_applycal(small_cal, tmp_path):
     for engine in ("casa", "dsacont"):
         ms = str(tmp_path / f"{engine}.ms")
         shutil.copytree(ms0, ms)
-        res = apply_calibration(ms, tables=tables, engine=engine)
-        assert res["engine"] == engine and res["spw_flagged_unsolved"] == list(range(2, 16))
+        if engine == "casa":
+            res = apply_calibration(ms, tables=tables, engine=engine)
+            assert res["spw_flagged_unsolved"] == list(range(2, 16))
+        else:  # through `dsacont applycal --engine dsacont`
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                assert cli_applycal([ms, "--tables", *tables, "--engine", engine]) == 0
+            res = json.loads(buf.getvalue())
+        assert res["engine"] == engine
         out[engine] = _columns(ms)
     (c, fc, dd), (d, fd, _) = out["casa"], out["dsacont"]
     assert np.array_equal(fc, fd), _flag_differences(ms0, fc, fd)
