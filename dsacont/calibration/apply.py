@@ -239,12 +239,14 @@ def _apply_own(ms, info: MSInfo, tables, interps, spwmaps, unsolved) -> None:
             tidx = np.clip(np.searchsorted(times, tt), 0, len(times) - 1)
             prev = np.clip(tidx - 1, 0, len(times) - 1)
             tidx = np.where(np.abs(times[prev] - tt) < np.abs(times[tidx] - tt), prev, tidx).astype(np.int64)
+            flag_in = sub.getcol("FLAG", s, n)
             corrected, flags = apply_jones(
-                sub.getcol("DATA", s, n), sub.getcol("FLAG", s, n), tidx,
+                sub.getcol("DATA", s, n), flag_in, tidx,
                 np.asarray(sub.getcol("ANTENNA1", s, n), dtype=np.int64),
                 np.asarray(sub.getcol("ANTENNA2", s, n), dtype=np.int64), corr_rec, jones, jflag)
             sub.putcol("CORRECTED_DATA", corrected, s, n)
-            sub.putcol("FLAG", flags, s, n)
+            if not np.array_equal(flags, flag_in):  # FLAG is rewritten only where a solution flagged data
+                sub.putcol("FLAG", flags, s, n)
 
 
 def _table_kind(path) -> str:
