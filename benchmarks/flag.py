@@ -55,15 +55,25 @@ from dsacont.flagging import flag_arrays, flag_block, flag_dataset, load_strateg
 from dsacont.io.uvh5 import open_group  # noqa: E402
 
 
-def _reference_kernel():
-    """``flag_block_kernel`` as it was before the speed-up (tests/flagging/reference_kernels.py)."""
-    import importlib.util
+def _reference_kernel(work: Path):
+    """``flag_block_kernel`` as it was before the speed-up (tests/flagging/reference_kernels.py).
 
-    spec = importlib.util.spec_from_file_location(
-        "dsacont_flag_reference_kernels", ROOT / "tests" / "flagging" / "reference_kernels.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.flag_block_kernel
+    Imported from a copy under ``work`` with a fixed module name, so numba's on-disk cache of it
+    is its own (the tests import the same file under another name).
+    """
+    import importlib
+
+    d = Path(work) / "reference_kernels"
+    d.mkdir(parents=True, exist_ok=True)
+    src = (ROOT / "tests" / "flagging" / "reference_kernels.py").read_text()
+    dst = d / "dsacont_flag_reference_kernels.py"
+    if not dst.exists() or dst.read_text() != src:
+        dst.write_text(src)
+    sys.path.insert(0, str(d))
+    try:
+        return importlib.import_module("dsacont_flag_reference_kernels").flag_block_kernel
+    finally:
+        sys.path.remove(str(d))
 
 
 class _kernel:
@@ -199,7 +209,7 @@ def main(argv=None):
     # warm-up: numba compiles (or loads its cache) here, not inside a timed section
     rng = np.random.default_rng(0)
     warm = np.abs(rng.standard_normal((24, 16, 64, 2))).astype(np.float32) + 1
-    before_kernel = _reference_kernel()
+    before_kernel = _reference_kernel(work)
     flag_block(warm, None, np.arange(16) == 0, None)
     with _kernel(before_kernel):
         flag_block(warm, None, np.arange(16) == 0, None)
