@@ -9,7 +9,10 @@ What is measured (one run, same machine, same data):
 
 1. dsacont on the lazy Dataset: ``flag_dataset(open_group(paths)).compute()`` with the
    synchronous Dask scheduler (one core: per-core throughput, HDF5 reads included), and the
-   block kernels alone on the amplitudes already in memory (``flag_arrays``, one thread).
+   block kernels alone on the amplitudes already in memory (``flag_arrays``, one thread). Each
+   twice, "after" (the kernels in ``dsacont.flagging.kernels``) and "before" (the kernels as
+   they were before the speed-up, ``tests/flagging/reference_kernels.py``, swapped in for the
+   run), interleaved in the same process; the JSON says whether the two flag sets are identical.
 2. The Measurement Set: made from the same group by ``dsacont.convert_group(..., flag=False)``
    (falls back to pyuvdata ``write_ms`` if the conversion stage is unavailable; the JSON says
    which), then copied twice: ``dsacont flag MS --threads 1`` on one copy, ``aoflagger -j 1``
@@ -47,8 +50,44 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dsacont import load_truth  # noqa: E402  (this checkout first on the path)
+from dsacont.flagging import blocks as _blocks  # noqa: E402
 from dsacont.flagging import flag_arrays, flag_block, flag_dataset, load_strategy  # noqa: E402
 from dsacont.io.uvh5 import open_group  # noqa: E402
+
+
+def _reference_kernel(work: Path):
+    """``flag_block_kernel`` as it was before the speed-up (tests/flagging/reference_kernels.py).
+
+    Imported from a copy under ``work`` with a fixed module name, so numba's on-disk cache of it
+    is its own (the tests import the same file under another name).
+    """
+    import importlib
+
+    d = Path(work) / "reference_kernels"
+    d.mkdir(parents=True, exist_ok=True)
+    src = (ROOT / "tests" / "flagging" / "reference_kernels.py").read_text()
+    dst = d / "dsacont_flag_reference_kernels.py"
+    if not dst.exists() or dst.read_text() != src:
+        dst.write_text(src)
+    sys.path.insert(0, str(d))
+    try:
+        return importlib.import_module("dsacont_flag_reference_kernels").flag_block_kernel
+    finally:
+        sys.path.remove(str(d))
+
+
+class _kernel:
+    """Context manager: run the flagging wrappers with another block kernel."""
+
+    def __init__(self, fn):
+        self.fn, self.saved = fn, None
+
+    def __enter__(self):
+        self.saved = _blocks.flag_block_kernel
+        _blocks.flag_block_kernel = self.fn
+
+    def __exit__(self, *exc):
+        _blocks.flag_block_kernel = self.saved
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2",
        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -170,29 +209,61 @@ def main(argv=None):
     # warm-up: numba compiles (or loads its cache) here, not inside a timed section
     rng = np.random.default_rng(0)
     warm = np.abs(rng.standard_normal((24, 16, 64, 2))).astype(np.float32) + 1
+    before_kernel = _reference_kernel(work)
     flag_block(warm, None, np.arange(16) == 0, None)
+    with _kernel(before_kernel):
+        flag_block(warm, None, np.arange(16) == 0, None)
 
     if not a.skip_dataset:
         ds = open_group(paths)
-        fl = flag_dataset(ds)
-        c0, t0 = time.process_time(), time.perf_counter()
-        with dask.config.set(scheduler="synchronous"):
-            flags = fl.values
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        res["dsacont_dataset"] = {
-            "what": "flag_dataset(open_group(paths)).compute(), synchronous scheduler (1 core), HDF5 reads included",
-            "wall_s": wall, "cpu_s": cpu, "vis_per_s_wall": nvis / wall, "vis_per_s_per_core": nvis / cpu,
-            "quality": score(flags, tmask, auto)}
-        print(json.dumps(res["dsacont_dataset"]), file=sys.stderr)
-        # kernels alone, amplitudes already in memory, one thread
+        flags = None
+        for which in ("after", "before"):
+            fl = flag_dataset(ds)
+            ctx = _kernel(before_kernel) if which == "before" else _kernel(_blocks.flag_block_kernel)
+            with ctx:
+                c0, t0 = time.process_time(), time.perf_counter()
+                with dask.config.set(scheduler="synchronous"):
+                    fv = fl.values
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            key = "dsacont_dataset" if which == "after" else "dsacont_dataset_before"
+            res[key] = {
+                "what": f"flag_dataset(open_group(paths)).compute(), synchronous scheduler (1 core), "
+                        f"HDF5 reads included; kernels {which} the speed-up",
+                "wall_s": wall, "cpu_s": cpu, "vis_per_s_wall": nvis / wall, "vis_per_s_per_core": nvis / cpu,
+                "quality": score(fv, tmask, auto)}
+            print(json.dumps(res[key]), file=sys.stderr)
+            if which == "after":
+                flags = fv
+            else:
+                res[key]["identical_to_after"] = bool((fv == flags).all())
+                del fv
+        # kernels alone, amplitudes already in memory, one thread; after and before interleaved
         with dask.config.set(scheduler="threads", num_workers=2):
             amp = np.abs(ds.vis.values)
-        c0, t0 = time.process_time(), time.perf_counter()
-        kflags = flag_arrays(amp, None, auto, None, n_threads=1)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        res["dsacont_kernels"] = {"what": "flag_arrays on in-memory |V| (no I/O), 1 thread",
-                                  "wall_s": wall, "cpu_s": cpu, "vis_per_s_per_core": nvis / cpu,
-                                  "identical_to_dataset_flags": bool((kflags == flags).all())}
+        runs = {"after": [], "before": []}
+        for rep in range(2):
+            for which in ("after", "before"):
+                ctx = _kernel(before_kernel) if which == "before" else _kernel(_blocks.flag_block_kernel)
+                with ctx:
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    kf = flag_arrays(amp, None, auto, None, n_threads=1)
+                    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                runs[which].append((cpu, wall))
+                if rep == 0 and which == "after":
+                    kflags = kf
+                elif rep == 0:
+                    same_before = bool((kf == kflags).all())
+                del kf
+        for which in ("after", "before"):
+            cpu, wall = min(runs[which])
+            key = "dsacont_kernels" if which == "after" else "dsacont_kernels_before"
+            res[key] = {"what": f"flag_arrays on in-memory |V| (no I/O), 1 thread, kernels {which} the speed-up "
+                                f"(best of 2, interleaved)",
+                        "wall_s": wall, "cpu_s": cpu, "vis_per_s_per_core": nvis / cpu,
+                        "cpu_s_runs": [r[0] for r in runs[which]]}
+        res["dsacont_kernels"]["identical_to_dataset_flags"] = bool((kflags == flags).all())
+        res["dsacont_kernels_before"]["identical_to_after"] = same_before
+        res["kernel_speedup_per_core"] = res["dsacont_kernels_before"]["cpu_s"] / res["dsacont_kernels"]["cpu_s"]
         # both cores
         c0, t0 = time.process_time(), time.perf_counter()
         flag_arrays(amp, None, auto, None, n_threads=2)
@@ -201,6 +272,7 @@ def main(argv=None):
         res["dsacont_kernels"]["vis_per_s_wall_2_threads"] = nvis / wall
         del amp, kflags, ds, fl
         print(json.dumps(res["dsacont_kernels"]), file=sys.stderr)
+        print(json.dumps(res["dsacont_kernels_before"]), file=sys.stderr)
     else:
         flags = None
 

@@ -1,8 +1,10 @@
-"""Applying calibration tables to a target group (CASA applycal), and checking the result.
+"""Applying calibration tables to a target group, and checking the result.
 
-:func:`apply_calibration` looks the tables up in the registry (or takes them as given), runs
-applycal, and checks CORRECTED_DATA (:func:`check_corrected`); :func:`calibrated_flux_ratio`
-measures how well the calibrated data reproduce a model.
+:func:`apply_calibration` looks the tables up in the registry (or takes them as given), applies
+them with CASA applycal (``engine="casa"``) or with dsacont's own numba apply
+(``engine="dsacont"``: the same interpolation, :mod:`dsacont.calibration.apply_kernels`), and
+checks CORRECTED_DATA (:func:`check_corrected`); :func:`calibrated_flux_ratio` measures how well
+the calibrated data reproduce a model.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ from dsacont.calibrators import get_calibrator
 from dsacont.casa import casatasks
 from dsacont.config import get_paths
 from dsacont.errors import CalibrationUnavailable
-from dsacont.io.ms import clear_state, iter_ddid, table
+from dsacont.io.ms import clear_state, ensure_column, iter_ddid, table
+
+from .apply_kernels import apply_jones, fill_flagged_channels, interp_gains_linear
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +55,13 @@ def _spwmap(ms_info: MSInfo, caltable) -> tuple[list[int], list[int]]:
     return out, unsolved
 
 
+ENGINES = ("casa", "dsacont")
+# the engine apply_calibration uses unless told (benchmarks/apply.py measures both at full size)
+DEFAULT_ENGINE = "casa"
+
+
 def apply_calibration(ms, tables=None, registry=None, time=None, *, interp: str = "linear", paths=None,
-                      calwt: bool = False) -> dict:
+                      calwt: bool = False, engine: str | None = None) -> dict:
     """Apply bandpass and gain tables to ``ms`` (writes CORRECTED_DATA) and check the result.
 
     Parameters
@@ -69,6 +78,12 @@ def apply_calibration(ms, tables=None, registry=None, time=None, *, interp: str 
         CASA holds the nearest solution.
     calwt : bool
         Scale the weights by the gains (default False: weights stay as converted).
+    engine : {'casa', 'dsacont'}, optional
+        Default :data:`DEFAULT_ENGINE`. 'casa': CASA applycal. 'dsacont': the numba apply of
+        :mod:`dsacont.calibration.apply_kernels` (G linear in amplitude and phase in time, B
+        nearest in time, the same SPW map, ``applymode='calflag'``), reading DATA and writing
+        CORRECTED_DATA and FLAG through :func:`dsacont.io.ms.table`; it handles B and G tables
+        with ``calwt=False`` and falls back to applycal (with a log line) for anything else.
 
     Returns
     -------
@@ -101,23 +116,137 @@ def apply_calibration(ms, tables=None, registry=None, time=None, *, interp: str 
     maps = [_spwmap(info, t) for t in tables]
     spwmaps = [m for m, _ in maps]
     unsolved = sorted({int(s) for _, u in maps for s in u})
-    ct = casatasks()
-    t0 = _time.perf_counter()
+    engine = DEFAULT_ENGINE if engine is None else engine
+    if engine not in ENGINES:
+        raise ValueError(f"apply engine {engine!r} for {ms}: expected one of {ENGINES}")
+    kinds = [_table_kind(t) for t in tables]
+    if engine == "dsacont" and (calwt or any(k not in ("B", "G") for k in kinds)):
+        log.warning("%s: dsacont's apply handles B and G tables without calwt (got %s, calwt=%s); using applycal",
+                    ms, kinds, calwt)
+        engine = "casa"
     if unsolved:
         # never block a group on a table with missing windows: flag those windows' data
         log.warning("%s: no solutions for SPW(s) %s in %s; flagging their data", ms, unsolved,
                     [Path(t).name for t, (_, u) in zip(tables, maps) if u])
-        ct.flagdata(vis=ms, mode="manual", spw=",".join(str(s) for s in unsolved), flagbackup=False)
-    ct.applycal(vis=ms, gaintable=tables, interp=interps, spwmap=spwmaps, calwt=[calwt] * len(tables),
-                flagbackup=False, applymode="calflag")
+    t0 = _time.perf_counter()
+    if engine == "dsacont":
+        _apply_own(ms, info, tables, interps, spwmaps, unsolved)
+    else:
+        ct = casatasks()
+        if unsolved:
+            ct.flagdata(vis=ms, mode="manual", spw=",".join(str(s) for s in unsolved), flagbackup=False)
+        ct.applycal(vis=ms, gaintable=tables, interp=interps, spwmap=spwmaps, calwt=[calwt] * len(tables),
+                    flagbackup=False, applymode="calflag")
     dt = _time.perf_counter() - t0
     clear_state(ms)  # CORRECTED_DATA is new: no bright-source flattening (dsacont.imaging.flatten) in it
     t1 = _time.perf_counter()
     check = check_corrected(ms, info)
     log.info("%s: applied %s in %.1f s (check %.1f s); %.1f %% flagged", ms, [Path(t).name for t in tables], dt,
              _time.perf_counter() - t1, 100 * check["flagged_fraction"])
-    return {"ms": ms, "tables": tables, "ids": ids, "interp": interps, "spwmap": spwmaps,
+    return {"ms": ms, "tables": tables, "ids": ids, "interp": interps, "spwmap": spwmaps, "engine": engine,
             "spw_flagged_unsolved": unsolved, **check, "timings_s": {"applycal": dt, "check": _time.perf_counter() - t1}}
+
+
+# receptors (0 = X/R, 1 = Y/L) of each correlation, by Stokes code (CORR_TYPE)
+_CORR_RECEPTORS = {5: (0, 0), 6: (0, 1), 7: (1, 0), 8: (1, 1), 9: (0, 0), 10: (0, 1), 11: (1, 0), 12: (1, 1)}
+
+
+def _table_term(t: dict, cal_spw: int, interp: str, times, freqs, nant: int):
+    """One table's term for one MS SPW: (Nt, Na, Nf, 2) complex128 and its flags.
+
+    ``t``: :func:`read_caltable`; ``cal_spw``: the table SPW the MS SPW maps to; ``interp``:
+    'linear' (amplitude and phase linear in time, held outside the solutions) or 'nearest'
+    (the solution nearest in time); each MS channel takes the table channel nearest in frequency
+    (the same channel when the SPWs match; one channel for a G table), flagged channels bridged
+    as applycal's linear frequency interpolation does (:func:`fill_flagged_channels`). Antennas
+    or SPWs without a row are flagged.
+    """
+    nt, nf = len(times), len(freqs)
+    rows = np.nonzero(np.asarray(t["SPECTRAL_WINDOW_ID"]) == cal_spw)[0]
+    term = np.ones((nt, nant, nf, 2), dtype=np.complex128)
+    tflag = np.ones((nt, nant, nf, 2), dtype=bool)
+    if rows.size == 0:
+        return term, tflag
+    cp = np.asarray(t["CPARAM"])[:, :, rows]  # (npol, nchan_tab, nrow)
+    cf = np.asarray(t["FLAG"])[:, :, rows]
+    npol, nct = cp.shape[0], cp.shape[1]
+    rt = np.asarray(t["TIME"])[rows]
+    ants = np.asarray(t["ANTENNA1"])[rows]
+    ut = np.unique(rt)
+    sol = np.ones((len(ut), nant, 2, nct), dtype=np.complex128)
+    sflag = np.ones((len(ut), nant, 2, nct), dtype=bool)
+    si = np.searchsorted(ut, rt)
+    keep = ants < nant
+    for r in range(2):
+        p = min(r, npol - 1)  # a one-receptor table applies to both
+        sol[si[keep], ants[keep], r, :] = cp[p][:, keep].T
+        sflag[si[keep], ants[keep], r, :] = cf[p][:, keep].T
+    tab_freqs = np.asarray(t["spw_freqs"][cal_spw]).ravel() if cal_spw < len(t["spw_freqs"]) else np.zeros(nct)
+    if nct == 1 or tab_freqs.size != nct:
+        cmap = np.zeros(nf, dtype=int)
+    else:
+        cmap = np.abs(tab_freqs[None, :] - np.asarray(freqs)[:, None]).argmin(axis=1)
+        # applycal interpolates channelised solutions linearly in frequency: flagged channels
+        # are bridged, not flagged
+        sol, sflag = fill_flagged_channels(tab_freqs.astype(np.float64), sol, sflag)
+    if interp.startswith("linear"):
+        per_chan = [interp_gains_linear(ut, np.ascontiguousarray(sol[..., c]), np.ascontiguousarray(sflag[..., c]),
+                                        np.asarray(times, dtype=np.float64)) for c in range(nct)]
+        g = np.stack([pc[0] for pc in per_chan], axis=-1)  # (nt, nant, 2, nct)
+        gf = np.stack([pc[1] for pc in per_chan], axis=-1)
+    else:
+        ti = np.abs(np.asarray(times)[:, None] - ut[None, :]).argmin(axis=1)
+        g, gf = sol[ti], sflag[ti]
+    term = np.ascontiguousarray(np.moveaxis(g[..., cmap], -1, 2))  # (nt, nant, nf, 2)
+    tflag = np.ascontiguousarray(np.moveaxis(gf[..., cmap], -1, 2))
+    return term, tflag
+
+
+def _apply_own(ms, info: MSInfo, tables, interps, spwmaps, unsolved) -> None:
+    """dsacont's apply: CORRECTED_DATA = DATA / (J_i conj(J_j)), FLAG |= the solutions' flags.
+
+    J is the product of every table's term (:func:`_table_term`) per MS SPW; the SPWs in
+    ``unsolved`` are flagged whole. Reads and writes one DATA_DESCRIPTION chunk at a time.
+    """
+    ensure_column(ms, "CORRECTED_DATA")
+    nant = len(info.antenna_names)
+    times = np.asarray(info.times_s, dtype=np.float64)
+    cal = [read_caltable(t) for t in tables]
+    jones_cache: dict = {}
+
+    def jones_for(spw):
+        if spw not in jones_cache:
+            freqs = info.spw_freqs[spw]
+            jones = np.ones((len(times), nant, len(freqs), 2), dtype=np.complex128)
+            jflag = np.zeros(jones.shape, dtype=bool)
+            for t, how, smap in zip(cal, interps, spwmaps):
+                term, tf = _table_term(t, int(smap[spw]), how, times, freqs, nant)
+                jones *= term
+                jflag |= tf
+            if spw in unsolved:
+                jflag[:] = True
+            jones_cache.clear()  # one SPW at a time (ddids of one SPW come together)
+            jones_cache[spw] = (jones, jflag)
+        return jones_cache[spw]
+
+    with table(ms, readonly=False) as tb:
+        for d, sub, s, n in iter_ddid(tb, range(len(info.ddid_spw))):
+            spw = int(info.ddid_spw[d])
+            jones, jflag = jones_for(spw)
+            codes = np.asarray(info.corr_types[int(info.ddid_pol[d])]).ravel()
+            corr_rec = np.array([_CORR_RECEPTORS.get(int(c), (0, 0)) for c in codes], dtype=np.int64)
+            tt = np.asarray(sub.getcol("TIME", s, n), dtype=np.float64)
+            tidx = np.clip(np.searchsorted(times, tt), 0, len(times) - 1)
+            prev = np.clip(tidx - 1, 0, len(times) - 1)
+            tidx = np.where(np.abs(times[prev] - tt) < np.abs(times[tidx] - tt), prev, tidx).astype(np.int64)
+            flag_in = sub.getcol("FLAG", s, n)
+            corrected, flags = apply_jones(
+                sub.getcol("DATA", s, n), flag_in, tidx,
+                np.asarray(sub.getcol("ANTENNA1", s, n), dtype=np.int64),
+                np.asarray(sub.getcol("ANTENNA2", s, n), dtype=np.int64), corr_rec, jones, jflag)
+            sub.putcol("CORRECTED_DATA", corrected, s, n)
+            if not np.array_equal(flags, flag_in):  # FLAG is rewritten only where a solution flagged data
+                sub.putcol("FLAG", flags, s, n)
 
 
 def _table_kind(path) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from dsacont.calibration.apply import apply_calibration
+from dsacont.calibration.apply import DEFAULT_ENGINE, ENGINES, apply_calibration
 from dsacont.calibration.skymodel import load_sky_csv
 from dsacont.calibration.solve import solve_calibration
 from dsacont.config import get_paths
@@ -68,15 +68,18 @@ def cli_applycal(argv: list[str]) -> int:
     p.add_argument("--interp", choices=("linear", "nearest"), default="linear")
     p.add_argument("--root", help="state/caltables under this directory (like CONTIMG_ROOT)")
     p.add_argument("--registry", help="registry SQLite file (default: the state directory's)")
+    p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
+                   help="casa: CASA applycal; dsacont: dsacont's numba apply (same interpolation, same "
+                        "result to float precision) (default: %(default)s)")
     a = p.parse_args(argv)
     paths = _paths_from_args(a)
     try:
         res = apply_calibration(a.ms, tables=a.tables, registry=a.registry, time=a.time, interp=a.interp,
-                                paths=paths)
+                                paths=paths, engine=a.engine)
     except (CalibrationUnavailable, BadInputError) as exc:
         print(f"dsacont applycal: {exc}", file=__import__("sys").stderr)
         return 3
-    print(json.dumps({k: res[k] for k in ("ms", "tables", "ids", "interp", "flagged_fraction", "timings_s")},
+    print(json.dumps({k: res[k] for k in ("ms", "tables", "ids", "interp", "engine", "flagged_fraction", "timings_s")},
                      indent=2))
     return 0
 

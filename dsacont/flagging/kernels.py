@@ -51,7 +51,12 @@ def flag_invalid(amp, flags):
 
 @numba.njit(nogil=True, cache=True)
 def _select_inplace(buf, lo, hi, k):
-    """k-th smallest of buf[lo:hi] (in-place quickselect, Hoare partition); returns the value."""
+    """k-th smallest of buf[lo:hi] (in-place quickselect); returns the value.
+
+    Branchless partitions (a Lomuto pass ``< pivot``, then ``== pivot`` on the right part), so
+    random data cost no branch mispredictions and ties cannot degrade it. On return every element
+    left of ``k`` is <= the value (the median's lower middle relies on it).
+    """
     while hi - lo > 16:
         mid = (lo + hi - 1) // 2
         # median of three as pivot
@@ -63,22 +68,24 @@ def _select_inplace(buf, lo, hi, k):
             if a > b:
                 b = a
         pivot = b
-        i, j = lo, hi - 1
-        while i <= j:
-            while buf[i] < pivot:
-                i += 1
-            while buf[j] > pivot:
-                j -= 1
-            if i <= j:
-                buf[i], buf[j] = buf[j], buf[i]
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j + 1
-        elif k >= i:
-            lo = i
-        else:
-            return buf[k]
+        j = lo
+        for i in range(lo, hi):
+            v = buf[i]
+            buf[i] = buf[j]
+            buf[j] = v
+            j += v < pivot
+        if k < j:
+            hi = j
+            continue
+        m = j
+        for i in range(j, hi):
+            v = buf[i]
+            buf[i] = buf[m]
+            buf[m] = v
+            m += v <= pivot
+        if k < m:
+            return pivot
+        lo = m
     # insertion sort of the short remainder
     for i in range(lo + 1, hi):
         v = buf[i]
@@ -102,14 +109,67 @@ def _median_buf(buf, n):
     # the lower middle is the largest of buf[:h] after the selection
     lower = buf[0]
     for i in range(1, h):
-        if buf[i] > lower:
-            lower = buf[i]
+        v = buf[i]
+        lower = v if v > lower else lower
+    return 0.5 * (lower + upper)
+
+
+@numba.njit(nogil=True, cache=True)
+def _sorted_insert(s, n, v):
+    """Insert v into the ascending s[:n] (room for one more); returns n + 1."""
+    j = n - 1
+    while j >= 0 and s[j] > v:
+        s[j + 1] = s[j]
+        j -= 1
+    s[j + 1] = v
+    return n + 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _sorted_find(s, n, v):
+    """Index of a value equal to v in the ascending s[:n] (binary search; v must be present)."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if s[mid] < v:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(nogil=True, cache=True)
+def _sorted_remove(s, n, v):
+    """Remove one value equal to v from the ascending s[:n]; returns n - 1."""
+    for j in range(_sorted_find(s, n, v), n - 1):
+        s[j] = s[j + 1]
+    return n - 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _sorted_median(s, n, skip):
+    """Median of the ascending s[:n] without its element ``skip`` (-1: none); NaN when empty.
+
+    The same value as :func:`_median_buf` of those elements (order statistics do not depend on
+    the algorithm): the upper middle, or the mean of the two middles for an even count.
+    """
+    m = n if skip < 0 else n - 1
+    if m <= 0:
+        return np.nan
+    h = m // 2
+    upper = s[h] if (skip < 0 or h < skip) else s[h + 1]
+    if m % 2 == 1:
+        return upper
+    lower = s[h - 1] if (skip < 0 or h - 1 < skip) else s[h]
     return 0.5 * (lower + upper)
 
 
 @numba.njit(nogil=True, cache=True)
 def running_median(x, window, exclude_center=False):
     """Compute the running median of a 1-D series over ``window`` samples, NaN entries ignored.
+
+    A sorted window slides along the series (one insertion and one removal per sample), so each
+    median costs O(window) moves, not a selection.
 
     Parameters
     ----------
@@ -128,19 +188,27 @@ def running_median(x, window, exclude_center=False):
     n = x.shape[0]
     out = np.empty(n, dtype=np.float64)
     half = window // 2
-    buf = np.empty(window, dtype=np.float64)
+    srt = np.empty(2 * half + 2, dtype=np.float64)
+    cnt = 0
+    lo_cur = 0
+    hi_cur = 0
     for i in range(n):
         lo = max(0, i - half)
         hi = min(n, i + half + 1)
-        k = 0
-        for j in range(lo, hi):
-            v = x[j]
-            if exclude_center and j == i:
-                continue
+        while hi_cur < hi:
+            v = x[hi_cur]
             if np.isfinite(v):
-                buf[k] = v
-                k += 1
-        out[i] = _median_buf(buf, k)
+                cnt = _sorted_insert(srt, cnt, v)
+            hi_cur += 1
+        while lo_cur < lo:
+            v = x[lo_cur]
+            if np.isfinite(v):
+                cnt = _sorted_remove(srt, cnt, v)
+            lo_cur += 1
+        skip = -1
+        if exclude_center and np.isfinite(x[i]):
+            skip = _sorted_find(srt, cnt, x[i])
+        out[i] = _sorted_median(srt, cnt, skip)
     return out
 
 
@@ -206,11 +274,43 @@ def _fill_nan(x, fill):
 
 
 @numba.njit(nogil=True, cache=True)
+def _merge_network(n):
+    """Comparators (i, j), i < j, of Batcher's odd-even merge sort for ``n`` elements, as (M, 2) int64.
+
+    Built for the next power of two and without the comparators that touch an index >= n: those
+    positions only ever hold +inf padding, which no comparator moves.
+    """
+    p = 1
+    while p < n:
+        p *= 2
+    pairs = np.empty((max(1, p * p), 2), dtype=np.int64)
+    m = 0
+    k = 1
+    while k < p:
+        j = k
+        while j >= 1:
+            for i in range(j % k, p - j, 2 * j):
+                for q in range(min(j, p - i - j)):
+                    a = i + q
+                    b = i + q + j
+                    if a // (2 * k) == b // (2 * k) and b < n:
+                        pairs[m, 0] = a
+                        pairs[m, 1] = b
+                        m += 1
+            j //= 2
+        k *= 2
+    return pairs[:m]
+
+
+@numba.njit(nogil=True, cache=True)
 def channel_medians(amp, flags):
     """Median over time of each channel's unflagged samples: the raw spectrum s(f).
 
     Shared by :func:`background_spec`, :func:`flag_plane_spec` and
-    :func:`spectral_residual_spec`.
+    :func:`spectral_residual_spec`. All channels are sorted at once along time by a sorting
+    network (flagged samples as +inf, so they sort last), each comparator one pass over the
+    channels; a plane with an unflagged non-finite sample takes a per-channel selection instead.
+    Either way the value is the median of the unflagged samples.
 
     Parameters
     ----------
@@ -225,8 +325,37 @@ def channel_medians(amp, flags):
         NaN for a channel with no unflagged sample.
     """
     nt, nf = amp.shape
-    buf = np.empty(nt, dtype=np.float64)
     spec = np.empty(nf, dtype=np.float64)
+    srt = np.empty((nt, nf), dtype=np.float64)
+    cnt = np.zeros(nf, dtype=np.int64)
+    finite = True
+    for t in range(nt):
+        for f in range(nf):
+            v = np.float64(amp[t, f])
+            fl = flags[t, f]
+            finite = finite and (fl or np.isfinite(v))
+            srt[t, f] = np.inf if fl else v
+            cnt[f] += not fl
+    if finite:
+        net = _merge_network(nt)
+        for q in range(net.shape[0]):
+            i = net[q, 0]
+            j = net[q, 1]
+            for f in range(nf):
+                a = srt[i, f]
+                b = srt[j, f]
+                srt[i, f] = a if a < b else b
+                srt[j, f] = b if a < b else a
+        for f in range(nf):
+            k = cnt[f]
+            if k == 0:
+                spec[f] = np.nan
+            elif k % 2 == 1:
+                spec[f] = srt[k // 2, f]
+            else:
+                spec[f] = 0.5 * (srt[k // 2 - 1, f] + srt[k // 2, f])
+        return spec
+    buf = np.empty(max(nt, 1), dtype=np.float64)
     for f in range(nf):
         k = 0
         for t in range(nt):
@@ -280,6 +409,31 @@ def background_spec(amp, flags, spec0, freq_window, time_window):
     -------
     numpy.ndarray of float64, shape (Nt, Nf)
     """
+    spec, rt = background_factors(amp, flags, spec0, freq_window, time_window)
+    nt, nf = amp.shape
+    out = np.empty((nt, nf), dtype=np.float64)
+    for t in range(nt):
+        for f in range(nf):
+            out[t, f] = spec[f] * rt[t]
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def background_factors(amp, flags, spec0, freq_window, time_window):
+    """The two factors of :func:`background_spec`: B(t, f) = spec[f] * rt[t].
+
+    Parameters
+    ----------
+    amp, flags, spec0, freq_window, time_window
+        As :func:`background_spec`.
+
+    Returns
+    -------
+    spec : numpy.ndarray of float64, shape (Nf,)
+        The smoothed spectrum s(f), unknown channels filled (positive, finite).
+    rt : numpy.ndarray of float64, shape (Nt,)
+        The temporal factor r(t) (1.0 where unknown).
+    """
     nt, nf = amp.shape
     buf = np.empty(max(nt, nf), dtype=np.float64)
     spec = spec0.copy()
@@ -320,11 +474,7 @@ def background_spec(amp, flags, spec0, freq_window, time_window):
                     rt[t] = np.nan
         rt = running_trend(rt, time_window)
     _fill_nan(rt, 1.0)
-    out = np.empty((nt, nf), dtype=np.float64)
-    for t in range(nt):
-        for f in range(nf):
-            out[t, f] = spec[f] * rt[t]
-    return out
+    return spec, rt
 
 
 @numba.njit(nogil=True, cache=True)
@@ -350,13 +500,18 @@ def robust_sigma(x, flags, max_samples=8192):
     stride = max(1, n // max_samples)
     buf = np.empty(n // stride + 1, dtype=np.float64)
     k = 0
-    for i in range(0, n, stride):
-        t = i // nf
-        f = i - t * nf
+    t = 0
+    f = 0
+    for _ in range(0, n, stride):
+        # (t, f) of the flat index, advanced without a division per sample
         v = x[t, f]
         if not flags[t, f] and np.isfinite(v):
             buf[k] = v
             k += 1
+        f += stride
+        while f >= nf:
+            f -= nf
+            t += 1
     if k == 0:
         return 0.0, np.nan
     med = _median_buf(buf, k)
@@ -399,16 +554,36 @@ def _sumthreshold_rows(z, cur, m, thr):
     """Run one SumThreshold window size along the last axis (frequency) of z.
 
     z: (Nr, N) float; ``cur`` (Nr, N) bool is updated in place with the hits found using the
-    flags as they were before this call.
+    flags as they were before this call. All rows advance together (one running sum each), so
+    the additions of different rows overlap instead of waiting on one another; each row's sum
+    takes the same steps as :func:`_sumthreshold_line`.
     """
     nr, n = z.shape
     if m > n:
         return
-    line = np.empty(n, dtype=np.bool_)
+    fin = cur.copy()
+    limit = m * thr
+    s = np.zeros(nr, dtype=np.float64)
+    last = np.full(nr, -1, dtype=np.int64)
     for r in range(nr):
-        for i in range(n):
-            line[i] = cur[r, i]
-        _sumthreshold_line(z[r], line, cur[r], m, thr)
+        acc = 0.0
+        for i in range(m):
+            acc += thr if fin[r, i] else z[r, i]
+        s[r] = acc
+    for start in range(n - m + 1):
+        if start > 0:
+            i_out = start - 1
+            i_in = start + m - 1
+            for r in range(nr):
+                acc = s[r]
+                acc -= thr if fin[r, i_out] else z[r, i_out]
+                acc += thr if fin[r, i_in] else z[r, i_in]
+                s[r] = acc
+        for r in range(nr):
+            if s[r] > limit:
+                for j in range(max(start, last[r] + 1), start + m):
+                    cur[r, j] = True
+                last[r] = start + m - 1
 
 
 @numba.njit(nogil=True, cache=True)
@@ -475,7 +650,8 @@ def sumthreshold(z, flags, chi1, rho, max_window, time_direction, freq_direction
         thr = chi1 / rho ** (math.log(m) / math.log(2.0))
         if time_direction:
             _sumthreshold_cols(z, cur, m, thr)
-        if freq_direction:
+        # a window of one is the same test in both directions: after the time pass it finds nothing
+        if freq_direction and not (m == 1 and time_direction and z.shape[0] >= 1):
             _sumthreshold_rows(z, cur, m, thr)
         m *= 2
     return cur
@@ -547,6 +723,31 @@ def extend_fraction(flags, time_fraction, channel_fraction):
 
 
 @numba.njit(nogil=True, cache=True)
+def _box_sums(x, flags, half_t, half_f):
+    """Prefix sums over time of the frequency-box sums of the unflagged finite x, and their counts.
+
+    Returns (cs, cw), each (Nt + 1, Nf) float64: cs[t, f] = sum over t' < t of the sum of the
+    usable x[t', f - half_f .. f + half_f]; cw the same for the number of usable samples.
+    """
+    nt, nf = x.shape
+    cs = np.zeros((nt + 1, nf), dtype=np.float64)
+    cw = np.zeros((nt + 1, nf), dtype=np.float64)
+    rs = np.zeros(nf + 1)
+    rw = np.zeros(nf + 1)
+    for t in range(nt):
+        for f in range(nf):
+            ok = (not flags[t, f]) and np.isfinite(x[t, f])
+            rs[f + 1] = rs[f] + (x[t, f] if ok else 0.0)
+            rw[f + 1] = rw[f] + (1.0 if ok else 0.0)
+        for f in range(nf):
+            lo = max(0, f - half_f)
+            hi = min(nf, f + half_f + 1)
+            cs[t + 1, f] = cs[t, f] + (rs[hi] - rs[lo])
+            cw[t + 1, f] = cw[t, f] + (rw[hi] - rw[lo])
+    return cs, cw
+
+
+@numba.njit(nogil=True, cache=True)
 def masked_box_smooth(x, flags, half_t, half_f):
     """Mean of the unflagged samples in a box around each sample, by running sums (O(1) each).
 
@@ -565,36 +766,32 @@ def masked_box_smooth(x, flags, half_t, half_f):
         0 where the box holds no unflagged sample.
     """
     nt, nf = x.shape
-    # pass 1: along frequency
-    sf = np.zeros((nt, nf), dtype=np.float64)
-    wf = np.zeros((nt, nf), dtype=np.float64)
-    for t in range(nt):
-        cs = np.zeros(nf + 1)
-        cw = np.zeros(nf + 1)
-        for f in range(nf):
-            ok = (not flags[t, f]) and np.isfinite(x[t, f])
-            cs[f + 1] = cs[f] + (x[t, f] if ok else 0.0)
-            cw[f + 1] = cw[f] + (1.0 if ok else 0.0)
-        for f in range(nf):
-            lo = max(0, f - half_f)
-            hi = min(nf, f + half_f + 1)
-            sf[t, f] = cs[hi] - cs[lo]
-            wf[t, f] = cw[hi] - cw[lo]
-    # pass 2: along time
+    cs, cw = _box_sums(x, flags, half_t, half_f)
     out = np.zeros((nt, nf), dtype=np.float64)
-    cs = np.zeros(nt + 1)
-    cw = np.zeros(nt + 1)
-    for f in range(nf):
-        for t in range(nt):
-            cs[t + 1] = cs[t] + sf[t, f]
-            cw[t + 1] = cw[t] + wf[t, f]
-        for t in range(nt):
-            lo = max(0, t - half_t)
-            hi = min(nt, t + half_t + 1)
-            w = cw[hi] - cw[lo]
+    for t in range(nt):
+        lo = max(0, t - half_t)
+        hi = min(nt, t + half_t + 1)
+        for f in range(nf):
+            w = cw[hi, f] - cw[lo, f]
             if w > 0:
-                out[t, f] = (cs[hi] - cs[lo]) / w
+                out[t, f] = (cs[hi, f] - cs[lo, f]) / w
     return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _subtract_box_mean(x, flags, half_t, half_f):
+    """x -= :func:`masked_box_smooth` (x, flags, half_t, half_f), in place, without the (Nt, Nf) mean."""
+    nt, nf = x.shape
+    cs, cw = _box_sums(x, flags, half_t, half_f)
+    for t in range(nt):
+        lo = max(0, t - half_t)
+        hi = min(nt, t + half_t + 1)
+        for f in range(nf):
+            w = cw[hi, f] - cw[lo, f]
+            if w > 0:
+                x[t, f] -= (cs[hi, f] - cs[lo, f]) / w
+            else:
+                x[t, f] -= 0.0
 
 
 @numba.njit(nogil=True, cache=True)
@@ -624,16 +821,14 @@ def zscore_plane_spec(amp, flags, spec0, freq_window, time_window, smooth_t, smo
         NaN where amp is not finite, or everywhere when the plane has no usable samples.
     """
     nt, nf = amp.shape
-    bg = background_spec(amp, flags, spec0, freq_window, time_window)
+    spec, rt = background_factors(amp, flags, spec0, freq_window, time_window)
     x = np.empty((nt, nf), dtype=np.float64)
     for t in range(nt):
+        r = rt[t]
         for f in range(nf):
-            x[t, f] = amp[t, f] / bg[t, f] - 1.0
+            x[t, f] = amp[t, f] / (spec[f] * r) - 1.0
     if smooth_t > 0 or smooth_f > 0:
-        sm = masked_box_smooth(x, flags, smooth_t, smooth_f)
-        for t in range(nt):
-            for f in range(nf):
-                x[t, f] -= sm[t, f]
+        _subtract_box_mean(x, flags, smooth_t, smooth_f)
     _, sig = robust_sigma(x, flags)
     z = np.empty((nt, nf), dtype=np.float32)
     if not (np.isfinite(sig) and sig > 0):
@@ -643,7 +838,6 @@ def zscore_plane_spec(amp, flags, spec0, freq_window, time_window, smooth_t, smo
         for f in range(nf):
             z[t, f] = x[t, f] / sig
     return z
-
 
 @numba.njit(nogil=True, cache=True)
 def flag_plane(amp, flags, chi1, rho, max_window, freq_window, time_window, smooth_t, smooth_f, iterations):
@@ -713,6 +907,9 @@ def flag_plane_spec(amp, pre, spec0, chi1, rho, max_window, freq_window, time_wi
 def combined_statistic(z, use, pre):
     """Median over baselines of z at each (t, f).
 
+    The values are gathered in tiles of 16 channels (each baseline's 64-byte line read once), so
+    every median reads one contiguous run of values.
+
     Parameters
     ----------
     z : numpy.ndarray of float32, shape (Nt, Nb, Nf)
@@ -732,19 +929,26 @@ def combined_statistic(z, use, pre):
     nt, nb, nf = z.shape
     s = np.full((nt, nf), np.nan)
     cnt = np.zeros((nt, nf), dtype=np.int64)
-    buf = np.empty(nb, dtype=np.float64)
+    tw = 16  # channels per tile: one 64-byte line of float32 per baseline is read once
+    tile = np.empty((tw, max(nb, 1)), dtype=np.float64)
+    k = np.zeros(tw, dtype=np.int64)
     for t in range(nt):
-        for f in range(nf):
-            k = 0
+        for f0 in range(0, nf, tw):
+            w = min(tw, nf - f0)
+            k[:] = 0
             for b in range(nb):
-                if use[b] and not pre[t, b, f]:
-                    v = z[t, b, f]
-                    if np.isfinite(v):
-                        buf[k] = v
-                        k += 1
-            cnt[t, f] = k
-            if k > 0:
-                s[t, f] = _median_buf(buf, k)
+                if not use[b]:
+                    continue
+                for j in range(w):
+                    if not pre[t, b, f0 + j]:
+                        v = z[t, b, f0 + j]
+                        if np.isfinite(v):
+                            tile[j, k[j]] = v
+                            k[j] += 1
+            for j in range(w):
+                cnt[t, f0 + j] = k[j]
+                if k[j] > 0:
+                    s[t, f0 + j] = _median_buf(tile[j], k[j])
     return s, cnt
 
 
@@ -930,12 +1134,15 @@ def flag_block_kernel(
         qs = np.full((nb, nf), np.nan)
         prec = np.empty((nt, nb, nf), dtype=np.bool_)
         for b in range(nb):
-            a = amp[:, b, :, p].astype(np.float64)
-            pre = flags[:, b, :, p].copy()
-            for f in range(nf):
-                if static_chan[f]:
-                    pre[:, f] = True
-            pre = flag_invalid(a, pre)
+            # the plane as float64, and its pre-flags: input flags, static channels, invalid samples
+            # (flag_invalid's test, fused into the copy)
+            a = np.empty((nt, nf), dtype=np.float64)
+            pre = np.empty((nt, nf), dtype=np.bool_)
+            for t in range(nt):
+                for f in range(nf):
+                    v = np.float64(amp[t, b, f, p])
+                    a[t, f] = v
+                    pre[t, f] = flags[t, b, f, p] or static_chan[f] or (not np.isfinite(v)) or v == 0.0
             spec = channel_medians(a, pre)  # shared by the three uses below
             if is_auto[b]:
                 cur, z = flag_plane_spec(a, pre, spec, a_chi1, rho, max_window, a_freq_window, a_time_window,
