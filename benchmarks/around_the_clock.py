@@ -59,6 +59,27 @@ def simulate_stretch(archive: Path, start_h: float, end_h: float, every: int, se
     return groups[::every]
 
 
+def stream_groups(paths, groups: list, feed: Path, *, max_inflight: int = 2, processor_options: dict) -> tuple:
+    """Replay ``groups`` (hard links through ``feed``) into a fresh ``paths`` tree and run the
+    streaming service on them until it is idle: ``(wall seconds, completed, failed)``."""
+    for d in (paths.incoming, paths.stage, paths.state):
+        shutil.rmtree(d, ignore_errors=True)
+    paths.ensure()
+    shutil.rmtree(feed, ignore_errors=True)
+    feed.mkdir(parents=True)
+    for g in groups:
+        for p in g.paths:
+            if p:
+                (feed / Path(p).name).hardlink_to(p)
+    replay(feed, paths.incoming, mode="link")
+    options = ServiceOptions(max_inflight=max_inflight, idle_exit_s=60.0, poll_s=1.0, incomplete_timeout_s=60.0,
+                             cal_wait_s=10.0, min_free_gb=0.0, max_groups=len(groups),
+                             processor_options=processor_options)
+    t = time.perf_counter()
+    summary = run_service(paths, options)
+    return time.perf_counter() - t, len(summary.completed), len(summary.failed)
+
+
 def measure_tile(pbcor: str, truth: dict, *, min_snr: float = 10.0, noise_jy: float | None = None,
                  max_major_arcsec: float = 0.0) -> dict:
     """Flux ratios and position offsets of the truth's compact sources in a PB-corrected tile.
@@ -163,26 +184,10 @@ def main(argv=None) -> int:
     imaging = {"fov_deg": args.fov, "niter": args.niter}
     t_stream, completed, failed = 0.0, None, None
     if not args.measure_only:
-        for d in (paths.incoming, paths.stage, paths.state):
-            shutil.rmtree(d, ignore_errors=True)
         shutil.rmtree(root / "transfer_images", ignore_errors=True)
-        paths.ensure()
-        feed = root / "feed"
-        shutil.rmtree(feed, ignore_errors=True)
-        feed.mkdir(parents=True)
-        for g in groups:
-            for p in g.paths:
-                if p:
-                    (feed / Path(p).name).hardlink_to(p)
-        replay(feed, paths.incoming, mode="link")
-        options = ServiceOptions(max_inflight=args.max_inflight, idle_exit_s=60.0, poll_s=1.0,
-                                 incomplete_timeout_s=60.0, cal_wait_s=10.0, min_free_gb=0.0, max_groups=len(groups),
-                                 processor_options={"tiles_per_mosaic": 12, "imaging": imaging,
-                                                    "sky_models": args.sky_models})
-        t = time.perf_counter()
-        summary = run_service(paths, options)
-        t_stream = time.perf_counter() - t
-        completed, failed = len(summary.completed), len(summary.failed)
+        t_stream, completed, failed = stream_groups(paths, groups, root / "feed", max_inflight=args.max_inflight,
+                                                    processor_options={"tiles_per_mosaic": 12, "imaging": imaging,
+                                                                       "sky_models": args.sky_models})
 
     _, transit = demo_window(1)
     products = Products(paths.products_db)

@@ -37,16 +37,14 @@ from astropy import units as u
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from around_the_clock import measure_tile  # noqa: E402
+from around_the_clock import measure_tile, stream_groups  # noqa: E402
 
 from dsacont.calibrators import bright_sidelobe_source, transit_time  # noqa: E402
 from dsacont.config import get_paths  # noqa: E402
 from dsacont.demo import CADENCE_S, demo_window  # noqa: E402
 from dsacont.imaging import image_ms  # noqa: E402
 from dsacont.io.groups import find_groups  # noqa: E402
-from dsacont.service.loop import ServiceOptions, run_service  # noqa: E402
 from dsacont.service.products import Products  # noqa: E402
-from dsacont.service.replay import replay  # noqa: E402
 from dsacont.simulator import load_truth, simulate  # noqa: E402
 
 
@@ -105,25 +103,9 @@ def main(argv=None) -> int:
     imaging = {"fov_deg": args.fov, "niter": args.niter}
     t_stream, completed, failed = 0.0, None, None
     if not args.measure_only:
-        for d in (paths.incoming, paths.stage, paths.state):
-            shutil.rmtree(d, ignore_errors=True)
         shutil.rmtree(root / "without", ignore_errors=True)
-        paths.ensure()
-        feed = root / "feed"
-        shutil.rmtree(feed, ignore_errors=True)
-        feed.mkdir(parents=True)
-        for g in cal + hour:
-            for p in g.paths:
-                if p:
-                    (feed / Path(p).name).hardlink_to(p)
-        replay(feed, paths.incoming, mode="link")
-        options = ServiceOptions(max_inflight=2, idle_exit_s=60.0, poll_s=1.0, incomplete_timeout_s=60.0,
-                                 cal_wait_s=10.0, min_free_gb=0.0, max_groups=len(cal) + len(hour),
-                                 processor_options={"tiles_per_mosaic": 12, "imaging": imaging})
-        t = time.perf_counter()
-        summary = run_service(paths, options)
-        t_stream = time.perf_counter() - t
-        completed, failed = len(summary.completed), len(summary.failed)
+        t_stream, completed, failed = stream_groups(paths, cal + hour, root / "feed",
+                                                    processor_options={"tiles_per_mosaic": 12, "imaging": imaging})
 
     products = Products(paths.products_db)
     images = {im["ms_path"]: im for im in products.list_images()}
