@@ -89,7 +89,7 @@ def test_service_stores_rows_once_per_image(run):
         db.add_photometry(dict(recs[0], kind="image"))
 
 
-def test_light_curve_reads_the_stored_rows(run, tmp_path):
+def test_light_curve_reads_the_stored_rows(run, tmp_path, capsys):
     v, dbp = run["v"], run["paths"].products_db
     before = hashlib.sha256(dbp.read_bytes()).hexdigest()
     i = int(np.flatnonzero(v["kind"] == "flare")[0])
@@ -120,6 +120,14 @@ def test_light_curve_reads_the_stored_rows(run, tmp_path):
                            end=float(v["mjd"][3]) + 0.1)
         assert len(part) == 3
         assert light_curve(spec, products=dbp, kind="images").empty
+        # dsacont lightcurve: the stored rows; --remeasure opens the (gone) images
+        from dsacont.sources.cli import cli_lightcurve
+
+        arg = f"{spec[0]:.6f},{spec[1]:.6f}"
+        assert cli_lightcurve([arg, "--db", str(dbp), "--kind", "mosaics"]) == 0
+        assert "(6 measurements)" in capsys.readouterr().out
+        assert cli_lightcurve([arg, "--db", str(dbp), "--kind", "mosaics", "--remeasure"]) == 1
+        assert "no image covers" in capsys.readouterr().err
     finally:
         shutil.move(str(gone), str(run["root"] / "images"))
     # a position never stored is measured on the images (the fallback), beside stored ones
