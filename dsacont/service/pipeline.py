@@ -55,8 +55,11 @@ from dsacont.io.ms import FlattenInterrupted
 from dsacont.io.uvh5 import open_group
 from dsacont.options import from_mapping
 from dsacont.service.state import records_from_entries
-from dsacont.sources import catalogue_product, crossmatch, find_sources
-from dsacont.sources.crossmatch import TILE_QA_KEYS, tile_crossmatch_gates
+from dsacont.sources import catalogue_product, find_sources
+
+# the function from its module: once dsacont.sources.crossmatch has been imported anywhere in the process, the
+# package's attribute 'crossmatch' is that module, and `from dsacont.sources import crossmatch` would give it
+from dsacont.sources.crossmatch import TILE_QA_KEYS, crossmatch, tile_crossmatch_gates
 from dsacont.sources.photometry import reference_photometry
 
 log = logging.getLogger(__name__)
