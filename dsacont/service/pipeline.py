@@ -55,7 +55,12 @@ from dsacont.io.ms import FlattenInterrupted
 from dsacont.io.uvh5 import open_group
 from dsacont.options import from_mapping
 from dsacont.service.state import records_from_entries
-from dsacont.sources import catalogue_product, crossmatch, find_sources
+from dsacont.sources import catalogue_product, find_sources
+
+# the function from its module: once dsacont.sources.crossmatch has been imported anywhere in the process, the
+# package's attribute 'crossmatch' is that module, and `from dsacont.sources import crossmatch` would give it
+from dsacont.sources.crossmatch import TILE_QA_KEYS, crossmatch, tile_crossmatch_gates
+from dsacont.sources.photometry import reference_photometry
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +101,13 @@ class PipelineOptions:
         Find the sources of every tile and mosaic (:func:`dsacont.sources.find_sources`, a
         ``<tile>.pbcor.sources.fits`` / ``<mosaic>.sources.fits`` beside it, with its NVSS
         cross-match QA); they are recorded, and the tiles' feed the strip model.
+    photometry : bool
+        Forced photometry of every tile and mosaic at the reference positions inside it
+        (:func:`dsacont.sources.photometry.reference_photometry`), stored in the products
+        database's ``photometry`` table for light curves.
+    photometry_catalogue : str or None
+        Catalogue file of the positions to measure (NVSS/FIRST/VLASS-style); None:
+        ``sky_catalogue`` if given, else the shipped NVSS subset and the VLA calibrators.
     model_min_snr : float
         Tile sources enter the strip model from this S/N up (compact, clean Aegean fits only).
     model_max_noise_ratio : float
@@ -121,6 +133,8 @@ class PipelineOptions:
     sky_catalogue: str | None = None
     sky_models: str = "strip,catalogue"
     catalogue_tiles: bool = True
+    photometry: bool = True
+    photometry_catalogue: str | None = None
     model_min_snr: float = 7.0
     model_max_noise_ratio: float = 5.0
     cal_dec_tolerance_deg: float = DEC_TOLERANCE_DEG
@@ -451,6 +465,20 @@ def _catalogue(image: str, options: PipelineOptions) -> dict | None:
     return res
 
 
+def _photometry(image: str, kind: str, options: PipelineOptions, mjd: float | None = None) -> dict | None:
+    """:func:`dsacont.sources.photometry.reference_photometry` of ``image`` (the record for the
+    products database, with ``photometry_s``); None when it fails (logged: a by-product)."""
+    t0 = time.perf_counter()
+    try:
+        rec = reference_photometry(image, kind, reference=options.photometry_catalogue or options.sky_catalogue,
+                                   mjd=mjd)
+    except Exception as exc:  # noqa: BLE001 - a by-product: never fails the group or the mosaic
+        log.warning("no forced photometry of %s (%s: %s)", image, type(exc).__name__, exc)
+        return None
+    rec["photometry_s"] = round(time.perf_counter() - t0, 2)
+    return rec
+
+
 def stage_catalogue(timestamp, img: dict, paths: Paths, made: dict, options: PipelineOptions) -> dict | None:
     """Find the sources of the new tile, cross-match them with the reference, and hand them back.
 
@@ -459,16 +487,30 @@ def stage_catalogue(timestamp, img: dict, paths: Paths, made: dict, options: Pip
     its compact sources (clean fits, S/N >= ``options.model_min_snr``) into
     ``made["detections"]`` for the strip sky model (:mod:`dsacont.service.sky`), marked trusted
     when the tile's gains came from a calibrator transit or an accepted field solve and its noise
-    is within ``options.model_max_noise_ratio`` of the radiometer equation. A failure of
-    the finder is logged and leaves the group imaged (the catalogue is a by-product).
+    is within ``options.model_max_noise_ratio`` of the radiometer equation. The cross-match's
+    figures go into the tile's own QA too (``qa["crossmatch"]``), for the mosaic's gates
+    (:func:`dsacont.sources.crossmatch.tile_crossmatch_gates`). With ``options.photometry``, the
+    forced photometry of the reference sources in the tile goes into ``made["photometry"]``.
+    A failure of the finder or the photometry is logged and leaves the group imaged (by-products).
     """
     image = (img.get("files") or {}).get("pbcor")
-    if not options.catalogue_tiles or not image or not made.get("images"):
+    if not image or not made.get("images"):
+        return None
+    product = made["images"][-1]
+    if options.photometry:
+        start, end = product.get("start"), product.get("end")
+        ph = _photometry(image, "tile", options, None if start is None or end is None else 0.5 * (start + end))
+        if ph is not None:
+            made.setdefault("photometry", []).append(ph)
+    if not options.catalogue_tiles:
         return None
     res = _catalogue(image, options)
     if res is None:
         return None
     qa = res["qa"]
+    if product.get("qa") is None:
+        product["qa"] = {}
+    product["qa"]["crossmatch"] = {k: qa.get(k) for k in TILE_QA_KEYS}
     tab = res["table"]
     bmaj = float(res["beam"]["bmaj_arcsec"])
     err = np.asarray(tab["int_flux_err"], float)
@@ -478,7 +520,6 @@ def stage_catalogue(timestamp, img: dict, paths: Paths, made: dict, options: Pip
     keep = ((np.asarray(tab["flags"]) == 0) & (snr >= options.model_min_snr) & (flux > 0)
             & (np.asarray(tab["major_arcsec"], float) <= 1.3 * bmaj))
     chain = ((made.get("ms_update") or {}).get("qa") or {}).get("calibration_chain") or []
-    product = made["images"][-1]
     noise_ratio = (product.get("qa") or {}).get("noise_ratio")
     trusted = (any(c["kind"] == "G" and c["how"] in ("transit", "field") for c in chain)
                and noise_ratio is not None and noise_ratio <= options.model_max_noise_ratio)
@@ -527,9 +568,12 @@ def maybe_mosaic(paths: Paths, images, options: PipelineOptions | None = None) -
     list of dict
         ``make_mosaic`` results, each with ``files`` and ``product`` (the products-database row
         to record: path, input image ids, files, centre, QA with ``mosaic_s`` and
-        ``excluded_tiles``, the tiles :func:`~dsacont.imaging.qa.tile_gates` kept out, with the
-        reason) and ``rejected_images`` (their status updates). A run whose every tile is kept out
-        gives ``{"files": {}, "product": None, "rejected_images": [...]}``.
+        ``excluded_tiles``, the tiles :func:`~dsacont.imaging.qa.tile_gates` or the cross-match
+        gates (:func:`~dsacont.sources.crossmatch.tile_crossmatch_gates`, on ``qa["crossmatch"]``)
+        kept out, with the reason), ``rejected_images`` (their status updates), ``catalogue``
+        and ``photometry`` (the mosaic's forced photometry record, with ``options.photometry``).
+        A run whose every tile is kept out gives ``{"files": {}, "product": None,
+        "rejected_images": [...]}``.
     """
     options = options or PipelineOptions()
     n = options.tiles_per_mosaic
@@ -546,9 +590,11 @@ def maybe_mosaic(paths: Paths, images, options: PipelineOptions | None = None) -
         name = f"mosaic_{run[0]['start_time'][:19]}_{n}tiles"
         out = paths.mosaics / f"{name}.fits"
         t0 = time.perf_counter()
-        # image QA gates (imaging.qa.tile_gates): a bad tile stays out, its reason goes with the mosaic
+        # image QA gates (imaging.qa.tile_gates) and the cross-match's: a bad tile stays out, its
+        # reason goes with the mosaic
         excluded = [{"image_id": r["id"], "path": r["path"], "reason": "; ".join(why)}
-                    for r in run if (why := tile_gates(r.get("qa") or {}))]
+                    for r in run if (why := tile_gates(r.get("qa") or {})
+                                     + tile_crossmatch_gates((r.get("qa") or {}).get("crossmatch")))]
         kept = [r for r in run if r["id"] not in {e["image_id"] for e in excluded}]
         rejected = [{"path": e["path"], "status": "rejected", "qa": {"rejected": e["reason"]}} for e in excluded]
         for e in excluded:
@@ -568,6 +614,10 @@ def maybe_mosaic(paths: Paths, images, options: PipelineOptions | None = None) -
         log.info("mosaic of %d tiles from %s -> %s", n, run[0]["start_time"], out)
         if options.catalogue_tiles and files.get("mosaic"):
             res["catalogue"] = _catalogue(files["mosaic"], options)
+        if options.photometry and files.get("mosaic"):
+            ends = [r.get("end_mjd") or r["start_mjd"] for r in kept]
+            res["photometry"] = _photometry(files["mosaic"], "mosaic", options,
+                                            0.5 * (min(r["start_mjd"] for r in kept) + max(ends)))
         made.append(res)
         i += n
     return made
@@ -645,7 +695,8 @@ def on_group_complete(group, result, context=None) -> dict:
             "mosaic_s": round(time.perf_counter() - t, 2),
             "products": {"mosaics": [m["product"] for m in made if m["product"]],
                          "images_update": [u for m in made for u in m.get("rejected_images", [])],
-                         "catalogues": [m["catalogue"]["product"] for m in made if m.get("catalogue")]}}
+                         "catalogues": [m["catalogue"]["product"] for m in made if m.get("catalogue")],
+                         "photometry": [m["photometry"] for m in made if m.get("photometry")]}}
 
 
 def convert_only(record, context=None) -> dict:

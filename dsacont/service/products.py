@@ -15,6 +15,12 @@ One SQLite file (``Paths.products_db``, WAL journal, parameterised SQL only). Ta
     catalogues       one row per source catalogue (``<image>.sources.fits``): the image it was
                      made from, number of sources, finder parameters, cross-match QA JSON
                      (flux ratio, offsets, completeness against the reference)
+    photometry       forced photometry at reference positions (NVSS + VLA calibrators, or the
+                     user's catalogue): one row per (image, source), with the image's kind
+                     ('tile' or 'mosaic'), mid-time (MJD), flux, error, local rms, detected or
+                     upper limit (:func:`dsacont.sources.photometry.reference_photometry`)
+    photometry_images  one row per image measured (even with no reference source inside it),
+                     so that a reader knows which images the ``photometry`` rows cover
     antenna_health   one row per receptor (antenna x polarisation) of an MS: state ('ok', 'dead',
                      'dies', 'bad', 'flagged'), reason, the metric it rests on, when it died
                      (:mod:`dsacont.calibration.health`)
@@ -134,6 +140,30 @@ CREATE TABLE IF NOT EXISTS antenna_health (
     recorded TEXT NOT NULL,
     UNIQUE (ms_path, antenna, pol)
 );
+CREATE TABLE IF NOT EXISTS photometry_images (
+    image_path TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    mjd REAL,
+    n_sources INTEGER NOT NULL,
+    reference TEXT,
+    recorded TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS photometry (
+    id INTEGER PRIMARY KEY,
+    image_path TEXT NOT NULL REFERENCES photometry_images(image_path) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    ra_deg REAL NOT NULL, dec_deg REAL NOT NULL,
+    mjd REAL,
+    flux_jy REAL, flux_err_jy REAL, local_rms_jy REAL, snr REAL,
+    detected INTEGER NOT NULL,
+    upper_limit_jy REAL,
+    x REAL, y REAL,
+    UNIQUE (image_path, name)
+);
+CREATE INDEX IF NOT EXISTS photometry_pos ON photometry(dec_deg, ra_deg);
+CREATE INDEX IF NOT EXISTS photometry_name ON photometry(name, mjd);
+CREATE INDEX IF NOT EXISTS photometry_images_mjd ON photometry_images(mjd);
 CREATE INDEX IF NOT EXISTS antenna_health_antenna ON antenna_health(antenna, state);
 CREATE INDEX IF NOT EXISTS ms_mid ON ms(mid_mjd);
 CREATE INDEX IF NOT EXISTS catalogues_mid ON catalogues(mid_mjd);
@@ -389,6 +419,49 @@ class Products:
                 "dead_from_mjd, recorded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             con.execute("COMMIT")
         return len(rows)
+
+    def add_photometry(self, record: dict) -> int:
+        """Store the forced photometry of one image (replacing what was stored for it); returns the row count.
+
+        ``record``: :func:`dsacont.sources.photometry.reference_photometry`'s result (``image``,
+        ``kind`` 'tile' or 'mosaic', ``mjd``, ``reference``, ``rows``). The image need not be
+        registered; it is recorded as measured even when no reference source lies inside it.
+        """
+        if record.get("kind") not in ("tile", "mosaic"):
+            raise ValueError(f"photometry of {record.get('image')}: kind {record.get('kind')!r} is not 'tile' or 'mosaic'")
+        image = os.path.abspath(os.fspath(record["image"]))
+        mjd = None if record.get("mjd") is None else float(record["mjd"])
+        rows = [(image, record["kind"], str(r["name"]), float(r["ra_deg"]), float(r["dec_deg"]), mjd,
+                 r.get("flux_jy"), r.get("flux_err_jy"), r.get("local_rms_jy"), r.get("snr"), int(bool(r["detected"])),
+                 r.get("upper_limit_jy"), r.get("x"), r.get("y")) for r in record.get("rows") or []]
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("DELETE FROM photometry WHERE image_path = ?", (image,))
+            con.execute("INSERT OR REPLACE INTO photometry_images (image_path, kind, mjd, n_sources, reference, recorded) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", (image, record["kind"], mjd, len(rows), record.get("reference"),
+                                                      _now()))
+            con.executemany(
+                "INSERT INTO photometry (image_path, kind, name, ra_deg, dec_deg, mjd, flux_jy, flux_err_jy, "
+                "local_rms_jy, snr, detected, upper_limit_jy, x, y) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows)
+            con.execute("COMMIT")
+        return len(rows)
+
+    def photometry(self, name: str | None = None, *, image=None, kind: str | None = None) -> list[dict]:
+        """Stored forced photometry, by time: of one source ``name``, one ``image``, one ``kind``, or all."""
+        where, args = [], []
+        if name is not None:
+            where.append("name = ?")
+            args.append(str(name))
+        if image is not None:
+            where.append("image_path = ?")
+            args.append(os.path.abspath(os.fspath(image)))
+        if kind is not None:
+            where.append("kind = ?")
+            args.append(kind)
+        sql = "SELECT * FROM photometry" + (" WHERE " + " AND ".join(where) if where else "")
+        with self._connect() as con:
+            return [dict(r, detected=bool(r["detected"])) for r in con.execute(sql + " ORDER BY mjd, name, id", args)]
 
     def antenna_health(self, ms=None, *, state: str | None = None, antenna: str | None = None) -> list[dict]:
         """Recorded receptor health, oldest group first: of one MS (path), or of every MS; only

@@ -25,6 +25,7 @@ The products description (every key optional, JSON-serialisable)::
      "catalogues":  [<dsacont.sources.catalogue_product record>, ...],      # Products.add_catalogue
      "detections":  {<SkyStore.add_image argument>},        # a tile's sources, for the sky model
      "antenna_health": {"ms": path, "group_timestamp", "records": [...]},  # add_antenna_health
+     "photometry":  [<dsacont.sources.reference_photometry record>, ...],  # Products.add_photometry
      "images_update": [{"path", "status", "qa"}, ...]}        # Products.set_status (a tile gated out)
 """
 from __future__ import annotations
@@ -135,7 +136,8 @@ def record_products(paths, made: dict | None) -> dict:
         ids["calibration"] = _record_calibration(Registry(paths.registry_db), made["calibration"])
     if made.get("detections"):
         ids["sky_image"] = SkyStore(paths.sky_db).add_image(made["detections"])
-    keys = ("ms", "ms_update", "caltables", "images", "mosaics", "catalogues", "antenna_health", "images_update")
+    keys = ("ms", "ms_update", "caltables", "images", "mosaics", "catalogues", "antenna_health", "images_update",
+            "photometry")
     if not any(made.get(k) for k in keys):
         return ids
     products = Products(paths.products_db)
@@ -167,6 +169,8 @@ def record_products(paths, made: dict | None) -> dict:
             qa=c.get("qa"), status=c.get("status", "catalogued")))
     for u in made.get("images_update") or []:
         products.set_status("images", u["path"], u["status"], qa=u.get("qa"))
+    for ph in made.get("photometry") or []:
+        ids.setdefault("photometry", []).append(products.add_photometry(ph))
     return ids
 
 

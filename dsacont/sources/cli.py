@@ -109,6 +109,9 @@ def _add_image_source_options(ap: argparse.ArgumentParser) -> None:
                     help="a measurement is a detection at flux / error >= this")
     ap.add_argument("--ul-nsigma", type=float, default=DEFAULT_UL_NSIGMA,
                     help="upper limit = max(flux, 0) + this x error for non-detections")
+    ap.add_argument("--remeasure", action="store_true",
+                    help="measure every image anew instead of reading the forced photometry the pipeline stored in "
+                         "the products database (default: the stored rows where they cover the source)")
 
 
 def _time_arg(text):
@@ -125,6 +128,7 @@ def _image_kwargs(args) -> dict:
           "detect_nsigma": args.detect_nsigma, "ul_nsigma": args.ul_nsigma}
     if args.images:
         return dict(kw, images=args.images)
+    kw["use_stored"] = not args.remeasure
     if args.db:
         return dict(kw, products=args.db)
     from dsacont.config import get_paths
@@ -137,7 +141,9 @@ def _parser_lightcurve() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="dsacont lightcurve", formatter_class=_Formatter,
         description="Forced photometry of one source on every recorded tile (or mosaic), or on the given "
-                    "images: a table, optionally CSV and a PNG plot.")
+                    "images: a table, optionally CSV and a PNG plot. From the products database the photometry the "
+                    "pipeline stored is read (NVSS sources and VLA calibrators, or its catalogue's); other "
+                    "positions, and images never measured, are measured on the images.")
     ap.add_argument("source", help="NAME (a VLA calibrator, or a source of the shipped NVSS subset) or RA,DEC "
                                    "(degrees, or sexagesimal hh:mm:ss,+dd:mm:ss)")
     _add_image_source_options(ap)

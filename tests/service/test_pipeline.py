@@ -5,6 +5,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS
@@ -102,3 +103,86 @@ def test_a_run_of_only_bad_tiles_makes_no_mosaic_and_rejects_them(tmp_path):
     assert [m["product"] for m in made] == [None] and not list(paths.mosaics.glob("*.fits"))
     assert [u["path"] for u in made[0]["rejected_images"]] == [r["path"] for r in rows]
     assert all(u["qa"]["rejected"] == "dynamic range 4.0 (< 10)" for u in made[0]["rejected_images"])
+
+
+def test_crossmatch_gates_keep_tiles_with_a_wrong_flux_scale_or_astrometry_out(tmp_path):
+    """The tiles' NVSS cross-match (image QA ``crossmatch``): a flux scale of 0.62 over 25 matches and a
+    12" = 0.15 beam offset keep two tiles out; 0.62 over only 6 matches is not judged."""
+    from dsacont.sources.crossmatch import tile_crossmatch_gates
+
+    paths = get_paths(root=tmp_path / "root").ensure("mosaics")
+    t0 = Time("2025-10-29T13:24:37").mjd
+    rows = [_tile(tmp_path, k, t0 + k * GROUP_CADENCE_S / 86400) for k in range(6)]
+    good = {"reference": "nvss", "n_matched": 25, "flux_ratio_median": 0.96, "flux_ratio_scatter": 0.07,
+            "ra_offset_arcsec": 0.6, "dec_offset_arcsec": -0.4, "beam_major_arcsec": 80.0}
+    for r in rows:
+        r["qa"] = {"noise_ratio": 1.1, "dynamic_range": 500.0, "crossmatch": dict(good)}
+    rows[1]["qa"]["crossmatch"]["flux_ratio_median"] = 0.62
+    rows[2]["qa"]["crossmatch"].update(flux_ratio_median=0.62, n_matched=6)
+    rows[4]["qa"]["crossmatch"].update(ra_offset_arcsec=9.6, dec_offset_arcsec=7.2)
+    made = maybe_mosaic(paths, rows, PipelineOptions(tiles_per_mosaic=6, catalogue_tiles=False, photometry=False))
+    ex = made[0]["product"]["qa"]["excluded_tiles"]
+    assert [e["image_id"] for e in ex] == [2, 5] and made[0]["n_tiles"] == 4
+    assert ex[0]["reason"] == "flux ratio to nvss 0.62 over 25 sources (outside 0.8-1.2)"
+    assert ex[1]["reason"] == 'offset from nvss 12.0" = 0.15 beam over 25 sources (> 0.1 beam)'
+    assert [u["path"] for u in made[0]["rejected_images"]] == [rows[1]["path"], rows[4]["path"]]
+    # the band's edges, the offset limit, a missing beam, no cross-match at all
+    assert tile_crossmatch_gates(dict(good, flux_ratio_median=1.2)) == []
+    assert tile_crossmatch_gates(dict(good, flux_ratio_median=1.21)) != []
+    assert tile_crossmatch_gates(dict(good, ra_offset_arcsec=8.0, dec_offset_arcsec=0.0)) == []
+    assert tile_crossmatch_gates(dict(good, ra_offset_arcsec=8.1, dec_offset_arcsec=0.0)) != []
+    assert tile_crossmatch_gates(dict(good, ra_offset_arcsec=30.0, beam_major_arcsec=float("nan"))) == []
+    assert tile_crossmatch_gates(dict(good, flux_ratio_median=float("nan")))[0].startswith("flux ratio to nvss nan")
+    assert tile_crossmatch_gates(None) == [] and tile_crossmatch_gates({}) == []
+
+
+def test_tiles_and_mosaics_measured_at_the_reference_positions_and_recorded(tmp_path):
+    """stage_catalogue hands back the tile's forced photometry and keeps its cross-match in the tile's QA;
+    the mosaic hook hands back the mosaic's; the service stores both in the photometry table."""
+    from dsacont.service.pipeline import on_group_complete, stage_catalogue
+    from dsacont.service.products import Products
+    from dsacont.service.state import record_products
+    from dsacont.sources import light_curve
+
+    paths = get_paths(root=tmp_path / "root").ensure("mosaics")
+    t0 = Time("2025-10-29T13:24:37").mjd
+    rows = [_tile(tmp_path, k, t0 + k * GROUP_CADENCE_S / 86400) for k in range(3)]
+    cat = tmp_path / "ref.csv"  # the user's catalogue (NVSS layout): a source at each tile's centre, one off the sky
+    lines = ["NVSS,RAJ2000,DEJ2000,S1.4"]
+    for k in range(3):
+        ra = 120.0 + 1.2885 * k
+        lines.append(f"T{k},{int(ra / 15):02d} {(ra / 15 % 1) * 60:09.6f},+55 34 12.0,100.0")
+    lines.append("SOUTH,12 00 00.0,-30 00 00.0,100.0")
+    cat.write_text("\n".join(lines) + "\n")
+    options = PipelineOptions(tiles_per_mosaic=3, photometry_catalogue=str(cat))
+    end = t0 + GROUP_CADENCE_S / 86400
+    made = {"images": [{"path": rows[0]["path"], "start": t0, "end": end, "qa": {"noise_jy": 1e-3}}]}
+    stage_catalogue("2025-10-29T13:24:37", {"files": {"pbcor": rows[0]["path"]}}, paths, made, options)
+    (ph,) = made["photometry"]
+    assert ph["kind"] == "tile" and ph["image"] == rows[0]["path"] and ph["reference"] == "ref.csv"
+    assert ph["mjd"] == pytest.approx(0.5 * (t0 + end), abs=1e-9)
+    assert [r["name"] for r in ph["rows"]] == ["T0", "T1"]  # T1 is on the tile's edge; T2, SOUTH are not on it
+    # the tile's noise (QA) over its primary beam: 1 mJy/beam at the centre, more at the edge
+    t0_row, t1_row = ph["rows"]
+    assert t0_row["flux_err_jy"] == pytest.approx(1e-3, rel=0.05) and t1_row["flux_err_jy"] > 1.1e-3
+    assert all(abs(r["flux_jy"]) < 5e-3 and not r["detected"] for r in ph["rows"])
+    xm = made["images"][0]["qa"]["crossmatch"]
+    assert xm["n_matched"] == 0 and xm["reference"] == "nvss" and xm["beam_major_arcsec"] == pytest.approx(180.0)
+    for r in rows:  # as the products database's rows carry it
+        r["end_mjd"] = r["start_mjd"] + GROUP_CADENCE_S / 86400
+    hook = on_group_complete(None, None, {"paths": paths, "options": options, "known": {"unmosaicked_images": rows}})
+    (mph,) = hook["products"]["photometry"]
+    assert mph["kind"] == "mosaic" and mph["image"] == hook["mosaics"][0]
+    assert sorted(r["name"] for r in mph["rows"]) == ["T0", "T1", "T2"]
+    assert mph["mjd"] == pytest.approx(t0 + 1.5 * GROUP_CADENCE_S / 86400, abs=1e-9)
+    db = Products(paths.products_db)
+    for r in rows:
+        db.add_image(r["path"], start=r["start_mjd"], end=r["start_mjd"] + GROUP_CADENCE_S / 86400)
+    record_products(paths, {"photometry": made["photometry"]})
+    record_products(paths, hook["products"])
+    assert [(p["kind"], p["image_path"]) for p in db.photometry("T0")] == [("tile", rows[0]["path"]),
+                                                                          ("mosaic", mph["image"])]
+    # T1's light curve: the stored rows of tile 0 and the mosaic, tiles 1 and 2 (never measured) from their files
+    lc = light_curve((120.0 + 1.2885, 55.57), products=paths.products_db, kind="all")
+    assert lc["kind"].value_counts().to_dict() == {"image": 3, "mosaic": 1}
+    assert lc[lc["image"] == rows[0]["path"]]["flux_jy"].iloc[0] == ph["rows"][1]["flux_jy"]

@@ -153,6 +153,15 @@ def test_the_strip_model_calibrates_where_the_catalogue_cannot(tmp_path):
     cats = db.list_catalogues()
     assert len(cats) == 4 and all(c["n_sources"] > 0 for c in cats)
     assert all(read_sources(c["path"]).meta["IMAGE"].endswith(".pbcor.fits") for c in cats)
+    # ... and its forced photometry at the NVSS and VLA calibrator positions in it, stored by the service
+    import sqlite3
+
+    con = sqlite3.connect(paths.products_db)
+    measured = {r[0] for r in con.execute("SELECT image_path FROM photometry_images WHERE kind = 'tile'")}
+    con.close()
+    assert measured == {im["path"] for im in db.list_images()}
+    phot = db.photometry(kind="tile")
+    assert any(p["name"] == "0834+555" and p["detected"] and p["flux_jy"] > 5.0 for p in phot)
     summary = SkyStore(paths.sky_db).summary()
     # trusted: the transit's and the field-calibrated tiles, unless striped (noise > 5x the radiometer
     # equation: at this test's 2-deg field the tile two groups after the transit has 0834+555 just
