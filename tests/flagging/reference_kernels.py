@@ -1,5 +1,8 @@
 """The flagger's kernels as they were before the speed-up (commit 4a131e7), kept verbatim as the reference.
 
+Only the kernels the speed-up changed, and those that call them, are copied here; the ones it left
+as they were (with all they call) are imported from :mod:`dsacont.flagging.kernels`.
+
 ``tests/flagging/test_reference.py`` checks that :mod:`dsacont.flagging.kernels` gives the same
 flags as these on simulated data, and ``benchmarks/flag.py`` times both in the same run. Not used
 by the library.
@@ -22,35 +25,19 @@ import math
 import numba
 import numpy as np
 
+# the kernels the speed-up left as they were, and everything they call: the library's own
+from dsacont.flagging.kernels import (  # noqa: F401
+    _fill_nan,
+    _sumthreshold_cols,
+    _sumthreshold_line,
+    dilate,
+    extend_fraction,
+    flag_invalid,
+)
+
 # ---------------------------------------------------------------------------------------------
 # kernels: one (time, frequency) plane, float32/float64 in, bool/float out
 # ---------------------------------------------------------------------------------------------
-
-
-@numba.njit(nogil=True, cache=True)
-def flag_invalid(amp, flags):
-    """Flag non-finite (NaN/Inf) and exactly-zero amplitudes.
-
-    Parameters
-    ----------
-    amp : numpy.ndarray of float, shape (Nt, Nf)
-        Amplitudes |V| (data units).
-    flags : numpy.ndarray of bool, shape (Nt, Nf)
-        Flags so far (not modified).
-
-    Returns
-    -------
-    numpy.ndarray of bool, shape (Nt, Nf)
-        ``flags`` OR-ed with the invalid samples (a new array).
-    """
-    nt, nf = amp.shape
-    out = flags.copy()
-    for t in range(nt):
-        for f in range(nf):
-            a = amp[t, f]
-            if not np.isfinite(a) or a == 0.0:
-                out[t, f] = True
-    return out
 
 
 @numba.njit(nogil=True, cache=True)
@@ -198,15 +185,6 @@ def running_trend(x, window):
             vals[a] = vals[a] - slope * (idx[a] - i)
         out[i] = _median_buf(vals, k)
     return out
-
-
-@numba.njit(nogil=True, cache=True)
-def _fill_nan(x, fill):
-    """Replace the non-finite entries of ``x`` (N,) by ``fill``, in place; returns ``x``."""
-    for i in range(x.shape[0]):
-        if not np.isfinite(x[i]):
-            x[i] = fill
-    return x
 
 
 @numba.njit(nogil=True, cache=True)
@@ -370,35 +348,6 @@ def robust_sigma(x, flags, max_samples=8192):
 
 
 @numba.njit(nogil=True, cache=True)
-def _sumthreshold_line(x, fin, fout, m, thr):
-    """One SumThreshold window size along one line.
-
-    x: (N,) values in sigma units; fin: (N,) flags from earlier windows (count as ``thr``);
-    fout: (N,) bool, set True (never cleared) for every sample of a window whose sum exceeds
-    m * thr. Positive excursions only.
-    """
-    n = x.shape[0]
-    if m > n:
-        return
-    limit = m * thr
-    s = 0.0
-    for i in range(m):
-        s += thr if fin[i] else x[i]
-    last = -1  # last index already marked
-    for start in range(n - m + 1):
-        if start > 0:
-            i_out = start - 1
-            i_in = start + m - 1
-            s -= thr if fin[i_out] else x[i_out]
-            s += thr if fin[i_in] else x[i_in]
-        if s > limit:
-            first = max(start, last + 1)
-            for j in range(first, start + m):
-                fout[j] = True
-            last = start + m - 1
-
-
-@numba.njit(nogil=True, cache=True)
 def _sumthreshold_rows(z, cur, m, thr):
     """Run one SumThreshold window size along the last axis (frequency) of z.
 
@@ -413,36 +362,6 @@ def _sumthreshold_rows(z, cur, m, thr):
         for i in range(n):
             line[i] = cur[r, i]
         _sumthreshold_line(z[r], line, cur[r], m, thr)
-
-
-@numba.njit(nogil=True, cache=True)
-def _sumthreshold_cols(z, cur, m, thr):
-    """Run one SumThreshold window size along the first axis (time) of z, all columns at once.
-
-    z: (Nt, Nf) float (contiguous rows); ``cur`` (Nt, Nf) bool is updated in place with the hits
-    found using the flags as they were before the call.
-    """
-    nt, nf = z.shape
-    if m > nt:
-        return
-    fin = cur.copy()
-    limit = m * thr
-    s = np.zeros(nf, dtype=np.float64)
-    last = np.full(nf, -1, dtype=np.int64)
-    for t in range(m):
-        for f in range(nf):
-            s[f] += thr if fin[t, f] else z[t, f]
-    for start in range(nt - m + 1):
-        if start > 0:
-            to = start - 1
-            ti = start + m - 1
-            for f in range(nf):
-                s[f] += (thr if fin[ti, f] else z[ti, f]) - (thr if fin[to, f] else z[to, f])
-        for f in range(nf):
-            if s[f] > limit:
-                for t in range(max(start, last[f] + 1), start + m):
-                    cur[t, f] = True
-                last[f] = start + m - 1
 
 
 @numba.njit(nogil=True, cache=True)
@@ -483,71 +402,6 @@ def sumthreshold(z, flags, chi1, rho, max_window, time_direction, freq_direction
             _sumthreshold_rows(z, cur, m, thr)
         m *= 2
     return cur
-
-
-@numba.njit(nogil=True, cache=True)
-def dilate(flags, n_time, n_freq):
-    """Grow flags by ``n_time`` integrations and ``n_freq`` channels each side.
-
-    Parameters
-    ----------
-    flags : numpy.ndarray of bool, shape (Nt, Nf)
-    n_time, n_freq : int
-        Samples to add each side along time / frequency (0 = none).
-
-    Returns
-    -------
-    numpy.ndarray of bool, shape (Nt, Nf)
-        A new array.
-    """
-    nt, nf = flags.shape
-    out = flags.copy()
-    if n_time <= 0 and n_freq <= 0:
-        return out
-    for t in range(nt):
-        for f in range(nf):
-            if flags[t, f]:
-                for tt in range(max(0, t - n_time), min(nt, t + n_time + 1)):
-                    out[tt, f] = True
-                for ff in range(max(0, f - n_freq), min(nf, f + n_freq + 1)):
-                    out[t, ff] = True
-    return out
-
-
-@numba.njit(nogil=True, cache=True)
-def extend_fraction(flags, time_fraction, channel_fraction):
-    """Flag whole integrations (channels) whose flagged fraction exceeds a limit.
-
-    Parameters
-    ----------
-    flags : numpy.ndarray of bool, shape (Nt, Nf)
-    time_fraction : float
-        Flag an integration with more than this fraction of its channels flagged; >= 1: off.
-    channel_fraction : float
-        Flag a channel with more than this fraction of its integrations flagged; >= 1: off.
-
-    Returns
-    -------
-    numpy.ndarray of bool, shape (Nt, Nf)
-        A new array (both rules judge the input flags).
-    """
-    nt, nf = flags.shape
-    out = flags.copy()
-    if time_fraction < 1.0:
-        for t in range(nt):
-            c = 0
-            for f in range(nf):
-                c += flags[t, f]
-            if c > time_fraction * nf:
-                out[t, :] = True
-    if channel_fraction < 1.0:
-        for f in range(nf):
-            c = 0
-            for t in range(nt):
-                c += flags[t, f]
-            if c > channel_fraction * nt:
-                out[:, f] = True
-    return out
 
 
 @numba.njit(nogil=True, cache=True)
