@@ -317,6 +317,22 @@ def _solve_one_spw(out: Solutions, spw, data, model, flag, weight, a1, a2, tidx,
     out.g_ok[spw] = okg.reshape(nbin, npol, nant)
 
 
+def _reference_phases(x, ok, refs) -> int:
+    """Rotate the solutions ``x`` (nslot, npol, nant), in place, so that in each slot (channel or
+    time) and polarisation the first of ``refs`` with a solution (``ok``) has phase 0; returns the
+    reference used most often, -1 if none had a solution anywhere."""
+    used = []
+    for k in range(x.shape[0]):
+        for p in range(x.shape[1]):
+            r = next((r for r in refs if ok[k, p, r]), None)
+            if r is None:
+                continue
+            z = x[k, p, r]
+            x[k, p] *= np.conj(z) / abs(z)
+            used.append(r)
+    return int(np.bincount(used).argmax()) if used else -1
+
+
 def reference_and_normalise(sol: Solutions, refant_ids) -> dict:
     """CASA's conventions, in place: B referenced per channel to the first antenna of
     ``refant_ids`` solved there (phase 0), then ``solnorm``: per SPW, antenna and polarisation,
@@ -328,21 +344,11 @@ def reference_and_normalise(sol: Solutions, refant_ids) -> dict:
     (-1 where nothing was solved).
     """
     refs = [int(r) for r in refant_ids]
-    nspw, nchan, npol, nant = sol.b.shape
+    nspw = sol.b.shape[0]
     ref_b = np.full(nspw, -1)
     ref_g = np.full(nspw, -1)
     for s in range(nspw):
-        used = []
-        for c in range(nchan):
-            for p in range(npol):
-                r = next((r for r in refs if sol.b_ok[s, c, p, r]), None)
-                if r is None:
-                    continue
-                z = sol.b[s, c, p, r]
-                sol.b[s, c, p] *= np.conj(z) / abs(z)
-                used.append(r)
-        if used:
-            ref_b[s] = np.bincount(used).argmax()
+        ref_b[s] = _reference_phases(sol.b[s], sol.b_ok[s], refs)
         ok = sol.b_ok[s]  # (nchan, npol, nant)
         b = sol.b[s]
         amp = np.abs(b)
@@ -354,17 +360,7 @@ def reference_and_normalise(sol: Solutions, refant_ids) -> dict:
         sol.b_err[s] = sol.b_err[s] / np.abs(factor)[None]
         sol.g[s] = np.where(sol.g_ok[s], sol.g[s] * factor[None], 1.0)
         sol.g_err[s] = sol.g_err[s] * np.abs(factor)[None]
-        used = []
-        for t in range(sol.g.shape[1]):
-            for p in range(npol):
-                r = next((r for r in refs if sol.g_ok[s, t, p, r]), None)
-                if r is None:
-                    continue
-                z = sol.g[s, t, p, r]
-                sol.g[s, t, p] *= np.conj(z) / abs(z)
-                used.append(r)
-        if used:
-            ref_g[s] = np.bincount(used).argmax()
+        ref_g[s] = _reference_phases(sol.g[s], sol.g_ok[s], refs)
     return {"B": ref_b, "G": ref_g}
 
 
