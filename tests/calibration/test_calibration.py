@@ -290,32 +290,44 @@ def test_pointing_and_beam_offsets_match_simulator(conv_ms):
     assert np.ptp(np.degrees(offs)) > 0.2
 
 
+def _column(ms, name="MODEL_DATA"):
+    from dsacont.casa import ensure_casa
+
+    tb = ensure_casa().table()
+    tb.open(ms)
+    try:
+        return tb.getcol(name)
+    finally:
+        tb.close()
+        tb.done()
+
+
+def _casa_ft(ms, cl_path, src, **shape):
+    """MODEL_DATA of ``ms`` written by CASA ft from one component: ``src``'s position, 1.4 GHz flux
+    and spectral index, ``shape`` (componentlist.addcomponent's shape arguments)."""
+    from dsacont.casa import ensure_casa
+
+    cl = ensure_casa().componentlist()
+    cl.addcomponent(dir=f"J2000 {src.ra_deg}deg {src.dec_deg}deg", flux=src.flux_jy, fluxunit="Jy",
+                    freq="1.4GHz", spectrumtype="spectral index", index=src.spectral_index, **shape)
+    cl.rename(str(cl_path))
+    cl.close()
+    cl.done()
+    C.casatasks().ft(vis=ms, complist=str(cl_path), usescratch=True)
+    return _column(ms)
+
+
 def test_model_matches_casa_ft(conv_ms, tmp_path):
     """Our MODEL_DATA (no beam) equals CASA ft of the same point component (phases, spectrum)."""
     from dsacont.calibrators import get_calibrator
-    from dsacont.casa import ensure_casa
 
     ms = _copy(conv_ms[0], tmp_path / "ft.ms")
     cal = get_calibrator(CAL)
     meta = C.write_model(ms, cal, beam="none")
     assert meta["n_sky_sources"] == 0
-    ct = ensure_casa()
-    tb = ct.table()
-    tb.open(ms)
-    ours = tb.getcol("MODEL_DATA")
-    ddid = tb.getcol("DATA_DESC_ID")
-    tb.close()
-    cl = ct.componentlist()
-    cl.addcomponent(dir=f"J2000 {cal.ra_deg}deg {cal.dec_deg}deg", flux=cal.flux_jy, fluxunit="Jy",
-                    freq="1.4GHz", shape="point", spectrumtype="spectral index", index=cal.spectral_index)
-    cl.rename(str(tmp_path / "cal.cl"))
-    cl.close()
-    cl.done()
-    C.casatasks().ft(vis=ms, complist=str(tmp_path / "cal.cl"), usescratch=True)
-    tb.open(ms)
-    theirs = tb.getcol("MODEL_DATA")
-    tb.close()
-    tb.done()
+    ours = _column(ms)
+    ddid = _column(ms, "DATA_DESC_ID")
+    theirs = _casa_ft(ms, tmp_path / "cal.cl", cal, shape="point")
     r = ours / theirs
     assert np.max(np.abs(np.abs(r) - 1)) < 1e-4
     assert np.max(np.abs(np.degrees(np.angle(r)))) < 0.01
@@ -328,40 +340,22 @@ def test_gaussian_model_matches_casa_ft(conv_ms, tmp_path):
     A Cas A-sized source is all but resolved out on the long baselines, so an error in any of them
     shows on the short ones."""
     from dsacont.calibrators import get_calibrator
-    from dsacont.casa import ensure_casa
 
     ms = _copy(conv_ms[0], tmp_path / "ftg.ms")
     cal = get_calibrator(CAL)
     src = C.SkySource("blob", cal.ra_deg + 0.3, cal.dec_deg - 0.2, 5.0, -0.7, major_arcsec=240.0,
                       minor_arcsec=90.0, pa_deg=30.0)
     C.write_model(ms, None, sky=[src], beam="none")
-    ct = ensure_casa()
-    tb = ct.table()
-    tb.open(ms)
-    ours = tb.getcol("MODEL_DATA")
-    tb.close()
-    cl = ct.componentlist()
-    cl.addcomponent(dir=f"J2000 {src.ra_deg}deg {src.dec_deg}deg", flux=src.flux_jy, fluxunit="Jy",
-                    freq="1.4GHz", shape="Gaussian", majoraxis="240arcsec", minoraxis="90arcsec",
-                    positionangle="30deg", spectrumtype="spectral index", index=src.spectral_index)
-    cl.rename(str(tmp_path / "g.cl"))
-    cl.close()
-    cl.done()
-    C.casatasks().ft(vis=ms, complist=str(tmp_path / "g.cl"), usescratch=True)
-    tb.open(ms)
-    theirs = tb.getcol("MODEL_DATA")
-    tb.close()
-    tb.done()
+    ours = _column(ms)
+    theirs = _casa_ft(ms, tmp_path / "g.cl", src, shape="Gaussian", majoraxis="240arcsec", minoraxis="90arcsec",
+                      positionangle="30deg")
     amp = np.abs(theirs)
     assert amp.max() > 2.0 and np.percentile(amp, 10) < 0.5  # resolved: the test sees the taper
     assert np.max(np.abs(ours - theirs)) < 2e-3 * src.flux_jy
     # a position angle off by 90 deg, or the axes swapped, is far outside that
     src90 = C.SkySource("blob", src.ra_deg, src.dec_deg, 5.0, -0.7, major_arcsec=240.0, minor_arcsec=90.0, pa_deg=120.0)
     C.write_model(ms, None, sky=[src90], beam="none")
-    tb.open(ms)
-    wrong = tb.getcol("MODEL_DATA")
-    tb.close()
-    assert np.max(np.abs(wrong - theirs)) > 0.3
+    assert np.max(np.abs(_column(ms) - theirs)) > 0.3
 
 
 def test_time_dependent_beam_in_model(conv_ms, tmp_path):
