@@ -199,11 +199,7 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
              info["max_baseline_m"], info["max_w_m"], info["max_w_residual_m"], imsize, cell_arcsec, wphase_full,
              wphase, gridder, deconvolver, 100 * info["flagged_fraction"])
 
-    try:
-        work, stage = work_dirs(plan)
-    except BaseException:
-        plan["bar"].close()
-        raise
+    work, stage = work_dirs(plan)
     try:
         next_step(plan, "flatten")
         with flattened(plan, flatten, datacolumn) as flat:

@@ -371,12 +371,18 @@ def finish_tile(plan: dict, files: dict, *, robust: float, pbcor_limit: float, c
 
 
 def work_dirs(plan: dict, prefix: str = "img") -> tuple[Path, Path]:
-    """A fresh scratch directory (under the tmp directory) and the staging directory (in out_dir)."""
+    """A fresh scratch directory (under the tmp directory) and the staging directory (in out_dir).
+
+    If either cannot be made, the plan's progress bar is closed before the error propagates."""
     name = plan["name"]
-    work = Path(plan["tmp_base"]) / f"{prefix}-{name}-{os.getpid()}-{int(time.time() * 1e3) % 10**8}"
-    work.mkdir(parents=True)
-    stage = plan["out_dir"] / f".{name}.partial-{os.getpid()}"
-    stage.mkdir(parents=True, exist_ok=True)
+    try:
+        work = Path(plan["tmp_base"]) / f"{prefix}-{name}-{os.getpid()}-{int(time.time() * 1e3) % 10**8}"
+        work.mkdir(parents=True)
+        stage = plan["out_dir"] / f".{name}.partial-{os.getpid()}"
+        stage.mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        plan["bar"].close()
+        raise
     return work, stage
 
 

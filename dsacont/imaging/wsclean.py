@@ -181,11 +181,7 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
     # exactly as tclean's 'standard' gridder does
     slant = (-info["w_plane"][0], -info["w_plane"][1]) if gridder == "2d" else None
     grid_args = ["-nwlayers", "1"] if gridder == "2d" else ["-use-wgridder", "-wgridder-accuracy", str(accuracy)]
-    try:
-        work, stage = work_dirs(plan, prefix="wsc")
-    except BaseException:
-        plan["bar"].close()
-        raise
+    work, stage = work_dirs(plan, prefix="wsc")
     try:
         next_step(plan, "flatten")
         with flattened(plan, flatten, datacolumn) as flat:
