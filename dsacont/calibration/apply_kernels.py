@@ -21,6 +21,20 @@ TIME_TOL_S = 1e-3
 
 
 @numba.njit(nogil=True, cache=True)
+def _interp_amp_phase(g0, g1, w):
+    """``g0`` to ``g1`` at fraction ``w``: amplitude linear, phase linear the shorter way round."""
+    p0 = math.atan2(g0.imag, g0.real)
+    dp = math.atan2(g1.imag, g1.real) - p0
+    if dp > math.pi:
+        dp -= 2 * math.pi
+    elif dp < -math.pi:
+        dp += 2 * math.pi
+    amp = abs(g0) + w * (abs(g1) - abs(g0))
+    ph = p0 + w * dp
+    return amp * complex(math.cos(ph), math.sin(ph))
+
+
+@numba.njit(nogil=True, cache=True)
 def interp_gains_linear(sol_times, sol, sol_flag, times):
     """Gains at ``times``: amplitude and phase linear in time between the bracketing solutions.
 
@@ -76,17 +90,7 @@ def interp_gains_linear(sol_times, sol, sol_flag, times):
                 if k1 == k0 or w == 0.0:
                     out[t, a, r] = g0
                     continue
-                g1 = np.complex128(sol[k1, a, r])
-                a0, a1 = abs(g0), abs(g1)
-                p0 = math.atan2(g0.imag, g0.real)
-                dp = math.atan2(g1.imag, g1.real) - p0
-                if dp > math.pi:
-                    dp -= 2 * math.pi
-                elif dp < -math.pi:
-                    dp += 2 * math.pi
-                amp = a0 + w * (a1 - a0)
-                ph = p0 + w * dp
-                out[t, a, r] = amp * complex(math.cos(ph), math.sin(ph))
+                out[t, a, r] = _interp_amp_phase(g0, np.complex128(sol[k1, a, r]), w)
     return out, oflag
 
 
@@ -180,17 +184,7 @@ def fill_flagged_channels(freqs, sol, sol_flag):
                             out[s, a, r, q] = out[s, a, r, prev]
                         else:
                             w = (freqs[q] - freqs[prev]) / (freqs[c] - freqs[prev])
-                            g0 = out[s, a, r, prev]
-                            g1 = out[s, a, r, c]
-                            p0 = math.atan2(g0.imag, g0.real)
-                            dp = math.atan2(g1.imag, g1.real) - p0
-                            if dp > math.pi:
-                                dp -= 2 * math.pi
-                            elif dp < -math.pi:
-                                dp += 2 * math.pi
-                            amp = abs(g0) + w * (abs(g1) - abs(g0))
-                            ph = p0 + w * dp
-                            out[s, a, r, q] = amp * complex(math.cos(ph), math.sin(ph))
+                            out[s, a, r, q] = _interp_amp_phase(out[s, a, r, prev], out[s, a, r, c], w)
                         oflag[s, a, r, q] = False
                     prev = c
     return out, oflag
