@@ -137,6 +137,15 @@ def measure_tile(pbcor: str, truth: dict, *, min_snr: float = 10.0, noise_jy: fl
             "sources": used[:20]}
 
 
+def measure_image(pbcor: str, truth: dict, qa: dict) -> dict:
+    """:func:`measure_tile` of a PB-corrected tile at the noise its QA measured, with the QA's noise
+    against the radiometer equation (``noise_ratio``) and its ``dynamic_range``."""
+    m = measure_tile(pbcor, truth, noise_jy=qa.get("noise_jy"))
+    m["noise_ratio"] = round(qa["noise_jy"] / qa["radiometer_jy"], 3) if qa.get("radiometer_jy") else None
+    m["dynamic_range"] = round(float(qa["dynamic_range"]), 1) if qa.get("dynamic_range") else None
+    return m
+
+
 def _vertex(v) -> float:
     """Sub-pixel offset of the maximum of three samples (parabola)."""
     den = v[0] - 2 * v[1] + v[2]
@@ -206,9 +215,7 @@ def main(argv=None) -> int:
             qa = im.get("qa") or {}
             row["imaged"] = True
             row["calibration"] = " ".join(qa.get("calibration") or [])
-            m = measure_tile(im["path"], truth, noise_jy=qa.get("noise_jy"))
-            m["noise_ratio"] = round(qa["noise_jy"] / qa["radiometer_jy"], 3) if qa.get("radiometer_jy") else None
-            row["hourly"] = m
+            row["hourly"] = measure_image(im["path"], truth, qa)
         chain = (ms or {}).get("caltables") or []
         field = next((c for c in chain if c["how"] == "field"), None)
         row["sky_model"] = (field["detail"].get("sky_model") or {}).get("name", "?").split(" (")[0] if field else None
@@ -224,9 +231,7 @@ def main(argv=None) -> int:
                 apply_calibration(ms_path, tables=pair)
                 res = image_ms(ms_path, root / "transfer_images", paths=paths, **imaging)
                 rq, pbcor = res["qa"], res["pbcor"]
-            m = measure_tile(pbcor, truth, noise_jy=rq.get("noise_jy"))
-            m["noise_ratio"] = round(rq["noise_jy"] / rq["radiometer_jy"], 3) if rq.get("radiometer_jy") else None
-            row["transfer_only"] = m
+            row["transfer_only"] = measure_image(pbcor, truth, rq)
             t_transfer += time.perf_counter() - t
         elif im is not None:
             row["transfer_only"] = row["hourly"]  # the calibrator's own group: nothing to transfer

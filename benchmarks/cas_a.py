@@ -37,7 +37,7 @@ from astropy import units as u
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from around_the_clock import measure_tile, stream_groups  # noqa: E402
+from around_the_clock import measure_image, stream_groups  # noqa: E402
 
 from dsacont.calibrators import bright_sidelobe_source, transit_time  # noqa: E402
 from dsacont.config import get_paths  # noqa: E402
@@ -169,9 +169,7 @@ def main(argv=None) -> int:
 
 
 def _measure(pbcor: str, truth: dict, qa: dict) -> dict:
-    m = measure_tile(pbcor, truth, noise_jy=qa.get("noise_jy"))
-    m["noise_ratio"] = round(qa["noise_jy"] / qa["radiometer_jy"], 3) if qa.get("radiometer_jy") else None
-    m["dynamic_range"] = round(float(qa["dynamic_range"]), 1) if qa.get("dynamic_range") else None
+    m = measure_image(pbcor, truth, qa)
     m.pop("sources", None)
     return m
 
