@@ -100,20 +100,13 @@ GROUP_START = "2025-10-29T13:52:51"  # 0834+555 transits at the middle of this g
 def simulate_ms(preset: str, work: Path, paths) -> tuple[str, Path]:
     """Simulate one group (noise, no gains, no RFI), convert it, CORRECTED_DATA = DATA."""
     from dsacont import simulate
-    from dsacont.casa import ensure_casa
-    from dsacont.io.ms import ensure_column
+    from dsacont.io.ms import copy_column
 
     raw = work / "raw"
     files = sorted(str(p) for p in simulate(raw, GROUP_START, 5, preset=preset, seed=11, rfi=False,
                                             noise=True, gains=False))
     ms = convert_group(files, paths.ms / f"{GROUP_START}.ms", flag=False, paths=paths, progress=False)
-    ensure_column(str(ms), "CORRECTED_DATA")
-    tb = ensure_casa().table()
-    tb.open(str(ms), nomodify=False)
-    try:
-        tb.putcol("CORRECTED_DATA", tb.getcol("DATA"))
-    finally:
-        tb.close()
+    copy_column(str(ms), "DATA", "CORRECTED_DATA")
     return str(ms), raw
 
 

@@ -1135,6 +1135,19 @@ def ensure_column(ms: str, name: str, like: str = "DATA") -> None:
         tb.addcols({name: desc}, dm)
 
 
+def copy_column(ms: str, src: str = "DATA", dst: str = "CORRECTED_DATA", chunk_rows: int = 200_000) -> None:
+    """Copy data column ``src`` into ``dst`` (added shaped like ``src`` if missing), in row chunks.
+
+    For data already in Jy with no gains (a simulation without them): the calibrated column is DATA.
+    """
+    ensure_column(ms, dst, like=src)
+    with table(ms, readonly=False) as tb:
+        n = tb.nrows()
+        for start in range(0, n, chunk_rows):
+            k = min(chunk_rows, n - start)
+            tb.putcol(dst, tb.getcol(src, start, k), start, k)
+
+
 def iter_ddid(tb, ddids, chunk_rows: int = 200_000):
     """Yield (ddid, subtable, start, nrow) chunks of one DATA_DESC_ID at a time."""
     for d in ddids:

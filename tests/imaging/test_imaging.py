@@ -46,16 +46,9 @@ def tile(tmp_path_factory):
 
 
 def _corrected_equals_data(ms):
-    from dsacont.casa import ensure_casa
-    from dsacont.io.ms import ensure_column as _ensure_column
+    from dsacont.io.ms import copy_column
 
-    _ensure_column(str(ms), "CORRECTED_DATA")
-    tb = ensure_casa().table()
-    tb.open(str(ms), nomodify=False)
-    try:
-        tb.putcol("CORRECTED_DATA", tb.getcol("DATA"))
-    finally:
-        tb.close()
+    copy_column(str(ms), "DATA", "CORRECTED_DATA")
 
 
 def _band_mean_flux(truth, k, freqs):
