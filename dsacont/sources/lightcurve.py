@@ -86,6 +86,16 @@ def resolve_source(spec):
     raise ValueError(f"unknown source {text!r}: not 'RA,DEC', a VLA calibrator or a name in the shipped NVSS subset")
 
 
+def _checked(db_path, kind: str) -> str:
+    """The products database's absolute path, after checking ``kind`` and that the file exists."""
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r}: one of {', '.join(KINDS)}")
+    db_path = os.path.abspath(os.fspath(db_path))
+    if not os.path.exists(db_path):
+        raise BadInputError(db_path, "products database does not exist")
+    return db_path
+
+
 def _connect_ro(db_path: str) -> sqlite3.Connection:
     """A read-only connection to a (WAL) SQLite file.
 
@@ -125,11 +135,7 @@ def products_images(db_path, *, kind: str = "images", start=None, end=None) -> l
     """
     from dsacont.db import to_mjd
 
-    if kind not in KINDS:
-        raise ValueError(f"kind {kind!r}: one of {', '.join(KINDS)}")
-    db_path = os.path.abspath(os.fspath(db_path))
-    if not os.path.exists(db_path):
-        raise BadInputError(db_path, "products database does not exist")
+    db_path = _checked(db_path, kind)
     lo, hi = to_mjd(start), to_mjd(end)
     out = []
     con = _connect_ro(db_path)
@@ -178,11 +184,7 @@ def stored_photometry(db_path, sources, *, kind: str = "images", start=None, end
 
     from dsacont.db import to_mjd
 
-    if kind not in KINDS:
-        raise ValueError(f"kind {kind!r}: one of {', '.join(KINDS)}")
-    db_path = os.path.abspath(os.fspath(db_path))
-    if not os.path.exists(db_path):
-        raise BadInputError(db_path, "products database does not exist")
+    db_path = _checked(db_path, kind)
     lo, hi = to_mjd(start), to_mjd(end)
     kinds = _DB_KINDS[kind]
     when, targs = "", []
