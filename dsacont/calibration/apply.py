@@ -112,14 +112,14 @@ def apply_calibration(ms, tables=None, registry=None, time=None, *, interp: str 
     for t in tables:
         if not Path(t).is_dir():
             raise CalibrationUnavailable(f"caltable {t} is registered but missing on disk")
-    interps = ["nearest" if _table_kind(t) == "B" else interp for t in tables]
+    kinds = [_table_kind(t) for t in tables]
+    interps = ["nearest" if k == "B" else interp for k in kinds]
     maps = [_spwmap(info, t) for t in tables]
     spwmaps = [m for m, _ in maps]
     unsolved = sorted({int(s) for _, u in maps for s in u})
     engine = DEFAULT_ENGINE if engine is None else engine
     if engine not in ENGINES:
         raise ValueError(f"apply engine {engine!r} for {ms}: expected one of {ENGINES}")
-    kinds = [_table_kind(t) for t in tables]
     if engine == "dsacont" and (calwt or any(k not in ("B", "G") for k in kinds)):
         log.warning("%s: dsacont's apply handles B and G tables without calwt (got %s, calwt=%s); using applycal",
                     ms, kinds, calwt)
