@@ -158,7 +158,8 @@ def _sources_in_mosaic(mosaic: dict, products: Products, archive: Path, names=("
 
 def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_groups: int = N_GROUPS,
              hours: int | None = None, sky: str = "synthetic", scheduler: str | None = None,
-             max_inflight: int = 2, fresh: bool = True) -> dict:
+             max_inflight: int = 2, fresh: bool = True, pipeline_options: dict | None = None,
+             replay_mode: str = "copy") -> dict:
     """Run the acceptance demo under ``root``; returns (and writes) the summary dict.
 
     ``hours``: instead of ``n_groups`` centred on the transit, ``hours`` x 12 groups from the start
@@ -166,6 +167,10 @@ def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_grou
     and a synthetic population), 'real' (the real sky: NVSS, the VLA calibrators, Cas A) or
     'realistic' (the real sky and the realistic instrument: gains wandering by tens of degrees
     over hours, RFI, the real array), or 'faulty' (that and the real array's faults).
+    ``pipeline_options``: the service's pipeline options (as ``dsacont stream --option KEY=VALUE``,
+    e.g. ``{"imaging.imager": "auto"}``). ``replay_mode``: how the archive reaches the incoming
+    directory (:func:`dsacont.service.replay.replay`: 'copy', or 'link' to spare the disk a second
+    copy of a full-size hour, ~27 GB).
     """
     t_all = time.perf_counter()
     root = Path(root).absolute()
@@ -185,7 +190,7 @@ def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_grou
 
     def _replay():
         try:
-            replay(archive, paths.incoming, speed=None)
+            replay(archive, paths.incoming, speed=None, mode=replay_mode)
         finally:
             replay_done.set()
 
@@ -193,7 +198,7 @@ def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_grou
     feeder.start()
     options = ServiceOptions(scheduler=scheduler, max_inflight=max_inflight, idle_exit_s=30.0, poll_s=1.0,
                              incomplete_timeout_s=60.0, cal_wait_s=20.0, min_free_gb=0.0,
-                             processor_options={"tiles_per_mosaic": tiles})
+                             processor_options={"tiles_per_mosaic": tiles, **(pipeline_options or {})})
     t = time.perf_counter()
     summary = run_service(paths, options)
     t_stream = time.perf_counter() - t
