@@ -16,9 +16,10 @@ Choices
   WSClean, full w-correction to ``-wgridder-accuracy`` 1e-4, a true SIN image). The w-gridder
   costs many w-planes over a 5 deg field: on the full-size transit tile it took 918 CPU-s against
   tclean's 563 (``benchmarks/README.md``).
-- **Threads**: ``-j threads`` (default: the CPUs this process may use), so the service's
-  concurrency stays pinned. ``-parallel-gridding`` only helps with several output images (channels
-  or polarisations); a Stokes-I MFS tile has one, so it is not used.
+- **Threads**: ``-j threads``; the streaming service passes its worker's share of the CPUs
+  (``context.threads``: 1 per group with two groups in flight on 2 cores); called alone the
+  default is the CPUs this process may use. ``-parallel-gridding`` only helps with several output
+  images (channels or polarisations); a Stokes-I MFS tile has one, so it is not used.
 - **Weighting**: Briggs, robust 0 (``-weight briggs 0``), as tclean.
 - **Deconvolution**: Hogbom (WSClean's default, no multiscale: the field is point sources at
   these resolutions) over the whole image, down to about ``threshold_nsigma`` (2.5) x the final

@@ -190,6 +190,12 @@ def _options_of(context) -> PipelineOptions:
     return options_from(o)
 
 
+def _threads_of(context) -> int | None:
+    """The worker's thread share (``context.threads``), None when the context does not say."""
+    n = context.get("threads") if isinstance(context, dict) else getattr(context, "threads", None)
+    return int(n) if n else None
+
+
 def _parse_value(v):
     if not isinstance(v, str):
         return v
@@ -409,10 +415,13 @@ def stage_calibrate(timestamp, ms: Path, paths: Paths, known: dict, made: dict, 
     return {"solved": solved, "applied": applied, "field": field, "chain": chain}
 
 
-def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, options: PipelineOptions) -> dict:
+def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, options: PipelineOptions,
+                threads: int | None = None) -> dict:
     """Image the calibrated MS unless an image of it is registered.
 
-    The image goes into ``made["images"]``.
+    The image goes into ``made["images"]``. ``threads``: the worker's share of the CPUs
+    (``context.threads``), WSClean's ``-j`` unless ``imaging.threads`` is set; without it WSClean
+    would take every CPU of the machine in each of the groups in flight.
     """
     row = _ms_row(known, ms)
     existing = [im for im in (known.get("products") or {}).get("images", [])
@@ -420,8 +429,9 @@ def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, opti
     if existing:
         return existing[0]
     t0 = time.perf_counter()
+    imaging = {"threads": threads, **options.imaging} if threads else dict(options.imaging)
     try:
-        res = image_ms(str(ms), paths=paths, **options.imaging)
+        res = image_ms(str(ms), paths=paths, **imaging)
     except FlattenInterrupted as exc:
         # an earlier attempt died while CORRECTED_DATA was being flattened or restored:
         # rewrite it from DATA and the registered tables, then image
@@ -431,7 +441,7 @@ def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, opti
         candidates = list(known.get("calibration") or []) + records_from_entries(made.get("calibration") or [])
         choice = _choose(ms, mid, _pointing_dec_deg(info, mid), candidates, options, field_gains=True)
         calibration.apply_calibration(str(ms), tables=choice.paths)
-        res = image_ms(str(ms), paths=paths, **options.imaging)
+        res = image_ms(str(ms), paths=paths, **imaging)
     res.setdefault("qa", {})["image_s"] = round(time.perf_counter() - t0, 2)
     chain = (((made.get("ms_update") or {}).get("qa") or (row or {}).get("qa") or {}).get("calibration_chain")) or []
     if chain:
@@ -661,7 +671,7 @@ def process_group(record, context=None) -> dict:
         cal = stage_calibrate(timestamp, ms, paths, known, made, options)
         timings["calibrate"] = round(time.perf_counter() - t, 2)
         t = time.perf_counter()
-        img = stage_image(timestamp, ms, paths, known, made, options)
+        img = stage_image(timestamp, ms, paths, known, made, options, threads=_threads_of(context))
         timings["image"] = round(time.perf_counter() - t, 2)
         t = time.perf_counter()
         if stage_catalogue(timestamp, img, paths, made, options) is not None:
