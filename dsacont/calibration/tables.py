@@ -17,7 +17,11 @@ def read_caltable(path) -> dict:
 
 
 def caltable_metrics(path, antennas=None) -> dict:
-    """Quality metrics of a caltable: flagged fraction (overall, per SPW, per antenna), SNR.
+    """Quality metrics of a caltable: flagged fraction (overall, per SPW, per antenna), SNR, amplitudes.
+
+    ``amp_scatter`` is the robust fractional spread of the good solutions' amplitudes,
+    1.4826 x MAD / median (dimensionless): a gain correction that absorbed an unmodelled source
+    spreads its amplitudes over antennas, which normalisation (``solnorm``) hides from the median.
 
     ``antennas``: antenna indices (MS ANTENNA rows) to count; default all rows of the table.
     Antennas absent from the data (an ANTENNA table lists all 117 pads) must be left out,
@@ -41,6 +45,8 @@ def caltable_metrics(path, antennas=None) -> dict:
         "snr_median": float(np.median(snr)) if snr.size else 0.0,
         "snr_p05": float(np.percentile(snr, 5)) if snr.size else 0.0,
         "amp_median": float(np.median(amp)) if amp.size else 0.0,
+        "amp_scatter": float(1.4826 * np.median(np.abs(amp - np.median(amp))) / np.median(amp))
+        if amp.size and np.median(amp) > 0 else 0.0,
         "n_times": int(np.unique(t["TIME"]).size),
     }
 
