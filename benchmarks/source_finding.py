@@ -19,7 +19,10 @@ Figures, each for both finders:
 - ``complete_snr_ge7`` and ``reliable_snr_ge5`` (the issue's goals: >= 95 % and >= 99 %);
 - flux ratio (integrated / true) median and robust scatter, and position offsets (rms, arcsec and
   in units of the beam's geometric-mean FWHM), over matches with true S/N >= 10;
-- wall time of the finder alone.
+- wall time of the finder alone;
+- ``sidelobe_flagged`` and ``unflagged``: the catalogue's sidelobe flag
+  (:func:`dsacont.sources.sidelobes.sidelobe_candidates`, applied to either finder's list) and the
+  completeness and reliability of the detections it leaves unflagged.
 
 The simulator's truth of a real mosaic is the union of ``load_truth(truth_dir, group)["sources"]``
 over its groups (each group records the sources near its own pointing), fluxes moved to the image
@@ -206,6 +209,7 @@ def main(argv=None):
     # the peer gets the noise map ours uses by default (the map raised to BANE's local rms)
     from dsacont.io.fits import write_like
     from dsacont.sources.finder import noise_for_image
+    from dsacont.sources.sidelobes import sidelobe_candidates
 
     wanted = [w.strip() for w in args.finders.split(",") if w.strip()]
     combined = str(work / "combined.noise.fits")
@@ -224,6 +228,13 @@ def main(argv=None):
         info, cols = fn(image, noise)
         if cols is not None:
             info.update(score(*cols, truth, bmaj / 2, math.sqrt(bmaj * bmin)))
+            # the catalogue's sidelobe flag (dsacont.sources.sidelobes), the same rule on either finder's list
+            cols = [np.asarray(c, float) for c in cols]
+            keep = ~sidelobe_candidates(cols[0], cols[1], cols[2])
+            sub = score(*(c[keep] for c in cols), truth, bmaj / 2, math.sqrt(bmaj * bmin))
+            info["sidelobe_flagged"] = int((~keep).sum())
+            info["unflagged"] = {k: sub.get(k) for k in ("n_found", "complete_snr_ge7", "reliable_snr_ge5",
+                                                         "false_snr_ge5", "flux_ratio_median")}
         out[who] = info
     json.dump(out, sys.stdout, indent=1)
     print()

@@ -494,7 +494,7 @@ def stage_catalogue(timestamp, img: dict, paths: Paths, made: dict, options: Pip
 
     The catalogue (``<tile>.pbcor.sources.fits``, :func:`dsacont.sources.find_sources`) goes into
     ``made["catalogues"]`` with its cross-match QA against NVSS (or ``options.sky_catalogue``);
-    its compact sources (clean fits, S/N >= ``options.model_min_snr``) into
+    its compact sources (clean fits, not sidelobe candidates, S/N >= ``options.model_min_snr``) into
     ``made["detections"]`` for the strip sky model (:mod:`dsacont.service.sky`), marked trusted
     when the tile's gains came from a calibrator transit or an accepted field solve and its noise
     is within ``options.model_max_noise_ratio`` of the radiometer equation. The cross-match's
@@ -527,7 +527,8 @@ def stage_catalogue(timestamp, img: dict, paths: Paths, made: dict, options: Pip
     flux = np.asarray(tab["int_flux"], float)
     snr = np.asarray(tab["snr"], float)
     err = np.where(np.isfinite(err) & (err > 0), err, np.abs(flux) / np.maximum(snr, 1e-3))
-    keep = ((np.asarray(tab["flags"]) == 0) & (snr >= options.model_min_snr) & (flux > 0)
+    sidelobe = np.asarray(tab["sidelobe"], bool) if "sidelobe" in tab.colnames else np.zeros(len(tab), bool)
+    keep = ((np.asarray(tab["flags"]) == 0) & ~sidelobe & (snr >= options.model_min_snr) & (flux > 0)
             & (np.asarray(tab["major_arcsec"], float) <= 1.3 * bmaj))
     chain = ((made.get("ms_update") or {}).get("qa") or {}).get("calibration_chain") or []
     noise_ratio = (product.get("qa") or {}).get("noise_ratio")

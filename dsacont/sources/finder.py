@@ -32,6 +32,8 @@ Gaussian component, columns (units in ``TUNITn``)::
     major_arcsec, minor_arcsec (fitted FWHM), pa_deg (east of north), and their *_err
     local_rms (Jy/beam, the noise map at the source), background (Jy/beam), snr (peak / local_rms)
     island, component, flags (Aegean's fit flags; 0 = clean fit)
+    sidelobe        True: faint, on the snapshot PSF's arms near a much brighter detection
+                    (:func:`dsacont.sources.sidelobes.sidelobe_candidates`); flagged, not removed
 
 and the header cards ``IMAGE``, ``FINDER``, ``NSIGMA``, ``ISLSIGMA``, ``NOISESRC``, ``BMAJ``,
 ``BMIN``, ``BPA`` (deg), ``FREQ`` (Hz), ``DATE-OBS``/``MJD-OBS`` (when the image has them).
@@ -60,6 +62,7 @@ from dsacont.io.fits import (
     write_like,
     write_table,
 )
+from dsacont.sources.sidelobes import sidelobe_candidates
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +229,7 @@ def _table(found, hdr):
     t["island"] = np.array([s.island for s in found], dtype=np.int32)
     t["component"] = np.array([s.source for s in found], dtype=np.int32)
     t["flags"] = np.array([s.flags for s in found], dtype=np.int32)
+    t["sidelobe"] = sidelobe_candidates(ra, dec, peak)
     units = {"ra_deg": "deg", "dec_deg": "deg", "ra_err_arcsec": "arcsec", "dec_err_arcsec": "arcsec",
              "peak_flux": "Jy/beam", "peak_flux_err": "Jy/beam", "int_flux": "Jy", "int_flux_err": "Jy",
              "major_arcsec": "arcsec", "major_err_arcsec": "arcsec", "minor_arcsec": "arcsec",

@@ -70,6 +70,11 @@ def test_catalogue_against_truth(mosaic):
     assert t.meta["IMAGE"] == "m.fits" and t.meta["NSIGMA"] == 5.0 and "aegean" in t.meta["FINDER"]
     assert t.meta["MJD-OBS"] == pytest.approx(truth["mjd"])
     assert np.all(np.isfinite(t["int_flux_err"][t["snr"] > 10])) and np.all(t["int_flux_err"][t["snr"] > 10] > 0)
+    # the sidelobe flag is on disk, computed from the catalogue's own positions and peaks
+    from dsacont.sources.sidelobes import sidelobe_candidates
+
+    assert t["sidelobe"].dtype == bool
+    assert t["sidelobe"].tolist() == sidelobe_candidates(t["ra_deg"], t["dec_deg"], t["peak_flux"]).tolist()
 
 
 def test_catalogue_reads_back_as_a_sky_model(mosaic):
