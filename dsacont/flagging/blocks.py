@@ -86,15 +86,21 @@ def flag_block(amp, flags, is_auto, strategy=None, static_chan=None) -> np.ndarr
         static_chan = np.zeros(nf, dtype=np.bool_)
     return flag_block_kernel(
         amp, flags, np.ascontiguousarray(is_auto, dtype=np.bool_), np.ascontiguousarray(static_chan, dtype=np.bool_),
-        float(s.cross_chi1), int(s.cross_freq_window), int(s.cross_time_window),
-        int(s.cross_smooth_time), int(s.cross_smooth_freq),
-        float(s.auto_chi1), int(s.auto_freq_window), int(s.auto_time_window),
-        int(s.auto_smooth_time), int(s.auto_smooth_freq),
-        float(s.rho), int(s.max_window), int(s.iterations),
-        bool(s.combine_baselines), float(s.combined_chi1), int(s.min_baselines), int(s.combined_max_window),
-        float(s.time_fraction), float(s.channel_fraction), int(s.dilate_time), int(s.dilate_freq),
-        bool(s.combine_polarizations),
+        *kernel_args(s),
     )
+
+
+def kernel_args(s) -> tuple:
+    """The strategy's thresholds and windows, typed and in the order :func:`flag_block_kernel` takes
+    them after its four arrays (also what the reference kernels of ``tests/flagging`` take)."""
+    return (float(s.cross_chi1), int(s.cross_freq_window), int(s.cross_time_window),
+            int(s.cross_smooth_time), int(s.cross_smooth_freq),
+            float(s.auto_chi1), int(s.auto_freq_window), int(s.auto_time_window),
+            int(s.auto_smooth_time), int(s.auto_smooth_freq),
+            float(s.rho), int(s.max_window), int(s.iterations),
+            bool(s.combine_baselines), float(s.combined_chi1), int(s.min_baselines), int(s.combined_max_window),
+            float(s.time_fraction), float(s.channel_fraction), int(s.dilate_time), int(s.dilate_freq),
+            bool(s.combine_polarizations))
 
 
 def flag_arrays(amp, flags, is_auto, strategy=None, static_chan=None, *, n_threads=1) -> np.ndarray:

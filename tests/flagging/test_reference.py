@@ -10,6 +10,7 @@ import pytest
 
 from dsacont import flagging as F
 from dsacont.flagging import kernels as K
+from dsacont.flagging.blocks import kernel_args
 
 from . import reference_kernels as R
 
@@ -26,22 +27,11 @@ def small_amp(sim_small):
     return amp, auto, np.asarray(load_truth(out, paths[0])["rfi_mask"])
 
 
-def _kernel_args(s):
-    return (float(s.cross_chi1), int(s.cross_freq_window), int(s.cross_time_window),
-            int(s.cross_smooth_time), int(s.cross_smooth_freq),
-            float(s.auto_chi1), int(s.auto_freq_window), int(s.auto_time_window),
-            int(s.auto_smooth_time), int(s.auto_smooth_freq),
-            float(s.rho), int(s.max_window), int(s.iterations),
-            bool(s.combine_baselines), float(s.combined_chi1), int(s.min_baselines), int(s.combined_max_window),
-            float(s.time_fraction), float(s.channel_fraction), int(s.dilate_time), int(s.dilate_freq),
-            bool(s.combine_polarizations))
-
-
 def _flag_all(kernel, amp, flags, auto, s, static):
     out = np.empty(amp.shape, bool)
     for lo, hi in F.baseline_blocks(amp.shape[1], s.block_baselines):
         out[:, lo:hi] = kernel(np.ascontiguousarray(amp[:, lo:hi]), np.ascontiguousarray(flags[:, lo:hi]),
-                               auto[lo:hi], static, *_kernel_args(s))
+                               auto[lo:hi], static, *kernel_args(s))
     return out
 
 
