@@ -790,8 +790,6 @@ def _subtract_box_mean(x, flags, half_t, half_f):
             w = cw[hi, f] - cw[lo, f]
             if w > 0:
                 x[t, f] -= (cs[hi, f] - cs[lo, f]) / w
-            else:
-                x[t, f] -= 0.0
 
 
 @numba.njit(nogil=True, cache=True)
