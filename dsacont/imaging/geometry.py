@@ -15,6 +15,9 @@
   :func:`wterm_phase_error_rad` is the phase error of ignoring a given w at the field edge.
 - **Pointing**: the dishes stay at a fixed az/el while the sky drifts; :func:`pointing_track` gives
   the ICRS pointing at each time of the tile.
+- **Channel averaging** for imaging: :func:`choose_channel_bin` averages as many adjacent channels
+  as keep the bandwidth smearing at the field edge within a budget (1 %: 4 of the full array's
+  244 kHz channels, 0.7 %; none on the small preset, whose wide channels already smear 0.3 %).
 """
 from __future__ import annotations
 
@@ -106,6 +109,56 @@ def wterm_phase_error_rad(max_w_m: float, f_max_hz: float, half_width_rad: float
     w_lambda = max_w_m * f_max_hz / C_M_S
     r = math.sin(half_width_rad)
     return 2.0 * math.pi * w_lambda * (1.0 - math.sqrt(1.0 - r * r))
+
+
+def bandwidth_smearing_loss(chan_width_hz: float, freq_hz: float, offset_rad: float,
+                            beam_fwhm_rad: float) -> float:
+    """Fractional loss of a point source's peak from averaging over one channel of ``chan_width_hz``.
+
+    A Gaussian beam and a rectangular band: ``beta = (dnu / nu) (offset / beam_fwhm)``,
+    loss ``= 1 - erf(x) sqrt(pi) / (2 x)`` with ``x = sqrt(ln 2) beta`` (Bridle & Schwab 1999,
+    eq. 18-24). ``offset_rad`` is the distance from the phase centre, ``beam_fwhm_rad`` the
+    synthesised beam's FWHM along that direction (the minor axis is the worst case).
+    """
+    x = math.sqrt(math.log(2.0)) * (chan_width_hz / freq_hz) * (offset_rad / beam_fwhm_rad)
+    if x < 1e-6:
+        return x * x / 3.0
+    return 1.0 - math.erf(x) * math.sqrt(math.pi) / (2.0 * x)
+
+
+def choose_channel_bin(chan_width_hz: float, freq_hz: float, nchan_per_spw: int, offset_rad: float,
+                       beam_fwhm_rad: float, max_loss: float = 0.01) -> tuple[int, float]:
+    """The most channels to average for imaging within a bandwidth-smearing budget at the field edge.
+
+    Parameters
+    ----------
+    chan_width_hz : float
+        The MS's channel width (Hz).
+    freq_hz : float
+        A frequency to judge at (Hz): the band centre.
+    nchan_per_spw : int
+        Channels in each spectral window; the bin divides it (no average spans two windows).
+    offset_rad : float
+        The field edge: the image's half width (rad).
+    beam_fwhm_rad : float
+        The synthesised beam's narrowest FWHM (rad).
+    max_loss : float
+        The budget: the largest fractional peak loss allowed at ``offset_rad``.
+
+    Returns
+    -------
+    (int, float)
+        The bin (1 when even two channels exceed the budget) and its loss at the edge.
+    """
+    best = (1, bandwidth_smearing_loss(chan_width_hz, freq_hz, offset_rad, beam_fwhm_rad))
+    for k in range(2, int(nchan_per_spw) + 1):
+        if nchan_per_spw % k:
+            continue
+        loss = bandwidth_smearing_loss(k * chan_width_hz, freq_hz, offset_rad, beam_fwhm_rad)
+        if loss > max_loss:
+            break
+        best = (k, loss)
+    return best
 
 
 def pointing_track(phase_ra_rad: float, phase_dec_rad: float, mid_mjd: float,

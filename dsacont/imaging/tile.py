@@ -32,14 +32,24 @@ from tqdm.auto import tqdm
 from dsacont.errors import BadInputError
 from dsacont.imaging import flatten as F
 from dsacont.imaging.beam import band_samples, beam_image
-from dsacont.imaging.geometry import C_M_S, choose_geometry, pointing_track, wterm_phase_error_rad
+from dsacont.imaging.geometry import (
+    C_M_S,
+    bandwidth_smearing_loss,
+    choose_channel_bin,
+    choose_geometry,
+    pointing_track,
+    wterm_phase_error_rad,
+)
 from dsacont.imaging.qa import psf_fwhm_arcsec, tile_qa
 from dsacont.io.atomic import move_into_place, write_json_atomic
 from dsacont.io.fits import beam_from_header, freq_from_header, read_fits_image, write_like
-from dsacont.io.ms import read_ms_info, table
+from dsacont.io.ms import average_channels, flatten_state, read_ms_info, table
 from dsacont.jsonio import json_default
 
 log = logging.getLogger(__name__)
+
+# the largest peak loss to bandwidth smearing at the field edge that imaging's channel averaging may cost
+DEFAULT_SMEARING_BUDGET = 0.01
 
 
 def inspect_ms(ms_path, *, datacolumn: str = "corrected", uv_channels: int = 64, chunk_rows: int = 20000) -> dict:
@@ -151,6 +161,7 @@ def inspect_ms(ms_path, *, datacolumn: str = "corrected", uv_channels: int = 64,
         "freqs": freqs[order],
         "chan_width": widths[order],
         "chan_unflagged": np.concatenate(chan_unfl)[order],
+        "spw_nchan": [len(f) for f in spw_freqs],
         "times": tu,
         "interval": float(np.median(interval)),
         "start_mjd": float((tu.min() - half) / 86400.0),
@@ -194,7 +205,8 @@ def plan_tile(ms_path, out_dir=None, *, paths=None, name=None, datacolumn="corre
         ``ms_path`` (absolute), ``out_dir``, ``tmp_base`` (Path), ``name``, ``info`` (inspect_ms),
         ``imsize`` (pixels), ``cell_arcsec``, ``half_width`` (rad), ``wphase_full`` and ``wphase``
         (w-term phase at the field edge without / with the w-plane fit, rad), ``nfield``, ``ra0``,
-        ``dec0`` (image centre, rad), ``timing`` (seconds so far), ``t_all`` (perf_counter start),
+        ``dec0`` (image centre, rad), ``psf_minor_arcsec`` (the estimated PSF's narrowest FWHM, or
+        None when the cell was given), ``timing`` (seconds so far), ``t_all`` (perf_counter start),
         ``bar`` (the progress bar; :func:`finish_tile` closes it, and so must a caller that fails).
     """
     t_all = time.perf_counter()
@@ -241,13 +253,55 @@ def plan_tile(ms_path, out_dir=None, *, paths=None, name=None, datacolumn="corre
     return {"ms_path": ms_path, "out_dir": out_dir, "tmp_base": tmp_base, "name": name, "info": info,
             "imsize": imsize, "cell_arcsec": cell_arcsec, "half_width": half_width, "wphase_full": wphase_full,
             "wphase": wphase, "nfield": nfield, "ra0": float(centre[0]) % (2 * math.pi), "dec0": float(centre[1]),
-            "timing": timing, "t_all": t_all, "bar": bar, "steps": steps}
+            "psf_minor_arcsec": psf_minor, "timing": timing, "t_all": t_all, "bar": bar, "steps": steps}
 
 
 def next_step(plan: dict, label: str) -> None:
     """Mark the previous step of the plan's progress bar done and show ``label`` as the current one."""
     plan["bar"].update()
     plan["bar"].set_postfix_str(label)
+
+
+def channel_bin(plan: dict, average_channels="auto", max_loss: float = DEFAULT_SMEARING_BUDGET) -> tuple[int, float]:
+    """Channels to average for imaging the plan's MS, and the bandwidth smearing at the field edge.
+
+    ``average_channels``: an int (1: none) or 'auto', the most within ``max_loss`` at the image's
+    half width (:func:`dsacont.imaging.geometry.choose_channel_bin`) for the PSF's narrowest FWHM
+    (the plan's estimate; without one, the fringe spacing of the longest baseline, which is
+    narrower and so errs towards less averaging).
+    """
+    info = plan["info"]
+    nchan = info["spw_nchan"]
+    width = float(np.median(info["chan_width"]))
+    freq = float(np.median(info["freqs"]))
+    beam = plan.get("psf_minor_arcsec")
+    beam_rad = (math.radians(beam / 3600.0) if beam else C_M_S / (freq * max(info["max_baseline_m"], 1.0)))
+    if average_channels == "auto":
+        return choose_channel_bin(width, freq, min(nchan), plan["half_width"], beam_rad, max_loss)
+    k = max(1, int(average_channels))
+    if any(n % k for n in nchan):
+        raise ValueError(f"average_channels={k} does not divide the spectral windows' {sorted(set(nchan))} channels")
+    return k, bandwidth_smearing_loss(k * width, freq, plan["half_width"], beam_rad)
+
+
+def average_for_imaging(plan: dict, work: Path, chanbin: int, datacolumn: str) -> None:
+    """Write the plan's MS with ``chanbin`` channels averaged into ``work`` for the imager to read.
+
+    Sets ``plan["scratch_ms"]``: the imager images its DATA column, and bright-source flattening
+    is done in it and never undone (the copy is deleted with ``work``); the calibrated MS is not
+    touched, except that one left flattened by a run that died before restoring it is restored
+    first. An MS left half flattened by an interrupted write raises
+    :class:`dsacont.io.ms.FlattenInterrupted` first, as imaging it in place would.
+    """
+    if flatten_state(plan["ms_path"]) is not None:
+        F.unflatten(plan["ms_path"])
+    t0 = time.perf_counter()
+    dst = work / f"{plan['name']}.avg{chanbin}.ms"
+    average_channels(plan["ms_path"], dst, chanbin, datacolumn=datacolumn)
+    plan["scratch_ms"] = str(dst)
+    plan["timing"]["average_s"] = time.perf_counter() - t0
+    log.info("%s: %d channels averaged into %d for imaging (%.1f s)", plan["name"], len(plan["info"]["freqs"]),
+             len(plan["info"]["freqs"]) // chanbin, plan["timing"]["average_s"])
 
 
 @contextmanager
@@ -257,9 +311,18 @@ def flattened(plan: dict, flatten, datacolumn: str):
     Yields the record of :func:`dsacont.imaging.flatten.flatten_sources` (or None: nothing to
     flatten, ``flatten`` false, or ``datacolumn`` not 'corrected'); its ``restored`` is True once
     the column holds the calibrated data again. The column is restored even if the body fails.
+    With a scratch copy (``plan["scratch_ms"]``, :func:`average_for_imaging`) the copy's DATA is
+    flattened instead and left so.
     """
     name, ms_path, timing = plan["name"], plan["ms_path"], plan["timing"]
     rec = None
+    if flatten and plan.get("scratch_ms"):
+        # a scratch copy (average_for_imaging): flatten its DATA, nothing to restore
+        t0 = time.perf_counter()
+        rec = F.flatten_sources(plan["scratch_ms"], flatten, column="DATA")
+        timing["flatten_s"] = time.perf_counter() - t0
+        yield rec
+        return
     if flatten and datacolumn.lower() != "corrected":
         log.info("%s: no bright-source flattening: it works on CORRECTED_DATA only (DATA, the "
                  "correlator's record, is never modified)", name)
@@ -392,7 +455,7 @@ def cleanup(plan: dict, work: Path, stage: Path, keep_as: Path | None = None) ->
     if keep_as is not None and work.exists():
         if keep_as.exists():
             shutil.rmtree(keep_as)
-        shutil.copytree(work, keep_as)
+        shutil.copytree(work, keep_as, ignore=shutil.ignore_patterns("*.avg*.ms"))  # not the scratch MS
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(stage, ignore_errors=True)
 

@@ -135,3 +135,58 @@ def test_tile_files_write_every_cell_as_putcol_does(tmp_path):
     with msio.MSWriter(ms2) as w:
         w.add_runs([nrows - 2])
         assert w.tile_layout() is None  # 34 rows are not whole tiles of 4
+
+
+def test_average_channels_is_the_flag_weighted_mean_of_the_chosen_column(tmp_path):
+    """average_channels (CASA mstransform, for imaging): the copy's DATA is the mean of the unflagged
+    samples of the column asked for (CORRECTED_DATA here, made unlike DATA), a bin flagged
+    throughout stays flagged, frequencies are the bins' centres and widths their spans; the source
+    MS is untouched and an existing destination is refused."""
+    from dsacont.io.ms import average_channels, ensure_column, read_ms_info, table
+
+    src, dst = tmp_path / "m.ms", tmp_path / "avg.ms"
+    layout = _small_ms(src)
+    ensure_column(str(src), "CORRECTED_DATA")
+    rng = np.random.default_rng(3)
+    with table(src, readonly=False) as tb:
+        n = tb.nrows()
+        shape = (2, 8, n)
+        data = (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
+        corrected = (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
+        flag = rng.random(shape) < 0.3
+        flag[:, 2:4, 5] = True  # one bin flagged throughout
+        tb.putcol("DATA", data)
+        tb.putcol("CORRECTED_DATA", corrected)
+        tb.putcol("FLAG", flag)
+        tb.putcol("WEIGHT", np.ones((2, n), np.float32))
+        a1, a2 = np.triu_indices(4, 1)
+        tb.putcol("ANTENNA1", np.tile(a1, n // 6).astype(np.int32))
+        tb.putcol("ANTENNA2", np.tile(a2, n // 6).astype(np.int32))
+        keys = [tuple(k) for k in zip(tb.getcol("TIME"), tb.getcol("DATA_DESC_ID"), tb.getcol("ANTENNA1"),
+                                      tb.getcol("ANTENNA2"))]
+    average_channels(src, dst, 2, datacolumn="corrected")
+    with table(dst) as tb:
+        assert "CORRECTED_DATA" not in tb.colnames() and tb.nrows() == n
+        out = {tuple(k): i for i, k in enumerate(zip(tb.getcol("TIME"), tb.getcol("DATA_DESC_ID"),
+                                                     tb.getcol("ANTENNA1"), tb.getcol("ANTENNA2")))}
+        order = [out[k] for k in keys]  # mstransform may write the rows in its own order
+        got, got_flag = tb.getcol("DATA")[:, :, order], tb.getcol("FLAG")[:, :, order]
+    good = ~flag
+    num = (corrected * good).reshape(2, 4, 2, n).sum(axis=2)
+    cnt = good.reshape(2, 4, 2, n).sum(axis=2)
+    want_flag = cnt == 0
+    np.testing.assert_array_equal(got_flag, want_flag)
+    np.testing.assert_allclose(got[~want_flag], (num / np.maximum(cnt, 1))[~want_flag], rtol=1e-5, atol=1e-6)
+    info = read_ms_info(dst)
+    np.testing.assert_allclose(np.stack(info.spw_freqs), layout.spw_freqs.reshape(3, 4, 2).mean(axis=2))
+    # a bin spans its first channel's lower edge to its last one's upper edge (these test channels are
+    # 0.1 MHz wide, 1 MHz apart: 1.1 MHz; contiguous channels, as dsacont writes, give the sum)
+    edges = layout.spw_freqs.reshape(3, 4, 2)
+    width = layout.spw_widths.reshape(3, 4, 2)
+    np.testing.assert_allclose(np.stack(info.spw_widths),
+                               edges[..., 1] + width[..., 1] / 2 - (edges[..., 0] - width[..., 0] / 2))
+    with table(src) as tb:  # the source is as it was
+        np.testing.assert_array_equal(tb.getcol("CORRECTED_DATA"), corrected)
+        assert tb.getcol("DATA").shape == (2, 8, n)
+    with pytest.raises(FileExistsError):
+        average_channels(src, dst, 2)
