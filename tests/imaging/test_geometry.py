@@ -33,13 +33,15 @@ def test_bandwidth_smearing_loss_matches_a_numerical_band_average(width_hz, offs
 
 def test_channel_bin_is_the_most_within_budget_that_divides_the_window():
     edge, beam = math.radians(2.5), 35.0 * ARCSEC
-    # the full array: 48 channels of 244 kHz per subband; 4 cost 0.7 %, 6 cost 1.6 %
+    # 48 channels of 244 kHz per subband with the fitted beam's 35" minor axis: 4 cost 0.7 %, 6 cost
+    # 1.6 % (the library judges with the PSF's narrowest FWHM, ~18" at full size: 2 channels)
     k, loss = choose_channel_bin(244140.625, 1.405e9, 48, edge, beam, max_loss=0.01)
     assert k == 4 and loss == pytest.approx(_loss_by_integration(4 * 244140.625, 1.405e9, edge, beam), rel=0.01)
     assert _loss_by_integration(6 * 244140.625, 1.405e9, edge, beam) > 0.01
     # a bin must divide the window: 5 is within a 1.2 % budget but not a divisor of 48
     assert choose_channel_bin(244140.625, 1.405e9, 48, edge, beam, max_loss=0.012)[0] == 4
     assert choose_channel_bin(244140.625, 1.405e9, 45, edge, beam, max_loss=0.012)[0] == 5
+    assert choose_channel_bin(244140.625, 1.405e9, 48, edge, 18.2 * ARCSEC)[0] == 2
     # wide channels and a wide beam (the small preset): nothing to average within 1 %
     assert choose_channel_bin(1.46e6, 1.405e9, 8, edge, 60.0 * ARCSEC)[0] == 1
     # a tighter budget averages less
