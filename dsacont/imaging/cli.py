@@ -24,6 +24,7 @@ from dsacont.imaging.tclean import (
     PBCOR_LIMIT,
     WTERM_TOLERANCE_RAD,
 )
+from dsacont.imaging.wsclean import DEFAULT_NITER as WSCLEAN_NITER
 
 DEFAULT_PB_CUTOFF = 0.2
 
@@ -60,7 +61,9 @@ def _parser_image() -> argparse.ArgumentParser:
     ap.add_argument("--cells-per-beam", type=float, default=DEFAULT_CELLS_PER_BEAM,
                     help="cells per fringe spacing of the longest baseline (when --cell is not given)")
     ap.add_argument("--robust", type=float, default=DEFAULT_ROBUST, help="Briggs robust parameter")
-    ap.add_argument("--niter", type=int, default=DEFAULT_NITER, help="largest number of clean iterations")
+    ap.add_argument("--niter", type=int, default=None,
+                    help=f"largest number of clean iterations (default: tclean {DEFAULT_NITER}, "
+                         f"WSClean {WSCLEAN_NITER}, a safety cap behind its 4-sigma auto-mask)")
     ap.add_argument("--nsigma", type=float, default=DEFAULT_NSIGMA, dest="threshold_nsigma",
                     help="clean down to this many times the residual's robust RMS (tclean nsigma)")
     ap.add_argument("--nmajor", type=int, default=DEFAULT_NMAJOR, help="largest number of major cycles")
@@ -97,7 +100,8 @@ def cli(argv: list[str], *, on_result=None) -> int:
     paths.ensure("images", "tmp", "state")
     try:
         res = image_ms(args.ms, args.out_dir, imsize=args.imsize, cell_arcsec=args.cell_arcsec, fov_deg=args.fov,
-                       robust=args.robust, niter=args.niter, threshold_nsigma=args.threshold_nsigma,
+                       robust=args.robust, threshold_nsigma=args.threshold_nsigma,
+                       **({"niter": args.niter} if args.niter is not None else {}),
                        datacolumn=args.datacolumn, paths=paths, gridder=args.gridder, deconvolver=args.deconvolver,
                        cells_per_beam=args.cells_per_beam, pbcor_limit=args.pbcor_limit, nmajor=args.nmajor,
                        cyclefactor=args.cyclefactor, flatten=None if args.no_flatten else "auto",

@@ -22,7 +22,10 @@ def _help(capsys, command):
 def test_image_help_shows_real_defaults(capsys):
     text = _help(capsys, "image")
     assert f"field of view (image side), degrees (default: {DEFAULT_FOV_DEG})" in text
-    assert f"(default: {DEFAULT_NITER})" in text and f"(default: {DEFAULT_NSIGMA})" in text
+    from dsacont.imaging.wsclean import DEFAULT_NITER as WSCLEAN_NITER
+
+    assert f"(default: tclean {DEFAULT_NITER}, WSClean {WSCLEAN_NITER}," in text
+    assert f"(default: {DEFAULT_NSIGMA})" in text
     assert "3.5 deg" not in text and "(default: None)" not in text
 
 
