@@ -38,6 +38,7 @@ from dsacont.imaging.geometry import (
     choose_channel_bin,
     choose_geometry,
     pointing_track,
+    uv_smearing_loss,
     wterm_phase_error_rad,
 )
 from dsacont.imaging.qa import psf_fwhm_arcsec, tile_qa
@@ -266,22 +267,29 @@ def channel_bin(plan: dict, average_channels="auto", max_loss: float = DEFAULT_S
     """Channels to average for imaging the plan's MS, and the bandwidth smearing at the field edge.
 
     ``average_channels``: an int (1: none) or 'auto', the most within ``max_loss`` at the image's
-    half width (:func:`dsacont.imaging.geometry.choose_channel_bin`) for the PSF's narrowest FWHM
-    (the plan's estimate; without one, the fringe spacing of the longest baseline, which is
-    narrower and so errs towards less averaging).
+    half width (:func:`dsacont.imaging.geometry.choose_channel_bin`). The loss is computed on the
+    plan's uv sample (:func:`dsacont.imaging.geometry.uv_smearing_loss`, the worst direction);
+    without one, with a Gaussian beam as wide as the longest baseline's fringe spacing.
     """
     info = plan["info"]
     nchan = info["spw_nchan"]
     width = float(np.median(info["chan_width"]))
     freq = float(np.median(info["freqs"]))
-    beam = plan.get("psf_minor_arcsec")
-    beam_rad = (math.radians(beam / 3600.0) if beam else C_M_S / (freq * max(info["max_baseline_m"], 1.0)))
+    edge = plan["half_width"]
+    if len(info["uv_u"]):
+        def loss(k):
+            return uv_smearing_loss(info["uv_u"], info["uv_v"], info["uv_w"], k * width, freq, edge)
+    else:
+        fringe = C_M_S / (freq * max(info["max_baseline_m"], 1.0))
+
+        def loss(k):
+            return bandwidth_smearing_loss(k * width, freq, edge, fringe)
     if average_channels == "auto":
-        return choose_channel_bin(width, freq, min(nchan), plan["half_width"], beam_rad, max_loss)
+        return choose_channel_bin(min(nchan), loss, max_loss)
     k = max(1, int(average_channels))
     if any(n % k for n in nchan):
         raise ValueError(f"average_channels={k} does not divide the spectral windows' {sorted(set(nchan))} channels")
-    return k, bandwidth_smearing_loss(k * width, freq, plan["half_width"], beam_rad)
+    return k, loss(k)
 
 
 def average_for_imaging(plan: dict, work: Path, chanbin: int, datacolumn: str) -> None:

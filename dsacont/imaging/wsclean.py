@@ -151,7 +151,8 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
         Image a scratch copy of the MS with this many adjacent channels averaged
         (:func:`dsacont.imaging.tile.average_for_imaging`; WSClean cannot average channels as it
         reads). 'auto' (default): the most whose bandwidth smearing at the field edge stays within
-        ``smearing_budget`` (2 of the full array's 244 kHz channels, none on the small preset);
+        ``smearing_budget`` on the tile's uv coverage (3 of the full array's 244 kHz channels,
+        none on the small preset);
         1: image the MS itself.
     smearing_budget : float
         For ``average_channels='auto'``: the largest fractional peak loss at the field edge.
