@@ -206,8 +206,7 @@ def plan_tile(ms_path, out_dir=None, *, paths=None, name=None, datacolumn="corre
         ``ms_path`` (absolute), ``out_dir``, ``tmp_base`` (Path), ``name``, ``info`` (inspect_ms),
         ``imsize`` (pixels), ``cell_arcsec``, ``half_width`` (rad), ``wphase_full`` and ``wphase``
         (w-term phase at the field edge without / with the w-plane fit, rad), ``nfield``, ``ra0``,
-        ``dec0`` (image centre, rad), ``psf_minor_arcsec`` (the estimated PSF's narrowest FWHM, or
-        None when the cell was given), ``timing`` (seconds so far), ``t_all`` (perf_counter start),
+        ``dec0`` (image centre, rad), ``timing`` (seconds so far), ``t_all`` (perf_counter start),
         ``bar`` (the progress bar; :func:`finish_tile` closes it, and so must a caller that fails).
     """
     t_all = time.perf_counter()
@@ -254,7 +253,7 @@ def plan_tile(ms_path, out_dir=None, *, paths=None, name=None, datacolumn="corre
     return {"ms_path": ms_path, "out_dir": out_dir, "tmp_base": tmp_base, "name": name, "info": info,
             "imsize": imsize, "cell_arcsec": cell_arcsec, "half_width": half_width, "wphase_full": wphase_full,
             "wphase": wphase, "nfield": nfield, "ra0": float(centre[0]) % (2 * math.pi), "dec0": float(centre[1]),
-            "psf_minor_arcsec": psf_minor, "timing": timing, "t_all": t_all, "bar": bar, "steps": steps}
+            "timing": timing, "t_all": t_all, "bar": bar, "steps": steps}
 
 
 def next_step(plan: dict, label: str) -> None:
