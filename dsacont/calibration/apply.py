@@ -202,48 +202,83 @@ def _table_term(t: dict, cal_spw: int, interp: str, times, freqs, nant: int):
     return term, tflag
 
 
-def _apply_own(ms, info: MSInfo, tables, interps, spwmaps, unsolved) -> None:
-    """dsacont's apply: CORRECTED_DATA = DATA / (J_i conj(J_j)), FLAG |= the solutions' flags.
+class Corrector:
+    """Calibration tables applied in memory: ``DATA / (J_i conj(J_j))`` and the solutions' flags.
 
-    J is the product of every table's term (:func:`_table_term`) per MS SPW; the SPWs in
-    ``unsolved`` are flagged whole. Reads and writes one DATA_DESCRIPTION chunk at a time.
+    J is the product of every table's term (:func:`_table_term`) per MS SPW, built once per SPW
+    (the last one kept); the SPWs the tables do not cover are flagged whole. What dsacont's apply
+    writes to CORRECTED_DATA (:func:`_apply_own`) and what the fast field solve sums without
+    writing (:func:`dsacont.calibration.fastsolve.field_sums`).
+
+    Parameters
+    ----------
+    info : MSInfo of the MS
+    tables : caltable paths in apply order
+    interps, spwmaps, unsolved : as :func:`apply_calibration` resolves them; None: 'nearest' for
+        B tables and ``interp`` for the others, the nearest-frequency SPW map
     """
-    ensure_column(ms, "CORRECTED_DATA")
-    nant = len(info.antenna_names)
-    times = np.asarray(info.times_s, dtype=np.float64)
-    cal = [read_caltable(t) for t in tables]
-    jones_cache: dict = {}
 
-    def jones_for(spw):
-        if spw not in jones_cache:
+    def __init__(self, info: MSInfo, tables, *, interp: str = "linear", interps=None, spwmaps=None, unsolved=None):
+        tables = [str(t) for t in tables]
+        if interps is None:
+            interps = ["nearest" if _table_kind(t) == "B" else interp for t in tables]
+        if spwmaps is None or unsolved is None:
+            maps = [_spwmap(info, t) for t in tables]
+            spwmaps = [m for m, _ in maps]
+            unsolved = sorted({int(s) for _, u in maps for s in u})
+        self.info, self.interps, self.spwmaps, self.unsolved = info, interps, spwmaps, set(unsolved)
+        self.cal = [read_caltable(t) for t in tables]
+        self._cache: dict = {}
+
+    def jones(self, spw: int):
+        """(Nt, Na, Nf, 2) complex128 Jones of ``spw`` and its flags."""
+        if spw not in self._cache:
+            info = self.info
+            times = np.asarray(info.times_s, dtype=np.float64)
+            nant = len(info.antenna_names)
             freqs = info.spw_freqs[spw]
             jones = np.ones((len(times), nant, len(freqs), 2), dtype=np.complex128)
             jflag = np.zeros(jones.shape, dtype=bool)
-            for t, how, smap in zip(cal, interps, spwmaps):
+            for t, how, smap in zip(self.cal, self.interps, self.spwmaps):
                 term, tf = _table_term(t, int(smap[spw]), how, times, freqs, nant)
                 jones *= term
                 jflag |= tf
-            if spw in unsolved:
+            if spw in self.unsolved:
                 jflag[:] = True
-            jones_cache.clear()  # one SPW at a time (ddids of one SPW come together)
-            jones_cache[spw] = (jones, jflag)
-        return jones_cache[spw]
+            self._cache.clear()  # one SPW at a time (ddids of one SPW come together)
+            self._cache[spw] = (jones, jflag)
+        return self._cache[spw]
 
+    def time_index(self, row_times) -> np.ndarray:
+        """Index into ``info.times_s`` of the integration nearest each row's TIME."""
+        times = np.asarray(self.info.times_s, dtype=np.float64)
+        tt = np.asarray(row_times, dtype=np.float64)
+        tidx = np.clip(np.searchsorted(times, tt), 0, len(times) - 1)
+        prev = np.clip(tidx - 1, 0, len(times) - 1)
+        return np.where(np.abs(times[prev] - tt) < np.abs(times[tidx] - tt), prev, tidx).astype(np.int64)
+
+    def __call__(self, ddid: int, data, flag, tidx, ant1, ant2):
+        """Correct the rows of one DATA_DESCRIPTION: data and flag (ncorr, nchan, nrow), tidx
+        (:meth:`time_index`), antennas (nrow,). Returns (corrected complex64, flags), new arrays."""
+        spw = int(self.info.ddid_spw[ddid])
+        jones, jflag = self.jones(spw)
+        codes = np.asarray(self.info.corr_types[int(self.info.ddid_pol[ddid])]).ravel()
+        corr_rec = np.array([_CORR_RECEPTORS.get(int(c), (0, 0)) for c in codes], dtype=np.int64)
+        return apply_jones(data, flag, np.asarray(tidx, dtype=np.int64), np.asarray(ant1, dtype=np.int64),
+                           np.asarray(ant2, dtype=np.int64), corr_rec, jones, jflag)
+
+
+def _apply_own(ms, info: MSInfo, tables, interps, spwmaps, unsolved) -> None:
+    """dsacont's apply: CORRECTED_DATA = DATA / (J_i conj(J_j)), FLAG |= the solutions' flags
+    (:class:`Corrector`), one DATA_DESCRIPTION chunk at a time."""
+    ensure_column(ms, "CORRECTED_DATA")
+    correct = Corrector(info, tables, interps=interps, spwmaps=spwmaps, unsolved=unsolved)
     with table(ms, readonly=False) as tb:
         for d, sub, s, n in iter_ddid(tb, range(len(info.ddid_spw))):
-            spw = int(info.ddid_spw[d])
-            jones, jflag = jones_for(spw)
-            codes = np.asarray(info.corr_types[int(info.ddid_pol[d])]).ravel()
-            corr_rec = np.array([_CORR_RECEPTORS.get(int(c), (0, 0)) for c in codes], dtype=np.int64)
-            tt = np.asarray(sub.getcol("TIME", s, n), dtype=np.float64)
-            tidx = np.clip(np.searchsorted(times, tt), 0, len(times) - 1)
-            prev = np.clip(tidx - 1, 0, len(times) - 1)
-            tidx = np.where(np.abs(times[prev] - tt) < np.abs(times[tidx] - tt), prev, tidx).astype(np.int64)
             flag_in = sub.getcol("FLAG", s, n)
-            corrected, flags = apply_jones(
-                sub.getcol("DATA", s, n), flag_in, tidx,
-                np.asarray(sub.getcol("ANTENNA1", s, n), dtype=np.int64),
-                np.asarray(sub.getcol("ANTENNA2", s, n), dtype=np.int64), corr_rec, jones, jflag)
+            corrected, flags = correct(d, sub.getcol("DATA", s, n), flag_in,
+                                       correct.time_index(sub.getcol("TIME", s, n)),
+                                       sub.getcol("ANTENNA1", s, n), sub.getcol("ANTENNA2", s, n))
             sub.putcol("CORRECTED_DATA", corrected, s, n)
             if not np.array_equal(flags, flag_in):  # FLAG is rewritten only where a solution flagged data
                 sub.putcol("FLAG", flags, s, n)

@@ -83,17 +83,24 @@ def prepare_model(info: MSInfo, cal, *, sky=None, beam: str = "time") -> ModelPr
     sky : list of SkySource, optional (field sources; one named like the calibrator is skipped)
     beam : {'time', 'mid', 'none'}
     """
-    dec_p = pointing_dec(info)
     sources = [cal] + [s for s in (sky or []) if getattr(s, "name", None) != cal.name]
+    prep = prepare_sky(info, sources, beam=beam)
+    prep.meta = {"calibrator": cal.name, "flux_jy": float(cal.flux_jy), "spectral_index": float(cal.spectral_index),
+                 "ra_deg": cal.ra_deg, "dec_deg": cal.dec_deg, "n_sky_sources": len(sources) - 1, **prep.meta,
+                 "model_data_written": False}
+    return prep
+
+
+def prepare_sky(info: MSInfo, sources, *, beam: str = "time") -> ModelPrep:
+    """Any list of sources (calibrators or :class:`~dsacont.calibration.skymodel.SkySource`) as
+    :func:`~dsacont.calibration.model.write_model` models them, ready to predict; ``meta`` is the
+    first source's beam description."""
+    dec_p = pointing_dec(info)
     per_src = [model_amplitudes(s, info, beam=beam, pointing_dec_rad=dec_p) for s in sources]
-    meta = per_src[0][1]
     lmn_sf = np.array([[lmn(np.radians(s.ra_deg), np.radians(s.dec_deg), r0, d0) for r0, d0 in info.field_dirs]
                        for s in sources])
     amps = [np.stack([a[spw] for a, _ in per_src]) for spw in range(len(info.spw_freqs))]
-    meta = {"calibrator": cal.name, "flux_jy": float(cal.flux_jy), "spectral_index": float(cal.spectral_index),
-            "ra_deg": cal.ra_deg, "dec_deg": cal.dec_deg, "n_sky_sources": len(sources) - 1, **meta,
-            "model_data_written": False}
-    return ModelPrep(lmn_sf=lmn_sf, amps=amps, meta=meta, shapes=[source_shape(s) for s in sources])
+    return ModelPrep(lmn_sf=lmn_sf, amps=amps, meta=dict(per_src[0][1]), shapes=[source_shape(s) for s in sources])
 
 
 def solint_bins(times_s: np.ndarray, solint: str) -> np.ndarray:
@@ -160,6 +167,81 @@ def _snr(g, err, ok):
         return np.where(ok & (err > 0), np.abs(g) / np.where(err > 0, err, 1.0), 0.0)
 
 
+@dataclass
+class SpwChunk:
+    """One DATA_DESCRIPTION (SPW) of an MS read whole (what :func:`_spw_chunks` yields).
+
+    data, flag : (npol, nchan, nrow) complex64 / bool, Fortran order (the column as stored)
+    a1, a2, tidx, fidx : (nrow,) int64 antennas, index into ``info.times_s``, field index
+    weight : (npol, nrow) float32; uvw : (nrow, 3) m
+    runs : [(first row, count)] of the SPW's contiguous row runs in the table
+    field_id, scan : the majority FIELD_ID and SCAN_NUMBER of the whole MS
+    """
+
+    spw: int
+    ddid: int
+    data: np.ndarray
+    flag: np.ndarray
+    a1: np.ndarray
+    a2: np.ndarray
+    weight: np.ndarray
+    uvw: np.ndarray
+    tidx: np.ndarray
+    fidx: np.ndarray
+    runs: list
+    field_id: int
+    scan: int
+
+
+def _spw_chunks(tb, ms, info: MSInfo, column: str, tm: dict):
+    """Yield each SPW of the open main table ``tb`` as a :class:`SpwChunk` of ``column``.
+
+    The small columns are read whole; ``column`` and FLAG by contiguous runs of one
+    DATA_DESC_ID (a dsacont MS holds each (integration, SPW) as one run): 3x faster than a
+    query's getcol. Reading time is added to ``tm["read"]``.
+    """
+    nchan_max = max(len(f) for f in info.spw_freqs)
+    npol = len(info.corr_types[0])
+    ntime = len(info.times_s)
+    if "WEIGHT_SPECTRUM" in tb.colnames():
+        log.warning("%s: WEIGHT_SPECTRUM present; the fast solve uses WEIGHT (one weight per row)", ms)
+    t0 = _time.perf_counter()
+    ddid = np.asarray(tb.getcol("DATA_DESC_ID"))
+    cols = {c: np.asarray(tb.getcol(c)) for c in ("ANTENNA1", "ANTENNA2", "TIME", "FIELD_ID", "SCAN_NUMBER")}
+    weight_all = np.asarray(tb.getcol("WEIGHT"), dtype=np.float32)
+    uvw_all = np.asarray(tb.getcol("UVW"))
+    edges = np.flatnonzero(np.diff(ddid)) + 1
+    run_start, run_end = np.r_[0, edges], np.r_[edges, ddid.size]
+    tm["read"] = tm.get("read", 0.0) + _time.perf_counter() - t0
+    field_id = _majority(cols["FIELD_ID"], 0)
+    scan = _majority(cols["SCAN_NUMBER"], 1)
+    if np.unique(cols["FIELD_ID"]).size > 1:
+        log.warning("%s: %d fields; the fast solve's solutions are labelled FIELD_ID %d", ms,
+                    np.unique(cols["FIELD_ID"]).size, field_id)
+    for d in range(len(info.ddid_spw)):
+        runs = [(int(a), int(b - a)) for a, b in zip(run_start, run_end) if ddid[a] == d]
+        if not runs:
+            continue
+        t0 = _time.perf_counter()
+        rows = np.concatenate([np.arange(a, a + n) for a, n in runs])
+        nrow = rows.size
+        data = np.empty((npol, nchan_max, nrow), dtype=np.complex64, order="F")
+        flag = np.empty((npol, nchan_max, nrow), dtype=bool, order="F")
+        off = 0
+        for a, n in runs:
+            data[:, :, off:off + n] = tb.getcol(column, a, n)
+            flag[:, :, off:off + n] = tb.getcol("FLAG", a, n)
+            off += n
+        chunk = SpwChunk(spw=int(info.ddid_spw[d]), ddid=d, data=data, flag=flag,
+                         a1=cols["ANTENNA1"][rows].astype(np.int64), a2=cols["ANTENNA2"][rows].astype(np.int64),
+                         weight=np.ascontiguousarray(weight_all[:, rows]), uvw=np.ascontiguousarray(uvw_all[:, rows].T),
+                         tidx=np.clip(np.searchsorted(info.times_s, cols["TIME"][rows]), 0, ntime - 1),
+                         fidx=cols["FIELD_ID"][rows].astype(np.int64), runs=runs, field_id=field_id, scan=scan)
+        tm["read"] += _time.perf_counter() - t0
+        yield chunk
+        del data, flag, chunk  # one SPW in memory at a time
+
+
 def solve_spws(ms, info: MSInfo, prep: ModelPrep, *, minsnr: float = 3.0, gain_solint: str = "inf",
                min_bl: int = MIN_BASELINES_PER_ANTENNA, write_flags: bool = True) -> Solutions:
     """Read each SPW once, flag autocorrelations and zeros, and solve G0, B and G on it.
@@ -200,51 +282,15 @@ def solve_spws(ms, info: MSInfo, prep: ModelPrep, *, minsnr: float = 3.0, gain_s
     total_ant = np.zeros(nant)
     n_flagged = n_cells = 0.0
     with table(ms, readonly=not write_flags) as tb:
-        if "WEIGHT_SPECTRUM" in tb.colnames():
-            log.warning("%s: WEIGHT_SPECTRUM present; the fast solve uses WEIGHT (one weight per row)", ms)
-        t0 = _time.perf_counter()
-        # the small columns whole; DATA and FLAG by contiguous runs of one DATA_DESC_ID (a
-        # dsacont MS holds each (integration, SPW) as one run): 3x faster than a query's getcol
-        ddid = np.asarray(tb.getcol("DATA_DESC_ID"))
-        cols = {c: np.asarray(tb.getcol(c)) for c in ("ANTENNA1", "ANTENNA2", "TIME", "FIELD_ID", "SCAN_NUMBER")}
-        weight_all = np.asarray(tb.getcol("WEIGHT"), dtype=np.float32)
-        uvw_all = np.asarray(tb.getcol("UVW"))
-        edges = np.flatnonzero(np.diff(ddid)) + 1
-        run_start, run_end = np.r_[0, edges], np.r_[edges, ddid.size]
-        tm["read"] += _time.perf_counter() - t0
-        out.field_id = _majority(cols["FIELD_ID"], 0)
-        out.scan = _majority(cols["SCAN_NUMBER"], 1)
-        if np.unique(cols["FIELD_ID"]).size > 1:
-            log.warning("%s: %d fields; the fast solve's solutions are labelled FIELD_ID %d", ms,
-                        np.unique(cols["FIELD_ID"]).size, out.field_id)
-        for d in range(len(info.ddid_spw)):
-            spw = int(info.ddid_spw[d])
-            runs = [(int(a), int(b - a)) for a, b in zip(run_start, run_end) if ddid[a] == d]
-            if not runs:
-                continue
-            t0 = _time.perf_counter()
-            rows = np.concatenate([np.arange(a, a + n) for a, n in runs])
-            nrow = rows.size
-            data = np.empty((npol, nchan_max, nrow), dtype=np.complex64, order="F")
-            flag = np.empty((npol, nchan_max, nrow), dtype=bool, order="F")
-            off = 0
-            for a, n in runs:
-                data[:, :, off:off + n] = tb.getcol("DATA", a, n)
-                flag[:, :, off:off + n] = tb.getcol("FLAG", a, n)
-                off += n
-            a1 = cols["ANTENNA1"][rows].astype(np.int64)
-            a2 = cols["ANTENNA2"][rows].astype(np.int64)
-            weight = np.ascontiguousarray(weight_all[:, rows])
-            uvw = np.ascontiguousarray(uvw_all[:, rows].T)
-            fidx = cols["FIELD_ID"][rows].astype(np.int64)
-            tidx = np.clip(np.searchsorted(info.times_s, cols["TIME"][rows]), 0, ntime - 1)
-            tm["read"] += _time.perf_counter() - t0
+        for chunk in _spw_chunks(tb, ms, info, "DATA", tm):
+            spw, data, flag, a1, a2 = chunk.spw, chunk.data, chunk.flag, chunk.a1, chunk.a2
+            out.field_id, out.scan = chunk.field_id, chunk.scan
             t0 = _time.perf_counter()
             n_new = int(_flag_autocorr_and_zeros(data, flag, a1, a2))
             out.new_flags += n_new
             if n_new and write_flags:
                 off = 0
-                for a, n in runs:
+                for a, n in chunk.runs:
                     tb.putcol("FLAG", flag[:, :, off:off + n], a, n)
                     off += n
             per_row = flag.sum(axis=(0, 1)).astype(float)
@@ -258,12 +304,12 @@ def solve_spws(ms, info: MSInfo, prep: ModelPrep, *, minsnr: float = 3.0, gain_s
             total_ant += np.bincount(a2[cross], minlength=nant) * cells
             tm["flag"] += _time.perf_counter() - t0
             t0 = _time.perf_counter()
-            model = source_model(uvw, info.spw_freqs[spw], tidx, fidx, prep.lmn_sf, prep.amps[spw], prep.shapes,
-                                 npol=npol)
+            model = source_model(chunk.uvw, info.spw_freqs[spw], chunk.tidx, chunk.fidx, prep.lmn_sf, prep.amps[spw],
+                                 prep.shapes, npol=npol)
             tm["model"] += _time.perf_counter() - t0
-            _solve_one_spw(out, spw, data, model, flag, weight, a1, a2, tidx, bins[tidx], nbin, ntime, nant,
-                           minsnr, min_bl, tm)
-            del data, model, flag
+            _solve_one_spw(out, spw, data, model, flag, chunk.weight, a1, a2, chunk.tidx, bins[chunk.tidx], nbin,
+                           ntime, nant, minsnr, min_bl, tm)
+            del data, model, flag, chunk
     out.flag_fraction_antenna = {info.antenna_names[a]: float(flagged_ant[a] / total_ant[a])
                                  for a in range(nant) if total_ant[a] > 0}
     out.flag_fraction = float(n_flagged / max(n_cells, 1.0))
@@ -488,3 +534,156 @@ def _compare_tables(b_a, g_a, b_b, g_b) -> dict:
     pb = cb_["B"][:, 0] * np.nanmean(cb_["G"], axis=1)[:, :, :1, :]
     out["GxB"] = stats(pa, pb)
     return out
+
+
+# --- the field gain correction (dsacont.calibration.field, method "fast") -------------------------
+
+@dataclass
+class FieldSums:
+    """A group's calibrated data against a field model, summed per baseline and polarisation.
+
+    The model is split into its first (brightest) source ``M_b`` and the rest ``M_h``; over the
+    group's rows, channels and SPWs, unflagged cross-correlations, each weighted by WEIGHT:
+
+    cb, ch : (npol, nbl) complex128, ``sum w C conj(M_b)`` and ``sum w C conj(M_h)``
+    bb, hh : (npol, nbl) float64, ``sum w |M_b|^2`` and ``sum w |M_h|^2``
+    bh : (npol, nbl) float64, ``Re sum w M_b conj(M_h)``
+    bl_a1, bl_a2 : (nbl,) int64 antenna ids of each baseline (MS ANTENNA rows)
+    nant : number of ANTENNA rows; field_id, scan : the MS's majority FIELD_ID and SCAN_NUMBER
+    timings : seconds per step (read, apply, model, accumulate)
+
+    Everything the field solve needs follows from these: the whole model's sums (``cb + ch``,
+    ``bb + hh + 2 bh``) give the gains (one per antenna and polarisation for the group, the
+    gains being constant over it), and, with any gains divided out per baseline, the model flux
+    ratio and the held-out ratio of the fainter sources (:meth:`ratios`).
+    """
+
+    cb: np.ndarray
+    ch: np.ndarray
+    bb: np.ndarray
+    hh: np.ndarray
+    bh: np.ndarray
+    bl_a1: np.ndarray
+    bl_a2: np.ndarray
+    nant: int
+    field_id: int = 0
+    scan: int = 1
+    timings: dict = field(default_factory=dict)
+
+    def ratios(self, g=None, ok=None) -> tuple[float, float]:
+        """``(model flux ratio, held-out ratio)`` of the data with the gains ``g`` (npol, nant)
+        divided out (baselines with an antenna not ``ok`` left out, as applycal flags them);
+        ``g`` None: the data as they are.
+
+        The model flux ratio is ``Re sum C M* / sum |M|^2``; the held-out ratio is ``b`` of the
+        least-squares fit ``C = a M_b + b M_h`` (real ``a``, ``b``): NaN when degenerate.
+        """
+        cb, ch, bb, hh, bh = self.cb, self.ch, self.bb, self.hh, self.bh
+        if g is not None:
+            gg = g[:, self.bl_a1] * np.conj(g[:, self.bl_a2])
+            use = ok[:, self.bl_a1] & ok[:, self.bl_a2] & (np.abs(gg) > 0)
+            inv = np.where(use, 1.0 / np.where(use, gg, 1.0), 0.0)
+            cb, ch = cb * inv, ch * inv
+            bb, hh, bh = (np.where(use, x, 0.0) for x in (bb, hh, bh))
+        c_b, c_h = float(np.real(cb).sum()), float(np.real(ch).sum())
+        bb, hh, bh = float(bb.sum()), float(hh.sum()), float(bh.sum())
+        mm = bb + hh + 2.0 * bh
+        ratio = (c_b + c_h) / mm if mm > 0 else float("nan")
+        det = bb * hh - bh * bh
+        held = (bb * c_h - bh * c_b) / det if det > 1e-12 * bb * hh and det > 0 else float("nan")
+        return ratio, held
+
+
+def field_sums(ms, info: MSInfo, prep: ModelPrep, column: str = "DATA", correct=None) -> FieldSums:
+    """Read ``column`` of each SPW once, calibrate it in memory (``correct``, a
+    :class:`~dsacont.calibration.apply.Corrector` of the tables to apply first; None: the column as
+    it is), predict the model (``prep``: its first source, then the rest) in memory and sum both
+    against the data per baseline (:class:`FieldSums`). Nothing is written to the MS."""
+    ms = str(ms)
+    nant = len(info.antenna_names)
+    npol = len(info.corr_types[0])
+    nbl = nant * nant
+    tm = {"read": 0.0, "apply": 0.0, "model": 0.0, "accumulate": 0.0}
+    sums = {k: np.zeros((npol, nbl), dtype=complex) for k in ("cb", "ch", "mb")}
+    sq = {k: np.zeros((npol, nbl)) for k in ("bb", "hh")}
+    field_id, scan = 0, 1
+    with table(ms) as tb:
+        for chunk in _spw_chunks(tb, ms, info, column, tm):
+            field_id, scan = chunk.field_id, chunk.scan
+            if correct is not None:
+                t0 = _time.perf_counter()
+                chunk.data, chunk.flag = correct(chunk.ddid, chunk.data, chunk.flag, chunk.tidx, chunk.a1, chunk.a2)
+                tm["apply"] += _time.perf_counter() - t0
+            freqs = info.spw_freqs[chunk.spw]
+            amps = prep.amps[chunk.spw]
+            t0 = _time.perf_counter()
+            mb = source_model(chunk.uvw, freqs, chunk.tidx, chunk.fidx, prep.lmn_sf[:1], amps[:1], prep.shapes[:1],
+                              npol=npol)
+            mh = (source_model(chunk.uvw, freqs, chunk.tidx, chunk.fidx, prep.lmn_sf[1:], amps[1:], prep.shapes[1:],
+                               npol=npol) if len(prep.shapes) > 1 else np.zeros_like(mb))
+            tm["model"] += _time.perf_counter() - t0
+            t0 = _time.perf_counter()
+            nchan = chunk.data.shape[1]
+            blidx = np.where(chunk.a1 != chunk.a2, chunk.a1 * nant + chunk.a2, -1)
+            one_bin = np.zeros(blidx.size, dtype=np.int64)
+            ones_h = np.ones((nchan, nant, npol), dtype=np.complex128)
+            for key, sqkey, x, m in (("cb", "bb", chunk.data, mb), ("ch", "hh", chunk.data, mh), ("mb", None, mb, mh)):
+                A, C = _sum_over_channels(x, m, chunk.flag, chunk.weight, blidx, one_bin, 1, chunk.a1, chunk.a2,
+                                          ones_h, nbl)
+                sums[key] += A[0].T
+                if sqkey:
+                    sq[sqkey] += C[0].T
+            tm["accumulate"] += _time.perf_counter() - t0
+            del mb, mh
+    keep = np.flatnonzero((sq["bb"] + sq["hh"]).sum(axis=0) > 0)
+    return FieldSums(cb=sums["cb"][:, keep], ch=sums["ch"][:, keep], bb=sq["bb"][:, keep], hh=sq["hh"][:, keep],
+                     bh=np.real(sums["mb"][:, keep]), bl_a1=(keep // nant).astype(np.int64),
+                     bl_a2=(keep % nant).astype(np.int64), nant=nant, field_id=field_id, scan=scan, timings=tm)
+
+
+def solve_field(sums: FieldSums, refant_ids, *, minsnr: float = 3.0, min_bl: int = MIN_BASELINES_PER_ANTENNA):
+    """One amplitude-and-phase gain per antenna and polarisation for the whole group (CASA
+    ``gaincal`` ``solint='inf'``, ``combine='scan,field,spw'``, ``calmode='ap'``), by StEFCal on
+    the summed model-divided data; then ``solnorm``: the amplitudes divided by their mean over
+    the solved antennas and both polarisations (the flux scale stays the calibrator's), and the
+    phases referred, per polarisation, to the first of ``refant_ids`` that has a solution.
+
+    Returns ``(g, err, ok)``, each (npol, nant): complex gains, PARAMERR (as CASA's, from the
+    chi-squared of the averaged visibilities) and whether solved with SNR >= ``minsnr``.
+    """
+    A = np.ascontiguousarray(sums.cb + sums.ch)
+    C = np.ascontiguousarray(sums.bb + sums.hh + 2.0 * sums.bh)
+    g, err, ok, _ = _stefcal(A, C, sums.bl_a1, sums.bl_a2, sums.nant, min_bl, MAX_ITER, TOLERANCE)
+    ok = ok & (_snr(g, err, ok) >= minsnr)
+    if ok.any():
+        norm = float(np.mean(np.abs(g[ok])))
+        g, err = g / norm, err / norm
+    _reference_phases(g[None], ok[None], [int(r) for r in refant_ids])
+    return np.where(ok, g, 1.0), np.where(ok, err, 0.0), ok
+
+
+def write_field_table(ms, g, err, ok, path, *, time_s: float, field_id: int = 0, scan: int = 1,
+                      refant: int = -1, freq_hz: float | None = None) -> None:
+    """Write the field correction ``g`` (npol, nant) as a CASA 'G Jones' table solved with
+    ``combine='spw'``: one row per antenna labelled SPW 0, the other SPWs' rows of its
+    SPECTRAL_WINDOW subtable flagged (as CASA writes a combined solution;
+    :func:`~dsacont.calibration.tables.combined_spw` reads it back)."""
+    ct = ensure_casa()
+    cb = ct.calibrater()
+    try:
+        cb.open(str(ms), False, False, False)
+        if not cb.createcaltable(str(path), "Complex", "G Jones", True):
+            raise RuntimeError(f"casatools could not create the gain table {path}")
+    finally:
+        cb.close()
+        cb.done()
+    npol, nant = g.shape
+    _fill(path, time=np.full(nant, float(time_s)), spw=np.zeros(nant, dtype=int), ant1=np.arange(nant),
+          ant2=np.full(nant, int(refant)), par=g[:, None, :], ok=ok[:, None, :], err=err[:, None, :],
+          field_id=field_id, scan=scan)
+    with table(path, "SPECTRAL_WINDOW", readonly=False) as tb:
+        flag_row = np.ones(tb.nrows(), dtype=bool)
+        flag_row[0] = False
+        tb.putcol("FLAG_ROW", flag_row)
+        if freq_hz is not None:
+            tb.putcell("CHAN_FREQ", 0, np.array([float(freq_hz)]))

@@ -22,6 +22,11 @@ gain correction, solved on the field itself (the DSA-110 team's "epoch gaincal",
          once: a model that is not the sky is caught there); a
          rejected solve leaves the pair applied (the gains transferred) and says why.
 
+Two methods solve it (``method``): 'fast' (the default) computes steps 1-5 from one read of
+DATA, with the pair applied and the model predicted in memory (the sums of
+:func:`dsacont.calibration.fastsolve.field_sums`, our StEFCal), and writes CORRECTED_DATA once;
+'casa' runs them on the MS as listed (MODEL_DATA, gaincal, an apply before and after).
+
 The reference antenna is the calibrator solve's (from the G table's metrics), so the phases stay
 referred to the same antenna all day.
 """
@@ -37,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from dsacont import calibrators
-from dsacont.calibration.apply import apply_calibration
+from dsacont.calibration.apply import Corrector, apply_calibration
 from dsacont.calibration.model import beam_offsets, pointing_dec, sidelobe_sources, write_model
 from dsacont.calibration.msinfo import MSInfo, read_ms_info
 from dsacont.calibration.skymodel import SkySource, nvss_catalogue, read_catalogue, sources_near
@@ -254,17 +259,19 @@ def held_out_ratio(ms, sky, info: MSInfo | None = None, column: str = "CORRECTED
 def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None, catalogue=None,
                       sky=None, sky_name: str | None = None, add_calibrators: bool = True, qa: FieldQA | None = None, minsnr: float = 3.0,
                       combine: str = "scan,field,spw", validity_h: float = FIELD_VALIDITY_H,
-                      interp: str = "linear") -> dict:
+                      interp: str = "linear", method: str | None = None) -> dict:
     """Solve, check and apply a field gain correction on ``ms`` on top of ``base_tables``.
 
     Parameters
     ----------
-    ms : path of the group's Measurement Set (MODEL_DATA and CORRECTED_DATA are written)
+    ms : path of the group's Measurement Set (CORRECTED_DATA is written; MODEL_DATA too by the
+        CASA method)
     base_tables : [B, G] caltable paths (the calibrator pair, transferred)
     paths : dsacont.config.Paths, optional
         The table goes to ``paths.caltables`` (temporaries in ``paths.tmp``).
     refant : str, optional
-        Reference antenna(s), comma separated (default: CASA's choice).
+        Reference antenna(s), comma separated (default: CASA's choice; the fast method: the
+        best-connected solved antenna).
     catalogue : path or list of SkySource, optional
         Sky model source (see :func:`field_sky`); ``sky`` gives the sources directly.
     sky_name : str, optional
@@ -273,11 +280,20 @@ def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None,
         :func:`field_sky`'s: add the VLA calibrators the catalogue lacks.
     qa : FieldQA, optional
     minsnr : float
-        Solutions below this SNR are flagged by gaincal.
+        Solutions below this SNR are flagged.
     combine : str
-        gaincal ``combine`` (default one solution per antenna and polarisation for the group).
+        gaincal ``combine`` (the CASA method; the fast method always solves one gain per antenna
+        and polarisation for the group, ``'scan,field,spw'``).
     validity_h : float
         Half-width (hours) of the table's validity window.
+    method : {'fast', 'casa'}, optional
+        ``'fast'`` (default, ``DEFAULT_METHOD``): DATA read once per SPW, the pair applied to it
+        in memory, and summed per baseline against the model predicted in memory
+        (:func:`dsacont.calibration.fastsolve.field_sums`); the gains, the model flux ratios and
+        the held-out ratio all follow from those sums, and CORRECTED_DATA is written once, with
+        the three tables or the pair. ``'casa'``: MODEL_DATA written, CASA ``gaincal``, the
+        ratios measured on the MS after each apply (the reference the fast method is checked
+        against, ``benchmarks/calibrate.py --field``).
 
     Returns
     -------
@@ -289,6 +305,9 @@ def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None,
         ``entry``: the registry entry (kind 'G', origin 'field'; ``depends_on`` to be set by the
         caller to the base gain table).
     """
+    method = method or DEFAULT_METHOD
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     ms = str(Path(ms).absolute())
     paths = (paths or get_paths()).ensure("caltables", "tmp")
     qa = qa or FieldQA()
@@ -303,7 +322,7 @@ def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None,
     final = Path(paths.caltables) / f"{stem}_field.G"
     entry = {"key": "F", "kind": "G", "calibrator": None, "solve_mjd": info.mid_mjd, "path": str(final),
              "source_ms": ms, "valid_before_h": validity_h, "valid_after_h": validity_h, "origin": "field",
-             "dec_deg": float(np.degrees(pointing_dec(info)))}
+             "dec_deg": float(np.degrees(pointing_dec(info))), "method": method}
     out = {"status": "rejected", "reason": None, "path": None, "sky": sky_meta, "entry": entry}
     if not sky or (sky_meta["apparent_jy"] is not None and sky_meta["apparent_jy"] < qa.min_model_jy):
         out["reason"] = f"sky model too faint ({sky_meta['apparent_jy']} Jy apparent in {sky_meta['n_sources']} sources)"
@@ -311,70 +330,16 @@ def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None,
         out["qa"] = {}
         entry.update(status="rejected", reason=out["reason"], metrics={"sky": sky_meta})
         return out
-    write_model(ms, None, sky=sky, info=info)
-    timings["model"] = _time.perf_counter() - t
-    t = _time.perf_counter()
-    apply_calibration(ms, tables=base_tables, interp=interp)
-    before = model_flux_ratio(ms, info)
-    timings["before"] = _time.perf_counter() - t
+    # the held-out check fits the model's first source jointly with the rest
+    ordered = sorted(sky, key=lambda src: -src.flux_jy) if sky_meta["name"] == "given" else list(sky)
     work = Path(paths.tmp) / f"{stem}.field.{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     tmp = work / final.name
-    base_interp = [("nearest" if Path(p).suffix == ".B" else interp) for p in base_tables]
-    t = _time.perf_counter()
-    casatasks().gaincal(vis=ms, caltable=str(tmp), solint="inf", combine=combine, refant=refant or "",
-                        calmode="ap", solnorm=True, gaintype="G", minsnr=minsnr,
-                        gaintable=[str(p) for p in base_tables], interp=base_interp)
-    timings["gaincal"] = _time.perf_counter() - t
-    metrics: dict = {"sky": sky_meta, "model_flux_ratio_before": round(before, 4)}
-    reasons = []
-    if not tmp.is_dir():
-        reasons.append("gaincal wrote no table")
-    else:
-        present = _present_antennas(base_tables[-1])
-        metrics.update(caltable_metrics(tmp, present))
-        metrics["phase_rms_deg"] = _phase_rms(tmp, present)
-        if metrics["flagged_fraction"] > qa.max_flagged:
-            reasons.append(f"{100 * metrics['flagged_fraction']:.0f} % of solutions flagged (> {100 * qa.max_flagged:.0f} %)")
-        if metrics["snr_median"] < qa.min_snr:
-            reasons.append(f"median SNR {metrics['snr_median']:.1f} < {qa.min_snr}")
-        if metrics["amp_scatter"] > qa.max_amp_scatter:
-            reasons.append(f"amplitude scatter {metrics['amp_scatter']:.3f} over antennas > {qa.max_amp_scatter} "
-                           f"(median {metrics['amp_median']:.3f}): the correction absorbed something the model lacks")
-    flags_saved = False
-    if not reasons:
-        final_tmp = tmp
-        t = _time.perf_counter()
-        # applycal flags the data of flagged solutions: keep the flags as they are, in case the
-        # correction is rejected (it must leave no trace)
-        casatasks().flagmanager(vis=ms, mode="save", versionname=_FLAG_VERSION, merge="replace")
-        flags_saved = True
-        applied = apply_calibration(ms, tables=[*base_tables, str(final_tmp)], interp=interp)
-        full_sums = model_sums(ms, info)  # MODEL_DATA holds the whole model (written before the solve)
-        after = full_sums[0] / full_sums[1] if full_sums[1] > 0 else float("nan")
-        timings["after"] = _time.perf_counter() - t
-        metrics["model_flux_ratio_after"] = round(after, 4)
-        if not after >= qa.min_model_flux_ratio:
-            reasons.append(f"model flux ratio {after:.3f} after the solve < {qa.min_model_flux_ratio}")
-        elif after > qa.max_model_flux_ratio:
-            reasons.append(f"model flux ratio {after:.3f} after the solve > {qa.max_model_flux_ratio}: the data hold "
-                           "far more than the model")
-        if after < before - qa.max_ratio_loss:
-            reasons.append(f"model flux ratio fell from {before:.3f} to {after:.3f}")
-        ordered = sorted(sky, key=lambda src: -src.flux_jy) if sky_meta["name"] == "given" else list(sky)
-        held = ordered[1:]
-        if len(held) < qa.min_held_out_sources:
-            reasons.append(f"only {len(held)} model source(s) besides the brightest: the solve cannot be verified")
-        else:
-            metrics["held_out_ratio"] = round(held_out_ratio(ms, ordered, info, full_sums=full_sums), 4)
-            metrics["held_out_sources"] = len(held)
-            if metrics["held_out_ratio"] > qa.max_held_out_ratio:
-                reasons.append(f"the model's {len(held)} fainter sources read {metrics['held_out_ratio']:.2f}x their "
-                               f"flux (> {qa.max_held_out_ratio}): the model is not this sky")
-            elif not metrics["held_out_ratio"] >= qa.min_held_out_ratio:
-                reasons.append(f"the model's {len(held)} fainter sources are not recovered (ratio "
-                               f"{metrics['held_out_ratio']:.3f} < {qa.min_held_out_ratio}): the model is not this sky")
+    metrics: dict = {"sky": sky_meta, "method": method}
+    run = _run_fast if method == "fast" else _run_casa
+    reasons, applied, restore = run(ms, info, ordered, base_tables, tmp, refant, minsnr, combine, interp, qa,
+                                    metrics, timings, t)
     metrics["qa_gate"] = asdict(qa)
     metrics["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     if tmp.is_dir():
@@ -384,7 +349,7 @@ def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None,
     if reasons:
         out["reason"] = "; ".join(reasons)
         log.warning("%s: field gain solve rejected (%s); the calibrator gains are transferred", ms, out["reason"])
-        if flags_saved:
+        if restore:
             casatasks().flagmanager(vis=ms, mode="restore", versionname=_FLAG_VERSION)
         out["applied"] = apply_calibration(ms, tables=base_tables, interp=interp)
         entry.update(status="rejected", reason=out["reason"], metrics=metrics)
@@ -393,12 +358,12 @@ def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None,
         applied["tables"] = [*base_tables, str(final)]
         out["applied"] = applied
         entry.update(status="valid", reason=None, metrics=metrics)
-        log.info("%s: field gains (%s, %d sources, %.2f Jy apparent): model flux ratio %.3f -> %.3f "
-                 "(its fainter sources, fitted with the brightest: %.3f), median SNR %.0f, phase rms %.0f deg", ms, sky_meta["name"],
-                 sky_meta["n_sources"], sky_meta["apparent_jy"] or float("nan"), before,
-                 metrics["model_flux_ratio_after"], metrics["held_out_ratio"], metrics["snr_median"],
-                 metrics["phase_rms_deg"])
-    if flags_saved:
+        log.info("%s: field gains (%s, %s, %d sources, %.2f Jy apparent): model flux ratio %.3f -> %.3f "
+                 "(its fainter sources, fitted with the brightest: %.3f), median SNR %.0f, phase rms %.0f deg", ms,
+                 method, sky_meta["name"], sky_meta["n_sources"], sky_meta["apparent_jy"] or float("nan"),
+                 metrics["model_flux_ratio_before"], metrics["model_flux_ratio_after"], metrics["held_out_ratio"],
+                 metrics["snr_median"], metrics["phase_rms_deg"])
+    if restore is not None:
         casatasks().flagmanager(vis=ms, mode="delete", versionname=_FLAG_VERSION)
         if not _other_versions(ms):
             shutil.rmtree(ms + ".flagversions", ignore_errors=True)
@@ -407,6 +372,129 @@ def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None,
     if not out["path"]:
         entry["path"] = str(final)
     return out
+
+
+#: the field solve's method unless told: 'fast' (``benchmarks/calibrate.py --field`` measures both)
+DEFAULT_METHOD = "fast"
+METHODS = ("fast", "casa")
+
+
+def _table_gate(tmp, base_tables, qa: FieldQA, metrics: dict) -> list[str]:
+    """The table's part of the gate: flagged solutions, SNR, amplitude spread (metrics updated)."""
+    if not tmp.is_dir():
+        return ["the solve wrote no table"]
+    reasons = []
+    present = _present_antennas(base_tables[-1])
+    metrics.update(caltable_metrics(tmp, present))
+    metrics["phase_rms_deg"] = _phase_rms(tmp, present)
+    if metrics["flagged_fraction"] > qa.max_flagged:
+        reasons.append(f"{100 * metrics['flagged_fraction']:.0f} % of solutions flagged (> {100 * qa.max_flagged:.0f} %)")
+    if metrics["snr_median"] < qa.min_snr:
+        reasons.append(f"median SNR {metrics['snr_median']:.1f} < {qa.min_snr}")
+    if metrics["amp_scatter"] > qa.max_amp_scatter:
+        reasons.append(f"amplitude scatter {metrics['amp_scatter']:.3f} over antennas > {qa.max_amp_scatter} "
+                       f"(median {metrics['amp_median']:.3f}): the correction absorbed something the model lacks")
+    return reasons
+
+
+def _ratio_gate(before: float, after: float, held: float, n_held: int, qa: FieldQA, metrics: dict) -> list[str]:
+    """The model's part of the gate: the flux ratio after (and its change), the held-out ratio."""
+    reasons = []
+    metrics["model_flux_ratio_after"] = round(after, 4)
+    if not after >= qa.min_model_flux_ratio:
+        reasons.append(f"model flux ratio {after:.3f} after the solve < {qa.min_model_flux_ratio}")
+    elif after > qa.max_model_flux_ratio:
+        reasons.append(f"model flux ratio {after:.3f} after the solve > {qa.max_model_flux_ratio}: the data hold "
+                       "far more than the model")
+    if after < before - qa.max_ratio_loss:
+        reasons.append(f"model flux ratio fell from {before:.3f} to {after:.3f}")
+    if n_held < qa.min_held_out_sources:
+        reasons.append(f"only {n_held} model source(s) besides the brightest: the solve cannot be verified")
+        return reasons
+    metrics["held_out_ratio"] = round(held, 4)
+    metrics["held_out_sources"] = n_held
+    if held > qa.max_held_out_ratio:
+        reasons.append(f"the model's {n_held} fainter sources read {held:.2f}x their "
+                       f"flux (> {qa.max_held_out_ratio}): the model is not this sky")
+    elif not held >= qa.min_held_out_ratio:
+        reasons.append(f"the model's {n_held} fainter sources are not recovered (ratio "
+                       f"{held:.3f} < {qa.min_held_out_ratio}): the model is not this sky")
+    return reasons
+
+
+def _run_fast(ms, info, sky, base_tables, tmp, refant, minsnr, combine, interp, qa, metrics, timings, t):
+    """The fast method: the pair applied in memory (:class:`~dsacont.calibration.apply.Corrector`),
+    the data read once, the ratios from the sums; the MS is written once, by the caller's apply of
+    the pair when rejected, here when accepted. Returns (reasons, what is applied (None when
+    rejected), None: no flag version to restore)."""
+    from dsacont.calibration.fastsolve import field_sums, prepare_sky, solve_field, write_field_table
+
+    prep = prepare_sky(info, sky)
+    timings["model"] = _time.perf_counter() - t
+    t = _time.perf_counter()
+    sums = field_sums(ms, info, prep, column="DATA", correct=Corrector(info, base_tables, interp=interp))
+    timings["sums"] = _time.perf_counter() - t
+    timings.update({f"sums_{k}": v for k, v in sums.timings.items()})
+    before, _ = sums.ratios()
+    metrics["model_flux_ratio_before"] = round(before, 4)
+    names = [a.strip() for a in (refant or "").split(",") if a.strip()]
+    refs = [info.antenna_names.index(a) for a in names if a in info.antenna_names] or _best_connected(sums)
+    t = _time.perf_counter()
+    g, err, ok = solve_field(sums, refs, minsnr=minsnr)
+    ref = next((r for r in refs if ok[:, r].any()), -1)
+    write_field_table(ms, g, err, ok, tmp, time_s=float(np.mean(info.times_s)), field_id=sums.field_id,
+                      scan=sums.scan, refant=ref, freq_hz=float(np.mean(np.concatenate(info.spw_freqs))))
+    timings["gaincal"] = _time.perf_counter() - t
+    reasons = _table_gate(tmp, base_tables, qa, metrics)
+    if not reasons:
+        after, held = sums.ratios(g, ok)
+        reasons = _ratio_gate(before, after, held, len(sky) - 1, qa, metrics)
+    if reasons:
+        return reasons, None, None  # the caller applies the pair
+    t = _time.perf_counter()
+    applied = apply_calibration(ms, tables=[*base_tables, str(tmp)], interp=interp)
+    timings["apply"] = _time.perf_counter() - t
+    return reasons, applied, None
+
+
+def _best_connected(sums) -> list[int]:
+    """Antenna ids by the model power on their baselines, most first (the reference's candidates)."""
+    power = np.bincount(sums.bl_a1, (sums.bb + sums.hh).sum(axis=0), sums.nant) \
+        + np.bincount(sums.bl_a2, (sums.bb + sums.hh).sum(axis=0), sums.nant)
+    return [int(a) for a in np.argsort(-power)[:5]]
+
+
+def _run_casa(ms, info, sky, base_tables, tmp, refant, minsnr, combine, interp, qa, metrics, timings, t):
+    """The CASA method: returns (reasons, what is applied (None when rejected), whether a flag
+    version was saved (and must be restored when rejected))."""
+    write_model(ms, None, sky=sky, info=info)
+    timings["model"] = _time.perf_counter() - t
+    t = _time.perf_counter()
+    apply_calibration(ms, tables=base_tables, interp=interp)
+    before = model_flux_ratio(ms, info)
+    metrics["model_flux_ratio_before"] = round(before, 4)
+    timings["before"] = _time.perf_counter() - t
+    base_interp = [("nearest" if Path(p).suffix == ".B" else interp) for p in base_tables]
+    t = _time.perf_counter()
+    casatasks().gaincal(vis=ms, caltable=str(tmp), solint="inf", combine=combine, refant=refant or "",
+                        calmode="ap", solnorm=True, gaintype="G", minsnr=minsnr,
+                        gaintable=[str(p) for p in base_tables], interp=base_interp)
+    timings["gaincal"] = _time.perf_counter() - t
+    reasons = _table_gate(tmp, base_tables, qa, metrics)
+    if reasons:
+        return reasons, None, None
+    t = _time.perf_counter()
+    # applycal flags the data of flagged solutions: keep the flags as they are, in case the
+    # correction is rejected (it must leave no trace)
+    casatasks().flagmanager(vis=ms, mode="save", versionname=_FLAG_VERSION, merge="replace")
+    applied = apply_calibration(ms, tables=[*base_tables, str(tmp)], interp=interp)
+    full_sums = model_sums(ms, info)  # MODEL_DATA holds the whole model (written before the solve)
+    after = full_sums[0] / full_sums[1] if full_sums[1] > 0 else float("nan")
+    timings["after"] = _time.perf_counter() - t
+    held = held_out_ratio(ms, sky, info, full_sums=full_sums) if len(sky) - 1 >= qa.min_held_out_sources \
+        else float("nan")
+    reasons = _ratio_gate(before, after, held, len(sky) - 1, qa, metrics)
+    return reasons, (None if reasons else applied), True
 
 
 _FLAG_VERSION = "dsacont_before_field_gains"
