@@ -87,7 +87,7 @@ def tile_figures(root) -> list[dict]:
             with open(qa_json) as fh:
                 row["image_timing_s"] = {k: round(v, 1) for k, v in (json.load(fh).get("timing") or {}).items()}
         mq = ms_qa.get(im.get("ms_path"), {})
-        row.update({k: mq[k] for k in ("convert_s", "solve_s", "apply_s") if k in mq})
+        row.update({k: mq[k] for k in ("convert_s", "solve_s", "field_solve_s", "apply_s") if k in mq})
         rows.append(row)
     return rows
 
@@ -138,6 +138,8 @@ def main(argv=None) -> int:
         "stream_vs_real_time": processing / (args.groups * CADENCE_S),
         "per_group_stage_mean_s": per_group,
         "mosaic_s": mosaic_s,
+        "calibration_of_groups": s.get("calibration_of_groups"),
+        "field_gain_sky_models": s.get("field_gain_sky_models"),
         "extrapolated_60min_wall_s": est12,
         "extrapolation": "12 x mean(convert + apply + image) + one solve + mosaic x 12/N, one group in flight",
         "goal_60min_wall_s": 1800,

@@ -22,7 +22,7 @@ from dsacont.calibrators import get_calibrator
 from dsacont.casa import casatasks
 from dsacont.config import get_paths
 from dsacont.errors import CalibrationUnavailable
-from dsacont.io.ms import clear_state, ensure_column, iter_ddid, table
+from dsacont.io.ms import clear_state, ddid_runs, ensure_column, get_runs, iter_ddid, put_runs, run_rows, table
 
 from .apply_kernels import apply_jones, fill_flagged_channels, interp_gains_linear
 
@@ -129,8 +129,9 @@ def apply_calibration(ms, tables=None, registry=None, time=None, *, interp: str 
         log.warning("%s: no solutions for SPW(s) %s in %s; flagging their data", ms, unsolved,
                     [Path(t).name for t, (_, u) in zip(tables, maps) if u])
     t0 = _time.perf_counter()
+    check = None
     if engine == "dsacont":
-        _apply_own(ms, info, tables, interps, spwmaps, unsolved)
+        check = _apply_own(ms, info, tables, interps, spwmaps, unsolved)
     else:
         ct = casatasks()
         if unsolved:
@@ -140,7 +141,7 @@ def apply_calibration(ms, tables=None, registry=None, time=None, *, interp: str 
     dt = _time.perf_counter() - t0
     clear_state(ms)  # CORRECTED_DATA is new: no bright-source flattening (dsacont.imaging.flatten) in it
     t1 = _time.perf_counter()
-    check = check_corrected(ms, info)
+    check = check or check_corrected(ms, info)
     log.info("%s: applied %s in %.1f s (check %.1f s); %.1f %% flagged", ms, [Path(t).name for t in tables], dt,
              _time.perf_counter() - t1, 100 * check["flagged_fraction"])
     return {"ms": ms, "tables": tables, "ids": ids, "interp": interps, "spwmap": spwmaps, "engine": engine,
@@ -268,20 +269,36 @@ class Corrector:
                            np.asarray(ant2, dtype=np.int64), corr_rec, jones, jflag)
 
 
-def _apply_own(ms, info: MSInfo, tables, interps, spwmaps, unsolved) -> None:
+def _apply_own(ms, info: MSInfo, tables, interps, spwmaps, unsolved) -> dict:
     """dsacont's apply: CORRECTED_DATA = DATA / (J_i conj(J_j)), FLAG |= the solutions' flags
-    (:class:`Corrector`), one DATA_DESCRIPTION chunk at a time."""
+    (:class:`Corrector`), one DATA_DESCRIPTION at a time, its rows read and written as contiguous
+    runs (:func:`dsacont.io.ms.ddid_runs`). The check of :func:`check_corrected` is made on the
+    way (the corrected data are in memory), so nothing is read twice; returns its dict."""
     ensure_column(ms, "CORRECTED_DATA")
     correct = Corrector(info, tables, interps=interps, spwmaps=spwmaps, unsolved=unsolved)
+    nflag = ntot = nbad = 0
     with table(ms, readonly=False) as tb:
-        for d, sub, s, n in iter_ddid(tb, range(len(info.ddid_spw))):
-            flag_in = sub.getcol("FLAG", s, n)
-            corrected, flags = correct(d, sub.getcol("DATA", s, n), flag_in,
-                                       correct.time_index(sub.getcol("TIME", s, n)),
-                                       sub.getcol("ANTENNA1", s, n), sub.getcol("ANTENNA2", s, n))
-            sub.putcol("CORRECTED_DATA", corrected, s, n)
+        runs_of = ddid_runs(tb)
+        cols = {c: np.asarray(tb.getcol(c)) for c in ("TIME", "ANTENNA1", "ANTENNA2")}
+        for d in range(len(info.ddid_spw)):
+            runs = runs_of.get(d)
+            if not runs:
+                continue
+            rows = run_rows(runs)
+            shape = (len(info.corr_types[int(info.ddid_pol[d])]), len(info.spw_freqs[int(info.ddid_spw[d])]))
+            flag_in = get_runs(tb, "FLAG", runs, shape, bool)
+            corrected, flags = correct(d, get_runs(tb, "DATA", runs, shape, np.complex64), flag_in,
+                                       correct.time_index(cols["TIME"][rows]), cols["ANTENNA1"][rows],
+                                       cols["ANTENNA2"][rows])
+            nbad += int(np.count_nonzero(~np.isfinite(corrected) & ~flags))
+            nflag += int(flags.sum())
+            ntot += flags.size
+            put_runs(tb, "CORRECTED_DATA", corrected, runs)
             if not np.array_equal(flags, flag_in):  # FLAG is rewritten only where a solution flagged data
-                sub.putcol("FLAG", flags, s, n)
+                put_runs(tb, "FLAG", flags, runs)
+    if nbad:
+        raise RuntimeError(f"{ms}: CORRECTED_DATA has {nbad} non-finite unflagged values")
+    return {"flagged_fraction": nflag / max(ntot, 1), "n_checked": ntot}
 
 
 def _table_kind(path) -> str:
@@ -298,9 +315,10 @@ def check_corrected(ms, info: MSInfo | None = None) -> dict:
         if "CORRECTED_DATA" not in tb.colnames():
             raise RuntimeError(f"{ms}: applycal wrote no CORRECTED_DATA column")
         nflag = ntot = nbad = 0
-        for d, sub, s, n in iter_ddid(tb, range(len(info.ddid_spw))):
-            c = sub.getcol("CORRECTED_DATA", s, n)
-            f = sub.getcol("FLAG", s, n)
+        for d, runs in ddid_runs(tb).items():
+            shape = (len(info.corr_types[int(info.ddid_pol[d])]), len(info.spw_freqs[int(info.ddid_spw[d])]))
+            c = get_runs(tb, "CORRECTED_DATA", runs, shape, np.complex64)
+            f = get_runs(tb, "FLAG", runs, shape, bool)
             nbad += int(np.count_nonzero(~np.isfinite(c) & ~f))
             nflag += int(f.sum())
             ntot += f.size

@@ -45,7 +45,7 @@ from dsacont.calibration.msinfo import MSInfo
 from dsacont.calibration.solve_kernels import _flag_autocorr_and_zeros, _stefcal, _sum_over_channels, _sum_over_time
 from dsacont.casa import ensure_casa
 from dsacont.errors import BadInputError
-from dsacont.io.ms import table
+from dsacont.io.ms import ddid_runs, get_runs, put_runs, run_rows, table
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +197,7 @@ def _spw_chunks(tb, ms, info: MSInfo, column: str, tm: dict):
     """Yield each SPW of the open main table ``tb`` as a :class:`SpwChunk` of ``column``.
 
     The small columns are read whole; ``column`` and FLAG by contiguous runs of one
-    DATA_DESC_ID (a dsacont MS holds each (integration, SPW) as one run): 3x faster than a
-    query's getcol. Reading time is added to ``tm["read"]``.
+    DATA_DESC_ID (:func:`dsacont.io.ms.ddid_runs`). Reading time is added to ``tm["read"]``.
     """
     nchan_max = max(len(f) for f in info.spw_freqs)
     npol = len(info.corr_types[0])
@@ -206,12 +205,10 @@ def _spw_chunks(tb, ms, info: MSInfo, column: str, tm: dict):
     if "WEIGHT_SPECTRUM" in tb.colnames():
         log.warning("%s: WEIGHT_SPECTRUM present; the fast solve uses WEIGHT (one weight per row)", ms)
     t0 = _time.perf_counter()
-    ddid = np.asarray(tb.getcol("DATA_DESC_ID"))
+    runs_of = ddid_runs(tb)
     cols = {c: np.asarray(tb.getcol(c)) for c in ("ANTENNA1", "ANTENNA2", "TIME", "FIELD_ID", "SCAN_NUMBER")}
     weight_all = np.asarray(tb.getcol("WEIGHT"), dtype=np.float32)
     uvw_all = np.asarray(tb.getcol("UVW"))
-    edges = np.flatnonzero(np.diff(ddid)) + 1
-    run_start, run_end = np.r_[0, edges], np.r_[edges, ddid.size]
     tm["read"] = tm.get("read", 0.0) + _time.perf_counter() - t0
     field_id = _majority(cols["FIELD_ID"], 0)
     scan = _majority(cols["SCAN_NUMBER"], 1)
@@ -219,19 +216,13 @@ def _spw_chunks(tb, ms, info: MSInfo, column: str, tm: dict):
         log.warning("%s: %d fields; the fast solve's solutions are labelled FIELD_ID %d", ms,
                     np.unique(cols["FIELD_ID"]).size, field_id)
     for d in range(len(info.ddid_spw)):
-        runs = [(int(a), int(b - a)) for a, b in zip(run_start, run_end) if ddid[a] == d]
+        runs = runs_of.get(d)
         if not runs:
             continue
         t0 = _time.perf_counter()
-        rows = np.concatenate([np.arange(a, a + n) for a, n in runs])
-        nrow = rows.size
-        data = np.empty((npol, nchan_max, nrow), dtype=np.complex64, order="F")
-        flag = np.empty((npol, nchan_max, nrow), dtype=bool, order="F")
-        off = 0
-        for a, n in runs:
-            data[:, :, off:off + n] = tb.getcol(column, a, n)
-            flag[:, :, off:off + n] = tb.getcol("FLAG", a, n)
-            off += n
+        rows = run_rows(runs)
+        data = get_runs(tb, column, runs, (npol, nchan_max), np.complex64)
+        flag = get_runs(tb, "FLAG", runs, (npol, nchan_max), bool)
         chunk = SpwChunk(spw=int(info.ddid_spw[d]), ddid=d, data=data, flag=flag,
                          a1=cols["ANTENNA1"][rows].astype(np.int64), a2=cols["ANTENNA2"][rows].astype(np.int64),
                          weight=np.ascontiguousarray(weight_all[:, rows]), uvw=np.ascontiguousarray(uvw_all[:, rows].T),
@@ -289,10 +280,7 @@ def solve_spws(ms, info: MSInfo, prep: ModelPrep, *, minsnr: float = 3.0, gain_s
             n_new = int(_flag_autocorr_and_zeros(data, flag, a1, a2))
             out.new_flags += n_new
             if n_new and write_flags:
-                off = 0
-                for a, n in chunk.runs:
-                    tb.putcol("FLAG", flag[:, :, off:off + n], a, n)
-                    off += n
+                put_runs(tb, "FLAG", flag, chunk.runs)
             per_row = flag.sum(axis=(0, 1)).astype(float)
             cells = float(flag.shape[0] * flag.shape[1])
             n_flagged += per_row.sum()
@@ -594,11 +582,27 @@ class FieldSums:
         return ratio, held
 
 
-def field_sums(ms, info: MSInfo, prep: ModelPrep, column: str = "DATA", correct=None) -> FieldSums:
+def field_channel_step(nchan: int, *, min_channels: int = 12, max_step: int = 4) -> int:
+    """Every how many channels the field solve sums: the largest step up to ``max_step`` that
+    leaves at least ``min_channels`` channels per SPW (1 on the small preset's 8 channels, 4 at
+    the real size's 48).
+
+    The correction is one gain per antenna and polarisation for the whole band, so it needs SNR,
+    not every channel: a step of k costs sqrt(k) in SNR (median SNR ~1300 over 12 channels per SPW
+    on a full-size field group 13 minutes from the transit, ``benchmarks/field_solve.py``) and
+    saves (k-1)/k of the model prediction, the solve's largest cost (116 sources x 48 channels:
+    30 s per full-size group).
+    """
+    return max(1, min(int(max_step), int(nchan) // int(min_channels)))
+
+
+def field_sums(ms, info: MSInfo, prep: ModelPrep, column: str = "DATA", correct=None,
+               channel_step: int = 1) -> FieldSums:
     """Read ``column`` of each SPW once, calibrate it in memory (``correct``, a
     :class:`~dsacont.calibration.apply.Corrector` of the tables to apply first; None: the column as
     it is), predict the model (``prep``: its first source, then the rest) in memory and sum both
-    against the data per baseline (:class:`FieldSums`). Nothing is written to the MS."""
+    against the data per baseline (:class:`FieldSums`), over every ``channel_step``-th channel
+    (:func:`field_channel_step`). Nothing is written to the MS."""
     ms = str(ms)
     nant = len(info.antenna_names)
     npol = len(info.corr_types[0])
@@ -614,8 +618,10 @@ def field_sums(ms, info: MSInfo, prep: ModelPrep, column: str = "DATA", correct=
                 t0 = _time.perf_counter()
                 chunk.data, chunk.flag = correct(chunk.ddid, chunk.data, chunk.flag, chunk.tidx, chunk.a1, chunk.a2)
                 tm["apply"] += _time.perf_counter() - t0
-            freqs = info.spw_freqs[chunk.spw]
-            amps = prep.amps[chunk.spw]
+            k = max(1, int(channel_step))
+            freqs = np.asarray(info.spw_freqs[chunk.spw])[::k]
+            amps = prep.amps[chunk.spw][:, :, ::k]
+            data, flag = chunk.data[:, ::k, :], chunk.flag[:, ::k, :]
             t0 = _time.perf_counter()
             mb = source_model(chunk.uvw, freqs, chunk.tidx, chunk.fidx, prep.lmn_sf[:1], amps[:1], prep.shapes[:1],
                               npol=npol)
@@ -623,18 +629,18 @@ def field_sums(ms, info: MSInfo, prep: ModelPrep, column: str = "DATA", correct=
                                npol=npol) if len(prep.shapes) > 1 else np.zeros_like(mb))
             tm["model"] += _time.perf_counter() - t0
             t0 = _time.perf_counter()
-            nchan = chunk.data.shape[1]
+            nchan = data.shape[1]
             blidx = np.where(chunk.a1 != chunk.a2, chunk.a1 * nant + chunk.a2, -1)
             one_bin = np.zeros(blidx.size, dtype=np.int64)
             ones_h = np.ones((nchan, nant, npol), dtype=np.complex128)
-            for key, sqkey, x, m in (("cb", "bb", chunk.data, mb), ("ch", "hh", chunk.data, mh), ("mb", None, mb, mh)):
-                A, C = _sum_over_channels(x, m, chunk.flag, chunk.weight, blidx, one_bin, 1, chunk.a1, chunk.a2,
+            for key, sqkey, x, m in (("cb", "bb", data, mb), ("ch", "hh", data, mh), ("mb", None, mb, mh)):
+                A, C = _sum_over_channels(x, m, flag, chunk.weight, blidx, one_bin, 1, chunk.a1, chunk.a2,
                                           ones_h, nbl)
                 sums[key] += A[0].T
                 if sqkey:
                     sq[sqkey] += C[0].T
             tm["accumulate"] += _time.perf_counter() - t0
-            del mb, mh
+            del mb, mh, data, flag
     keep = np.flatnonzero((sq["bb"] + sq["hh"]).sum(axis=0) > 0)
     return FieldSums(cb=sums["cb"][:, keep], ch=sums["ch"][:, keep], bb=sq["bb"][:, keep], hh=sq["hh"][:, keep],
                      bh=np.real(sums["mb"][:, keep]), bl_a1=(keep // nant).astype(np.int64),

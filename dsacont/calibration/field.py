@@ -24,7 +24,8 @@ gain correction, solved on the field itself (the DSA-110 team's "epoch gaincal",
 
 Two methods solve it (``method``): 'fast' (the default) computes steps 1-5 from one read of
 DATA, with the pair applied and the model predicted in memory (the sums of
-:func:`dsacont.calibration.fastsolve.field_sums`, our StEFCal), and writes CORRECTED_DATA once;
+:func:`dsacont.calibration.fastsolve.field_sums`, our StEFCal, over every 4th channel at
+the real size), and writes CORRECTED_DATA once;
 'casa' runs them on the MS as listed (MODEL_DATA, gaincal, an apply before and after).
 
 The reference antenna is the calibrator solve's (from the G table's metrics), so the phases stay
@@ -43,6 +44,7 @@ import numpy as np
 
 from dsacont import calibrators
 from dsacont.calibration.apply import Corrector, apply_calibration
+from dsacont.calibration.fastsolve import field_channel_step, field_sums, prepare_sky, solve_field, write_field_table
 from dsacont.calibration.model import beam_offsets, pointing_dec, sidelobe_sources, write_model
 from dsacont.calibration.msinfo import MSInfo, read_ms_info
 from dsacont.calibration.skymodel import SkySource, nvss_catalogue, read_catalogue, sources_near
@@ -259,7 +261,7 @@ def held_out_ratio(ms, sky, info: MSInfo | None = None, column: str = "CORRECTED
 def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None, catalogue=None,
                       sky=None, sky_name: str | None = None, add_calibrators: bool = True, qa: FieldQA | None = None, minsnr: float = 3.0,
                       combine: str = "scan,field,spw", validity_h: float = FIELD_VALIDITY_H,
-                      interp: str = "linear", method: str | None = None) -> dict:
+                      interp: str = "linear", method: str | None = None, channel_step: int | None = None) -> dict:
     """Solve, check and apply a field gain correction on ``ms`` on top of ``base_tables``.
 
     Parameters
@@ -293,7 +295,11 @@ def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None,
         the held-out ratio all follow from those sums, and CORRECTED_DATA is written once, with
         the three tables or the pair. ``'casa'``: MODEL_DATA written, CASA ``gaincal``, the
         ratios measured on the MS after each apply (the reference the fast method is checked
-        against, ``benchmarks/calibrate.py --field``).
+        against, ``benchmarks/field_solve.py``).
+    channel_step : int, optional
+        The fast method sums every ``channel_step``-th channel (default
+        :func:`dsacont.calibration.fastsolve.field_channel_step`: 4 at the real size, 1 on the
+        small preset).
 
     Returns
     -------
@@ -339,7 +345,7 @@ def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None,
     metrics: dict = {"sky": sky_meta, "method": method}
     run = _run_fast if method == "fast" else _run_casa
     reasons, applied, restore = run(ms, info, ordered, base_tables, tmp, refant, minsnr, combine, interp, qa,
-                                    metrics, timings, t)
+                                    metrics, timings, t, channel_step)
     metrics["qa_gate"] = asdict(qa)
     metrics["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     if tmp.is_dir():
@@ -422,17 +428,18 @@ def _ratio_gate(before: float, after: float, held: float, n_held: int, qa: Field
     return reasons
 
 
-def _run_fast(ms, info, sky, base_tables, tmp, refant, minsnr, combine, interp, qa, metrics, timings, t):
+def _run_fast(ms, info, sky, base_tables, tmp, refant, minsnr, combine, interp, qa, metrics, timings, t, channel_step):
     """The fast method: the pair applied in memory (:class:`~dsacont.calibration.apply.Corrector`),
     the data read once, the ratios from the sums; the MS is written once, by the caller's apply of
     the pair when rejected, here when accepted. Returns (reasons, what is applied (None when
     rejected), None: no flag version to restore)."""
-    from dsacont.calibration.fastsolve import field_sums, prepare_sky, solve_field, write_field_table
-
     prep = prepare_sky(info, sky)
     timings["model"] = _time.perf_counter() - t
     t = _time.perf_counter()
-    sums = field_sums(ms, info, prep, column="DATA", correct=Corrector(info, base_tables, interp=interp))
+    step = channel_step or field_channel_step(min(len(f) for f in info.spw_freqs))
+    metrics["channel_step"] = step
+    sums = field_sums(ms, info, prep, column="DATA", correct=Corrector(info, base_tables, interp=interp),
+                      channel_step=step)
     timings["sums"] = _time.perf_counter() - t
     timings.update({f"sums_{k}": v for k, v in sums.timings.items()})
     before, _ = sums.ratios()
@@ -464,7 +471,7 @@ def _best_connected(sums) -> list[int]:
     return [int(a) for a in np.argsort(-power)[:5]]
 
 
-def _run_casa(ms, info, sky, base_tables, tmp, refant, minsnr, combine, interp, qa, metrics, timings, t):
+def _run_casa(ms, info, sky, base_tables, tmp, refant, minsnr, combine, interp, qa, metrics, timings, t, channel_step):
     """The CASA method: returns (reasons, what is applied (None when rejected), whether a flag
     version was saved (and must be restored when rejected))."""
     write_model(ms, None, sky=sky, info=info)

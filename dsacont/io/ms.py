@@ -1197,3 +1197,71 @@ def iter_ddid(tb, ddids, chunk_rows: int = 200_000):
                 yield int(d), sub, s, min(chunk_rows, n - s)
         finally:
             sub.close()
+
+
+def ddid_runs(tb) -> dict:
+    """The main table's rows of each DATA_DESC_ID as contiguous runs: ``{ddid: [(start, nrow)]}``.
+
+    A dsacont MS holds each (integration, SPW) as one run, so a column of one SPW is read or
+    written run by run with plain ``getcol``/``putcol`` (:func:`get_runs`, :func:`put_runs`):
+    ~3x faster than through a ``DATA_DESC_ID==d`` query's reference table (measured on a
+    full-size DATA column: 1.6 s against ~5 s), and any row order still works (a run per row at
+    worst).
+    """
+    ddid = np.asarray(tb.getcol("DATA_DESC_ID"))
+    if ddid.size == 0:
+        return {}
+    edges = np.flatnonzero(np.diff(ddid)) + 1
+    starts, ends = np.r_[0, edges], np.r_[edges, ddid.size]
+    out: dict = {}
+    for a, b in zip(starts, ends):
+        out.setdefault(int(ddid[a]), []).append((int(a), int(b - a)))
+    return out
+
+
+def run_rows(runs) -> np.ndarray:
+    """The row numbers of ``runs`` ([(start, nrow)]), in order."""
+    return np.concatenate([np.arange(a, a + n) for a, n in runs]) if runs else np.zeros(0, dtype=np.int64)
+
+
+#: runs shorter than this on average (an MS ordered by row, SPWs interleaved) are read through a
+#: reference table of their rows instead (one getcol, not one per run)
+MIN_MEAN_RUN = 256
+
+
+def _fragmented(runs) -> bool:
+    return len(runs) > 16 and sum(n for _, n in runs) / len(runs) < MIN_MEAN_RUN
+
+
+def get_runs(tb, column: str, runs, cell_shape, dtype) -> np.ndarray:
+    """``column`` over ``runs`` as one (cell shape..., nrow) array in Fortran order (the layout
+    casatools returns), filled run by run (through ``selectrows`` when the runs are short)."""
+    nrow = sum(n for _, n in runs)
+    if _fragmented(runs):
+        sub = tb.selectrows(run_rows(runs).tolist())
+        try:
+            return np.asfortranarray(sub.getcol(column), dtype=dtype)
+        finally:
+            sub.close()
+    out = np.empty((*cell_shape, nrow), dtype=dtype, order="F")
+    off = 0
+    for a, n in runs:
+        out[..., off:off + n] = tb.getcol(column, a, n)
+        off += n
+    return out
+
+
+def put_runs(tb, column: str, values, runs) -> None:
+    """Write ``values`` (cell shape..., nrow) into ``column`` over ``runs``, run by run (through
+    ``selectrows`` when the runs are short)."""
+    if _fragmented(runs):
+        sub = tb.selectrows(run_rows(runs).tolist())
+        try:
+            sub.putcol(column, values)
+        finally:
+            sub.close()
+        return
+    off = 0
+    for a, n in runs:
+        tb.putcol(column, values[..., off:off + n], a, n)
+        off += n

@@ -8,21 +8,21 @@ import pytest
 from dsacont.errors import BadInputError
 
 
-def _small_ms(path):
+def _small_ms(path, ntime: int = 2):
     from dsacont.io import ms as msio
 
-    nbl, nchan, nspw, ntime = 6, 8, 3, 2
+    nbl, nchan, nspw = 6, 8, 3
     layout = msio.MSLayout(
         antenna_names=[str(i + 1) for i in range(4)],
         antenna_positions=np.full((4, 3), 6.0e6) + np.arange(12).reshape(4, 3),
         dish_diameter=4.65, spw_freqs=1.3e9 + 1e6 * np.arange(nspw * nchan, dtype=float).reshape(nspw, nchan),
         spw_widths=np.full((nspw, nchan), 1e5), spw_names=["sb02", "sb01", "sb00"], polarizations=["XX", "YY"],
         field_names=["f"], field_dirs=np.array([[1.0, 0.9]]), field_times=np.array([5e9]),
-        time_range=(5e9 - 5, 5e9 + 15), nrows=ntime * nspw * nbl, interval=10.0, tile_rows=nbl)
+        time_range=(5e9 - 5, 5e9 + 10 * ntime - 5), nrows=ntime * nspw * nbl, interval=10.0, tile_rows=nbl)
     msio.create_ms(path, layout)
     with msio.MSWriter(path) as w:
         w.add_runs(np.full(ntime * nspw, nbl), constants=dict(INTERVAL=10.0),
-                   TIME=np.repeat([5e9, 5e9 + 10], nspw), DATA_DESC_ID=np.tile(np.arange(nspw), ntime))
+                   TIME=np.repeat(5e9 + 10.0 * np.arange(ntime), nspw), DATA_DESC_ID=np.tile(np.arange(nspw), ntime))
     return layout
 
 
@@ -111,7 +111,7 @@ def test_tile_files_write_every_cell_as_putcol_does(tmp_path):
     nrows = ntime * nspw * nbl
     with msio.MSWriter(ms) as w:
         w.add_runs(np.full(ntime * nspw, nbl), constants=dict(INTERVAL=10.0),
-                   TIME=np.repeat([5e9, 5e9 + 10], nspw), DATA_DESC_ID=np.tile(np.arange(nspw), ntime))
+                   TIME=np.repeat(5e9 + 10.0 * np.arange(ntime), nspw), DATA_DESC_ID=np.tile(np.arange(nspw), ntime))
         lay = w.tile_layout()
     tiles = msio.TileFiles.open(lay)
     assert tiles is not None
@@ -190,3 +190,41 @@ def test_average_channels_is_the_flag_weighted_mean_of_the_chosen_column(tmp_pat
         assert tb.getcol("DATA").shape == (2, 8, n)
     with pytest.raises(FileExistsError):
         average_channels(src, dst, 2)
+
+
+def test_column_runs_read_and_write_the_rows_of_one_ddid(tmp_path):
+    """ddid_runs / get_runs / put_runs (the bulk access of the fast solves and dsacont's apply): the
+    rows of each DATA_DESC_ID, read as contiguous runs or as one-row runs (an MS whose SPWs
+    interleave row by row, read through ``selectrows``), are what a ``DATA_DESC_ID==d`` query
+    returns, in the same order; writes land on those rows and no others, by either path."""
+    from dsacont.io.ms import _fragmented, ddid_runs, get_runs, put_runs, run_rows, table
+
+    ms = tmp_path / "m.ms"
+    _small_ms(ms, ntime=4)  # 24 rows per SPW, in 4 runs of 6
+    rng = np.random.default_rng(5)
+    with table(ms, readonly=False) as tb:
+        n = tb.nrows()
+        data = (rng.normal(size=(2, 8, n)) + 1j * rng.normal(size=(2, 8, n))).astype(np.complex64)
+        tb.putcol("DATA", data)
+        ddid = np.asarray(tb.getcol("DATA_DESC_ID"))
+        runs_of = ddid_runs(tb)
+        assert sorted(runs_of) == [0, 1, 2] and all(len(r) == 4 for r in runs_of.values())
+        for d, runs in runs_of.items():
+            rows = run_rows(runs)
+            np.testing.assert_array_equal(rows, np.flatnonzero(ddid == d))
+            sub = tb.query(f"DATA_DESC_ID=={d}")
+            want = sub.getcol("DATA")
+            sub.close()
+            singles = [(int(r), 1) for r in rows]
+            assert not _fragmented(runs) and _fragmented(singles)
+            for how in (runs, singles):
+                got = get_runs(tb, "DATA", how, (2, 8), np.complex64)
+                assert got.flags.f_contiguous
+                np.testing.assert_array_equal(got, want)
+        # writes: SPW 1 by runs, SPW 2 by one-row runs; SPW 0 untouched
+        put_runs(tb, "DATA", -data[..., ddid == 1], runs_of[1])
+        put_runs(tb, "DATA", 2 * data[..., ddid == 2], [(int(r), 1) for r in run_rows(runs_of[2])])
+        after = tb.getcol("DATA")
+    np.testing.assert_array_equal(after[..., ddid == 0], data[..., ddid == 0])
+    np.testing.assert_array_equal(after[..., ddid == 1], -data[..., ddid == 1])
+    np.testing.assert_array_equal(after[..., ddid == 2], 2 * data[..., ddid == 2])
