@@ -1,4 +1,4 @@
-"""The fast bandpass (B) and gain (G) solve: one pass over the data, our own solver, CASA tables.
+"""The fast bandpass (B), gain (G) and field gain solves: one pass over the data, our own solver, CASA tables.
 
 What :func:`~dsacont.calibration.solve.solve_calibration` runs with ``method="fast"`` (the
 default): the same three solves as its CASA path (G0: phase per integration; B: per channel,
@@ -23,6 +23,13 @@ partners are not solved (CASA ``minblperant``), solutions below ``minsnr`` are f
 data whose G0 or B solution is flagged take no part in the next solve. SNR (``|g| / PARAMERR``)
 and PARAMERR are computed as CASA's solver computes them, from the chi-squared of the averaged
 visibilities, so ``minsnr`` and the SNR gate mean the same with either solver.
+
+The field gain correction (:func:`dsacont.calibration.field.solve_field_gains`' default method)
+is solved the same way: :func:`field_sums` reads DATA once per SPW, applies the calibrator pair
+in memory (:class:`~dsacont.calibration.apply.Corrector`), predicts the field model (its brightest
+source and the rest apart) and sums per baseline; :func:`solve_field` is one StEFCal on those sums
+(one gain per antenna and polarisation for the group), :meth:`FieldSums.ratios` the QA's model flux
+ratios, and :func:`write_field_table` writes it as CASA writes a ``combine='spw'`` table.
 
 Step by step::
 

@@ -314,7 +314,16 @@ def _casa_ft(ms, cl_path, src, **shape):
     cl.close()
     cl.done()
     C.casatasks().ft(vis=ms, complist=str(cl_path), usescratch=True)
-    return _column(ms)
+    out = _column(ms)
+    bad = ~np.isfinite(out)
+    if bad.any():  # seen once under the parallel suite (CI of 45d9905): say where, so it can be traced
+        rows = np.flatnonzero(bad.any(axis=(0, 1)))
+        a1, a2, dd = _column(ms, "ANTENNA1")[rows], _column(ms, "ANTENNA2")[rows], _column(ms, "DATA_DESC_ID")[rows]
+        raise AssertionError(f"CASA ft wrote {int(bad.sum())} non-finite MODEL_DATA samples in {rows.size} of "
+                             f"{out.shape[-1]} rows: autocorrelations {int(np.sum(a1 == a2))}, DATA_DESC_IDs "
+                             f"{sorted(set(dd.tolist()))}, channels {sorted(set(np.nonzero(bad)[1].tolist()))}, "
+                             f"first rows {rows[:10].tolist()}")
+    return out
 
 
 def test_model_matches_casa_ft(conv_ms, tmp_path):
