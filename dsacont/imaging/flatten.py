@@ -86,25 +86,39 @@ def bright_sources(info, *, min_apparent_jy: float = DEFAULT_MIN_APPARENT_JY,
 
     Returns a list of :class:`dsacont.calibrators.Calibrator`, brightest (apparent) first.
     """
+    cals = [c for c in load_catalogue() if np.isfinite(c.flux_jy)]
+    return bright_among(info, cals, min_apparent_jy=min_apparent_jy, max_offset_deg=max_offset_deg,
+                        pointing_dec_rad=pointing_dec_rad)
+
+
+def bright_among(info, sources, *, min_apparent_jy: float = DEFAULT_MIN_APPARENT_JY,
+                 max_offset_deg: float = DEFAULT_MAX_OFFSET_DEG, pointing_dec_rad: float | None = None) -> list:
+    """The ``sources`` (objects with ``ra_deg``, ``dec_deg``, ``flux_jy`` at 1.4 GHz) bright enough
+    in this tile to be worth flattening, by :func:`bright_sources`' rule; brightest (apparent)
+    first. E.g. the sources of dsacont's own model of the strip, which on a synthetic or real sky
+    hold sources as bright as a calibrator that no calibrator list names."""
     if pointing_dec_rad is None:
         pointing_dec_rad = C.pointing_dec(info)
     mjds = np.array([info.times_s.min(), info.mid_mjd * 86400.0, info.times_s.max()]) / 86400.0
     dec0 = np.degrees(pointing_dec_rad)
     out = []
-    for cal in load_catalogue():
-        if not np.isfinite(cal.flux_jy) or cal.flux_jy < min_apparent_jy:
+    for src in sources:
+        if not src.flux_jy >= min_apparent_jy or abs(src.dec_deg - dec0) > max_offset_deg + 1.0:
             continue
-        if abs(cal.dec_deg - dec0) > max_offset_deg + 1.0:
-            continue
-        off = C.beam_offsets(np.radians(cal.ra_deg), np.radians(cal.dec_deg), pointing_dec_rad, mjds)
+        off = C.beam_offsets(np.radians(src.ra_deg), np.radians(src.dec_deg), pointing_dec_rad, mjds)
         closest = float(off.min())
         if np.degrees(closest) > max_offset_deg:
             continue
-        apparent = float(cal.flux_jy * airy_beam(closest, 1.4e9))
+        apparent = float(src.flux_jy * airy_beam(closest, 1.4e9))
         if apparent >= min_apparent_jy:
-            out.append((apparent, cal))
+            out.append((apparent, src))
     out.sort(key=lambda x: -x[0])
     return [c for _, c in out]
+
+
+def _same_place(a, b, tol_arcsec: float = 30.0) -> bool:
+    dra = (a.ra_deg - b.ra_deg + 180.0) % 360.0 - 180.0
+    return np.hypot(dra * np.cos(np.radians(a.dec_deg)), a.dec_deg - b.dec_deg) * 3600.0 < tol_arcsec
 
 
 def _models(info, sources, pointing_dec_rad, subtract=()):
@@ -146,7 +160,9 @@ def flatten_sources(ms, sources="auto", *, column: str = "CORRECTED_DATA", fit: 
     sources : 'auto' (:func:`bright_sources`, then the bright sidelobe sources of
         :func:`dsacont.calibration.model.sidelobe_sources`, subtracted whole), 'calibrators' (the
         first alone), or a list of calibrator names / objects with ``name, ra_deg, dec_deg,
-        flux_at(freq_hz)`` (e.g. :class:`dsacont.calibration.SkySource`; flattened).
+        flux_at(freq_hz)`` (e.g. :class:`dsacont.calibration.SkySource`; flattened); a list
+        holding 'auto' means 'auto' and the others (those within 30" of one 'auto' chose left
+        out), e.g. the strip model's bright sources (:func:`bright_among`).
     column : the data column tclean will image ('CORRECTED_DATA' or 'DATA').
     fit : fit a flux scale per source (least squares of the source's model against the data,
         cross-correlations, unflagged rows and channels); otherwise the catalogue flux is used.
@@ -168,11 +184,16 @@ def flatten_sources(ms, sources="auto", *, column: str = "CORRECTED_DATA", fit: 
         unflatten(ms, info=info)
     pdec = C.pointing_dec(info)
     subtract = set()
+    also = []
+    if isinstance(sources, (list, tuple)) and "auto" in sources:  # 'auto' and these sources
+        also = [get_calibrator(s) if isinstance(s, str) else s for s in sources if not (isinstance(s, str) and s == "auto")]
+        sources = "auto"
     if isinstance(sources, str) and sources in ("auto", "calibrators"):
         side = [d["source"] for d in C.sidelobe_sources(info, pointing_dec_rad=pdec)] if sources == "auto" else []
         subtract = {s.name for s in side}
         sources = bright_sources(info, min_apparent_jy=min_apparent_jy, max_offset_deg=max_offset_deg,
                                  pointing_dec_rad=pdec) + side
+        sources += [a for a in also if not any(_same_place(a, s) for s in sources)]
     sources = [get_calibrator(s) if isinstance(s, str) else s for s in (sources or [])]
     result = {"column": column, "sources": [], "seconds": 0.0}
     if not sources:

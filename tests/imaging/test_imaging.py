@@ -216,6 +216,45 @@ def test_flatten_fits_the_flux_and_guards_interruptions(tile):
     assert F.flatten_state(ms) is None
 
 
+def test_flatten_auto_and_the_strip_models_bright_sources(tile):
+    """``["auto", ...]`` flattens what 'auto' chooses (0834+555) and the given sources, e.g. the
+    strip model's: a source as bright as a calibrator that no calibrator list names (the sky's
+    brightest non-calibrator in the beam, from the simulator's truth, its flux 20 % off: the fit
+    corrects it), while a copy of 0834+555 (the strip model holds the calibrator too) is not
+    flattened twice. ``bright_among`` keeps that source and drops one too faint in the beam."""
+    from dsacont import calibration as C
+    from dsacont.calibration import SkySource
+    from dsacont.imaging import flatten as F
+    from dsacont.telescope import airy_beam
+
+    _, truth, _, ms = tile
+    info = C.read_ms_info(ms)
+    pdec = C.pointing_dec(info)
+    src = truth["sources"]
+    apparent = []
+    for name, ra, dec, flux, alpha in zip(src["name"], src["ra_deg"], src["dec_deg"], src["flux_jy"],
+                                          src["spectral_index"]):
+        off = C.beam_offsets(np.radians(ra), np.radians(dec), pdec, [info.mid_mjd])[0]
+        apparent.append((flux * airy_beam(off, 1.4e9), str(name), ra, dec, flux, alpha))
+    others = sorted((a for a in apparent if a[1] != "0834+555"), key=lambda a: -a[0])
+    app, name, ra, dec, flux, alpha = others[0]
+    assert app > 0.1, others[:3]  # the small sky's brightest non-calibrator is flatten-worthy
+    bright = SkySource(name, ra, dec, 1.2 * flux, alpha)
+    faint = SkySource("faint", ra + 0.3, dec, 0.05, -0.7)
+    dup = SkySource("0834+555 (strip)", 128.7287675 + 2e-3, 55.5725197, 8.0, -0.7)
+    chosen = F.bright_among(info, [faint, bright, dup], pointing_dec_rad=pdec)
+    assert [s.name for s in chosen] == [dup.name, bright.name]
+    try:
+        out = F.flatten_sources(ms, ["auto", *chosen])
+        names = [s["name"] for s in out["sources"]]
+        assert names == ["0834+555", name], names
+        scale = out["sources"][1]["scale"]
+        assert scale == pytest.approx(1 / 1.2, abs=0.03), scale
+    finally:
+        F.unflatten(ms)
+    assert F.flatten_state(ms) is None
+
+
 def _reference_pointing_and_beam(truth, ra_rad, dec_rad):
     """An outside referee for the primary beam: astropy turns the simulator's fixed az/el into the
     ICRS pointing at each integration (no refraction), and the 4.65 m Airy pattern is written out
