@@ -278,8 +278,8 @@ def _apply_own(ms, info: MSInfo, tables, interps, spwmaps, unsolved) -> dict:
     way (the corrected data are in memory), so nothing is read twice; returns its dict."""
     ensure_column(ms, "CORRECTED_DATA")
     correct = Corrector(info, tables, interps=interps, spwmaps=spwmaps, unsolved=unsolved)
-    nflag = ntot = nbad = 0
-    with table(ms, readonly=False) as tb:
+
+    def written(tb):  # (CORRECTED_DATA, FLAG) of each DATA_DESCRIPTION, as written
         runs_of = ddid_runs(tb)
         cols = {c: np.asarray(tb.getcol(c)) for c in ("TIME", "ANTENNA1", "ANTENNA2")}
         for d in range(len(info.ddid_spw)):
@@ -287,17 +287,32 @@ def _apply_own(ms, info: MSInfo, tables, interps, spwmaps, unsolved) -> dict:
             if not runs:
                 continue
             rows = run_rows(runs)
-            shape = (len(info.corr_types[int(info.ddid_pol[d])]), len(info.spw_freqs[int(info.ddid_spw[d])]))
-            flag_in = get_runs(tb, "FLAG", runs, shape, bool)
-            corrected, flags = correct(d, get_runs(tb, "DATA", runs, shape, np.complex64), flag_in,
+            flag_in = get_runs(tb, "FLAG", runs, _cell_shape(info, d), bool)
+            corrected, flags = correct(d, get_runs(tb, "DATA", runs, _cell_shape(info, d), np.complex64), flag_in,
                                        correct.time_index(cols["TIME"][rows]), cols["ANTENNA1"][rows],
                                        cols["ANTENNA2"][rows])
-            nbad += int(np.count_nonzero(~np.isfinite(corrected) & ~flags))
-            nflag += int(flags.sum())
-            ntot += flags.size
             put_runs(tb, "CORRECTED_DATA", corrected, runs)
             if not np.array_equal(flags, flag_in):  # FLAG is rewritten only where a solution flagged data
                 put_runs(tb, "FLAG", flags, runs)
+            yield corrected, flags
+
+    with table(ms, readonly=False) as tb:
+        return _tally_corrected(ms, written(tb))
+
+
+def _cell_shape(info: MSInfo, ddid: int) -> tuple[int, int]:
+    """(ncorr, nchan) of a DATA_DESCRIPTION's cells."""
+    return len(info.corr_types[int(info.ddid_pol[ddid])]), len(info.spw_freqs[int(info.ddid_spw[ddid])])
+
+
+def _tally_corrected(ms, chunks) -> dict:
+    """:func:`check_corrected`'s verdict on ``(corrected, flags)`` chunks: raises if any unflagged
+    value is not finite; else the flagged fraction and the number of samples checked."""
+    nflag = ntot = nbad = 0
+    for c, f in chunks:
+        nbad += int(np.count_nonzero(~np.isfinite(c) & ~f))
+        nflag += int(f.sum())
+        ntot += f.size
     if nbad:
         raise RuntimeError(f"{ms}: CORRECTED_DATA has {nbad} non-finite unflagged values")
     return {"flagged_fraction": nflag / max(ntot, 1), "n_checked": ntot}
@@ -316,17 +331,9 @@ def check_corrected(ms, info: MSInfo | None = None) -> dict:
     with table(ms) as tb:
         if "CORRECTED_DATA" not in tb.colnames():
             raise RuntimeError(f"{ms}: applycal wrote no CORRECTED_DATA column")
-        nflag = ntot = nbad = 0
-        for d, runs in ddid_runs(tb).items():
-            shape = (len(info.corr_types[int(info.ddid_pol[d])]), len(info.spw_freqs[int(info.ddid_spw[d])]))
-            c = get_runs(tb, "CORRECTED_DATA", runs, shape, np.complex64)
-            f = get_runs(tb, "FLAG", runs, shape, bool)
-            nbad += int(np.count_nonzero(~np.isfinite(c) & ~f))
-            nflag += int(f.sum())
-            ntot += f.size
-    if nbad:
-        raise RuntimeError(f"{ms}: CORRECTED_DATA has {nbad} non-finite unflagged values")
-    return {"flagged_fraction": nflag / max(ntot, 1), "n_checked": ntot}
+        return _tally_corrected(ms, ((get_runs(tb, "CORRECTED_DATA", runs, _cell_shape(info, d), np.complex64),
+                                      get_runs(tb, "FLAG", runs, _cell_shape(info, d), bool))
+                                     for d, runs in ddid_runs(tb).items()))
 
 
 def calibrated_flux_ratio(ms, info: MSInfo | None = None, calibrator=None) -> dict:

@@ -380,7 +380,7 @@ def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None,
     return out
 
 
-#: the field solve's method unless told: 'fast' (``benchmarks/calibrate.py --field`` measures both)
+#: the field solve's method unless told: 'fast' (``benchmarks/field_solve.py`` measures both)
 DEFAULT_METHOD = "fast"
 METHODS = ("fast", "casa")
 

@@ -57,7 +57,7 @@ from dsacont import calibration as C
 from dsacont.calibrators import get_calibrator, load_catalogue
 from dsacont.io.ms import KEYWORD_FLATTEN as KEYWORD
 from dsacont.io.ms import FlattenInterrupted, clear_state, flatten_state, iter_ddid, set_flatten_state, table  # noqa: F401
-from dsacont.telescope import airy_beam
+from dsacont.telescope import airy_beam, angular_separation
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,8 @@ def bright_among(info, sources, *, min_apparent_jy: float = DEFAULT_MIN_APPARENT
 
 
 def _same_place(a, b, tol_arcsec: float = 30.0) -> bool:
-    dra = (a.ra_deg - b.ra_deg + 180.0) % 360.0 - 180.0
-    return np.hypot(dra * np.cos(np.radians(a.dec_deg)), a.dec_deg - b.dec_deg) * 3600.0 < tol_arcsec
+    sep = angular_separation(*np.radians([a.ra_deg, a.dec_deg, b.ra_deg, b.dec_deg]))
+    return float(np.degrees(sep)) * 3600.0 < tol_arcsec
 
 
 def _models(info, sources, pointing_dec_rad, subtract=()):

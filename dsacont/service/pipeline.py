@@ -309,13 +309,12 @@ def _sky_models(known: dict, options: PipelineOptions) -> list[tuple[str | None,
     out: list[tuple[str | None, object]] = []
     for kind in [k.strip() for k in options.sky_models.split(",") if k.strip()]:
         if kind == "strip":
-            model = known.get("sky_model") or {}
-            rows = model.get("sources") or []
-            if rows:
-                prov = model.get("provenance") or {}
-                name = (f"dsacont strip model ({len(rows)} sources from {prov.get('images', '?')} tile(s), "
+            sources = _strip_sources(known)
+            if sources:
+                prov = (known.get("sky_model") or {}).get("provenance") or {}
+                name = (f"dsacont strip model ({len(sources)} sources from {prov.get('images', '?')} tile(s), "
                         f"{prov.get('days', '?')} day(s))")
-                out.append((name, [SkySource(str(r[0]), float(r[1]), float(r[2]), float(r[3])) for r in rows]))
+                out.append((name, sources))
         elif kind == "catalogue":
             out.append((None, options.sky_catalogue))
         else:
@@ -423,13 +422,16 @@ def stage_calibrate(timestamp, ms: Path, paths: Paths, known: dict, made: dict, 
     return {"solved": solved, "applied": applied, "field": field, "chain": chain}
 
 
-def _strip_bright(known: dict, ms: Path) -> list:
-    """The strip model's sources (``known["sky_model"]``) bright enough in this tile to flatten."""
+def _strip_sources(known: dict) -> list:
+    """The strip model the service sent (``known["sky_model"]``) as SkySources, brightest first."""
     rows = (known.get("sky_model") or {}).get("sources") or []
-    if not rows:
-        return []
-    sources = [SkySource(str(r[0]), float(r[1]), float(r[2]), float(r[3])) for r in rows]
-    return flatten_bright_among(calibration.read_ms_info(ms), sources)
+    return [SkySource(str(r[0]), float(r[1]), float(r[2]), float(r[3])) for r in rows]
+
+
+def _strip_bright(known: dict, ms: Path) -> list:
+    """The strip model's sources bright enough in this tile to flatten."""
+    sources = _strip_sources(known)
+    return flatten_bright_among(calibration.read_ms_info(ms), sources) if sources else []
 
 
 def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, options: PipelineOptions,
