@@ -7,6 +7,7 @@ scored against it.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time as _time
@@ -320,7 +321,7 @@ def _resolve_realism(realism, antennas, sky_model, instrument_model, faults):
 
 def simulate(out_dir, start, minutes, *, dec_deg=None, preset="small", seed=0, rfi=True, noise=True,
              gains=True, dead_antenna=None, field=True, realism="ideal", antennas=None, sky_model=None,
-             instrument=None, faults=None, die_at=None) -> list[str]:
+             instrument=None, faults=None, die_at=None, variables=None) -> list[str]:
     """Write DSA-110 correlator subband files (16 per ~5-minute group) and their truth.
 
     Parameters
@@ -369,6 +370,12 @@ def simulate(out_dir, start, minutes, *, dec_deg=None, preset="small", seed=0, r
     die_at : str or astropy Time, optional
         When the dying antenna stops (with faults). Default: the middle of the first simulated
         group (so each call has it; give it explicitly to keep separate calls consistent).
+    variables : dsacont.simulator.variables.Variability, optional
+        Flaring and ESE-dipping field sources (default none: every source steady). A group holds
+        each at its flux at the group's mid-time; the truth keeps both (``sources['flux_jy']``
+        as simulated, ``sources['base_flux_jy']`` steady), and ``truth/variables.csv`` lists the
+        variable sources and their events. Give the same ``Variability`` to every call of one
+        campaign (e.g. one call per sidereal day).
 
     Returns
     -------
@@ -379,6 +386,7 @@ def simulate(out_dir, start, minutes, *, dec_deg=None, preset="small", seed=0, r
     from astropy.time import TimeDelta
 
     from . import truth as truth_mod
+    from .variables import vary_sources, write_variables_truth
 
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -433,6 +441,7 @@ def simulate(out_dir, start, minutes, *, dec_deg=None, preset="small", seed=0, r
     fs_table = f"fringestopping_table_dec{dec_deg:.4f}deg_{N_INT}int.npz"
     az, el = geometry.pointing_altaz(dec_rad)
     written: list[str] = []
+    var_rows: list[dict] = []
     log.info("simulating %d group(s) of preset %s (%d antennas, %d baselines, %d channels, realism %s) from %s",
              len(groups), pr.name, ants.size, ant1.size, freqs_desc.size, realism, t_start.isot)
     for g0 in groups:
@@ -443,6 +452,12 @@ def simulate(out_dir, start, minutes, *, dec_deg=None, preset="small", seed=0, r
         dsrc = np.ascontiguousarray(vec - s0[None, None, :])
         extra_task: dict = {}
         extra_truth: dict = {}
+        if variables is not None:
+            base = np.asarray(srcs["flux_jy"], float)
+            srcs, rows = vary_sources(variables, seed, srcs, float(np.mean(times_jd)) - 2400000.5,
+                                      fixed=(sky.CALIBRATOR,))
+            var_rows.append(rows)
+            extra_truth.update(source_base_flux_jy=base)
         gains_healthy = None
         if not gains:
             gains_t = None
@@ -498,6 +513,8 @@ def simulate(out_dir, start, minutes, *, dec_deg=None, preset="small", seed=0, r
                                                                                        False):
             settings.update(realism=realism, antennas=antennas, sky_model=sky_model, instrument=instrument_model,
                             faults=bool(faults), gain_units="raw" if (real_inst and gains) else "Jy")
+        if variables is not None:
+            settings.update(variables=dataclasses.asdict(variables))
         truth_mod.write_group_truth(
             out_dir, g0, times_jd=times_jd, freqs_asc=freqs_asc, channel_width_hz=dnu, antennas=ants,
             ant1=ant1, ant2=ant2, gains_t=gains_t, bandpass_asc=None if bp_desc is None else bp_desc[:, ::-1],
@@ -507,4 +524,6 @@ def simulate(out_dir, start, minutes, *, dec_deg=None, preset="small", seed=0, r
         written += [r[0] for r in results]
         log.info("group %s: %d sources, 16 files in %.1f s (subband task mean %.1f s)", g0.isot, srcs["name"].size,
                  _time.perf_counter() - tg, np.mean([r[1] for r in results]))
+    if variables is not None:
+        write_variables_truth(os.path.join(out_dir, truth_mod.TRUTH_DIR), var_rows)
     return written

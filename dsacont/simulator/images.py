@@ -26,6 +26,8 @@ from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS
 
+from .variables import light_curve
+
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
 
@@ -186,9 +188,8 @@ def variable_light_curves(mjd, n_steady, n_flare, n_dip, *, base_flux_jy=(0.02, 
                           flare_decay_days=(1.0, 3.0), dip_depth=(0.3, 0.6), dip_sigma_days=(1.5, 3.0), seed=0):
     """True fluxes of steady, flaring and ESE-dipping sources at the epochs ``mjd``.
 
-    A flare is a fast rise (at an epoch, one day) and exponential decay: ``S0 (1 + a e^{-(t-t0)/tau})``
-    for t >= t0. An ESE-like dip is a symmetric Gaussian dip ``S0 (1 - d e^{-(t-t0)^2 / 2 w^2})``
-    whose centre is at least 2 w from the ends of the series. Base fluxes are log-uniform.
+    Flares and ESE-like dips follow :func:`dsacont.simulator.variables.light_curve`; a dip's centre
+    is at least 2 w from the ends of the series. Base fluxes are log-uniform.
 
     Returns
     -------
@@ -201,7 +202,6 @@ def variable_light_curves(mjd, n_steady, n_flare, n_dip, *, base_flux_jy=(0.02, 
     n = n_steady + n_flare + n_dip
     kind = np.array(["steady"] * n_steady + ["flare"] * n_flare + ["dip"] * n_dip)
     base = np.exp(rng.uniform(math.log(base_flux_jy[0]), math.log(base_flux_jy[1]), n))
-    flux = np.repeat(base[:, None], len(mjd), axis=1)
     t0 = np.full(n, np.nan)
     amp = np.full(n, np.nan)
     width = np.full(n, np.nan)
@@ -210,13 +210,11 @@ def variable_light_curves(mjd, n_steady, n_flare, n_dip, *, base_flux_jy=(0.02, 
         if kind[i] == "flare":
             t0[i] = rng.uniform(span[0] + 0.2 * (span[1] - span[0]), span[0] + 0.7 * (span[1] - span[0]))
             amp[i], width[i] = rng.uniform(*flare_amp), rng.uniform(*flare_decay_days)
-            dt = mjd - t0[i]
-            flux[i] = base[i] * (1.0 + np.where(dt >= 0, amp[i] * np.exp(-np.clip(dt, 0, None) / width[i]), 0.0))
         elif kind[i] == "dip":
             width[i], amp[i] = rng.uniform(*dip_sigma_days), rng.uniform(*dip_depth)
             lo, hi = span[0] + 2 * width[i], span[1] - 2 * width[i]
             t0[i] = rng.uniform(lo, hi) if hi > lo else 0.5 * (span[0] + span[1])
-            flux[i] = base[i] * (1.0 - amp[i] * np.exp(-0.5 * ((mjd - t0[i]) / width[i]) ** 2))
+    flux = light_curve(base, kind, t0, amp, width, mjd)
     return {"kind": kind, "base_flux_jy": base, "flux_jy": flux, "t0_mjd": t0, "amplitude": amp, "width_days": width}
 
 

@@ -114,7 +114,9 @@ def load_truth(out_dir, group_timestamp_or_path) -> dict:
     ``pointing_dec_rad``, ``pointing_az_rad``, ``pointing_el_rad``: the HADEC(0, dec) direction;
     ``files``: the 16 file names sb00..sb15; ``settings``: preset, seed, rfi, noise, gains, field
     (and, unless every part is ideal: realism, antennas, sky_model, instrument, faults, gain_units).
-    ``sources`` also holds major_arcsec, minor_arcsec, pa_deg (Gaussian FWHM and PA; 0 = point).
+    ``sources`` also holds major_arcsec, minor_arcsec, pa_deg (Gaussian FWHM and PA; 0 = point),
+    and, when the simulation had variable sources, base_flux_jy (the steady flux; ``flux_jy`` is
+    the flux in this group, see ``truth/variables.csv``).
 
     Realistic mode adds (see docs/SIMULATOR.md): ``gains_healthy`` (Nt, Na, Np) raw-unit gains
     without faults (``gains`` has the faults: wild/wrapping phases, 0 where a receptor is dead);
@@ -169,7 +171,7 @@ def load_truth(out_dir, group_timestamp_or_path) -> dict:
     out["sources"] = dict(name=d["source_name"], ra_deg=d["source_ra_deg"], dec_deg=d["source_dec_deg"],
                           flux_jy=d["source_flux_jy"], spectral_index=d["source_spectral_index"],
                           ref_freq_hz=float(d["source_ref_freq_hz"]))
-    for k in ("major_arcsec", "minor_arcsec", "pa_deg"):
+    for k in ("major_arcsec", "minor_arcsec", "pa_deg", "base_flux_jy"):
         if f"source_{k}" in d:
             out["sources"][k] = d[f"source_{k}"]
     nt, nf = out["rfi_tf_mask"].shape
