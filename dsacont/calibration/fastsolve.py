@@ -603,6 +603,17 @@ def field_channel_step(nchan: int, *, min_channels: int = 12, max_step: int = 4)
     return max(1, min(int(max_step), int(nchan) // int(min_channels)))
 
 
+#: below this median solution SNR a field solve that summed every k-th channel sums them all
+#: (SNR grows as sqrt(k)): a faint field keeps its correction instead of failing the SNR gate
+STEP_MIN_SNR = 20.0
+
+
+def median_snr(g, err, ok) -> float:
+    """Median SNR (|g| / its error) of the solved gains (0 when none is)."""
+    snr = _snr(g, err, ok)[ok]
+    return float(np.median(snr)) if snr.size else 0.0
+
+
 def field_sums(ms, info: MSInfo, prep: ModelPrep, column: str = "DATA", correct=None,
                channel_step: int = 1) -> FieldSums:
     """Read ``column`` of each SPW once, calibrate it in memory (``correct``, a

@@ -44,7 +44,15 @@ import numpy as np
 
 from dsacont import calibrators
 from dsacont.calibration.apply import Corrector, apply_calibration
-from dsacont.calibration.fastsolve import field_channel_step, field_sums, prepare_sky, solve_field, write_field_table
+from dsacont.calibration.fastsolve import (
+    STEP_MIN_SNR,
+    field_channel_step,
+    field_sums,
+    median_snr,
+    prepare_sky,
+    solve_field,
+    write_field_table,
+)
 from dsacont.calibration.model import beam_offsets, pointing_dec, sidelobe_sources, write_model
 from dsacont.calibration.msinfo import MSInfo, read_ms_info
 from dsacont.calibration.skymodel import SkySource, nvss_catalogue, read_catalogue, sources_near
@@ -261,7 +269,8 @@ def held_out_ratio(ms, sky, info: MSInfo | None = None, column: str = "CORRECTED
 def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None, catalogue=None,
                       sky=None, sky_name: str | None = None, add_calibrators: bool = True, qa: FieldQA | None = None, minsnr: float = 3.0,
                       combine: str = "scan,field,spw", validity_h: float = FIELD_VALIDITY_H,
-                      interp: str = "linear", method: str | None = None, channel_step: int | None = None) -> dict:
+                      interp: str = "linear", method: str | None = None, channel_step: int | None = None,
+                      step_min_snr: float = STEP_MIN_SNR) -> dict:
     """Solve, check and apply a field gain correction on ``ms`` on top of ``base_tables``.
 
     Parameters
@@ -300,6 +309,9 @@ def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None,
         The fast method sums every ``channel_step``-th channel (default
         :func:`dsacont.calibration.fastsolve.field_channel_step`: 4 at the real size, 1 on the
         small preset).
+    step_min_snr : float
+        When the gains solved on every ``channel_step``-th channel have a median SNR below this,
+        the fast method sums every channel and solves again (``qa['channel_step_tried']``).
 
     Returns
     -------
@@ -345,7 +357,7 @@ def solve_field_gains(ms, base_tables, *, paths=None, refant: str | None = None,
     metrics: dict = {"sky": sky_meta, "method": method}
     run = _run_fast if method == "fast" else _run_casa
     reasons, applied, restore = run(ms, info, ordered, base_tables, tmp, refant, minsnr, combine, interp, qa,
-                                    metrics, timings, t, channel_step)
+                                    metrics, timings, t, (channel_step, step_min_snr))
     metrics["qa_gate"] = asdict(qa)
     metrics["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     if tmp.is_dir():
@@ -428,26 +440,36 @@ def _ratio_gate(before: float, after: float, held: float, n_held: int, qa: Field
     return reasons
 
 
-def _run_fast(ms, info, sky, base_tables, tmp, refant, minsnr, combine, interp, qa, metrics, timings, t, channel_step):
+def _run_fast(ms, info, sky, base_tables, tmp, refant, minsnr, combine, interp, qa, metrics, timings, t, step_rule):
     """The fast method: the pair applied in memory (:class:`~dsacont.calibration.apply.Corrector`),
     the data read once, the ratios from the sums; the MS is written once, by the caller's apply of
     the pair when rejected, here when accepted. Returns (reasons, what is applied (None when
-    rejected), None: no flag version to restore)."""
+    rejected), None: no flag version to restore). ``step_rule``: (channel_step, step_min_snr) of
+    :func:`solve_field_gains`."""
     prep = prepare_sky(info, sky)
     timings["model"] = _time.perf_counter() - t
     t = _time.perf_counter()
+    channel_step, step_min_snr = step_rule
     step = channel_step or field_channel_step(min(len(f) for f in info.spw_freqs))
-    metrics["channel_step"] = step
-    sums = field_sums(ms, info, prep, column="DATA", correct=Corrector(info, base_tables, interp=interp),
-                      channel_step=step)
-    timings["sums"] = _time.perf_counter() - t
-    timings.update({f"sums_{k}": v for k, v in sums.timings.items()})
+    correct = Corrector(info, base_tables, interp=interp)
+    while True:
+        metrics["channel_step"] = step
+        sums = field_sums(ms, info, prep, column="DATA", correct=correct, channel_step=step)
+        timings["sums"] = timings.get("sums", 0.0) + _time.perf_counter() - t
+        timings.update({f"sums_{k}": v for k, v in sums.timings.items()})
+        names = [a.strip() for a in (refant or "").split(",") if a.strip()]
+        refs = [info.antenna_names.index(a) for a in names if a in info.antenna_names] or _best_connected(sums)
+        t = _time.perf_counter()
+        g, err, ok = solve_field(sums, refs, minsnr=minsnr)
+        snr = median_snr(g, err, ok)
+        if step == 1 or snr >= step_min_snr:
+            break
+        log.info("%s: field solve on every %d-th channel has median SNR %.1f < %.0f: summing every channel",
+                 ms, step, snr, step_min_snr)
+        metrics["channel_step_tried"], step = step, 1
+        t = _time.perf_counter()
     before, _ = sums.ratios()
     metrics["model_flux_ratio_before"] = round(before, 4)
-    names = [a.strip() for a in (refant or "").split(",") if a.strip()]
-    refs = [info.antenna_names.index(a) for a in names if a in info.antenna_names] or _best_connected(sums)
-    t = _time.perf_counter()
-    g, err, ok = solve_field(sums, refs, minsnr=minsnr)
     ref = next((r for r in refs if ok[:, r].any()), -1)
     write_field_table(ms, g, err, ok, tmp, time_s=float(np.mean(info.times_s)), field_id=sums.field_id,
                       scan=sums.scan, refant=ref, freq_hz=float(np.mean(np.concatenate(info.spw_freqs))))
@@ -471,7 +493,7 @@ def _best_connected(sums) -> list[int]:
     return [int(a) for a in np.argsort(-power)[:5]]
 
 
-def _run_casa(ms, info, sky, base_tables, tmp, refant, minsnr, combine, interp, qa, metrics, timings, t, channel_step):
+def _run_casa(ms, info, sky, base_tables, tmp, refant, minsnr, combine, interp, qa, metrics, timings, t, step_rule):
     """The CASA method: returns (reasons, what is applied (None when rejected), whether a flag
     version was saved (and must be restored when rejected))."""
     write_model(ms, None, sky=sky, info=info)

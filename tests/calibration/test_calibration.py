@@ -626,13 +626,19 @@ def test_fast_field_solve_recovers_an_injected_gain_error_as_casa_gaincal_does(s
     sky = [s for s in truth_sky if s.name == CAL] + _bright_field_sources(solved["truth"], solved["ms"])
     sky = [SkySource(s.name, s.ra_deg, s.dec_deg, s.flux_jy, s.spectral_index) for s in sky]
     res = {}
-    # 'fast2': every other channel summed, as the real size's 48 channels are every 4th
-    for method, kw in (("fast", {}), ("casa", {}), ("fast2", {"channel_step": 2})):
+    # 'fast2': every other channel summed, as the real size's 48 channels are every 4th; 'fast2low':
+    # the same with an SNR floor it cannot reach, so it must sum every channel after all
+    for method, kw in (("fast", {}), ("casa", {}), ("fast2", {"channel_step": 2}),
+                       ("fast2low", {"channel_step": 2, "step_min_snr": 1e9})):
         ms = _copy(solved["ms"], tmp_path / f"{method}.ms")
         res[method] = solve_field_gains(ms, [tables["B"], bad_g], paths=get_paths(root=tmp_path / method), sky=sky,
                                         refant=solved["summary"]["refant"], method=method[:4], **kw)
         assert res[method]["status"] == "valid", (method, res[method]["reason"])
     assert res["fast"]["qa"]["channel_step"] == 1 and res["fast2"]["qa"]["channel_step"] == 2
+    assert "channel_step_tried" not in res["fast2"]["qa"]
+    assert res["fast2low"]["qa"]["channel_step"] == 1 and res["fast2low"]["qa"]["channel_step_tried"] == 2
+    g_all, g_low = (read_caltable(res[m]["path"])["CPARAM"] for m in ("fast", "fast2low"))
+    assert np.allclose(g_low, g_all, rtol=1e-6, atol=1e-9)  # the every-channel solve, not the every-other one
     sol = {}
     for method, r in res.items():
         t = read_caltable(r["path"])
