@@ -454,8 +454,10 @@ def simulate(out_dir, start, minutes, *, dec_deg=None, preset="small", seed=0, r
         extra_truth: dict = {}
         if variables is not None:
             base = np.asarray(srcs["flux_jy"], float)
+            # the VLA calibrators and Cas A of the real sky stay steady, as 0834+555 does
+            fixed = sky.catalogue_bright_sources(dec_deg)["name"] if sky_model == "real" else [sky.CALIBRATOR]
             srcs, rows = vary_sources(variables, seed, srcs, float(np.mean(times_jd)) - 2400000.5,
-                                      fixed=(sky.CALIBRATOR,))
+                                      fixed=[str(n) for n in fixed])
             var_rows.append(rows)
             extra_truth.update(source_base_flux_jy=base)
         gains_healthy = None

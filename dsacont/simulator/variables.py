@@ -13,7 +13,7 @@ synthetic or real sky by a hash of (seed, source name): which ones vary, how and
 depend on which groups a ``simulate`` call writes, so a campaign simulated one day per call (the
 same LST on successive sidereal days) sees one set of light curves. The flux of a variable source
 in a group is its light curve at the group's mid-time (a group is 5 minutes; the events last days).
-The calibrator never varies. Each call writes the variable sources it put in its groups to
+The calibrators (0834+555; in the real sky every VLA calibrator and Cas A) never vary. Each call writes the variable sources it put in its groups to
 ``<out_dir>/truth/variables.csv`` (merged with what earlier calls wrote there): name, position,
 kind, base flux (1.4 GHz), t0 (MJD), amplitude (a or d), width (tau or w, days).
 
@@ -136,7 +136,7 @@ def vary_sources(spec: Variability, seed: int, srcs: dict, mjd: float, *, fixed=
     mjd : float
         The group's mid-time.
     fixed : sequence of str
-        Names that never vary (the calibrator).
+        Names that never vary (the calibrators).
 
     Returns
     -------
@@ -146,7 +146,7 @@ def vary_sources(spec: Variability, seed: int, srcs: dict, mjd: float, *, fixed=
     """
     base = np.asarray(srcs["flux_jy"], float)
     p = spec.params(seed, srcs["name"], base)
-    p["kind"][np.isin(np.asarray(srcs["name"]).astype(str), list(fixed))] = "steady"
+    p["kind"][np.isin(np.asarray(srcs["name"]).astype(str), [str(n) for n in fixed])] = "steady"
     out = dict(srcs)
     out["flux_jy"] = light_curve(base, p["kind"], p["t0_mjd"], p["amplitude"], p["width_days"], mjd)[:, 0]
     var = p["kind"] != "steady"
