@@ -147,8 +147,9 @@ def _solved_vs_truth(ms, tables, truth, refant):
             gs[i, k] = np.conj(g * b)
         gt[i] = truth["gains"][:, i, :].mean(axis=0)[None, :] * truth["bandpass"][i]
     iref = ants.index(int(refant) - 1)
-    r = gs / gt
-    r = r / (r[iref] / np.abs(r[iref]))[None]  # remove the reference antenna's phase
+    with np.errstate(divide="ignore", invalid="ignore"):  # flagged solutions and a dead antenna's 0 truth: NaN
+        r = gs / gt
+        r = r / (r[iref] / np.abs(r[iref]))[None]  # remove the reference antenna's phase
     return r, gs, gt, spw_of
 
 
