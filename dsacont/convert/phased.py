@@ -49,8 +49,11 @@ def to_zarr(ds, store, *, phase: str | None = "common", **kwargs):
     phase : {'common', 'per_integration'} or None
         Rotate first (:func:`phase_dataset`); None writes ``ds`` as given.
     **kwargs
-        Passed to ``xarray.Dataset.to_zarr``.
+        Passed to ``xarray.Dataset.to_zarr``. The default ``zarr_format`` is 2: the format every
+        zarr reader knows, which holds the fixed-length strings (polarisations, antenna names) and
+        the consolidated metadata as specified (zarr 3 warns that both are outside its spec).
     """
+    kwargs.setdefault("zarr_format", 2)
     out = phase_dataset(ds, phase) if phase else ds
     out = out.copy()
     out.attrs = {k: (list(map(str, v)) if isinstance(v, (list, tuple)) else v) for k, v in out.attrs.items()}
