@@ -14,8 +14,9 @@ catalogues through :mod:`dsacont.calibration.skymodel`, and products databases r
 - :mod:`~dsacont.sources.lightcurve`: ``light_curve``/``light_curves`` (pandas DataFrames) over a
   list of images or a products database (read-only; its stored photometry first:
   ``stored_photometry``), ``to_dataset`` (xarray), ``products_images``, ``plot_light_curve``;
-- :mod:`~dsacont.sources.variability`: ``rank_variables`` (eta, V, max deviation, ranked candidates),
-  ``find_dip`` (ESE-like symmetric dips), ``metrics``;
+- :mod:`~dsacont.sources.variability`: ``rank_variables`` (eta, V, max deviation, ranked candidates,
+  on one measurement per pass through the beam: ``one_per_pass``), ``find_dip`` (ESE-like
+  symmetric dips), ``metrics``;
 - :mod:`~dsacont.sources.cli`: the ``dsacont sources``, ``lightcurve`` and ``variables`` commands.
 """
 from __future__ import annotations
@@ -44,6 +45,7 @@ _EXPORTS = {
     "plot_light_curve": "dsacont.sources.lightcurve",
     "to_dataset": "dsacont.sources.lightcurve",
     "rank_variables": "dsacont.sources.variability",
+    "one_per_pass": "dsacont.sources.variability",
     "find_dip": "dsacont.sources.variability",
     "metrics": "dsacont.sources.variability",
 }

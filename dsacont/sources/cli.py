@@ -201,6 +201,9 @@ def _parser_variables() -> argparse.ArgumentParser:
                     help="fraction of each flux added in quadrature to its error (flux-scale scatter)")
     ap.add_argument("--dip-nsigma", type=float, default=DEFAULT_DIP_NSIGMA, help="least significance of an ESE-like dip")
     ap.add_argument("--min-points", type=int, default=3, help="least number of measurements of a source")
+    ap.add_argument("--every-measurement", action="store_true",
+                    help="use every tile's measurement (default: one per pass through the beam, the tile where "
+                         "the source is nearest the beam centre, so tiles are compared with the same tile each day)")
     ap.add_argument("--top", type=int, default=20, help="print at most this many candidates")
     ap.add_argument("--csv", default=None, help="write every source's metrics to this CSV file")
     ap.add_argument("--plots", default=None, help="write each printed candidate's light curve as a PNG in this directory")
@@ -224,7 +227,7 @@ def cli_variables(argv: list[str]) -> int:
         print(f"dsacont variables: {exc}", file=sys.stderr)
         return 1
     m = rank_variables(lc, p_max=args.p_max, v_min=args.v_min, frac_sys=args.frac_sys, dip_nsigma=args.dip_nsigma,
-                    min_points=args.min_points)
+                       min_points=args.min_points, per_pass="all" if args.every_measurement else "best")
     cand = m[m["candidate"]] if not m.empty else m
     print(f"{len(m)} sources with >= {args.min_points} measurements, {len(cand)} candidates "
           f"({int(cand['dip'].sum()) if len(cand) else 0} ESE-like dips)")

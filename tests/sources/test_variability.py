@@ -96,3 +96,41 @@ def test_cli_variables(epochs, tmp_path):
     kinds = dict(zip(v["name"], v["kind"]))
     assert {kinds[n] for n in m[m["dip"]]["name"]} == {"dip"}
     assert len(list((tmp_path / "plots").glob("*.png"))) == 6
+
+
+def _drift_scan_table(rng, days=10, bias=(1.0, 0.6, 1.25), err=(0.002, 0.004, 0.003)):
+    """Light-curve rows of a drift scan: each source read by three tiles a pass, each tile position
+    with its own systematic flux error (``bias``) repeated every day, and its own noise (``err``, Jy).
+    A steady 0.1 Jy source and a dipping one (depth 0.5, sigma 2 days, at day 5). Passes straddle
+    the UTC midnight, as transits do."""
+    from dsacont.simulator.variables import light_curve
+
+    rows = []
+    for name, kind in (("steady", "steady"), ("dip", "dip")):
+        for d in range(days):
+            for k in range(3):
+                t = 60000.996 + d * 0.99727 + k * 0.0036  # three 5-minute tiles; the first passes cross 0h UTC
+                s = light_curve(0.1, kind, 60005.0, 0.5, 2.0, t)[0, 0]
+                rows.append({"name": name, "ra_deg": 10.0, "dec_deg": 55.0, "mjd": t, "kind": "image",
+                             "flux_jy": s * bias[k] + rng.normal(0, err[k]), "flux_err_jy": err[k],
+                             "detected": True, "covered": True, "tile": k})
+    return pd.DataFrame(rows)
+
+
+def test_one_measurement_per_pass_compares_each_tile_position_with_itself():
+    from dsacont.sources import one_per_pass
+
+    lc = _drift_scan_table(np.random.default_rng(5))
+    best = one_per_pass(lc)
+    assert len(best) == 2 * 10 and set(best["tile"]) == {0}  # the smallest error, every pass
+    assert list(best.groupby("name")["pass"].max()) == [9, 9]  # a pass across midnight is one pass
+    every = rank_variables(lc, per_pass="all").set_index("name")
+    once = rank_variables(lc).set_index("name")
+    # every tile: the steady source's tiles disagree by 40 % at 50-sigma errors, so it reads variable
+    assert every.loc["steady", "candidate"] and every.loc["steady", "n"] == 30
+    # one per pass: steady again, and the dip is still found as a dip
+    assert not once.loc["steady", "candidate"] and once.loc["steady", "n"] == 10
+    assert once.loc["dip", "candidate"] and once.loc["dip", "kind"] == "dip"
+    assert once.loc["dip", "dip_t0_mjd"] == pytest.approx(60005.0, abs=1.0)
+    with pytest.raises(ValueError, match="per_pass"):
+        rank_variables(lc, per_pass="first")
