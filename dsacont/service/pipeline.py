@@ -46,6 +46,7 @@ from dsacont.config import Paths, get_paths
 from dsacont.convert import convert_group
 from dsacont.errors import CalibrationUnavailable, ConfigError
 from dsacont.imaging import image_ms
+from dsacont.imaging.flatten import DEFAULT_MIN_APPARENT_JY as FLATTEN_MIN_APPARENT_JY
 from dsacont.imaging.flatten import bright_among as flatten_bright_among
 from dsacont.imaging.mosaic import make_mosaic
 from dsacont.imaging.qa import tile_gates
@@ -104,6 +105,8 @@ class PipelineOptions:
         as well as the catalogue calibrators'; unless ``imaging`` sets ``flatten`` itself. On the
         full-size tile 12.9 min after the 0834+555 transit the residual noise went from 1.35x to
         1.14x the radiometer equation (``benchmarks/README.md``, Imaging).
+    flatten_strip_min_jy : float
+        The least apparent flux (Jy, in the tile) of a strip-model source to flatten.
     catalogue_tiles : bool
         Find the sources of every tile and mosaic (:func:`dsacont.sources.find_sources`, a
         ``<tile>.pbcor.sources.fits`` / ``<mosaic>.sources.fits`` beside it, with its NVSS
@@ -140,6 +143,7 @@ class PipelineOptions:
     sky_catalogue: str | None = None
     sky_models: str = "strip,catalogue"
     flatten_strip: bool = True
+    flatten_strip_min_jy: float = FLATTEN_MIN_APPARENT_JY
     catalogue_tiles: bool = True
     photometry: bool = True
     photometry_catalogue: str | None = None
@@ -428,10 +432,11 @@ def _strip_sources(known: dict) -> list:
     return [SkySource(str(r[0]), float(r[1]), float(r[2]), float(r[3])) for r in rows]
 
 
-def _strip_bright(known: dict, ms: Path) -> list:
+def _strip_bright(known: dict, ms: Path, min_apparent_jy: float = FLATTEN_MIN_APPARENT_JY) -> list:
     """The strip model's sources bright enough in this tile to flatten."""
     sources = _strip_sources(known)
-    return flatten_bright_among(calibration.read_ms_info(ms), sources) if sources else []
+    return flatten_bright_among(calibration.read_ms_info(ms), sources, min_apparent_jy=min_apparent_jy) \
+        if sources else []
 
 
 def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, options: PipelineOptions,
@@ -450,7 +455,7 @@ def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, opti
     t0 = time.perf_counter()
     imaging = {"threads": threads, **options.imaging} if threads else dict(options.imaging)
     if options.flatten_strip and "flatten" not in imaging:
-        strip = _strip_bright(known, ms)
+        strip = _strip_bright(known, ms, options.flatten_strip_min_jy)
         if strip:
             imaging["flatten"] = ["auto", *strip]
     try:
