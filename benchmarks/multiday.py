@@ -44,14 +44,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from around_the_clock import stream_groups  # noqa: E402  (the same service run as that benchmark)
 
 from dsacont.calibration.skymodel import SkySource  # noqa: E402
+from dsacont.calibrators import SIDEREAL_DAY_S  # noqa: E402
 from dsacont.config import get_paths  # noqa: E402
 from dsacont.demo import demo_window  # noqa: E402
 from dsacont.io.groups import find_groups  # noqa: E402
 from dsacont.simulator import GROUP_S, Variability, load_truth, read_variables_truth, simulate  # noqa: E402
 from dsacont.simulator.variables import light_curve  # noqa: E402
 from dsacont.sources import light_curves, one_per_pass, rank_variables  # noqa: E402
-
-SIDEREAL_DAY_S = 86164.0905
 
 
 def simulate_campaign(archive: Path, days: int, per_day: int, fraction: float, seed: int) -> list:

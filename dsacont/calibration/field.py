@@ -452,13 +452,15 @@ def _run_fast(ms, info, sky, base_tables, tmp, refant, minsnr, combine, interp, 
     channel_step, step_min_snr = step_rule
     step = channel_step or field_channel_step(min(len(f) for f in info.spw_freqs))
     correct = Corrector(info, base_tables, interp=interp)
+    names = [a.strip() for a in (refant or "").split(",") if a.strip()]
+    given = [info.antenna_names.index(a) for a in names if a in info.antenna_names]
     while True:
         metrics["channel_step"] = step
         sums = field_sums(ms, info, prep, column="DATA", correct=correct, channel_step=step)
         timings["sums"] = timings.get("sums", 0.0) + _time.perf_counter() - t
-        timings.update({f"sums_{k}": v for k, v in sums.timings.items()})
-        names = [a.strip() for a in (refant or "").split(",") if a.strip()]
-        refs = [info.antenna_names.index(a) for a in names if a in info.antenna_names] or _best_connected(sums)
+        for k, v in sums.timings.items():  # summed over both passes when the every-channel one follows
+            timings[f"sums_{k}"] = timings.get(f"sums_{k}", 0.0) + v
+        refs = given or _best_connected(sums)
         t = _time.perf_counter()
         g, err, ok = solve_field(sums, refs, minsnr=minsnr)
         snr = median_snr(g, err, ok)
