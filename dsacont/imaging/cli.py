@@ -17,6 +17,7 @@ from dsacont.imaging.imager import DEFAULT_IMAGER, IMAGERS, image_ms
 from dsacont.imaging.mosaic import _stem, make_mosaic
 from dsacont.imaging.tclean import (
     DEFAULT_CYCLEFACTOR,
+    DEFAULT_MASK_NSIGMA,
     DEFAULT_NITER,
     DEFAULT_NMAJOR,
     DEFAULT_NSIGMA,
@@ -66,6 +67,9 @@ def _parser_image() -> argparse.ArgumentParser:
                          f"WSClean {WSCLEAN_NITER}, a safety cap behind its 4-sigma auto-mask)")
     ap.add_argument("--nsigma", type=float, default=DEFAULT_NSIGMA, dest="threshold_nsigma",
                     help="clean down to this many times the residual's robust RMS (tclean nsigma)")
+    ap.add_argument("--mask-nsigma", type=float, default=DEFAULT_MASK_NSIGMA,
+                    help="tclean: clean the whole image down to this many times the residual's RMS, then "
+                         "only within a beam of the components found down to --nsigma (0: one unmasked stage)")
     ap.add_argument("--nmajor", type=int, default=DEFAULT_NMAJOR, help="largest number of major cycles")
     ap.add_argument("--cyclefactor", type=float, default=DEFAULT_CYCLEFACTOR,
                     help="tclean cyclefactor (when a major cycle starts, relative to the PSF sidelobe)")
@@ -105,6 +109,7 @@ def cli(argv: list[str], *, on_result=None) -> int:
                        datacolumn=args.datacolumn, paths=paths, gridder=args.gridder, deconvolver=args.deconvolver,
                        cells_per_beam=args.cells_per_beam, pbcor_limit=args.pbcor_limit, nmajor=args.nmajor,
                        cyclefactor=args.cyclefactor, flatten=None if args.no_flatten else "auto",
+                       mask_nsigma=args.mask_nsigma or None,
                        thermal_noise=args.thermal_noise, keep_casa=args.keep_casa, imager=args.imager)
     except BadInputError as exc:
         print(f"dsacont image: {exc}", file=sys.stderr)

@@ -116,6 +116,57 @@ def bright_among(info, sources, *, min_apparent_jy: float = DEFAULT_MIN_APPARENT
     return [c for _, c in out]
 
 
+def bright_in_tile(image_path, pb_path, flattened=(), *, min_apparent_jy: float = DEFAULT_MIN_APPARENT_JY,
+                   pb_min: float = 0.1, exclude_beams: float = 2.0) -> list:
+    """The tile's own bright sources that no flattening list named: peaks of its restored image.
+
+    A source the strip model does not hold yet (the strip's first day, at the edge of what has
+    been imaged) is not flattened, and its drifting-beam modulation leaves sidelobes at ~1 % of
+    it. This finds such sources on the tile just made, for a second imaging pass.
+
+    Parameters
+    ----------
+    image_path, pb_path : str
+        The tile's restored (flat-noise, apparent) image and its primary beam, FITS.
+    flattened : iterable of dict or objects with ``ra_deg``, ``dec_deg``
+        Sources already flattened (e.g. the tile's ``qa["flattened"]``).
+    min_apparent_jy : float
+        Peaks of the image (apparent flux, Jy/beam) from this up.
+    pb_min : float
+        Only where the primary beam is at least this.
+    exclude_beams : float
+        A peak within this many beam major axes of a flattened source is that source (or its
+        sidelobe), not a new one.
+
+    Returns
+    -------
+    list of :class:`dsacont.calibration.SkySource`, brightest first: position of the peak, flux
+    the peak over the primary beam (Jy; the flattening fits its own scale).
+    """
+    from dsacont.imaging.qa import find_sources
+    from dsacont.io.fits import beam_from_header, read_fits_image
+
+    img, hdr, wcs = read_fits_image(image_path)
+    pb = read_fits_image(pb_path)[0]
+    beam = beam_from_header(hdr)
+    cell = abs(float(hdr["CDELT2"])) * 3600.0
+    peaks = find_sources(img, wcs, min_apparent_jy, nsigma=1.0, beam_px=beam["bmaj_arcsec"] / cell, pb=pb,
+                         pb_min=pb_min)
+    done = [(float(_get(f, "ra_deg")), float(_get(f, "dec_deg"))) for f in flattened]
+    out = []
+    for p in peaks:
+        near = any(np.degrees(angular_separation(*np.radians([p["ra_deg"], p["dec_deg"], ra, dec]))) * 3600.0
+                   < exclude_beams * beam["bmaj_arcsec"] for ra, dec in done)
+        if not near:
+            out.append(C.SkySource(f"J{p['ra_deg']:.4f}{p['dec_deg']:+.4f}", float(p["ra_deg"]),
+                                   float(p["dec_deg"]), float(p["flux"])))
+    return out
+
+
+def _get(obj, key):
+    return obj[key] if isinstance(obj, dict) else getattr(obj, key)
+
+
 def _same_place(a, b, tol_arcsec: float = 30.0) -> bool:
     sep = angular_separation(*np.radians([a.ra_deg, a.dec_deg, b.ra_deg, b.dec_deg]))
     return float(np.degrees(sep)) * 3600.0 < tol_arcsec

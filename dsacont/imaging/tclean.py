@@ -37,9 +37,15 @@ Choices
   13:45 (0834+555 1.4 deg east of centre): 5.4x the radiometer noise with the old settings
   (3.5 deg, 4 sigma, no flattening), 2.8x with flattening alone, 1.25x with the field and depth
   below.
-- **Deconvolution**: Hogbom (exact PSF in the minor cycle), cleaning the whole image
-  (``clean_border=0``) until the peak residual is below ``threshold_nsigma`` (2.5) x the robust
-  RMS of the residual, which tclean measures itself every major cycle (``nsigma``), at most
+- **Deconvolution**: Hogbom (exact PSF in the minor cycle), in two stages: the whole image
+  (``clean_border=0``) down to ``mask_nsigma`` (4) x the robust RMS of the residual, then only
+  within ``mask_beams`` (1) beam of the components found so far, until the peak residual there
+  is below ``threshold_nsigma`` (2.5) x the RMS, which tclean measures itself every major cycle
+  (``nsigma``). On the small-preset demo hour, one unmasked stage to 2.5 sigma put components on
+  noise peaks and on the sidelobes of sources the data did not fit exactly (false detections
+  >= 5 sigma: 99, reliability 0.81) and took ~1 mJy from every faint source (flux ratio 0.964);
+  two stages: 63, 0.87 and 0.993, at a residual RMS of 1.13x the radiometer equation instead of
+  0.84x (a residual below the thermal noise is noise cleaned away). Each stage at most
   ``nmajor`` (10) major cycles, ``cyclefactor=0.5`` (the snapshot PSF has ~0.45 near sidelobes;
   CASA's default needed 13 major cycles). Deeper cleaning removes the sidelobes of the many
   faint field sources: on the demo tile 13:45 (5 deg field, 0834+555 flattened) the residual RMS
@@ -61,12 +67,13 @@ import time
 
 import numpy as np
 
-from dsacont.casa import casatasks
+from dsacont.casa import casatasks, ensure_casa
 from dsacont.imaging.beam import make_vptable
 from dsacont.imaging.geometry import DEFAULT_CELLS_PER_BEAM, DEFAULT_FOV_DEG
 from dsacont.imaging.qa import robust_rms
 from dsacont.imaging.tile import (  # noqa: F401  (inspect_ms and image_product lived here)
     cleanup,
+    component_mask,
     finish_tile,
     flattened,
     image_product,
@@ -84,6 +91,8 @@ DEFAULT_NITER = 20000
 DEFAULT_NSIGMA = 2.5
 DEFAULT_NMAJOR = 10
 DEFAULT_CYCLEFACTOR = 0.5
+DEFAULT_MASK_NSIGMA = 4.0
+DEFAULT_MASK_BEAMS = 1.0
 WTERM_TOLERANCE_RAD = 1.0
 PBCOR_LIMIT = 0.05
 
@@ -95,7 +104,8 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
              wterm_tolerance_rad: float = WTERM_TOLERANCE_RAD, pbcor_limit: float = PBCOR_LIMIT,
              name: str | None = None, calibrators="auto", keep_casa: bool = False,
              cyclefactor: float = DEFAULT_CYCLEFACTOR, nmajor: int = DEFAULT_NMAJOR, thermal_noise: bool = False,
-             clean_border: float = 0.0, flatten="auto") -> dict:
+             clean_border: float = 0.0, flatten="auto",
+             mask_nsigma: float | None = DEFAULT_MASK_NSIGMA, mask_beams: float = DEFAULT_MASK_BEAMS) -> dict:
     """Image one MS (one tile) with tclean; write FITS image, pb, pbcor, residual and QA.
 
     Parameters
@@ -167,6 +177,15 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
         Flatten the drifting-beam modulation of bright catalogue sources (or of these calibrators)
         in CORRECTED_DATA before tclean and restore it afterwards (:mod:`dsacont.imaging.flatten`;
         QA ``flattened``). Not done with ``datacolumn='data'``.
+    mask_nsigma : float or None
+        Clean in two stages: the whole image down to ``mask_nsigma`` x the residual's robust RMS,
+        then only within ``mask_beams`` restoring-beam FWHMs of the components found so far, down
+        to ``threshold_nsigma``. Without a mask, the deep cycles put components on noise peaks
+        and on the sidelobes of sources the data do not fit exactly, and take the flux from the
+        faint sources around them (clean bias); with it, they only finish the sources already
+        found. None: one unmasked clean down to ``threshold_nsigma``.
+    mask_beams : float
+        Radius of the second stage's mask around each component, restoring-beam major FWHMs.
 
     Returns
     -------
@@ -228,7 +247,20 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
             if gridder == "widefield":
                 kw["wprojplanes"] = -1
                 kw["facets"] = 1
-            ret = ct.tclean(**kw)
+            two_stage = mask_nsigma is not None and mask_nsigma > threshold_nsigma \
+                and clean_border <= 0 and niter > 0
+            if two_stage:
+                ret = ct.tclean(**dict(kw, nsigma=float(mask_nsigma)))
+                # tclean's own (empty) mask image of the first stage becomes the components' mask
+                masked = _component_mask(imagename, mask_beams, cell_arcsec, imagename + ".mask")
+                if masked:
+                    ret2 = ct.tclean(**dict(kw, usemask="user", mask="", restart=True,
+                                            calcpsf=False, calcres=False))
+                    ret = _merge_returns(ret, ret2)
+                mask_px = masked
+            else:
+                ret = ct.tclean(**kw)
+                mask_px = None
             timing["tclean_s"] = time.perf_counter() - t0
             noise_q = None
             if thermal_noise:
@@ -264,7 +296,48 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
             casa_pb=casa_pb,
             qa_extra={"imager": "tclean", "gridder": gridder, "wterm_phase_edge_rad": wphase,
                       "wterm_phase_edge_no_slant_rad": wphase_full, "slant_sin": list(slant) if slant else None,
-                      "iterations": n_iter_done, "noise_q_jy": noise_q, "major_cycles": n_major})
+                      "iterations": n_iter_done, "noise_q_jy": noise_q, "major_cycles": n_major,
+                      "clean_mask_nsigma": mask_nsigma if mask_px is not None else None, "clean_mask_px": mask_px})
     finally:
         cleanup(plan, work, stage, keep_as=plan["out_dir"] / f"{name}.casa" if keep_casa else None)
     return result
+
+
+def _component_mask(imagename: str, mask_beams: float, cell_arcsec: float, mask_path: str) -> int:
+    """Write a CASA mask image of the pixels within ``mask_beams`` beams of the model's components.
+
+    Returns the number of masked pixels (0: no components, no mask written).
+    """
+    ia = ensure_casa().image()
+    try:
+        ia.open(imagename + ".psf")
+        beam = ia.restoringbeam()
+        ia.close()
+        major = beam.get("major", {})
+        bmaj_arcsec = float(major.get("value", 0.0)) * (60.0 if major.get("unit") == "arcmin" else 1.0)
+        if major.get("unit") == "deg":
+            bmaj_arcsec = float(major.get("value", 0.0)) * 3600.0
+        radius_px = max(1.0, mask_beams * bmaj_arcsec / cell_arcsec)
+        ia.open(imagename + ".model")
+        model = ia.getchunk()
+        ia.close()
+        mask = component_mask(model[:, :, 0, 0], radius_px)
+        n = int(mask.sum())
+        if n:
+            ia.fromimage(outfile=mask_path, infile=imagename + ".model", overwrite=True)
+            ia.putchunk(mask.astype(np.float32)[:, :, None, None])
+            ia.close()
+        return n
+    finally:
+        ia.done()
+
+
+def _merge_returns(first, second):
+    """tclean's summaries of two consecutive runs as one: iterations and major cycles added."""
+    if not isinstance(first, dict) or not isinstance(second, dict):
+        return second if isinstance(second, dict) else first
+    out = dict(second)
+    for k in ("iterdone", "nmajordone"):
+        if k in first and k in second:
+            out[k] = int(first[k]) + int(second[k])
+    return out

@@ -440,6 +440,31 @@ def finish_tile(plan: dict, files: dict, *, robust: float, pbcor_limit: float, c
     return result
 
 
+def component_mask(model: np.ndarray, radius_px: float) -> np.ndarray:
+    """Pixels within ``radius_px`` of a clean component: the mask of a second, deeper clean.
+
+    Parameters
+    ----------
+    model : ndarray, shape (nx, ny)
+        A clean model image (Jy/pixel); components are its non-zero pixels.
+    radius_px : float
+        Radius of the disk around each component, pixels (at least 1).
+
+    Returns
+    -------
+    ndarray of bool, shape (nx, ny)
+    """
+    from scipy import ndimage
+
+    r = max(1, int(math.ceil(radius_px)))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    disk = xx ** 2 + yy ** 2 <= radius_px ** 2
+    comps = np.asarray(model) != 0
+    if not comps.any():
+        return comps
+    return ndimage.binary_dilation(comps, structure=disk)
+
+
 def work_dirs(plan: dict, prefix: str = "img") -> tuple[Path, Path]:
     """A fresh scratch directory (under the tmp directory) and the staging directory (in out_dir).
 

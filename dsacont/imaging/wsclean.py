@@ -176,7 +176,8 @@ def image_ms(ms_path, out_dir=None, *, imsize: int | None = None, cell_arcsec: f
     RuntimeError
         WSClean failed (the message holds the end of its log).
     """
-    unknown = set(tclean_only) - {"deconvolver", "cyclefactor", "clean_border"}
+    # tclean's deconvolution knobs; WSClean's own are auto_mask / threshold_nsigma / mgain
+    unknown = set(tclean_only) - {"deconvolver", "cyclefactor", "clean_border", "mask_nsigma", "mask_beams"}
     if unknown:
         raise TypeError(f"image_ms (wsclean) got unexpected keyword arguments {sorted(unknown)}")
     exe = wsclean or wsclean_binary()

@@ -278,6 +278,52 @@ def _reference_pointing_and_beam(truth, ra_rad, dec_rad):
     return icrs.ra.rad, icrs.dec.rad, float(beam.mean())
 
 
+def test_two_stage_clean_masks_around_the_components(tile):
+    """tclean cleans the whole tile down to 4 sigma, then only within a beam of the components
+    found, down to 2.5 sigma: the mask is a small part of the tile."""
+    res = tile[0]
+    q = res["qa"]
+    assert q["clean_mask_nsigma"] == 4.0
+    assert 0 < q["clean_mask_px"] < 0.2 * res["imsize"] ** 2, q["clean_mask_px"]
+
+
+def test_bright_in_tile_finds_the_bright_sources_nothing_flattened(tile):
+    """The tile's own peaks above 0.1 Jy apparent: the flattened calibrator is left out, and every
+    other one is a true source (a second imaging pass flattens these)."""
+    from astropy.coordinates import SkyCoord
+
+    from dsacont.imaging.flatten import bright_in_tile
+
+    res, truth, _, _ = tile
+    flat = [f for f in res["qa"]["flattened"] if f["name"] == "0834+555"]
+    assert flat
+    cal = SkyCoord(flat[0]["ra_deg"], flat[0]["dec_deg"], unit="deg")
+    every = bright_in_tile(res["image"], res["pb"], (), min_apparent_jy=0.1)
+    new = bright_in_tile(res["image"], res["pb"], flat, min_apparent_jy=0.1)
+    pos = lambda ss: SkyCoord([s.ra_deg for s in ss], [s.dec_deg for s in ss], unit="deg")  # noqa: E731
+    assert pos(every).separation(cal).arcsec.min() < 30.0  # the calibrator itself, unless flattened
+    assert len(new) == len(every) - 1 and (not new or pos(new).separation(cal).arcsec.min() > 180.0)
+    src = truth["sources"]
+    bright = src["flux_jy"] >= 0.1
+    ref = SkyCoord(src["ra_deg"][bright], src["dec_deg"][bright], unit="deg")
+    for s in new:
+        sep = SkyCoord(s.ra_deg, s.dec_deg, unit="deg").separation(ref).arcsec
+        assert sep.min() < 30.0, (s, sep.min())
+
+
+def test_component_mask_is_a_disk_around_each_component():
+    from dsacont.imaging.tile import component_mask
+
+    model = np.zeros((50, 60))
+    model[10, 20], model[40, 50] = 0.5, -0.1  # negative components are components too
+    mask = component_mask(model, 3.0)
+    assert mask.shape == model.shape and mask.dtype == bool
+    assert mask[10, 20] and mask[13, 20] and mask[10, 17] and mask[12, 22] and mask[40, 50]
+    assert not mask[14, 20] and not mask[13, 23] and not mask[25, 35]
+    assert mask.sum() == 2 * 29  # the lattice points of a disk of radius 3
+    assert not component_mask(np.zeros((5, 5)), 2.0).any()
+
+
 def test_primary_beam(tile):
     """CASA's .pb from our vptable is the 4.65 m Airy beam; our pb is its drift/band average, checked
     against an independent evaluation (astropy's frames, the Airy formula written out here)."""
