@@ -266,7 +266,7 @@ def solve_calibration(ms_path, calibrator=None, *, paths=None, registry=None, re
         log.warning("%s: calibration rejected: %s", ms, why)
     reg_metrics = {k: {**metrics[k], "refant": refant_str, "model": model_meta} if bad else
                    {**metrics[k], "refant": refant_str, "beam_mid_error": model_meta["beam_mid_error"],
-                    "timings_s": timings} for k in ("B", "G")}
+                    "n_sky_sources": model_meta.get("n_sky_sources", 0), "timings_s": timings} for k in ("B", "G")}
     if registry:
         if bad:
             status = "rejected"

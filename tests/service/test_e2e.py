@@ -70,6 +70,31 @@ def test_the_group_before_the_transit_waited_for_calibration(mini_demo):
     assert applied and applied <= tables  # calibrated with the transit's B and G
 
 
+def test_the_calibrator_was_solved_with_its_field(mini_demo):
+    """On the strip's first day (no sky model yet) the transit group solved 0834+555, imaged its
+    tile, and solved again with the tile's own sources beside the calibrator: the registered
+    tables are the second solve's, and the tile was imaged after them."""
+    from dsacont.calibration.registry import Registry
+    from dsacont.config import get_paths
+    from dsacont.service.products import Products
+
+    root, _ = mini_demo
+    paths = get_paths(root=root)
+    tables = [r for r in Registry(paths.registry_db).list(status="valid") if r.origin == "transit"]
+    assert sorted(r.kind for r in tables) == ["B", "G"]
+    assert tables and all(r.calibrator == "0834+555" for r in tables)
+    for r in tables:
+        assert r.metrics["n_sky_sources"] > 0, r.metrics
+    db = Products(paths.products_db)
+    transit_ms = {r.source_ms for r in tables}
+    assert len(transit_ms) == 1
+    row = db.get("ms", transit_ms.pop())
+    assert row["qa"]["calibrator_field_sources"]["first_solve"] == 0
+    assert row["qa"]["calibrator_field_sources"]["second_solve"] == max(r.metrics["n_sky_sources"] for r in tables)
+    image = next(im for im in db.list_images() if im["ms_path"] == row["path"])
+    assert Path(image["path"]).stat().st_mtime > max(Path(r.path).stat().st_mtime for r in tables)
+
+
 def test_products_and_queue_agree(mini_demo):
     from dsacont.config import get_paths
     from dsacont.service.products import Products
