@@ -152,23 +152,18 @@ def bright_in_tile(image_path, pb_path, flattened=(), *, min_apparent_jy: float 
     cell = abs(float(hdr["CDELT2"])) * 3600.0
     peaks = find_sources(img, wcs, min_apparent_jy, nsigma=1.0, beam_px=beam["bmaj_arcsec"] / cell, pb=pb,
                          pb_min=pb_min)
-    done = [(float(_get(f, "ra_deg")), float(_get(f, "dec_deg"))) for f in flattened]
-    out = []
-    for p in peaks:
-        near = any(np.degrees(angular_separation(*np.radians([p["ra_deg"], p["dec_deg"], ra, dec]))) * 3600.0
-                   < exclude_beams * beam["bmaj_arcsec"] for ra, dec in done)
-        if not near:
-            out.append(C.SkySource(f"J{p['ra_deg']:.4f}{p['dec_deg']:+.4f}", float(p["ra_deg"]),
-                                   float(p["dec_deg"]), float(p["flux"])))
-    return out
-
-
-def _get(obj, key):
-    return obj[key] if isinstance(obj, dict) else getattr(obj, key)
+    tol = exclude_beams * beam["bmaj_arcsec"]
+    found = [C.SkySource(f"J{p['ra_deg']:.4f}{p['dec_deg']:+.4f}", float(p["ra_deg"]), float(p["dec_deg"]),
+                         float(p["flux"])) for p in peaks]
+    return [s for s in found if not any(_same_place(s, f, tol) for f in flattened)]
 
 
 def _same_place(a, b, tol_arcsec: float = 30.0) -> bool:
-    sep = angular_separation(*np.radians([a.ra_deg, a.dec_deg, b.ra_deg, b.dec_deg]))
+    """Whether two sources (objects or dicts with ``ra_deg``, ``dec_deg``) are within ``tol_arcsec``."""
+    def radec(src):
+        return (src["ra_deg"], src["dec_deg"]) if isinstance(src, dict) else (src.ra_deg, src.dec_deg)
+
+    sep = angular_separation(*np.radians([*radec(a), *radec(b)]))
     return float(np.degrees(sep)) * 3600.0 < tol_arcsec
 
 

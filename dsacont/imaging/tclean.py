@@ -66,6 +66,7 @@ import os
 import time
 
 import numpy as np
+from astropy import units as u
 
 from dsacont.casa import casatasks, ensure_casa
 from dsacont.imaging.beam import make_vptable
@@ -313,10 +314,8 @@ def _component_mask(imagename: str, mask_beams: float, cell_arcsec: float, mask_
         ia.open(imagename + ".psf")
         beam = ia.restoringbeam()
         ia.close()
-        major = beam.get("major", {})
-        bmaj_arcsec = float(major.get("value", 0.0)) * (60.0 if major.get("unit") == "arcmin" else 1.0)
-        if major.get("unit") == "deg":
-            bmaj_arcsec = float(major.get("value", 0.0)) * 3600.0
+        major = beam.get("major") or {"value": 0.0, "unit": "arcsec"}
+        bmaj_arcsec = u.Quantity(float(major["value"]), major["unit"]).to_value(u.arcsec)
         radius_px = max(1.0, mask_beams * bmaj_arcsec / cell_arcsec)
         ia.open(imagename + ".model")
         model = ia.getchunk()

@@ -65,7 +65,6 @@ from dsacont.sources import catalogue_product, find_sources
 # package's attribute 'crossmatch' is that module, and `from dsacont.sources import crossmatch` would give it
 from dsacont.sources.crossmatch import TILE_QA_KEYS, crossmatch, tile_crossmatch_gates
 from dsacont.sources.photometry import reference_photometry
-from dsacont.telescope import angular_separation
 
 log = logging.getLogger(__name__)
 
@@ -451,9 +450,8 @@ def _calibrator_sky(sources: list, calibrator: str, exclude_arcsec: float = 60.0
     """The field sources of a calibrator's solve: ``sources`` without the calibrator itself
     (the solve puts in its catalogue model; a strip-model source within ``exclude_arcsec`` is it)."""
     cal = get_calibrator(calibrator)
-    ra, dec = np.radians(cal.ra_deg), np.radians(cal.dec_deg)
-    return [s for s in sources if np.degrees(angular_separation(
-        np.radians(s.ra_deg), np.radians(s.dec_deg), ra, dec)) * 3600.0 > exclude_arcsec]
+    itself = {id(s) for s in calibration.sources_near(sources, cal.ra_deg, cal.dec_deg, exclude_arcsec / 3600.0)}
+    return [s for s in sources if id(s) not in itself]
 
 
 def stage_resolve_with_field(timestamp, ms: Path, cal: dict, paths: Paths, made: dict) -> list:
@@ -477,7 +475,6 @@ def stage_resolve_with_field(timestamp, ms: Path, cal: dict, paths: Paths, made:
     t0 = time.perf_counter()
     log.info("%s: first day of the strip: solving %s again with the %d sources of its tile (%.2f Jy)",
              timestamp, name, len(sky), sum(s.flux_jy for s in sky))
-    first = {e["kind"]: e for e in made.get("calibration") or []}
     again = calibration.solve_calibration(str(ms), name, paths=paths, registry=False, sky=sky,
                                           fill_from=cal.get("donors"))
     made["calibration"] = list(again["registry_entries"])
@@ -489,7 +486,7 @@ def stage_resolve_with_field(timestamp, ms: Path, cal: dict, paths: Paths, made:
     qa["solve_s"] = round(qa.get("solve_s", 0.0) + time.perf_counter() - t0, 2)
     qa["calibrator_field_sources"] = {"first_solve": 0, "second_solve": len(sky), "from": "own tile"}
     log.info("%s: calibrator tables solved again (%s) in %.1f s", timestamp,
-             ", ".join(sorted(first)), time.perf_counter() - t0)
+             ", ".join(sorted(e["kind"] for e in made["calibration"])), time.perf_counter() - t0)
     return sky
 
 
