@@ -197,7 +197,7 @@ def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_grou
     feeder = threading.Thread(target=_replay, name="replay", daemon=True)
     feeder.start()
     options = ServiceOptions(scheduler=scheduler, max_inflight=max_inflight, idle_exit_s=30.0, poll_s=1.0,
-                             incomplete_timeout_s=60.0, cal_wait_s=20.0, min_free_gb=0.0,
+                             incomplete_timeout_s=60.0, min_free_gb=0.0,
                              processor_options={"tiles_per_mosaic": tiles, **(pipeline_options or {})})
     t = time.perf_counter()
     summary = run_service(paths, options)

@@ -91,6 +91,8 @@ def stream_parser() -> argparse.ArgumentParser:
     ap.add_argument("--processor", help=f"module:function run for each group (default {_d('processor')})")
     ap.add_argument("--on-complete", help="module:function run after each completed group, the mosaic trigger; "
                     f"'' for none (default {_d('on_complete')})")
+    ap.add_argument("--priority", help="module:function giving each new group its claim priority (default "
+                    f"{_d('priority')}: a calibrator transit first); '' for time order")
     ap.add_argument("--option", action="append", metavar="KEY=VALUE", default=[],
                     help="a processor option, over the config file's [pipeline] (repeatable; default: none)")
     ap.add_argument("--scheduler", help="address of an existing dask-scheduler; 'inline' to run in this process "
@@ -155,8 +157,9 @@ def stream_options(args) -> ServiceOptions:
             opts = merge(opts, {"processor_options": {**opts.processor_options, **data["pipeline"]}})
     names = {f.name for f in fields(ServiceOptions)}
     given = {_FLAG_FIELDS.get(k, k): v for k, v in vars(args).items() if _FLAG_FIELDS.get(k, k) in names}
-    if "on_complete" in given:
-        given["on_complete"] = given["on_complete"] or None
+    for key in ("on_complete", "priority"):
+        if key in given:
+            given[key] = given[key] or None
     if getattr(args, "option", None):
         given["processor_options"] = {**opts.processor_options, **_parse_options(args.option)}
     return merge(opts, given)

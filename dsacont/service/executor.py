@@ -59,6 +59,11 @@ class ServiceContext:
         ``images``) and ``calibration`` (the valid calibration tables whose windows reach the
         group's time, as :class:`dsacont.calibration.registry.CalRecord`); for the on-complete
         hook, ``unmosaicked_images`` (image rows not yet in any mosaic).
+    requeue : bool
+        The service takes a hand-over: a processor may return early with ``result["requeue"]``
+        (why) and its products; the service records them and puts the group back to ``pending``
+        at once, without using an attempt (e.g. a calibrator's tables handed over before its tile
+        is imaged, so the groups waiting for them start).
     """
 
     paths: object
@@ -69,6 +74,7 @@ class ServiceContext:
     log_level: int = logging.INFO
     service_pid: int = 0
     known: dict = field(default_factory=dict)
+    requeue: bool = False
 
 
 def load_callable(spec: str):
@@ -106,8 +112,9 @@ def _chain_disk_full(exc: BaseException) -> bool:
 def run_group_task(processor: str, group: GroupRecord, context: ServiceContext) -> dict:
     """Run one group through the processor (on a Dask worker); never raises.
 
-    Returns ``{"status": "ok", "result": dict}`` or ``{"status": "calibration_wait" |
-    "bad_input" | "error", "message": str, ...}``.
+    Returns ``{"status": "ok", "result": dict}`` or ``{"status": "requeue" | "calibration_wait" |
+    "bad_input" | "error", "message": str, ...}`` (``requeue``: the processor's result said
+    ``requeue``, see :class:`ServiceContext`; its products come at the top level, as an error's).
     """
     _configure_worker_logging(context.log_level)
     t0 = time.time()
@@ -116,6 +123,9 @@ def run_group_task(processor: str, group: GroupRecord, context: ServiceContext) 
         fn = load_callable(processor)
         with dask.config.set(scheduler="threads", num_workers=max(1, context.threads)):
             result = fn(group, context)
+        if isinstance(result, dict) and result.get("requeue"):
+            return {"status": "requeue", "message": str(result["requeue"]), "products": result.get("products"),
+                    "wall_s": time.time() - t0, "pid": os.getpid()}
         return {"status": "ok", "result": result if isinstance(result, dict) else {"value": result},
                 "wall_s": time.time() - t0, "pid": os.getpid()}
     except CalibrationUnavailable as exc:

@@ -22,7 +22,9 @@ service process (several may share one queue; see below):
    finalises a group while a file of it is in ``incoming`` but not yet recorded (not settled,
    or left by the validation budget), and "newer data" counts only once the watcher has recorded
    everything it sees (a backlog copied in any order, a restart on hours of files).
-3. **Claim and process**: pending groups are claimed atomically, oldest first, and handed to
+3. **Claim and process**: pending groups are claimed atomically, oldest first within a
+   priority (``priority``: by default a group in which a calibrator transits goes first, so in a
+   backlog its tables come before the groups that wait for them), and handed to
    the *processor* ``process(group: GroupRecord, context: ServiceContext) -> dict`` (default
    ``dsacont.service.pipeline:process_group``; any ``module:function`` via ``processor``). It runs
    as a task on a Dask cluster (:mod:`dsacont.service.executor`).
@@ -38,6 +40,9 @@ service process (several may share one queue; see below):
    mosaic trigger; it also runs once at start-up, with ``group=None``, to catch a trigger
    missed by a crash). Hooks run one at a time, in completion order, each given the products
    recorded before it (``known_for_hook``); the products a hook returns are recorded too.
+   A *hand-over* (the task's result says ``requeue``: a calibrator group whose tables are solved,
+   before its tile is imaged) records the products and puts the group back to ``pending`` at
+   once, without using an attempt: the groups waiting for those tables are woken by them.
    ``CalibrationUnavailable`` puts the group back to ``pending`` without using an attempt; it
    is claimed again only when the calibration registry has changed since its task started (at
    once if it changed while the task ran), or at its deadline (``max_cal_wait_s`` after it was
@@ -102,6 +107,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PROCESSOR = "dsacont.service.pipeline:process_group"
 DEFAULT_ON_COMPLETE = "dsacont.service.pipeline:on_group_complete"
+DEFAULT_PRIORITY = "dsacont.service.pipeline:group_priority"
 
 
 @dataclass
@@ -117,6 +123,14 @@ class ServiceOptions:
         ``"module:function"`` run as ``function(group | None, result | None, context)`` after each
         completed group and once at start-up; skipped if the default's module or function does
         not exist; None or ``""``: none. The mosaic trigger.
+    priority : str or None
+        ``"module:function"`` run in the service on each group that became pending, as
+        ``function(group: GroupRecord, header: dict, options: dict) -> (int, str | None)`` (``header``:
+        what the watcher read of one of its files, e.g. ``dec_deg`` and ``time_unix``; ``options``:
+        ``processor_options``): its claim priority, highest first, oldest first within one, and why.
+        The default puts a group in which a calibrator transits first: in a backlog (an archive
+        replayed, a restart after downtime) the groups around it wait for its tables. It must
+        be cheap (no file is opened). None or ``""``: time order.
     processor_options : dict
         The processor's options, ``context.options`` (``[pipeline]`` of the config file,
         ``--option KEY=VALUE``); for the default processor the fields of
@@ -190,6 +204,7 @@ class ServiceOptions:
 
     processor: str = DEFAULT_PROCESSOR
     on_complete: str | None = DEFAULT_ON_COMPLETE
+    priority: str | None = DEFAULT_PRIORITY
     processor_options: dict = field(default_factory=dict)
     scheduler: str | None = None
     max_inflight: int = 1
@@ -297,6 +312,9 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
             old_handlers[s] = signal.signal(s, _on_signal)
 
     hook = _resolve_hook(o.on_complete)
+    # the default priority reads the default processor's options (a custom processor's may differ)
+    prioritise = load_callable(o.priority) if o.priority and (
+        o.priority != DEFAULT_PRIORITY or o.processor == DEFAULT_PROCESSOR) else None
     load_callable(o.processor)  # fail fast on a wrong --processor, before starting a cluster
     executor = Executor(o.scheduler, max_inflight=o.max_inflight, n_workers=o.n_workers,
                         threads_per_worker=o.threads_per_worker)
@@ -470,7 +488,10 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
                 summary.exit_code = 1
                 stop.set()
 
-            # 4. claim and submit (groups waiting for calibration first, if the registry changed)
+            # 4. claim and submit (groups waiting for calibration first, if the registry changed;
+            #    new pending groups get their priority first)
+            if prioritise is not None:
+                _assess_priorities(queue, prioritise, o.processor_options)
             new_state = calibration_state(paths)
             if new_state != cal_state:
                 cal_state = new_state
@@ -506,7 +527,7 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
                     queue.fail(rec, f"reading the state databases: {type(exc).__name__}: {exc}", retry=True,
                                worker=me.name)
                     break
-                ctx = ServiceContext(attempt=rec.attempts + 1, known=known, **ctx_base)
+                ctx = ServiceContext(attempt=rec.attempts + 1, known=known, requeue=True, **ctx_base)
                 fut = executor.submit(run_group_task, o.processor, rec, ctx, key=_task_key(rec))
                 inflight[rec.id] = (rec, fut, time.time())
                 cal_seen[rec.id] = cal_state  # read just before this claim loop
@@ -599,6 +620,22 @@ def _task_key(rec: GroupRecord) -> str:
     return f"group-{rec.timestamp}-{rec.claim_token[:8]}"
 
 
+def _assess_priorities(queue: IngestQueue, prioritise, options: dict) -> None:
+    """Give each pending group not assessed yet its claim priority (``ServiceOptions.priority``).
+
+    A failing priority function is logged and the group keeps time order (priority 0).
+    """
+    for rec, header in queue.unassessed():
+        try:
+            value, why = prioritise(rec, header, options)
+        except Exception as exc:  # noqa: BLE001 - a priority is an optimisation: never stop for it
+            log.warning("group %s: no priority (%s: %s); time order", rec.timestamp, type(exc).__name__, exc)
+            value, why = 0, None
+        queue.set_priority(rec, int(value), why)
+        if value:
+            log.info("group %s goes first (priority %d): %s", rec.timestamp, value, why)
+
+
 def _resolve_hook(spec: str | None) -> str | None:
     if not spec:
         return None
@@ -632,7 +669,7 @@ def calibration_state(paths) -> str:
 def _record_outcome(queue: IngestQueue, rec: GroupRecord, out: dict, me: WorkerId, *, cal_wait_s: float | None,
                     disk_full_pause_s: float, t0: float, paths, max_cal_wait_s: float = 86400.0,
                     cal_token: str | None = None, cal_now: str | None = None) -> str:
-    """Write a task outcome to the queue; returns completed/deferred/quarantined/failed/pending/stale."""
+    """Write a task outcome to the queue; returns completed/requeued/deferred/quarantined/failed/pending/stale."""
     status = out.get("status")
     wall = time.time() - t0
     if status == "ok":
@@ -643,6 +680,10 @@ def _record_outcome(queue: IngestQueue, rec: GroupRecord, out: dict, me: WorkerI
                      rec.timestamp, wall, f" ({16 - len(rec.missing)}/16 subbands)" if rec.missing else "",
                      c["completed"], c["pending"] + c["collecting"], c["in_progress"], c["failed"] + c["quarantined"])
         return "completed" if ok else "stale"
+    if status == "requeue":  # a hand-over: the products are recorded, the group goes on as a new task
+        ok = queue.defer(rec, f"requeued: {out.get('message')}", delay_s=0.0, wait_reason="requeue", worker=me.name)
+        log.info("group %s handed over after %.1f s (%s); requeued", rec.timestamp, wall, out.get("message"))
+        return "requeued" if ok else "stale"
     if status == "calibration_wait" and rec.queued and time.time() - rec.queued > max_cal_wait_s:
         new = queue.fail(rec, f"no valid calibration within {max_cal_wait_s / 3600:.1f} h of queueing: "
                               f"{out.get('message')}", retry=False, worker=me.name)

@@ -15,8 +15,10 @@ that is retried after a crash or after waiting for calibration resumes where it 
    tables for the MS's mid-time (two-sided windows; the registry's lookup rule applied to the
    tables sent with the task plus those just solved) and apply them. If none is valid yet, raise
    :class:`dsacont.errors.CalibrationUnavailable` (carrying the products made so far): the service
-   records them and puts the group back to wait. A group is never imaged uncalibrated;
-3. **image**: tclean of CORRECTED_DATA, primary-beam corrected FITS, with QA;
+   records them and puts the group back to wait. A group is never imaged uncalibrated. Under the
+   streaming service a group that solved a calibrator hands its tables over here (the service
+   records them, waking the groups that wait for them, and requeues it for its image);
+3. **image**: WSClean or tclean of CORRECTED_DATA, primary-beam corrected FITS, with QA;
 4. **mosaic**: after each completed group the service runs :func:`on_group_complete` with the
    images not yet in a mosaic; it builds every mosaic a run of ``tiles_per_mosaic`` (12)
    consecutive tiles allows (:func:`maybe_mosaic`) and returns them for the service to record.
@@ -542,6 +544,9 @@ def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, opti
     imaging = {"threads": threads, **options.imaging} if threads else dict(options.imaging)
     if options.flatten_strip and "flatten" not in imaging:
         strip = _strip_bright(known, ms, options.flatten_strip_min_jy)
+        # a calibrator tile handed over with its own bright sources (the strip model leaves it out)
+        own = [SkySource(str(r[0]), *map(float, r[1:4])) for r in ((row or {}).get("qa") or {}).get("flatten_own") or []]
+        strip = own + [s for s in strip if not calibration.sources_near(own, s.ra_deg, s.dec_deg, 30.0 / 3600.0)]
         if strip:
             imaging["flatten"] = ["auto", *strip]
     try:
@@ -766,7 +771,10 @@ def process_group(record, context=None) -> dict:
     dict
         ``timestamp``, ``ms``, ``solved`` (bool), ``image`` (PB-corrected FITS path),
         ``timings_s`` (seconds per stage) and ``products`` (what was made, for the service to
-        record: see :mod:`dsacont.service.state`). JSON-serialisable.
+        record: see :mod:`dsacont.service.state`). JSON-serialisable. When the caller takes a
+        hand-over (``context.requeue``, the streaming service) and this group solved a calibrator
+        transit, ``requeue`` (why) and ``image`` None: the tables are handed over before the tile
+        is imaged (:func:`_handed_over`), the service calls again for the image.
 
     Raises
     ------
@@ -790,6 +798,9 @@ def process_group(record, context=None) -> dict:
         t = time.perf_counter()
         solved = cal.get("solved") or {}
         resolve = bool(options.calibrator_sky and solved and solved.get("field_sources") == 0)
+        handoff = bool(solved) and _takes_handoff(context)
+        if handoff and not resolve:
+            return _handed_over(timestamp, ms, solved, timings, made)
         # a group to be solved again with its tile's sources is imaged again anyway, then with
         # its own bright sources flattened
         img = stage_image(timestamp, ms, paths, known, made, options, threads=_threads_of(context),
@@ -798,7 +809,20 @@ def process_group(record, context=None) -> dict:
         t = time.perf_counter()
         if stage_catalogue(timestamp, img, paths, made, options) is not None:
             timings["catalogue"] = round(time.perf_counter() - t, 2)
+        first = made.get("detections")
         own = stage_resolve_with_field(timestamp, ms, cal, paths, made) if resolve else []
+        if handoff:
+            if own:
+                # the first image (for the tile's sources) is not the tile's product: its time goes with the MS
+                made["ms_update"]["qa"]["field_image_s"] = round(timings["image"] + timings.get("catalogue", 0.0), 2)
+                if first:  # the strip model has the tile's sources until its final image replaces them
+                    made["detections"] = first
+                # the strip model sent with a task leaves out the group's own tile: its bright
+                # sources, to flatten when it is imaged, go with the MS
+                bright = flatten_bright_among(calibration.read_ms_info(ms), own,
+                                              min_apparent_jy=options.flatten_strip_min_jy)
+                made["ms_update"]["qa"]["flatten_own"] = [[s.name, s.ra_deg, s.dec_deg, s.flux_jy] for s in bright]
+            return _handed_over(timestamp, ms, solved, timings, made)
         if own:
             t = time.perf_counter()
             own_model = {"sources": [[s.name, s.ra_deg, s.dec_deg, s.flux_jy] for s in own]}
@@ -820,6 +844,48 @@ def process_group(record, context=None) -> dict:
         "timings_s": timings,
         "products": made,
     }
+
+
+def _takes_handoff(context) -> bool:
+    """Whether the caller (the streaming service: ``context.requeue``) takes a hand-over."""
+    return bool(context.get("requeue") if isinstance(context, dict) else getattr(context, "requeue", False))
+
+
+def _handed_over(timestamp, ms: Path, solved: dict, timings: dict, made: dict) -> dict:
+    """The result of a calibrator group that hands its tables to the service before its tile is imaged.
+
+    On a strip's first day every group of the hour waits for the calibrator's tables; with one
+    group in flight per core the others would sit idle while this one images. The service records
+    the tables (and the MS, now calibrated) and requeues the group: the next task finds the MS
+    calibrated and images it. ``made`` may hold the detections of a first image (the tables solved
+    again with them): they feed the strip model until the tile's final image replaces them.
+    """
+    why = f"calibrator {solved.get('calibrator')} solved: its tables go to the registry before the tile is imaged"
+    log.info("%s: %s", timestamp, why)
+    return {"timestamp": timestamp, "ms": str(ms), "solved": True, "image": None, "timings_s": timings,
+            "products": made, "requeue": why}
+
+
+def group_priority(group, header: dict, options=None) -> tuple[int, str | None]:
+    """The streaming service's claim priority of a new group (:class:`dsacont.service.loop.ServiceOptions`).
+
+    1 when a calibrator transits inside it (:func:`dsacont.calibration.find_calibrator_transits`
+    with ``options``' ``cal_min_flux_jy``, ``cal_min_pb`` and ``calibrator``, at the pointing
+    declination and times of ``header``, the watcher's reading of one of its files), else 0. In
+    a backlog (an archive replayed, a restart after downtime) every group of the strip's first
+    day waits for that group's tables; taken first, it solves while the others convert.
+    """
+    dec, span = (header or {}).get("dec_deg"), (header or {}).get("time_unix")
+    if dec is None or not span:
+        return 0, None
+    o = options_from(options)
+    start, end = (Time(float(t), format="unix", scale="utc") for t in span)
+    transits = calibration.find_calibrator_transits(start, end, float(dec), min_flux_jy=o.cal_min_flux_jy,
+                                                    min_pb=o.cal_min_pb)
+    transits = [t for t in transits if not o.calibrator or t.name == o.calibrator]
+    if not transits:
+        return 0, None
+    return 1, f"calibrator {transits[0].name} transits at {transits[0].transit.isot[:19]}"
 
 
 def on_group_complete(group, result, context=None) -> dict:

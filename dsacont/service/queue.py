@@ -10,7 +10,7 @@ Group life cycle::
     collecting --(timeout with too few subbands)-----------------> failed      ('incomplete ...')
     failed (incomplete, never claimed) --(a late subband)--------> collecting  (re-opened)
     completed/failed/quarantined --(rebuild: dsacont reprocess)--> pending     (products made again)
-    pending ----(claim: atomic, oldest group first)--------------> in_progress
+    pending ----(claim: atomic, highest priority, oldest first)--> in_progress
     in_progress --(processor returned)----------------------------> completed
     in_progress --(error, attempts left)--------------------------> pending     (not_before = backoff)
     in_progress --(error, no attempts left)-----------------------> failed
@@ -18,6 +18,9 @@ Group life cycle::
     in_progress --(CalibrationUnavailable)------------------------> pending     (waits, no attempt used, until
                                                                                the calibration registry
                                                                                changes or its deadline)
+    in_progress --(processor handed over: result["requeue"])-----> pending     (claimable at once, no attempt
+                                                                               used: e.g. a calibrator's tables
+                                                                               recorded before its tile is imaged)
     in_progress --(worker pid dead / lease expired)---------------> pending     (reclaimed; counts as an attempt)
 
 Files: each ``*_sbNN.hdf5`` seen is one row in ``files`` with ``status`` ``ok`` or
@@ -109,7 +112,7 @@ MIGRATIONS = [
         status    TEXT NOT NULL CHECK (status IN ('ok', 'quarantined')),
         reason    TEXT,
         size      INTEGER, mtime REAL,
-        shape     TEXT,                        -- JSON {nblts, nfreqs, npols, ntimes, nbls}
+        shape     TEXT,                        -- JSON {nblts, nfreqs, npols, ntimes, nbls} (+ dec_deg, time_unix)
         added     REAL NOT NULL
     );
     CREATE UNIQUE INDEX files_one_ok_subband ON files (group_id, subband) WHERE status = 'ok';
@@ -138,6 +141,9 @@ MIGRATIONS = [
         first_seen REAL NOT NULL,
         watcher    TEXT NOT NULL, host TEXT, pid INTEGER, pid_start TEXT
     );
+    """,
+    """
+    ALTER TABLE groups ADD COLUMN priority INTEGER;  -- claimed highest first; NULL: not assessed yet (as 0)
     """,
 ]
 
@@ -256,6 +262,7 @@ class GroupRecord:
     reopened: int = 0
     rebuild: bool = False
     wait_token: str | None = None
+    priority: int | None = None
 
     @property
     def complete(self) -> bool:
@@ -340,7 +347,7 @@ class IngestQueue:
             started=row["started"], finished=row["finished"], not_before=row["not_before"],
             wait_reason=row["wait_reason"], error=row["error"], worker=row["worker"],
             claim_token=row["claim_token"], result=json.loads(row["result"]) if row["result"] else None,
-            **{k: row[k] for k in ("reopened", "wait_token") if k in row.keys()},
+            **{k: row[k] for k in ("reopened", "wait_token", "priority") if k in row.keys()},
             rebuild=bool(row["rebuild"]) if "rebuild" in row.keys() else False,
         )
 
@@ -697,9 +704,10 @@ class IngestQueue:
 
     # -- claims ------------------------------------------------------------------------------
     def claim(self, worker: WorkerId, *, now: float | None = None) -> GroupRecord | None:
-        """Atomically take the oldest claimable pending group, or None.
+        """Atomically take the oldest claimable pending group of the highest priority, or None.
 
-        Claimable: ``state='pending'`` and ``not_before`` unset or past. The group gets a new
+        Claimable: ``state='pending'`` and ``not_before`` unset or past (priority: see
+        :meth:`set_priority`; unassessed counts as 0). The group gets a new
         ``claim_token``, the worker's identity and a lease of ``lease_s``.
         """
         now = time.time() if now is None else now
@@ -713,7 +721,7 @@ class IngestQueue:
                        claim_token = ?, not_before = NULL
                  WHERE id = (SELECT id FROM groups
                               WHERE state = 'pending' AND (not_before IS NULL OR not_before <= ?)
-                              ORDER BY t_unix LIMIT 1)
+                              ORDER BY COALESCE(priority, 0) DESC, t_unix LIMIT 1)
                    AND state = 'pending'
                 RETURNING *
                 """,
@@ -834,6 +842,26 @@ class IngestQueue:
         return self._finish(group.id, group.claim_token,
                             "state = 'quarantined', error = ?, finished = ?, lease_until = NULL",
                             (reason, now), "quarantined", worker, {"error": reason}, now)
+
+    def unassessed(self, limit: int = 200) -> list[tuple[GroupRecord, dict]]:
+        """Pending groups whose priority is not assessed yet, oldest first, each with the header
+        summary of one of its usable files (``files.shape``: what the watcher read; {} if none)."""
+        out = []
+        for row in self.conn.execute("SELECT * FROM groups WHERE state = 'pending' AND priority IS NULL "
+                                     "ORDER BY t_unix LIMIT ?", (limit,)).fetchall():
+            f = self.conn.execute("SELECT shape FROM files WHERE group_id = ? AND status = 'ok' AND shape IS NOT NULL "
+                                  "ORDER BY subband LIMIT 1", (row["id"],)).fetchone()
+            out.append((self._record(row), json.loads(f["shape"]) if f else {}))
+        return out
+
+    def set_priority(self, group, priority: int, reason: str | None = None) -> None:
+        """Set a group's claim priority (higher first; the oldest first within one); a non-zero
+        one is logged as a ``prioritised`` event with its reason."""
+        gid = group.id if isinstance(group, GroupRecord) else int(group)
+        with db.transaction(self.conn):
+            self.conn.execute("UPDATE groups SET priority = ? WHERE id = ?", (int(priority), gid))
+            if priority:
+                self._event(gid, "prioritised", detail={"priority": int(priority), "reason": reason})
 
     def defer(self, group: GroupRecord, reason: str, *, delay_s: float, wait_reason: str = "calibration",
               worker: str | None = None, wait_token: str | None = None, now: float | None = None) -> bool:

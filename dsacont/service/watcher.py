@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from dsacont.errors import BadInputError
 from dsacont.io.groups import parse_subband_name
@@ -45,7 +46,9 @@ def validate_subband_file(path, *, check_values: bool = True, max_nonfinite_frac
     Returns
     -------
     dict
-        ``{"nblts", "nfreqs", "npols", "ntimes", "nbls", "nonfinite"}``.
+        ``{"nblts", "nfreqs", "npols", "ntimes", "nbls", "nonfinite", "time_unix"}`` (first and
+        last integration edges, Unix seconds) and ``dec_deg`` (the pointing declination,
+        ``phase_center_dec``, degrees) when the header has it.
 
     Raises
     ------
@@ -80,6 +83,13 @@ def validate_subband_file(path, *, check_values: bool = True, max_nonfinite_frac
             msg = f"truncated HDF5 file ({st.st_size} bytes): {msg}"
         raise BadInputError(path, msg) from exc
     shape = {"nblts": h.nblts, "nfreqs": h.nfreqs, "npols": h.npols, "ntimes": h.ntimes, "nbls": h.nbls}
+    # where and when it looked (the service's claim priority: a calibrator transit inside it)
+    dec = h.extra.get("phase_center_dec")
+    if dec is not None and np.isfinite(float(dec)):
+        shape["dec_deg"] = round(float(np.degrees(float(dec))), 6)
+    half = 0.5 * float(np.max(h.integration_time)) if np.size(h.integration_time) else 0.0
+    shape["time_unix"] = [round((float(np.min(h.time)) - 2440587.5) * 86400.0 - half, 3),
+                          round((float(np.max(h.time)) - 2440587.5) * 86400.0 + half, 3)]
     nonfinite = scan_subband_data(path, check_values=check_values, rows_per_read=rows_per_read)
     shape["nonfinite"] = nonfinite
     if check_values and nonfinite:

@@ -60,9 +60,22 @@ def test_the_group_before_the_transit_waited_for_calibration(mini_demo):
     q = IngestQueue(paths.queue_db)
     first, transit, _ = sorted(q.groups("completed"), key=lambda g: g.timestamp)
     assert first.waits >= 1 and first.attempts <= 1, (first.waits, first.attempts)
-    assert transit.waits == 0
     deferred = q.events(first.id, "deferred")
     assert deferred and all(json.loads(e["detail"])["wait"] == "calibration" for e in deferred)
+    # the transit group was claimed first (the service's priority: a calibrator transits in it)
+    assert [json.loads(e["detail"])["reason"][:21] for e in q.events(transit.id, "prioritised")] == \
+        ["calibrator 0834+555 t"]
+    assert q.events(event="claimed")[0]["group_id"] == transit.id
+    # it handed its tables over before imaging its tile (requeued once, no attempt used): the
+    # first group was claimed again before the transit group completed
+    assert transit.waits == 1 and transit.attempts <= 1, (transit.waits, transit.attempts)
+    handed = q.events(transit.id, "deferred")
+    assert [json.loads(e["detail"])["wait"] for e in handed] == ["requeue"]
+    assert "calibrator 0834+555 solved" in json.loads(handed[0]["detail"])["reason"]
+    claims = q.events(first.id, "claimed")
+    completed = q.events(transit.id, "completed")
+    assert len(claims) >= 2 and len(completed) == 1
+    assert claims[-1]["t"] < completed[0]["t"]
     q.close()
     tables = {r.path for r in Registry(paths.registry_db).list(status="valid")}
     row = Products(paths.products_db).get("ms", str(paths.ms / f"{first.timestamp}.ms"))
@@ -93,6 +106,10 @@ def test_the_calibrator_was_solved_with_its_field(mini_demo):
     assert row["qa"]["calibrator_field_sources"]["second_solve"] == max(r.metrics["n_sky_sources"] for r in tables)
     image = next(im for im in db.list_images() if im["ms_path"] == row["path"])
     assert Path(image["path"]).stat().st_mtime > max(Path(r.path).stat().st_mtime for r in tables)
+    # its bright sources went with the MS to the task that imaged it, and were flattened there
+    own = row["qa"]["flatten_own"]
+    flattened = {f["name"] for f in (image["qa"].get("flattened") or []) + (image["qa"].get("flatten_skipped") or [])}
+    assert {r[0] for r in own} <= flattened, (own, flattened)
 
 
 def test_products_and_queue_agree(mini_demo):

@@ -186,3 +186,24 @@ def test_tiles_and_mosaics_measured_at_the_reference_positions_and_recorded(tmp_
     lc = light_curve((120.0 + 1.2885, 55.57), products=paths.products_db, kind="all")
     assert lc["kind"].value_counts().to_dict() == {"image": 3, "mosaic": 1}
     assert lc[lc["image"] == rows[0]["path"]]["flux_jy"].iloc[0] == ph["rows"][1]["flux_jy"]
+
+
+def test_the_calibrator_group_goes_first_by_its_header(request):
+    """The service's claim priority from what the watcher reads of a real simulated file: the
+    0834+555 transit group (pointing declination and integration times of its header) goes first;
+    the same header an hour later, or with another calibrator asked for, keeps time order."""
+    from streamtools import sim_group_files
+
+    from dsacont.service.pipeline import group_priority
+    from dsacont.service.watcher import validate_subband_file
+
+    header = validate_subband_file(sim_group_files(request)[0], check_values=False)
+    assert header["dec_deg"] == pytest.approx(55.57, abs=0.05)
+    t0, t1 = header["time_unix"]
+    assert 290.0 < t1 - t0 < 320.0  # one group: 24 integrations of 12.88 s
+    value, why = group_priority(None, header)
+    assert value == 1 and why.startswith("calibrator 0834+555 transits at 2025-10-29T13:5"), why
+    later = dict(header, time_unix=[t0 + 3600.0, t1 + 3600.0])
+    assert group_priority(None, later) == (0, None)
+    assert group_priority(None, header, {"calibrator": "0542+498"}) == (0, None)
+    assert group_priority(None, {"nblts": 10}) == (0, None)  # a header without a pointing: time order

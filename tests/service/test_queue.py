@@ -210,6 +210,24 @@ def test_claims_in_time_order_with_fencing(tmp_path):
     assert any(e["event"] == "stale_completed" for e in q.events(b.id))
 
 
+def test_a_prioritised_group_is_claimed_first_the_rest_in_time_order(tmp_path):
+    q = _ready_queue(tmp_path / "q.sqlite3", n=4)
+    todo = q.unassessed()
+    stamps = [g.timestamp for g, _ in todo]
+    assert stamps == sorted(stamps) and len(stamps) == 4
+    assert all(header["nfreqs"] == 48 for _, header in todo)  # a file's header summary comes along
+    q.set_priority(todo[2][0], 1, "calibrator 0834+555 transits at 2025-10-29T13:57:25")
+    for g, _ in todo[:2] + todo[3:]:
+        q.set_priority(g, 0)
+    assert q.unassessed() == []
+    me = WorkerId.this_process("t")
+    claimed = [q.claim(me).timestamp for _ in range(4)]
+    assert claimed == [stamps[2], stamps[0], stamps[1], stamps[3]]
+    (ev,) = q.events(todo[2][0].id, "prioritised")
+    assert json.loads(ev["detail"]) == {"priority": 1, "reason": "calibrator 0834+555 transits at 2025-10-29T13:57:25"}
+    assert q.get(todo[2][0].id).priority == 1 and q.get(todo[0][0].id).priority == 0
+
+
 def test_errors_retry_then_fail_and_calibration_waits_do_not_count(tmp_path):
     q = _ready_queue(tmp_path / "q.sqlite3", n=1)
     me = WorkerId.this_process("t")
