@@ -92,7 +92,7 @@ def stream_parser() -> argparse.ArgumentParser:
     ap.add_argument("--on-complete", help="module:function run after each completed group, the mosaic trigger; "
                     f"'' for none (default {_d('on_complete')})")
     ap.add_argument("--priority", help="module:function giving each new group its claim priority (default "
-                    f"{_d('priority')}: a calibrator transit first); '' for time order")
+                    f"{_d('priority')}: a calibrator's transit group first, then outward from it); '' for time order")
     ap.add_argument("--option", action="append", metavar="KEY=VALUE", default=[],
                     help="a processor option, over the config file's [pipeline] (repeatable; default: none)")
     ap.add_argument("--scheduler", help="address of an existing dask-scheduler; 'inline' to run in this process "

@@ -23,8 +23,9 @@ service process (several may share one queue; see below):
    or left by the validation budget), and "newer data" counts only once the watcher has recorded
    everything it sees (a backlog copied in any order, a restart on hours of files).
 3. **Claim and process**: pending groups are claimed atomically, oldest first within a
-   priority (``priority``: by default a group in which a calibrator transits goes first, so in a
-   backlog its tables come before the groups that wait for them), and handed to
+   priority (``priority``: by default a group in which a calibrator transits goes first, then
+   those outward from it, so in a backlog its tables come before the groups that wait for them),
+   and handed to
    the *processor* ``process(group: GroupRecord, context: ServiceContext) -> dict`` (default
    ``dsacont.service.pipeline:process_group``; any ``module:function`` via ``processor``). It runs
    as a task on a Dask cluster (:mod:`dsacont.service.executor`).
@@ -128,9 +129,11 @@ class ServiceOptions:
         ``function(group: GroupRecord, header: dict, options: dict) -> (int, str | None)`` (``header``:
         what the watcher read of one of its files, e.g. ``dec_deg`` and ``time_unix``; ``options``:
         ``processor_options``): its claim priority, highest first, oldest first within one, and why.
-        The default puts a group in which a calibrator transits first: in a backlog (an archive
-        replayed, a restart after downtime) the groups around it wait for its tables. It must
-        be cheap (no file is opened). None or ``""``: time order.
+        The default (:func:`dsacont.service.pipeline.group_priority`) takes a group in which a
+        calibrator transits first, then the groups outward from it, up to an hour away: in a
+        backlog (an archive replayed, a restart after downtime) the groups around it wait for its
+        tables, and on a strip's first day its sky model grows outward from it. It must be cheap
+        (no file is opened). None or ``""``: time order.
     processor_options : dict
         The processor's options, ``context.options`` (``[pipeline]`` of the config file,
         ``--option KEY=VALUE``); for the default processor the fields of

@@ -190,8 +190,9 @@ def test_tiles_and_mosaics_measured_at_the_reference_positions_and_recorded(tmp_
 
 def test_the_calibrator_group_goes_first_by_its_header(request):
     """The service's claim priority from what the watcher reads of a real simulated file: the
-    0834+555 transit group (pointing declination and integration times of its header) goes first;
-    the same header an hour later, or with another calibrator asked for, keeps time order."""
+    0834+555 transit group (pointing declination and integration times of its header) goes first,
+    then the groups outward from it; two hours from it, or with another calibrator asked for, time
+    order."""
     from streamtools import sim_group_files
 
     from dsacont.service.pipeline import group_priority
@@ -202,8 +203,13 @@ def test_the_calibrator_group_goes_first_by_its_header(request):
     t0, t1 = header["time_unix"]
     assert 290.0 < t1 - t0 < 320.0  # one group: 24 integrations of 12.88 s
     value, why = group_priority(None, header)
-    assert value == 1 and why.startswith("calibrator 0834+555 transits at 2025-10-29T13:5"), why
-    later = dict(header, time_unix=[t0 + 3600.0, t1 + 3600.0])
-    assert group_priority(None, later) == (0, None)
+    assert value == 13 and why.startswith("calibrator 0834+555 transits in it (2025-10-29T13:5"), why
+    # outward from it, one less per group; nothing beyond an hour
+    for k, want in [(1, 12), (-1, 12), (3, 10), (-12, 1)]:
+        shifted = dict(header, time_unix=[t0 + k * GROUP_CADENCE_S, t1 + k * GROUP_CADENCE_S])
+        value, why = group_priority(None, shifted)
+        assert value == want and why.startswith(f"{abs(k)} group(s) from the calibrator 0834+555 transit"), (k, why)
+    later = dict(header, time_unix=[t0 + 2 * 3600.0, t1 + 2 * 3600.0])  # (another calibrator is near then)
+    assert group_priority(None, later, {"calibrator": "0834+555"}) == (0, None)
     assert group_priority(None, header, {"calibrator": "0542+498"}) == (0, None)
     assert group_priority(None, {"nblts": 10}) == (0, None)  # a header without a pointing: time order
