@@ -654,14 +654,17 @@ def stage_catalogue(timestamp, img: dict, paths: Paths, made: dict, options: Pip
     keep = ((np.asarray(tab["flags"]) == 0) & ~sidelobe & (snr >= options.model_min_snr) & (flux > 0)
             & (np.asarray(tab["major_arcsec"], float) <= 1.3 * bmaj))
     chain = ((made.get("ms_update") or {}).get("qa") or {}).get("calibration_chain") or []
+    # the calibration applied: this task's, or (a tile imaged after a hand-over, its MS calibrated
+    # by the task before) what stage_image stamped on the image from the MS's record
+    how = [f"{c['kind']}:{c['how']}" for c in chain] or list((product.get("qa") or {}).get("calibration") or [])
     noise_ratio = (product.get("qa") or {}).get("noise_ratio")
-    trusted = (any(c["kind"] == "G" and c["how"] in ("transit", "field") for c in chain)
+    trusted = (any(h in ("G:transit", "G:field") for h in how)
                and noise_ratio is not None and noise_ratio <= options.model_max_noise_ratio)
     made.setdefault("catalogues", []).append(res["product"])
     hdr = read_header(image)
     made["detections"] = {
         "image": image, "group": timestamp, "mjd": 0.5 * (product["start"] + product["end"]), "trusted": trusted,
-        "calibration": [f"{c['kind']}:{c['how']}" for c in chain], "beam_arcsec": bmaj, "freq_hz": res["freq_hz"],
+        "calibration": how, "beam_arcsec": bmaj, "freq_hz": res["freq_hz"],
         "ra_deg": float(hdr["CRVAL1"]), "dec_deg": float(hdr["CRVAL2"]),
         "radius_deg": 0.5 * min(int(hdr["NAXIS1"]), int(hdr["NAXIS2"])) * abs(float(hdr["CDELT2"])),
         "noise_jy": (product.get("qa") or {}).get("noise_jy"),
@@ -813,17 +816,16 @@ def process_group(record, context=None) -> dict:
             timings["catalogue"] = round(time.perf_counter() - t, 2)
         first = made.get("detections")
         own = stage_resolve_with_field(timestamp, ms, cal, paths, made) if resolve else []
-        if handoff:
-            if own:
-                # the first image (for the tile's sources) is not the tile's product: its time goes with the MS
-                made["ms_update"]["qa"]["field_image_s"] = round(timings["image"] + timings.get("catalogue", 0.0), 2)
-                if first:  # the strip model has the tile's sources until its final image replaces them
-                    made["detections"] = first
-                # the strip model sent with a task leaves out the group's own tile: its bright
-                # sources, to flatten when it is imaged, go with the MS
-                bright = flatten_bright_among(calibration.read_ms_info(ms), own,
-                                              min_apparent_jy=options.flatten_strip_min_jy)
-                made["ms_update"]["qa"]["flatten_own"] = [[s.name, s.ra_deg, s.dec_deg, s.flux_jy] for s in bright]
+        if handoff and own:  # (no sources: the first image is the tile's, the group is done)
+            # the first image (for the tile's sources) is not the tile's product: its time goes with the MS
+            made["ms_update"]["qa"]["field_image_s"] = round(timings["image"] + timings.get("catalogue", 0.0), 2)
+            if first:  # the strip model has the tile's sources until its final image replaces them
+                made["detections"] = first
+            # the strip model sent with a task leaves out the group's own tile: its bright
+            # sources, to flatten when it is imaged, go with the MS
+            bright = flatten_bright_among(calibration.read_ms_info(ms), own,
+                                          min_apparent_jy=options.flatten_strip_min_jy)
+            made["ms_update"]["qa"]["flatten_own"] = [[s.name, s.ra_deg, s.dec_deg, s.flux_jy] for s in bright]
             return _handed_over(timestamp, ms, solved, timings, made)
         if own:
             t = time.perf_counter()

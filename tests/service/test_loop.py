@@ -98,13 +98,14 @@ def test_worker_without_the_state_directory_products_recorded_once(request, tmp_
         g = q.get(ts)
         assert g.state == "completed" and g.attempts == 0, (g.state, g.error)
         assert len(q.events(g.id, "completed")) == 1
-        # two tasks: the calibrator's tables handed over (recorded, the group requeued), then the image
-        assert [json.loads(e["detail"])["wait"] for e in q.events(g.id, "deferred")] == ["requeue"]
-        assert len(q.events(g.id, "claimed")) == 2
+        # the calibrator's tables handed over (recorded, the group requeued, a second task images
+        # it) when its first image found field sources to solve again with; else one task
+        handed = [json.loads(e["detail"])["wait"] for e in q.events(g.id, "deferred")]
+        assert handed in ([], ["requeue"]) and len(q.events(g.id, "claimed")) == 1 + len(handed), handed
     finally:
         q.close()
     # it ran on the cluster's worker, not in the service
-    assert g.result["timings_s"]["image"] > 0 and g.result["image"]
+    assert g.result["timings_s"]["convert"] > 0 and g.result["image"]
 
     # calibration registry: B and G solved on this group's MS, each registered once, valid
     ms_path = str(paths.ms / f"{ts}.ms")
