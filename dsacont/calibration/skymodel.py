@@ -73,6 +73,19 @@ def sky_from_arrays(name, ra_deg, dec_deg, flux_jy, spectral_index, ref_freq_hz=
             for n, r, d, s, a in zip(name, ra_deg, dec_deg, flux_jy, spectral_index)]
 
 
+def rows_of_sources(sources) -> list[list]:
+    """SkySources as JSON rows ``[name, ra_deg, dec_deg, flux_jy]`` (how a sky model travels between
+    the service and its workers, e.g. :meth:`dsacont.service.sky.SkyStore.model_near`); see
+    :func:`sources_from_rows`."""
+    return [[s.name, float(s.ra_deg), float(s.dec_deg), float(s.flux_jy)] for s in sources]
+
+
+def sources_from_rows(rows) -> list[SkySource]:
+    """SkySources from rows ``[name, ra_deg, dec_deg, flux_jy, ...]`` (columns after the fourth,
+    e.g. the strip model's detection count, ignored); None or empty: none."""
+    return [SkySource(str(r[0]), float(r[1]), float(r[2]), float(r[3])) for r in rows or []]
+
+
 def load_sky_csv(path) -> list[SkySource]:
     """Field sources from a CSV file with a header naming the columns
     ``name, ra_deg, dec_deg, flux_jy[, spectral_index[, ref_freq_hz]]`` (flux at 1.4 GHz by default)."""

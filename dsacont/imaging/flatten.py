@@ -207,8 +207,8 @@ def flatten_sources(ms, sources="auto", *, column: str = "CORRECTED_DATA", fit: 
         :func:`dsacont.calibration.model.sidelobe_sources`, subtracted whole), 'calibrators' (the
         first alone), or a list of calibrator names / objects with ``name, ra_deg, dec_deg,
         flux_at(freq_hz)`` (e.g. :class:`dsacont.calibration.SkySource`; flattened); a list
-        holding 'auto' means 'auto' and the others (those within 30" of one 'auto' chose left
-        out), e.g. the strip model's bright sources (:func:`bright_among`).
+        holding 'auto' means 'auto' and the others (those within 30" of one 'auto' chose, or of
+        one before them in the list, left out), e.g. the strip model's bright sources (:func:`bright_among`).
     column : the data column tclean will image ('CORRECTED_DATA' or 'DATA').
     fit : fit a flux scale per source (least squares of the source's model against the data,
         cross-correlations, unflagged rows and channels); otherwise the catalogue flux is used.
@@ -239,7 +239,9 @@ def flatten_sources(ms, sources="auto", *, column: str = "CORRECTED_DATA", fit: 
         subtract = {s.name for s in side}
         sources = bright_sources(info, min_apparent_jy=min_apparent_jy, max_offset_deg=max_offset_deg,
                                  pointing_dec_rad=pdec) + side
-        sources += [a for a in also if not any(_same_place(a, s) for s in sources)]
+        for a in also:  # in order: one within 30" of a source before it is the same source
+            if not any(_same_place(a, s) for s in sources):
+                sources.append(a)
     sources = [get_calibrator(s) if isinstance(s, str) else s for s in (sources or [])]
     result = {"column": column, "sources": [], "seconds": 0.0}
     if not sources:

@@ -108,7 +108,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PROCESSOR = "dsacont.service.pipeline:process_group"
 DEFAULT_ON_COMPLETE = "dsacont.service.pipeline:on_group_complete"
-DEFAULT_PRIORITY = "dsacont.service.pipeline:group_priority"
+DEFAULT_PRIORITY = "dsacont.service.priority:group_priority"
 
 
 @dataclass
@@ -129,7 +129,7 @@ class ServiceOptions:
         ``function(group: GroupRecord, header: dict, options: dict) -> (int, str | None)`` (``header``:
         what the watcher read of one of its files, e.g. ``dec_deg`` and ``time_unix``; ``options``:
         ``processor_options``): its claim priority, highest first, oldest first within one, and why.
-        The default (:func:`dsacont.service.pipeline.group_priority`) takes a group in which a
+        The default (:func:`dsacont.service.priority.group_priority`) takes a group in which a
         calibrator transits first, then the groups outward from it, up to an hour away: in a
         backlog (an archive replayed, a restart after downtime) the groups around it wait for its
         tables, and on a strip's first day its sky model grows outward from it. It must be cheap

@@ -31,10 +31,8 @@ the mosaic centred on that transit, with no group chosen by hand.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +43,7 @@ from astropy.time import Time
 from dsacont import calibration
 from dsacont.calibration.field import solve_field_gains
 from dsacont.calibration.select import BORROW_DAYS, DEC_TOLERANCE_DEG, TRANSFER_H, choose_tables, origin_of, same_strip
-from dsacont.calibration.skymodel import SkySource
+from dsacont.calibration.skymodel import SkySource, rows_of_sources, sources_from_rows
 from dsacont.calibrators import get_calibrator
 from dsacont.config import Paths, get_paths
 from dsacont.convert import convert_group
@@ -171,18 +169,18 @@ class PipelineOptions:
     mosaic: dict = field(default_factory=dict)
 
 
+def _context_value(context, key: str):
+    """``context[key]`` or ``context.key`` (a dict or a ServiceContext); None when it has none."""
+    return context.get(key) if isinstance(context, dict) else getattr(context, key, None)
+
+
 def _paths_of(context) -> Paths:
-    p = getattr(context, "paths", None) if context is not None else None
-    if isinstance(context, dict):
-        p = context.get("paths")
+    p = _context_value(context, "paths")
     return p if p is not None else get_paths()
 
 
 def _known_of(context) -> dict:
-    k = getattr(context, "known", None) if context is not None else None
-    if isinstance(context, dict):
-        k = context.get("known")
-    return k or {}
+    return _context_value(context, "known") or {}
 
 
 def options_from(o) -> PipelineOptions:
@@ -211,16 +209,18 @@ def options_from(o) -> PipelineOptions:
 
 
 def _options_of(context) -> PipelineOptions:
-    o = getattr(context, "options", None) if context is not None else None
-    if isinstance(context, dict):
-        o = context.get("options")
-    return options_from(o)
+    return options_from(_context_value(context, "options"))
 
 
 def _threads_of(context) -> int | None:
     """The worker's thread share (``context.threads``), None when the context does not say."""
-    n = context.get("threads") if isinstance(context, dict) else getattr(context, "threads", None)
+    n = _context_value(context, "threads")
     return int(n) if n else None
+
+
+def _takes_handoff(context) -> bool:
+    """Whether the caller (the streaming service: ``context.requeue``) takes a hand-over."""
+    return bool(_context_value(context, "requeue"))
 
 
 def _parse_value(v):
@@ -446,8 +446,7 @@ def stage_calibrate(timestamp, ms: Path, paths: Paths, known: dict, made: dict, 
 
 def _strip_sources(known: dict) -> list:
     """The strip model the service sent (``known["sky_model"]``) as SkySources, brightest first."""
-    rows = (known.get("sky_model") or {}).get("sources") or []
-    return [SkySource(str(r[0]), float(r[1]), float(r[2]), float(r[3])) for r in rows]
+    return sources_from_rows((known.get("sky_model") or {}).get("sources"))
 
 
 def _calibrator_sky(sources: list, calibrator: str, exclude_arcsec: float = 60.0) -> list:
@@ -547,8 +546,8 @@ def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, opti
     if options.flatten_strip and "flatten" not in imaging:
         strip = _strip_bright(known, ms, options.flatten_strip_min_jy)
         # a calibrator tile handed over with its own bright sources (the strip model leaves it out)
-        own = [SkySource(str(r[0]), *map(float, r[1:4])) for r in ((row or {}).get("qa") or {}).get("flatten_own") or []]
-        strip = own + [s for s in strip if not calibration.sources_near(own, s.ra_deg, s.dec_deg, 30.0 / 3600.0)]
+        # (first in the list: a strip source within 30" of one is left out, imaging.flatten)
+        strip = sources_from_rows(((row or {}).get("qa") or {}).get("flatten_own")) + strip
         if strip:
             imaging["flatten"] = ["auto", *strip]
     try:
@@ -825,11 +824,11 @@ def process_group(record, context=None) -> dict:
             # sources, to flatten when it is imaged, go with the MS
             bright = flatten_bright_among(calibration.read_ms_info(ms), own,
                                           min_apparent_jy=options.flatten_strip_min_jy)
-            made["ms_update"]["qa"]["flatten_own"] = [[s.name, s.ra_deg, s.dec_deg, s.flux_jy] for s in bright]
+            made["ms_update"]["qa"]["flatten_own"] = rows_of_sources(bright)
             return _handed_over(timestamp, ms, solved, timings, made)
         if own:
             t = time.perf_counter()
-            own_model = {"sources": [[s.name, s.ra_deg, s.dec_deg, s.flux_jy] for s in own]}
+            own_model = {"sources": rows_of_sources(own)}
             img = stage_image(timestamp, ms, paths, {**known, "sky_model": own_model},
                               made, options, threads=_threads_of(context))
             stage_catalogue(timestamp, img, paths, made, options)
@@ -850,11 +849,6 @@ def process_group(record, context=None) -> dict:
     }
 
 
-def _takes_handoff(context) -> bool:
-    """Whether the caller (the streaming service: ``context.requeue``) takes a hand-over."""
-    return bool(context.get("requeue") if isinstance(context, dict) else getattr(context, "requeue", False))
-
-
 def _handed_over(timestamp, ms: Path, solved: dict, timings: dict, made: dict) -> dict:
     """The result of a calibrator group that hands its tables to the service before its tile is imaged.
 
@@ -868,56 +862,6 @@ def _handed_over(timestamp, ms: Path, solved: dict, timings: dict, made: dict) -
     log.info("%s: %s", timestamp, why)
     return {"timestamp": timestamp, "ms": str(ms), "solved": True, "image": None, "timings_s": timings,
             "products": made, "requeue": why}
-
-
-#: groups within this many of a calibrator's transit group get a claim priority (the gains' hour)
-PRIORITY_REACH = 12
-
-
-@functools.lru_cache(maxsize=256)
-def _transits_of_day(dec_deg: float, day: int, min_flux_jy: float, min_pb: float, calibrator: str | None):
-    """(name, transit Unix s) of the calibrator transits at a pointing declination on one UTC day
-    (Unix day number), with two hours either side; cached: the service asks once per group."""
-    t0 = Time(day * 86400.0 - 7200.0, format="unix", scale="utc")
-    t1 = Time((day + 1) * 86400.0 + 7200.0, format="unix", scale="utc")
-    found = calibration.find_calibrator_transits(t0, t1, dec_deg, min_flux_jy=min_flux_jy, min_pb=min_pb)
-    return tuple((t.name, float(t.transit.unix)) for t in found if not calibrator or t.name == calibrator)
-
-
-def group_priority(group, header: dict, options=None) -> tuple[int, str | None]:
-    """The streaming service's claim priority of a new group (:class:`dsacont.service.loop.ServiceOptions`).
-
-    From the pointing declination and integration times of ``header`` (the watcher's reading of
-    one of its files) and the calibrator transits there (:func:`dsacont.calibration.find_calibrator_transits`
-    with ``options``' ``cal_min_flux_jy``, ``cal_min_pb`` and ``calibrator``): ``PRIORITY_REACH + 1``
-    (13) for the group in which a calibrator transits, one less for each group further from
-    it, 0 beyond ``PRIORITY_REACH`` groups (an hour) or without a pointing in the header. In a
-    backlog (an archive replayed, a restart after downtime) every group of a strip's first day
-    waits for the transit group's tables, and its sky model grows outward from the transit tile
-    through the overlap of consecutive tiles: taken in this order, the transit group solves
-    while the others convert, and each tile after it finds its inner neighbour's sources in the
-    model (to flatten and to solve its field gains against) instead of imaging itself twice.
-    """
-    dec, span = (header or {}).get("dec_deg"), (header or {}).get("time_unix")
-    if dec is None or not span:
-        return 0, None
-    o = options_from(options)
-    t0, t1 = float(span[0]), float(span[1])
-    best = None
-    for day in sorted({int(t0 // 86400), int(t1 // 86400)}):
-        for name, t in _transits_of_day(round(float(dec), 2), day, float(o.cal_min_flux_jy), float(o.cal_min_pb),
-                                        o.calibrator or None):
-            gap = max(0.0, t0 - t, t - t1)  # 0: it transits inside the group
-            steps = math.ceil(gap / GROUP_CADENCE_S - 1e-6)
-            if steps <= PRIORITY_REACH and (best is None or steps < best[0]):
-                best = (steps, name, t)
-    if best is None:
-        return 0, None
-    steps, name, t = best
-    when = Time(t, format="unix", scale="utc").isot[:19]
-    why = (f"calibrator {name} transits in it ({when})" if steps == 0 else
-           f"{steps} group(s) from the calibrator {name} transit at {when}")
-    return PRIORITY_REACH + 1 - steps, why
 
 
 def on_group_complete(group, result, context=None) -> dict:

@@ -221,7 +221,9 @@ def test_flatten_auto_and_the_strip_models_bright_sources(tile):
     strip model's: a source as bright as a calibrator that no calibrator list names (the sky's
     brightest non-calibrator in the beam, from the simulator's truth, its flux 20 % off: the fit
     corrects it), while a copy of 0834+555 (the strip model holds the calibrator too) is not
-    flattened twice. ``bright_among`` keeps that source and drops one too faint in the beam."""
+    flattened twice, nor a second entry of that source (6" away, as the own tile's sources and the
+    strip model's of one handed-over calibrator tile). ``bright_among`` keeps that source and drops
+    one too faint in the beam."""
     from dsacont import calibration as C
     from dsacont.calibration import SkySource
     from dsacont.imaging import flatten as F
@@ -245,11 +247,12 @@ def test_flatten_auto_and_the_strip_models_bright_sources(tile):
     chosen = F.bright_among(info, [faint, bright, dup], pointing_dec_rad=pdec)
     assert [s.name for s in chosen] == [dup.name, bright.name]
     try:
-        out = F.flatten_sources(ms, ["auto", *chosen])
+        twin = SkySource(name + " (again)", ra + 3e-3, dec, flux, alpha)
+        out = F.flatten_sources(ms, ["auto", *chosen, twin])
         names = [s["name"] for s in out["sources"]]
         # the copy is neither flattened nor tried (a joint fit with the calibrator would be degenerate)
         tried = names + [s["name"] for s in out.get("skipped") or []]
-        assert names == ["0834+555", name] and dup.name not in tried, (names, out.get("skipped"))
+        assert names == ["0834+555", name] and {dup.name, twin.name}.isdisjoint(tried), (names, out.get("skipped"))
         scale = out["sources"][1]["scale"]
         assert scale == pytest.approx(1 / 1.2, abs=0.03), scale
     finally:

@@ -195,7 +195,7 @@ def test_the_calibrator_group_goes_first_by_its_header(request):
     order."""
     from streamtools import sim_group_files
 
-    from dsacont.service.pipeline import group_priority
+    from dsacont.service.priority import group_priority
     from dsacont.service.watcher import validate_subband_file
 
     header = validate_subband_file(sim_group_files(request)[0], check_values=False)
