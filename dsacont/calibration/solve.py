@@ -44,7 +44,7 @@ import numpy as np
 from dsacont.calibration.fastsolve import prepare_model, reference_and_normalise, solve_spws, write_tables
 from dsacont.calibration.gates import table_gates
 from dsacont.calibration.health import antenna_health, flag_unhealthy, require_healthy
-from dsacont.calibration.model import select_calibrator, write_model
+from dsacont.calibration.model import SKY_MIN_FRACTION, select_calibrator, significant_sky, write_model
 from dsacont.calibration.msinfo import MSInfo, read_ms_info
 from dsacont.calibration.plots import plot_bandpass, plot_gains
 from dsacont.calibration.registry import Registry
@@ -129,7 +129,10 @@ def solve_calibration(ms_path, calibrator=None, *, paths=None, registry=None, re
     plots : bool
         Write bandpass and gain PNGs next to the tables.
     sky : list of SkySource, optional
-        Field sources to add to the model (see :func:`write_model`).
+        Field sources to add to the model (see :func:`write_model`); those fainter in the tile
+        than ``SKY_MIN_FRACTION`` (0.25 %) of the calibrator are left out
+        (:func:`~dsacont.calibration.model.significant_sky`; ``metrics["model"]``
+        ``n_sky_left_out``).
     fill_from : dict, optional
         ``{"B": [paths], "G": [paths]}``: earlier valid tables of the same declination strip, best
         first, to fill the SPWs this solve has no solutions for (a calibrator group that lacked
@@ -175,6 +178,11 @@ def solve_calibration(ms_path, calibrator=None, *, paths=None, registry=None, re
     else:
         cal = get_calibrator(calibrator) if isinstance(calibrator, str) else calibrator
 
+    n_sky_given = len(sky or [])
+    sky = significant_sky(info, cal, sky)
+    if n_sky_given > len(sky):
+        log.info("%s: %d of %d field sources are >= %.2g of %s in the tile: modelling those", ms, len(sky),
+                 n_sky_given, SKY_MIN_FRACTION, cal.name)
     t = _time.perf_counter()
     ant_health = None
     if health is not False:
@@ -223,6 +231,7 @@ def solve_calibration(ms_path, calibrator=None, *, paths=None, registry=None, re
                                            valid_before_h=validity_h.get("G"), valid_after_h=validity_h.get("G"),
                                            dec_deg=model_meta["pointing_dec_deg"])
     tmp = {k: work / f"{stem}.{k}" for k in ("G0", "B", "G")}
+    model_meta["n_sky_left_out"] = n_sky_given - len(sky)
     metrics = {"model": model_meta, "calibrator": cal.name, "ms": ms, "solve_mjd": solve_mjd, "method": method}
     if ant_health is not None:
         metrics["health"] = health_meta
@@ -266,7 +275,8 @@ def solve_calibration(ms_path, calibrator=None, *, paths=None, registry=None, re
         log.warning("%s: calibration rejected: %s", ms, why)
     reg_metrics = {k: {**metrics[k], "refant": refant_str, "model": model_meta} if bad else
                    {**metrics[k], "refant": refant_str, "beam_mid_error": model_meta["beam_mid_error"],
-                    "n_sky_sources": model_meta.get("n_sky_sources", 0), "timings_s": timings} for k in ("B", "G")}
+                    "n_sky_sources": model_meta.get("n_sky_sources", 0),
+                    "n_sky_left_out": model_meta.get("n_sky_left_out", 0), "timings_s": timings} for k in ("B", "G")}
     if registry:
         if bad:
             status = "rejected"

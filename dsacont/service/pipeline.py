@@ -487,7 +487,8 @@ def stage_resolve_with_field(timestamp, ms: Path, cal: dict, paths: Paths, made:
     made.pop("detections", None)
     qa = made["ms_update"]["qa"]
     qa["solve_s"] = round(qa.get("solve_s", 0.0) + time.perf_counter() - t0, 2)
-    qa["calibrator_field_sources"] = {"first_solve": 0, "second_solve": len(sky), "from": "own tile"}
+    qa["calibrator_field_sources"] = {"first_solve": 0, "second_solve": int(again["metrics"]["model"]["n_sky_sources"]),
+                                      "own_tile": len(sky), "from": "own tile"}
     log.info("%s: calibrator tables solved again (%s) in %.1f s", timestamp,
              ", ".join(sorted(e["kind"] for e in made["calibration"])), time.perf_counter() - t0)
     return sky

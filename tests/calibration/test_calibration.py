@@ -401,6 +401,34 @@ def test_time_dependent_beam_in_model(conv_ms, tmp_path):
     assert abs(meta["beam_mid_error"][15]) > 0.005
 
 
+def test_a_calibrators_model_leaves_out_the_field_sources_too_faint_to_matter(conv_ms):
+    """significant_sky keeps a field source whose apparent flux in the tile is >= 0.25 % of the
+    calibrator's, in the given order: two sources at the pointing a little above and below that
+    floor (0834+555's catalogue flux x its own beam response, worked out here with astropy and
+    the Airy pattern written out), and one bright but 6 deg off (beyond the first null)."""
+    from astropy.coordinates import SkyCoord
+    from scipy.special import j1
+
+    from dsacont.calibration import SkySource
+    from dsacont.calibration.model import SKY_MIN_FRACTION, significant_sky
+    from dsacont.calibrators import get_calibrator
+
+    ms, _ = conv_ms
+    info = C.read_ms_info(ms)
+    cal = get_calibrator(CAL)
+    # the pointing: the phase centre's declination at the tile's middle (drift scan at HA 0)
+    ra0, dec0 = np.degrees(info.field_dirs[len(info.field_dirs) // 2])
+    sep = SkyCoord(cal.ra_deg, cal.dec_deg, unit="deg").separation(SkyCoord(ra0, dec0, unit="deg")).rad
+    x = np.pi * 4.65 * np.sin(sep) * 1.4e9 / 299792458.0
+    cal_apparent = cal.flux_jy * (2 * j1(x) / x) ** 2
+    floor = SKY_MIN_FRACTION * cal_apparent
+    above = SkySource("above", ra0, dec0 + 0.05, 1.3 * floor)
+    below = SkySource("below", ra0, dec0 - 0.05, 0.7 * floor)
+    far = SkySource("far", ra0, dec0 + 6.0, 100 * floor)
+    assert [s.name for s in significant_sky(info, cal, [below, far, above])] == ["above"]
+    assert significant_sky(info, cal, None) == []
+
+
 # ------------------------------------------------------------------------------------------
 # solve, registry, apply
 # ------------------------------------------------------------------------------------------
