@@ -13,6 +13,34 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
+#: the test files that take longest (measured in one CI run, worst first): they are collected first,
+#: so the two xdist processes start on them and the short files fill in around them, instead of one
+#: long file starting last and running alone at the end (on 2 cores the suite took 38 min that way,
+#: the last 10 of them with one process idle)
+LONGEST_FILES = (
+    "service/test_e2e.py",
+    "service/test_streaming.py",
+    "imaging/test_imaging.py",
+    "service/test_recovery.py",
+    "service/test_sky_model.py",
+    "service/test_around_the_clock.py",
+    "calibration/test_calibration.py",
+    "service/test_loop.py",
+    "convert/test_group.py",
+    "service/test_arrival_order.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Longest files first (:data:`LONGEST_FILES`), each file's tests in their own order, the rest as
+    collected."""
+    def rank(item):
+        path = item.nodeid.split("::", 1)[0].removeprefix("tests/")
+        return LONGEST_FILES.index(path) if path in LONGEST_FILES else len(LONGEST_FILES)
+
+    items[:] = [it for _, _, it in sorted((rank(it), i, it) for i, it in enumerate(items))]
+
+
 # 0834+555 "transits" OVRO at 13:55:26 UTC on 2025-10-29 in the operators' convention (LST = J2000
 # RA); it really crosses the meridian (and the fringe-stop centre) at 13:57:25 (precession since
 # J2000). GROUP_START puts that true crossing at the group's mid-time.

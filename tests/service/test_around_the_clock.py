@@ -8,7 +8,8 @@ another declination strip, solved ten minutes before the first group, sits in th
 Every group is calibrated and imaged; no group after the transit waits for a calibrator; the
 group before it waits for the transit's bandpass, then gets transferred gains and a field
 correction; the other strip's tables are never applied; the provenance of each group is in the
-products database and in its FITS headers.
+products database and in its FITS headers. Tiles are imaged with WSClean (``imaging.imager=auto``,
+the full-size path; tclean where it is not installed).
 """
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ def test_a_sparse_day_is_calibrated_and_imaged_through_the_service(tmp_path):
     rc, log = run_service(root, "--max-groups", "5", "--idle-exit", "300", "--cal-wait", "5",
                           "--incomplete-timeout", "10", "--option", "tiles_per_mosaic=12",
                           "--option", "imaging.fov_deg=1.2", "--option", "imaging.niter=300",
+                          "--option", "imaging.imager=auto",
                           processor=PROCESSOR, on_complete=HOOK, timeout=2700)
     assert rc == 0, log[-4000:]
 

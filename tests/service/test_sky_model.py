@@ -108,7 +108,8 @@ def test_store_wraps_at_ra_zero(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_the_strip_model_calibrates_where_the_catalogue_cannot(tmp_path):
-    """Transit, +1 and +2 groups on day 1, and the +2 group's LST on day 2, through the real service."""
+    """Transit, +1 and +2 groups on day 1, and the +2 group's LST on day 2, through the real service,
+    imaging with WSClean (``imaging.imager=auto``: the full-size path; tclean if it is absent)."""
     start, _transit = demo_window(1)
     archive = tmp_path / "archive"
     simulate(archive, start, 3 * GROUP_S / 60 - 0.5, preset="small", seed=11)
@@ -123,6 +124,7 @@ def test_the_strip_model_calibrates_where_the_catalogue_cannot(tmp_path):
     replay(archive, paths.incoming, mode="link")
     rc, log = run_service(root, "--max-groups", "4", "--idle-exit", "300", "--max-inflight", "1",
                           "--option", "imaging.fov_deg=2.0", "--option", "imaging.niter=500",
+                          "--option", "imaging.imager=auto",
                           processor="dsacont.service.pipeline:process_group",
                           on_complete="dsacont.service.pipeline:on_group_complete", timeout=2000)
     assert rc == 0, log[-4000:]
