@@ -111,6 +111,14 @@ class PipelineOptions:
         field: on the demo's transit tile (a 1.5 Jy source 0.45 deg from 0834+555, 17 % of it)
         the calibrator-only solve left 81 false detections >= 5 sigma in the tile and 1.20x the
         radiometer noise; with the field, 21 and 0.90x (``benchmarks/README.md``).
+    field_image_nsigma : float
+        On a strip's first day (``calibrator_sky``), the calibrator tile's first image, made only
+        to find the field sources of its second solve, is cleaned down to this many sigma (one
+        stage, no mask) instead of the tile's usual depth: the solve models only the sources
+        brighter than 0.25 % of the calibrator in the tile
+        (:func:`dsacont.calibration.model.significant_sky`, ~20 mJy for 0834+555, hundreds of
+        sigma), and this image is on the critical path of every group of the hour (they wait for
+        its tables). Its sources feed the strip model until the tile's final image replaces them.
     flatten_strip : bool
         Flatten the drifting-beam modulation (:mod:`dsacont.imaging.flatten`) of the strip
         model's sources bright in the tile (0.1 Jy apparent or more, :func:`dsacont.imaging.flatten.bright_among`)
@@ -153,6 +161,7 @@ class PipelineOptions:
     cal_min_pb: float = CAL_MIN_PB
     field_gains: bool = True
     calibrator_sky: bool = True
+    field_image_nsigma: float = 10.0
     sky_catalogue: str | None = None
     sky_models: str = "strip,catalogue"
     flatten_strip: bool = True
@@ -529,13 +538,15 @@ def _flatten_own_bright(timestamp, ms: Path, res: dict, paths: Paths, imaging: d
 
 
 def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, options: PipelineOptions,
-                threads: int | None = None, own_bright: bool = True) -> dict:
+                threads: int | None = None, own_bright: bool = True, depth_nsigma: float | None = None) -> dict:
     """Image the calibrated MS unless an image of it is registered.
 
     The image goes into ``made["images"]``. ``threads``: the worker's share of the CPUs
     (``context.threads``), WSClean's ``-j`` unless ``imaging.threads`` is set; without it WSClean
     would take every CPU of the machine in each of the groups in flight. ``own_bright``: image
     again when the tile shows bright sources nothing flattened (:func:`_flatten_own_bright`).
+    ``depth_nsigma``: clean in one stage down to this many sigma (a first image made only to find
+    the bright sources, ``options.field_image_nsigma``).
     """
     row = _ms_row(known, ms)
     existing = [im for im in (known.get("products") or {}).get("images", [])
@@ -544,6 +555,8 @@ def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, opti
         return existing[0]
     t0 = time.perf_counter()
     imaging = {"threads": threads, **options.imaging} if threads else dict(options.imaging)
+    if depth_nsigma is not None:
+        imaging.update(threshold_nsigma=float(depth_nsigma), auto_mask=None, mask_nsigma=None)
     if options.flatten_strip and "flatten" not in imaging:
         strip = _strip_bright(known, ms, options.flatten_strip_min_jy)
         # a calibrator tile handed over with its own bright sources (the strip model leaves it out)
@@ -809,14 +822,16 @@ def process_group(record, context=None) -> dict:
         # a group to be solved again with its tile's sources is imaged again anyway, then with
         # its own bright sources flattened
         img = stage_image(timestamp, ms, paths, known, made, options, threads=_threads_of(context),
-                          own_bright=not resolve)
+                          own_bright=not resolve, depth_nsigma=options.field_image_nsigma if resolve else None)
         timings["image"] = round(time.perf_counter() - t, 2)
         t = time.perf_counter()
         if stage_catalogue(timestamp, img, paths, made, options) is not None:
             timings["catalogue"] = round(time.perf_counter() - t, 2)
         first = made.get("detections")
         own = stage_resolve_with_field(timestamp, ms, cal, paths, made) if resolve else []
-        if handoff and own:  # (no sources: the first image is the tile's, the group is done)
+        # (no field sources: the first image is the tile's, the group is done; nothing brighter
+        # than the finder's 5 sigma but the flattened calibrator was left to clean deeper)
+        if handoff and own:
             # the first image (for the tile's sources) is not the tile's product: its time goes with the MS
             made["ms_update"]["qa"]["field_image_s"] = round(timings["image"] + timings.get("catalogue", 0.0), 2)
             if first:  # the strip model has the tile's sources until its final image replaces them
