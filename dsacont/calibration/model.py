@@ -182,6 +182,13 @@ def model_amplitudes(src, info: MSInfo, *, beam: str = "time", pointing_dec_rad:
 SKY_MIN_FRACTION = 0.0025
 
 
+def closest_approach_rad(src, info: MSInfo, pointing_dec_rad: float) -> float:
+    """The least primary-beam offset (radians) of ``src`` (``ra_deg``, ``dec_deg``) during the
+    tile, from its start, middle and end (the drift is monotonic over 5 minutes)."""
+    mjds = np.array([info.times_s.min() / 86400.0, info.mid_mjd, info.times_s.max() / 86400.0])
+    return float(np.min(beam_offsets(np.radians(src.ra_deg), np.radians(src.dec_deg), pointing_dec_rad, mjds)))
+
+
 def significant_sky(info: MSInfo, cal, sky, *, min_fraction: float = SKY_MIN_FRACTION,
                     pointing_dec_rad: float | None = None) -> list:
     """The field sources of ``sky`` that matter to a solve on ``cal``: those whose apparent flux
@@ -200,11 +207,9 @@ def significant_sky(info: MSInfo, cal, sky, *, min_fraction: float = SKY_MIN_FRA
         return []
     if pointing_dec_rad is None:
         pointing_dec_rad = pointing_dec(info)
-    mjds = np.array([info.times_s.min() / 86400.0, info.mid_mjd, info.times_s.max() / 86400.0])
 
     def apparent(src):
-        off = beam_offsets(np.radians(src.ra_deg), np.radians(src.dec_deg), pointing_dec_rad, mjds)
-        return float(src.flux_jy * airy_beam(float(np.min(off)), 1.4e9))
+        return float(src.flux_jy * airy_beam(closest_approach_rad(src, info, pointing_dec_rad), 1.4e9))
 
     floor = min_fraction * apparent(cal)
     return [s for s in sky if apparent(s) >= floor]

@@ -54,6 +54,7 @@ import time as _time
 import numpy as np
 
 from dsacont import calibration as C
+from dsacont.calibration.model import closest_approach_rad
 from dsacont.calibrators import get_calibrator, load_catalogue
 from dsacont.io.ms import KEYWORD_FLATTEN as KEYWORD
 from dsacont.io.ms import FlattenInterrupted, clear_state, flatten_state, iter_ddid, set_flatten_state, table  # noqa: F401
@@ -99,14 +100,12 @@ def bright_among(info, sources, *, min_apparent_jy: float = DEFAULT_MIN_APPARENT
     hold sources as bright as a calibrator that no calibrator list names."""
     if pointing_dec_rad is None:
         pointing_dec_rad = C.pointing_dec(info)
-    mjds = np.array([info.times_s.min(), info.mid_mjd * 86400.0, info.times_s.max()]) / 86400.0
     dec0 = np.degrees(pointing_dec_rad)
     out = []
     for src in sources:
         if not src.flux_jy >= min_apparent_jy or abs(src.dec_deg - dec0) > max_offset_deg + 1.0:
             continue
-        off = C.beam_offsets(np.radians(src.ra_deg), np.radians(src.dec_deg), pointing_dec_rad, mjds)
-        closest = float(off.min())
+        closest = closest_approach_rad(src, info, pointing_dec_rad)
         if np.degrees(closest) > max_offset_deg:
             continue
         apparent = float(src.flux_jy * airy_beam(closest, 1.4e9))
