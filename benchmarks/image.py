@@ -6,6 +6,9 @@ r"""Benchmark: imaging one tile with each imager (tclean, WSClean) side by side,
     nice -n 5 env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \
         python benchmarks/image.py --simulate full --work /tmp/img/bfull
     python benchmarks/image.py --ms CAL.ms --work /tmp/img/b            # an MS with CORRECTED_DATA
+    # baseline-dependent averaging against none, one thread as in the service, on the MS above
+    python benchmarks/image.py --ms /tmp/img/bfull/root/stage/ms/2025-10-29T13:52:51.ms --truth-dir /tmp/img/bfull/raw \
+        --work /tmp/img/bda --option threads=1 --imagers wsclean:baseline_averaging=0,wsclean
     python benchmarks/image.py --group-dir /tmp/shared-full --datacolumn data
     python benchmarks/image.py --mosaic-only --imsize 2400 --cell 5.3    # full-size 12-tile mosaic
 
@@ -151,6 +154,13 @@ def run_imager(imager: str, ms: str, out_dir: Path, kwargs: dict) -> tuple[dict,
                                               "peak_rss_of": "the largest process of the imager's tree"}
 
 
+def _json_or_str(v: str):
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v
+
+
 def calibrator_vs_truth(res: dict, raw: Path | None) -> dict:
     """0834+555 fitted in the PB-corrected image vs the simulator's truth (band-mean flux), and the QA check."""
     from dsacont.imaging.qa import fit_source
@@ -215,7 +225,9 @@ def main(argv=None) -> int:
     ap.add_argument("--truth-dir", help="the simulator's output directory of --ms's group (for the truth)")
     ap.add_argument("--work", default="/tmp/img/bench")
     ap.add_argument("--datacolumn", default="corrected")
-    ap.add_argument("--imagers", default="tclean,wsclean", help="comma-separated imagers to run, in order")
+    ap.add_argument("--imagers", default="tclean,wsclean",
+                    help="comma-separated imagers to run, in order; IMAGER:KEY=VALUE[;KEY=VALUE] runs one with "
+                         "its own options (e.g. wsclean:baseline_averaging=0,wsclean)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="an image_ms keyword for every imager (JSON value, e.g. threads=2)")
     ap.add_argument("--mosaic", action="store_true", help="also time a 12-tile mosaic of the first imager's tile")
@@ -249,17 +261,21 @@ def main(argv=None) -> int:
     kwargs = {"datacolumn": args.datacolumn, "imsize": args.imsize, "cell_arcsec": args.cell}
     for o in args.option:
         k, _, v = o.partition("=")
-        try:
-            kwargs[k] = json.loads(v)
-        except ValueError:
-            kwargs[k] = v
+        kwargs[k] = _json_or_str(v)
     results = {}
     report["imagers"] = {}
-    for imager in args.imagers.split(","):
-        res, t = run_imager(imager, ms, work / f"images-{imager}", kwargs)
-        results[imager] = res
+    for spec in args.imagers.split(","):
+        # IMAGER or IMAGER:KEY=VALUE[;KEY=VALUE]: the same imager with its own options
+        imager, _, extra = spec.partition(":")
+        own = dict(kwargs)
+        for o in filter(None, extra.split(";")):
+            k, _, v = o.partition("=")
+            own[k] = _json_or_str(v)
+        res, t = run_imager(imager, ms, work / ("images-" + spec.replace(":", "-").replace(";", "-").replace("=", "")),
+                            own)
+        results[spec] = res
         qa = res["qa"]
-        report["imagers"][imager] = {
+        report["imagers"][spec] = {
             "ran": res.get("imager"), **t, "steps_s": {k: round(v, 2) for k, v in res["timing"].items()},
             "imsize": res["imsize"], "cell_arcsec": res["cell_arcsec"], "gridder": res["gridder"],
             "beam_arcsec": [round(res["beam"]["bmaj_arcsec"], 2), round(res["beam"]["bmin_arcsec"], 2)],
@@ -269,6 +285,9 @@ def main(argv=None) -> int:
             "iterations": qa["iterations"], "major_cycles": qa["major_cycles"],
             "calibrator_0834": calibrator_vs_truth(res, raw),
             "n_channels": qa.get("n_channels"), "n_times": qa.get("n_times"), "n_ant": qa.get("n_ant"),
+            **({"baseline_averaging_wl": qa["baseline_averaging_wl"],
+                "time_smearing_loss_edge": qa["time_smearing_loss_edge"],
+                "bandwidth_smearing_loss_edge": qa.get("smearing_loss_edge")} if "baseline_averaging_wl" in qa else {}),
         }
     names = list(results)
     if len(names) == 2:

@@ -78,7 +78,11 @@ def inspect_ms(ms_path, *, datacolumn: str = "corrected", uv_channels: int = 64,
         ``w = a u + b v``, ``max_w_residual_m`` (m), ``n_ant``, ``n_vis_unflagged``
         (cross-correlation single-pol samples), ``flagged_fraction`` (of cross-correlations), and a
         channel-subsampled uv sample (``uv_u``, ``uv_v`` in wavelengths, ``uv_w`` weights), all
-        (Nsample,), for the Briggs noise factor and the PSF estimate.
+        (Nsample,), for the Briggs noise factor and the PSF estimate, with per sample the rate of
+        change of (u, v) as the Earth turns (``uv_du``, ``uv_dv``, wavelengths per second, from the
+        same baseline's UVW one integration later or earlier; 0 with one integration) and the
+        baseline's length (``uv_len``, wavelengths at its window's highest frequency), for the time
+        smearing of baseline-dependent averaging (:func:`dsacont.imaging.geometry.time_smearing_loss`).
 
     Raises
     ------
@@ -108,12 +112,14 @@ def inspect_ms(ms_path, *, datacolumn: str = "corrected", uv_channels: int = 64,
         ddid = np.asarray(tb.getcol("DATA_DESC_ID"))
         uvw = np.asarray(tb.getcol("UVW")).T  # (nrow, 3)
         cross = a1 != a2
+        rate = _uvw_rates(uvw, times, a1, a2, ddid)  # (nrow, 3) m/s
+        length_m = np.sqrt(np.sum(uvw * uvw, axis=1))
         # per-SPW channel subsample for the uv-density estimate
         n_tot = 0
         n_unfl = 0.0
         chan_unfl = [np.zeros(len(f)) for f in spw_freqs]
         row_unfl = np.zeros(nrow)
-        uu, vv, ww = [], [], []
+        uu, vv, ww, du, dv, ll = [], [], [], [], [], []
         nchan_all = sum(len(f) for f in spw_freqs)
         step_all = max(1, int(round(nchan_all / max(uv_channels, 1))))
         for start in range(0, nrow, chunk_rows):
@@ -135,11 +141,16 @@ def inspect_ms(ms_path, *, datacolumn: str = "corrected", uv_channels: int = 64,
                 idx = np.arange(step_all // 2, len(f), step_all) if len(f) > step_all else np.array([len(f) // 2])
                 scale = len(f) / len(idx)
                 u_r = uvw[sl][rows]
+                r_r = rate[sl][rows]
+                len_r = length_m[sl][rows] * f.max() / C_M_S
                 for j in idx:
                     lam = C_M_S / f[j]
                     uu.append(u_r[:, 0] / lam)
                     vv.append(u_r[:, 1] / lam)
                     ww.append(cnt[j, rows] * scale)
+                    du.append(r_r[:, 0] / lam)
+                    dv.append(r_r[:, 1] / lam)
+                    ll.append(len_r)
 
     live = cross & (row_unfl > 0)
     if not live.any():
@@ -177,7 +188,33 @@ def inspect_ms(ms_path, *, datacolumn: str = "corrected", uv_channels: int = 64,
         "uv_u": np.concatenate(uu) if uu else np.zeros(0),
         "uv_v": np.concatenate(vv) if vv else np.zeros(0),
         "uv_w": np.concatenate(ww) if ww else np.zeros(0),
+        "uv_du": np.concatenate(du) if du else np.zeros(0),
+        "uv_dv": np.concatenate(dv) if dv else np.zeros(0),
+        "uv_len": np.concatenate(ll) if ll else np.zeros(0),
     }
+
+
+def _uvw_rates(uvw, times, a1, a2, ddid):
+    """Rate of change of each row's UVW (m/s): the difference to the same baseline and data
+    description one integration later (the last integration: one earlier); zeros for a baseline
+    seen at one time only."""
+    key = (np.asarray(ddid, np.int64) * (int(a1.max()) + 1) + a1) * (int(a2.max()) + 1) + a2
+    order = np.lexsort((times, key))
+    k, t, w = key[order], times[order], uvw[order]
+    rate = np.zeros_like(w)
+    same = (k[1:] == k[:-1]) & (t[1:] > t[:-1])
+    fwd = np.zeros_like(w)
+    fwd[:-1][same] = (w[1:][same] - w[:-1][same]) / (t[1:] - t[:-1])[same, None]
+    has_fwd = np.zeros(len(k), bool)
+    has_fwd[:-1] = same
+    has_bwd = np.zeros(len(k), bool)
+    has_bwd[1:] = same
+    rate[has_fwd] = fwd[has_fwd]
+    last = ~has_fwd & has_bwd
+    rate[last] = fwd[np.flatnonzero(last) - 1]
+    out = np.zeros_like(uvw)
+    out[order] = rate
+    return out
 
 
 def plan_tile(ms_path, out_dir=None, *, paths=None, name=None, datacolumn="corrected", fov_deg: float,

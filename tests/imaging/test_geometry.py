@@ -68,3 +68,84 @@ def test_channel_bin_is_the_most_within_budget_that_divides_the_window():
     assert choose_channel_bin(8, gauss(1.46e6, 60.0 * ARCSEC))[0] == 1
     # a tighter budget averages less
     assert choose_channel_bin(48, gauss(244140.625, beam), max_loss=0.002)[0] == 2
+
+
+# --- baseline-dependent time averaging (WSClean's -baseline-averaging) ----------------------------
+
+OMEGA = 7.2921159e-5  # the Earth's rotation, rad/s
+
+
+def _uvw_track(bx, by, bz, dec, hours_angle):
+    """(u, v, w) in metres of equatorial baseline (bx, by, bz) towards hour angle H, declination dec
+    (Thompson, Moran & Swenson eq. 4.1), for an array of H."""
+    h = np.asarray(hours_angle, float)
+    u = np.sin(h) * bx + np.cos(h) * by
+    v = -np.sin(dec) * np.cos(h) * bx + np.sin(dec) * np.sin(h) * by + np.cos(dec) * bz
+    w = np.cos(dec) * np.cos(h) * bx - np.cos(dec) * np.sin(h) * by + np.sin(dec) * bz
+    return u, v, w
+
+
+def _peak_by_brute_force(baselines, dec, lam, dt, n_of, l, m, nsub=64):
+    """Dirty-image peak at (l, m) of a unit point source there, each baseline's data averaged over
+    its n integrations exactly as WSClean does it (the mean of the visibilities at the mean uvw), each
+    integration itself the mean of ``nsub`` instants (the correlator's boxcar)."""
+    num = 0.0
+    for (bx, by, bz), n in zip(baselines, n_of):
+        t = (np.arange(n * nsub) + 0.5) / nsub * dt - n * dt / 2  # instants across n integrations
+        u, v, _ = _uvw_track(bx, by, bz, dec, OMEGA * t)
+        vis = np.mean(np.exp(2j * np.pi * (u * l + v * m) / lam))
+        ubar, vbar = np.mean(u), np.mean(v)
+        num += float(np.real(vis * np.exp(-2j * np.pi * (ubar * l + vbar * m) / lam)))
+    return num / len(baselines)
+
+
+def test_time_smearing_loss_matches_a_brute_force_average_of_the_fringes():
+    """The sinc model of :func:`time_smearing_loss` (rates in, WSClean's averaging rule) against the
+    fringes themselves: uvw tracked through the Earth's turn at the DSA-110's declination, averaged
+    over each baseline's integrations, imaged at a source 2.5 deg north and 2.5 deg east of the centre."""
+    from dsacont.imaging.geometry import averaging_factors, time_smearing_loss
+
+    dec, lam, dt = math.radians(55.57), 0.21, 12.884902
+    rng = np.random.default_rng(3)
+    # east-west and north-south baselines of 20 m to 2.6 km, as the T-shaped array has
+    lengths = np.geomspace(20.0, 2600.0, 40)
+    baselines = [(0.0, L, 0.0) for L in lengths] + [(L * math.sin(0.65), 0.0, L * math.cos(0.65)) for L in lengths]
+    baselines += [tuple(rng.normal(0, 500, 3)) for _ in range(20)]
+    du, dv, length = [], [], []
+    for b in baselines:
+        (u0, v0, w0), (u1, v1, w1) = (np.array(_uvw_track(*b, dec, h)) for h in (0.0, OMEGA * 1.0))
+        du.append((u1 - u0) / lam)
+        dv.append((v1 - v0) / lam)
+        length.append(math.sqrt(sum(x * x for x in b)) / lam)
+    du, dv, length = np.array(du), np.array(dv), np.array(length)
+    base = 2 * math.pi / 86400 * length.max() * dt
+    for k in (0.3, 1.0, 3.0):
+        x = k * base
+        n_of = averaging_factors(length, dt, x, ntimes=24).astype(int)
+        assert n_of.max() > n_of.min() and (n_of.min() == 1 or k > 1)
+        both = [1 - (_peak_by_brute_force(baselines, dec, lam, dt, n_of, a, b)
+                     / _peak_by_brute_force(baselines, dec, lam, dt, np.ones(len(baselines), int), a, b))
+                for a, b in ((0.0, math.radians(2.5)), (math.radians(2.5), 0.0))]
+        got = time_smearing_loss(du, dv, length, np.ones_like(du), dt, math.radians(2.5), x, ntimes=24, n_angles=2)
+        assert got == pytest.approx(max(both), rel=0.01, abs=1e-4), (k, got, both)
+    # nothing averaged, nothing lost
+    assert time_smearing_loss(du, dv, length, np.ones_like(du), dt, math.radians(2.5), 0.0) == 0.0
+
+
+def test_averaging_factors_are_wscleans_rule_and_the_budget_picks_the_most():
+    from dsacont.imaging.geometry import averaging_factors, choose_baseline_averaging
+
+    dt = 12.884902
+    turn = 2 * math.pi / 86400 * dt  # radians per integration by WSClean's reckoning
+    # a 10000-wavelength baseline turns 9.37 wavelengths per integration
+    assert averaging_factors([10000.0], dt, 9.0)[0] == 1
+    assert averaging_factors([10000.0], dt, 20.0)[0] == math.floor(20.0 / (turn * 10000))
+    assert averaging_factors([100.0], dt, 20.0)[0] == math.floor(20.0 / (turn * 100))
+    assert averaging_factors([100.0], dt, 20.0, ntimes=24)[0] == 24
+    # the budget: the largest candidate whose loss is within it
+    lengths = np.array([100.0, 1000.0, 10000.0])
+    x, loss = choose_baseline_averaging(lengths, dt, lambda x: x / 1000.0, max_loss=0.01)
+    assert loss <= 0.01 and x == pytest.approx(max(k * turn * 10000 for k in (0.1, 0.15, 0.2, 0.25, 0.3, 0.35,
+                                                                               0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 1.0)
+                                                   if k * turn * 10000 / 1000 <= 0.01))
+    assert choose_baseline_averaging(lengths, dt, lambda x: 1.0) == (0.0, 0.0)

@@ -513,6 +513,8 @@ def test_wsclean_calibrator_flux_and_grid(tile, wsclean_tile):
     assert qa["flattened"] and qa["iterations"] > 100 and qa["major_cycles"] >= 2
     # the small preset's 1.46 MHz channels already smear 0.6 % at the field edge: nothing averaged
     assert qa["channel_bin"] == 1 and 0.002 < qa["smearing_loss_edge"] < 0.01, qa
+    # baseline-dependent time averaging ('auto'): within its 1 % budget at the field edge
+    assert qa["baseline_averaging_wl"] >= 0 and 0 <= qa["time_smearing_loss_edge"] <= 0.01, qa
     # the restoring beam is fitted to the PSF as tclean fits its own: within 5 %
     for key in ("bmaj_arcsec", "bmin_arcsec"):
         assert res["beam"][key] == pytest.approx(res_t["beam"][key], rel=0.05)
@@ -566,6 +568,44 @@ def test_wsclean_on_channel_averaged_copy(tile, wsclean_tile, tmp_path):
         image_ms(ms, tmp_path / "bad", paths=paths, imager="wsclean", average_channels=3)
 
 
+def test_wsclean_baseline_averaging_is_what_wsclean_does(tile, wsclean_tile, tmp_path):
+    """baseline_averaging: WSClean's own log says how many rows its averaging left; that must be the
+    fraction dsacont's model of it predicts from the MS's baselines (so the integration-time
+    correction for dsacont's window-major row order is right), and 0834+555 at the phase centre,
+    where time averaging smears nothing, keeps its flux (within 1 % of the unaveraged tile)."""
+    import re
+
+    from dsacont.imaging import image_ms
+    from dsacont.imaging.geometry import averaging_factors
+    from dsacont.io.ms import read_ms_info, table
+
+    _, _, paths, ms = tile
+    info = read_ms_info(ms)
+    with table(ms) as tb:
+        cross = np.asarray(tb.getcol("ANTENNA1")) != np.asarray(tb.getcol("ANTENNA2"))  # WSClean reads no autos
+        uvw = np.asarray(tb.getcol("UVW"))[:, cross]
+        ddid = np.asarray(tb.getcol("DATA_DESC_ID"))[cross]
+    fmax = np.array([np.max(f) for f in info.spw_freqs])[np.asarray(info.ddid_spw)[ddid]]
+    length = np.sqrt((uvw ** 2).sum(axis=0)) * fmax / 299792458.0
+    ntimes = len(np.unique(info.times_s))
+    turn = 2 * math.pi / 86400 * info.interval_s * length.max()  # the longest baseline's, wavelengths
+    x = 0.5 * turn
+    n = averaging_factors(length, info.interval_s, x, ntimes=ntimes)
+    want = float(np.mean(np.ceil(ntimes / n) / ntimes))  # rows left per row read
+    res = image_ms(ms, tmp_path / "bda", paths=paths, imager="wsclean", threads=2, baseline_averaging=x,
+                   keep_casa=True)
+    log = (tmp_path / "bda" / f"{res['name']}.wsclean" / "wsclean.log").read_text()
+    got = float(re.search(r"reduced the number of rows to ([0-9.]+)%", log).group(1)) / 100
+    assert got == pytest.approx(want, abs=0.003), (got, want)
+    assert re.search(r"Averaging factor for longest baseline: 1 x", log), log[-2000:]
+    qa = res["qa"]
+    assert qa["baseline_averaging_wl"] == pytest.approx(x, rel=1e-3) and 0 < qa["time_smearing_loss_edge"] < 0.05
+    cal = [c for c in qa["calibrators"] if c["name"] == "0834+555"][0]
+    ref = [c for c in wsclean_tile["qa"]["calibrators"] if c["name"] == "0834+555"][0]
+    assert cal["ratio"] == pytest.approx(ref["ratio"], abs=0.01), (cal, ref)
+    assert 0.85 < qa["noise_ratio"] < 1.3, qa
+
+
 def test_fallback_to_tclean_without_wsclean(tile, tmp_path, monkeypatch, caplog):
     """imager='wsclean' with no wsclean program on PATH: tclean's tile, and one log line saying so."""
     import logging
@@ -587,3 +627,24 @@ def test_fallback_to_tclean_without_wsclean(tile, tmp_path, monkeypatch, caplog)
     assert len(lines) == 1 and "tclean" in lines[0] and "apt-get install wsclean" in lines[0]
     with pytest.raises(ValueError, match="imager must be one of"):
         image_ms(ms, tmp_path / "out", imager="casa")
+
+
+def test_uv_sample_fringe_rates_are_the_earths_turn(tile):
+    """inspect_ms's per-sample (du, dv), from each baseline's UVW one integration later, against the
+    rotation of the baseline under the phase centre (Thompson, Moran & Swenson):
+    dv/dt = omega u sin(dec), du/dt = omega (w cos(dec) - v sin(dec)), w from the fitted plane."""
+    from dsacont.imaging.tile import inspect_ms
+
+    _, _, _, ms = tile
+    info = inspect_ms(ms)
+    dec = info["phase_dirs"][0][1]
+    omega = 7.2921159e-5
+    u, v = info["uv_u"], info["uv_v"]
+    a, b = info["w_plane"]
+    long_ = np.hypot(u, v) > 0.3 * np.hypot(u, v).max()  # well-measured rates
+    np.testing.assert_allclose(info["uv_dv"][long_], omega * u[long_] * np.sin(dec),
+                               rtol=0.02, atol=0.02 * np.abs(omega * u).max())
+    np.testing.assert_allclose(info["uv_du"][long_], omega * ((a * u + b * v) * np.cos(dec) - v * np.sin(dec))[long_],
+                               rtol=0.02, atol=0.02 * np.abs(info["uv_du"]).max())
+    # the baseline's length at its window's top frequency is at least its uv distance here
+    assert np.all(info["uv_len"] >= 0.999 * np.hypot(u, v))
