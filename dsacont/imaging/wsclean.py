@@ -49,7 +49,8 @@ Choices
   coverage and fringe rates (:func:`dsacont.imaging.geometry.time_smearing_loss`, checked against
   a brute-force average of the fringes in the tests). On the full-size transit tile that grids
   0.44 of the visibilities in every major cycle. WSClean's rule assumes rows in time order;
-  :func:`wsclean_integration_scale` corrects the value for dsacont's window-major rows.
+  :func:`wsclean_integration_scale` corrects the value for an MS in another order (CASA
+  mstransform's window-major copies).
 - **Primary beam**: never WSClean's; dsacont's own (:func:`dsacont.imaging.tile.finish_tile`).
 - An MS with several fields (``phase='per_integration'`` conversion) is imaged by tclean instead:
   WSClean images one phase centre.
@@ -338,13 +339,14 @@ def wsclean_integration_scale(ms_path, interval_s: float) -> float:
     """WSClean's idea of the integration time over the real one, for ``-baseline-averaging``.
 
     WSClean takes the integration as the time between the first and last rows over the number of
-    changes of TIME in row order. dsacont's MS holds each spectral window's rows as one block
-    (all times of window 0, then all of window 1, ...), so TIME goes back at every block and
+    changes of TIME in row order. That holds for rows in time order (dsacont's MSs and its
+    channel-averaged copies: 1). CASA's mstransform writes each spectral window's rows as one
+    block (all times of window 0, then all of window 1, ...), so TIME goes back at every block and
     WSClean counts 16 x 24 steps in 24 integrations: its integration is ~16x too short and every
     averaging factor ~16x too long (the longest baseline averaged over 5 integrations where 1 was
-    meant; 0834+555 at the phase centre 2.2 % low, the PSF changed). The value handed to WSClean is
-    dsacont's times this ratio, so WSClean's factors are the ones :func:`averaging_factors`
-    predicts (its log line "Baseline averaging reduced the number of rows to ..." says so).
+    meant; 0834+555 at the phase centre 2.2 % low). The value handed to WSClean is dsacont's times
+    this ratio, so WSClean's factors are the ones :func:`averaging_factors` predicts (its log line
+    "Baseline averaging reduced the number of rows to ..." says so).
     """
     from dsacont.io.ms import table
 

@@ -3,13 +3,16 @@
 - :func:`gather_chunks`, :func:`gather_chunks_p1`: rebuild rows of a chunked HDF5 dataset from its
   raw chunk bytes (the UVH5 array backend, :class:`dsacont.io.uvh5_backend.SubbandReader`);
 - :func:`rows_all_equal`: whether rows of such a dataset all hold one value (uniform nsamples/flags);
-- :func:`pack_bits_le`: bools packed as casacore stores Bool (:class:`dsacont.io.ms.TileFiles`).
+- :func:`pack_bits_le`: bools packed as casacore stores Bool (:class:`dsacont.io.ms.TileFiles`);
+- :func:`average_channel_bins`: adjacent channels averaged with their flags (the imaging copy,
+  :func:`dsacont.io.ms.average_channels`).
 """
 from __future__ import annotations
 
 import numba
+import numpy as np
 
-__all__ = ["gather_chunks", "gather_chunks_p1", "rows_all_equal", "pack_bits_le"]
+__all__ = ["gather_chunks", "gather_chunks_p1", "rows_all_equal", "pack_bits_le", "average_channel_bins"]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -103,3 +106,56 @@ def pack_bits_le(flags, out):
                 b |= 1 << k
         out[i] = b
     return out
+
+
+@numba.njit(nogil=True, cache=True)
+def average_channel_bins(data, flag, k):
+    """Average every ``k`` adjacent channels of MS rows, the flagged ones left out.
+
+    data (nrow, nchan, npol) complex64 and flag (nrow, nchan, npol) bool, row-major as a
+    casatools ``getcol`` gives them transposed; ``k`` divides ``nchan``. Returns ``out``
+    (nrow, nchan // k, npol) complex64, the mean of the bin's unflagged samples (where every
+    sample is flagged, the mean of them all, as CASA's mstransform writes it), ``fout`` (same
+    shape) bool, True where every sample of the bin is flagged, ``nmean`` (nrow, npol) float64:
+    the unflagged samples per bin averaged over the bins that have any (``k`` when none has), and
+    ``smean`` (nrow, npol) float64: 1 / sqrt(unflagged samples) averaged the same way
+    (1 / sqrt(k) when none): the row's WEIGHT is multiplied and its SIGMA by these, as CASA's
+    mstransform does.
+    """
+    nrow, nchan, npol = data.shape
+    nout = nchan // k
+    out = np.zeros((nrow, nout, npol), dtype=np.complex64)
+    fout = np.ones((nrow, nout, npol), dtype=np.bool_)
+    nmean = np.full((nrow, npol), float(k))
+    smean = np.full((nrow, npol), 1.0 / np.sqrt(k))
+    for r in range(nrow):
+        for p in range(npol):
+            tot = 0
+            stot = 0.0
+            nbin = 0
+            for b in range(nout):
+                acc_re = 0.0
+                acc_im = 0.0
+                all_re = 0.0
+                all_im = 0.0
+                n = 0
+                for c in range(b * k, b * k + k):
+                    v = data[r, c, p]
+                    all_re += v.real
+                    all_im += v.imag
+                    if not flag[r, c, p]:
+                        acc_re += v.real
+                        acc_im += v.imag
+                        n += 1
+                if n > 0:
+                    out[r, b, p] = complex(acc_re / n, acc_im / n)
+                    fout[r, b, p] = False
+                    tot += n
+                    stot += 1.0 / np.sqrt(n)
+                    nbin += 1
+                else:
+                    out[r, b, p] = complex(all_re / k, all_im / k)
+            if nbin > 0:
+                nmean[r, p] = tot / nbin
+                smean[r, p] = stot / nbin
+    return out, fout, nmean, smean

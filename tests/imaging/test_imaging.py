@@ -568,10 +568,68 @@ def test_wsclean_on_channel_averaged_copy(tile, wsclean_tile, tmp_path):
         image_ms(ms, tmp_path / "bad", paths=paths, imager="wsclean", average_channels=3)
 
 
+def test_channel_averaged_copy_is_what_mstransform_writes(tile, tmp_path, caplog):
+    """dsacont's run-wise channel averaging against CASA's mstransform on the same MS, flags set in
+    it: every main column (rows matched by time, window and baseline) and the averaged
+    SPECTRAL_WINDOW identical (WEIGHT and SIGMA to float32 rounding).
+    An MS in another row order (mstransform's own output: window-major) is handed to mstransform."""
+    import logging
+    import shutil
+
+    from dsacont.io import ms as msio
+
+    _, _, _, tile_ms = tile
+    ms = str(tmp_path / "src.ms")
+    shutil.copytree(tile_ms, ms)
+    with msio.table(ms, readonly=False) as tb:  # flags: scattered, and whole bins of 2
+        n = 20000
+        flag = np.asarray(tb.getcol("FLAG", 0, n))
+        flag |= np.random.default_rng(4).random(flag.shape) < 0.2
+        flag[:, 2:4, :500] = True
+        tb.putcol("FLAG", flag, 0, n)
+    ours, casa = tmp_path / "ours.ms", tmp_path / "casa.ms"
+    msio.average_channels(ms, ours, 2)
+    mt = msio._ct().mstransformer()
+    try:
+        mt.config({"inputms": ms, "outputms": str(casa), "datacolumn": "corrected", "chanaverage": True, "chanbin": 2})
+        mt.open()
+        mt.run()
+    finally:
+        mt.done()
+
+    def rows(path):
+        with msio.table(str(path)) as tb:
+            cols = {c: np.asarray(tb.getcol(c)) for c in ("TIME", "DATA_DESC_ID", "ANTENNA1", "ANTENNA2", "DATA", "FLAG",
+                                                          "WEIGHT", "SIGMA", "UVW", "FIELD_ID", "INTERVAL", "SCAN_NUMBER")}
+        order = np.lexsort((cols["ANTENNA2"], cols["ANTENNA1"], cols["DATA_DESC_ID"], cols["TIME"]))
+        return {k: v[..., order] for k, v in cols.items()}
+
+    a, b = rows(ours), rows(casa)
+    assert a["FLAG"].any() and not a["FLAG"].all()
+    for key in a:  # the weights to float32 rounding (the order of mstransform's sums is its own)
+        if key in ("WEIGHT", "SIGMA"):
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-6, err_msg=key)
+        else:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    with msio.table(str(ours), "SPECTRAL_WINDOW") as x, msio.table(str(casa), "SPECTRAL_WINDOW") as y:
+        for col in ("CHAN_FREQ", "CHAN_WIDTH", "EFFECTIVE_BW", "RESOLUTION", "TOTAL_BANDWIDTH", "REF_FREQUENCY", "NUM_CHAN"):
+            np.testing.assert_array_equal(x.getcol(col), y.getcol(col), err_msg=col)
+    # WSClean's integration estimate holds for dsacont's order, not for mstransform's
+    from dsacont.imaging.wsclean import wsclean_integration_scale
+
+    interval = float(np.median(a["INTERVAL"]))
+    assert wsclean_integration_scale(ours, interval) == pytest.approx(1.0, rel=1e-6)
+    assert wsclean_integration_scale(casa, interval) < 0.5
+    with caplog.at_level(logging.INFO, logger="dsacont.io.ms"):
+        msio.average_channels(casa, tmp_path / "again.ms", 2, datacolumn="data")
+    assert any("not in dsacont's order" in r.getMessage() for r in caplog.records)
+    assert msio.read_ms_info(str(tmp_path / "again.ms")).spw_freqs[0].size * 4 == msio.read_ms_info(ms).spw_freqs[0].size
+
+
 def test_wsclean_baseline_averaging_is_what_wsclean_does(tile, wsclean_tile, tmp_path):
     """baseline_averaging: WSClean's own log says how many rows its averaging left; that must be the
-    fraction dsacont's model of it predicts from the MS's baselines (so the integration-time
-    correction for dsacont's window-major row order is right), and 0834+555 at the phase centre,
+    fraction dsacont's model of it predicts from the MS's baselines (WSClean's own rule and its
+    integration estimate, :func:`wsclean_integration_scale`), and 0834+555 at the phase centre,
     where time averaging smears nothing, keeps its flux (within 1 % of the unaveraged tile)."""
     import re
 

@@ -138,7 +138,7 @@ def test_tile_files_write_every_cell_as_putcol_does(tmp_path):
 
 
 def test_average_channels_is_the_flag_weighted_mean_of_the_chosen_column(tmp_path):
-    """average_channels (CASA mstransform, for imaging): the copy's DATA is the mean of the unflagged
+    """average_channels (for imaging): the copy's DATA is the mean of the unflagged
     samples of the column asked for (CORRECTED_DATA here, made unlike DATA), a bin flagged
     throughout stays flagged, frequencies are the bins' centres and widths their spans; the source
     MS is untouched and an existing destination is refused."""
@@ -228,3 +228,27 @@ def test_column_runs_read_and_write_the_rows_of_one_ddid(tmp_path):
     np.testing.assert_array_equal(after[..., ddid == 0], data[..., ddid == 0])
     np.testing.assert_array_equal(after[..., ddid == 1], -data[..., ddid == 1])
     np.testing.assert_array_equal(after[..., ddid == 2], 2 * data[..., ddid == 2])
+
+
+def test_average_channel_bins_leaves_flagged_channels_out():
+    """The kernel of the imaging copy against a direct numpy average: flagged channels carry no
+    weight; a bin flagged throughout is flagged and holds the mean of all its samples (as CASA's
+    mstransform writes it)."""
+    from dsacont.io.kernels import average_channel_bins
+
+    rng = np.random.default_rng(2)
+    data = (rng.normal(size=(7, 12, 2)) + 1j * rng.normal(size=(7, 12, 2))).astype(np.complex64)
+    flag = rng.random((7, 12, 2)) < 0.3
+    flag[3, 0:3, 1] = True  # one whole bin of 3
+    out, fout, nmean, smean = average_channel_bins(data, flag, 3)
+    w = (~flag).reshape(7, 4, 3, 2)
+    n = w.sum(axis=2)
+    want = np.where(n > 0, (data.reshape(7, 4, 3, 2) * w).sum(axis=2) / np.maximum(n, 1),
+                    data.reshape(7, 4, 3, 2).mean(axis=2))
+    np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(fout, n == 0)
+    # the WEIGHT factor: unflagged samples per bin over the bins with any
+    nbins = np.maximum((n > 0).sum(axis=1), 1)
+    np.testing.assert_allclose(nmean, n.sum(axis=1) / nbins)
+    np.testing.assert_allclose(smean, np.where(n > 0, 1 / np.sqrt(np.maximum(n, 1)), 0).sum(axis=1) / nbins)
+    assert fout[3, 0, 1] and out[3, 0, 1] == pytest.approx(data[3, 0:3, 1].mean()) and not fout[3, 0, 0]
