@@ -148,9 +148,10 @@ def inspect_ms(ms_path, *, datacolumn: str = "corrected", uv_channels: int = 64,
                     uu.append(u_r[:, 0] / lam)
                     vv.append(u_r[:, 1] / lam)
                     ww.append(cnt[j, rows] * scale)
-                    du.append(r_r[:, 0] / lam)
-                    dv.append(r_r[:, 1] / lam)
-                    ll.append(len_r)
+                    # float32: only the smearing estimate reads them (7 M samples at full size)
+                    du.append((r_r[:, 0] / lam).astype(np.float32))
+                    dv.append((r_r[:, 1] / lam).astype(np.float32))
+                    ll.append(len_r.astype(np.float32))
 
     live = cross & (row_unfl > 0)
     if not live.any():
