@@ -24,8 +24,6 @@ from dsacont.telescope import ARRAY_CENTRE_ECEF, DISH_DIAMETER_M, TELESCOPE_NAME
 __all__ = ["PHASE_MODES", "ConversionPlan", "plan_conversion", "phase_centre", "geometry", "spw_layout"]
 
 PHASE_MODES = ("common", "per_integration")
-# main-table tiles hold one (integration, spw) run of rows when it is at most this big
-MAX_RUN_TILE_BYTES = 8 << 20
 
 
 def phase_centre(ds, phase: str = "common") -> dict:
@@ -222,7 +220,7 @@ def plan_conversion(ds, phase: str = "common", *, rfi_flags: bool = False) -> Co
         telescope_name=str(ds.attrs.get("telescope_name", TELESCOPE_NAME)),
         nrows=ntime * len(spws) * nbl,
         interval=tint,
-        tile_rows=nbl if nbl * npol * nchan * 8 <= MAX_RUN_TILE_BYTES else 0,
+        tile_rows=msio.run_tile_rows(nbl, npol, nchan),
         history=[
             f"dsacont {__version__} convert_group: group {ts}, {len(srcs)} subband files",
             f"phase={phase}: centre RA {ra0:.6f} Dec {dec0:.6f} deg "

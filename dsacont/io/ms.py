@@ -101,6 +101,8 @@ CORR_TYPE = {"XX": 9, "XY": 10, "YX": 11, "YY": 12, "RR": 5, "RL": 6, "LR": 7, "
 CORR_PRODUCT = {"XX": (0, 0), "XY": (0, 1), "YX": (1, 0), "YY": (1, 1)}
 # rows per tile of the main-table hypercubes (DATA tile ~ npol*nchan*8*rows bytes)
 DATA_TILE_ROWS = 1024
+# main-table tiles hold one (integration, spw) run of rows when it is at most this big
+MAX_RUN_TILE_BYTES = 8 << 20
 # the main-table columns written straight into their tile files (TileFiles)
 BULK_COLUMNS = ("DATA", "FLAG", "WEIGHT", "SIGMA")
 # skeleton templates: bump when what a template holds, or how it is stamped, changes
@@ -218,6 +220,12 @@ class MSLayout:
     @property
     def npol(self) -> int:
         return len(self.polarizations)
+
+
+def run_tile_rows(nbl: int, npol: int, nchan: int) -> int:
+    """:attr:`MSLayout.tile_rows` for runs of ``nbl`` rows: a run per tile when its DATA is at most
+    ``MAX_RUN_TILE_BYTES``, else 0 (``DATA_TILE_ROWS``)."""
+    return int(nbl) if int(nbl) * int(npol) * int(nchan) * 8 <= MAX_RUN_TILE_BYTES else 0
 
 
 def _tiled(desc, dminfo, col, cell_shape, rows):
@@ -1155,8 +1163,8 @@ def average_channels(src, dst, chanbin: int, *, datacolumn: str = "corrected") -
     flags (a flagged channel carries no weight; a bin flagged throughout stays flagged), WEIGHT
     times the unflagged channels per bin and SIGMA times 1 / sqrt(that), each averaged over the
     row's unflagged bins (``chanbin`` and 1 / sqrt(``chanbin``) without flags), as CASA's
-    mstransform writes them, and
-    SPECTRAL_WINDOW rewritten (centre frequencies, widths). ``src`` is not modified.
+    mstransform writes them, and SPECTRAL_WINDOW rewritten (centre frequencies, widths). ``src``
+    is not modified.
 
     An MS in dsacont's row order (:class:`MainRows`: integration, window, baseline) is averaged
     here, an integration at a time, into a new MS built as the converter builds one
@@ -1265,7 +1273,7 @@ def _average_runwise(src: str, dst: str, chanbin: int, datacolumn: str) -> bool:
         polarizations=[_STOKES_NAME[int(c)] for c in info.corr_types[0]], field_names=list(info.field_names),
         field_dirs=np.asarray(info.field_dirs, float), field_times=field_times, time_range=time_range,
         telescope_name=info.telescope_name or "OVRO_MMA", nrows=rows.nrows, interval=rows.interval,
-        tile_rows=rows.nbl if rows.nbl * npol * nout * 8 <= (8 << 20) else 0,
+        tile_rows=run_tile_rows(rows.nbl, npol, nout),
         history=[f"dsacont {__version__} average_channels: {src} {column}, {k} channels per channel, for imaging"])
     per_t = rows.nspw * rows.nbl
     try:
