@@ -202,17 +202,12 @@ def _uvw_rates(uvw, times, a1, a2, ddid):
     key = (np.asarray(ddid, np.int64) * (int(a1.max()) + 1) + a1) * (int(a2.max()) + 1) + a2
     order = np.lexsort((times, key))
     k, t, w = key[order], times[order], uvw[order]
-    rate = np.zeros_like(w)
-    same = (k[1:] == k[:-1]) & (t[1:] > t[:-1])
-    fwd = np.zeros_like(w)
-    fwd[:-1][same] = (w[1:][same] - w[:-1][same]) / (t[1:] - t[:-1])[same, None]
-    has_fwd = np.zeros(len(k), bool)
-    has_fwd[:-1] = same
-    has_bwd = np.zeros(len(k), bool)
-    has_bwd[1:] = same
-    rate[has_fwd] = fwd[has_fwd]
-    last = ~has_fwd & has_bwd
-    rate[last] = fwd[np.flatnonzero(last) - 1]
+    same = (k[1:] == k[:-1]) & (t[1:] > t[:-1])  # row i and i + 1: one baseline, successive times
+    rate = np.zeros_like(w)  # forward differences; 0 where there is no next time
+    rate[:-1][same] = (w[1:][same] - w[:-1][same]) / (t[1:] - t[:-1])[same, None]
+    last = np.flatnonzero(same) + 1  # rows with a previous time of their baseline ...
+    last = last[~np.append(same, False)[last]]  # ... and no next one: the backward difference
+    rate[last] = rate[last - 1]
     out = np.zeros_like(uvw)
     out[order] = rate
     return out
