@@ -154,11 +154,16 @@ def run_imager(imager: str, ms: str, out_dir: Path, kwargs: dict) -> tuple[dict,
                                               "peak_rss_of": "the largest process of the imager's tree"}
 
 
-def _json_or_str(v: str):
-    try:
-        return json.loads(v)
-    except ValueError:
-        return v
+def _options(pairs) -> dict:
+    """``KEY=VALUE`` strings as a dict, each value JSON when it parses (``threads=1`` -> 1), else the string."""
+    out = {}
+    for pair in pairs:
+        k, _, v = pair.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except ValueError:
+            out[k] = v
+    return out
 
 
 def calibrator_vs_truth(res: dict, raw: Path | None) -> dict:
@@ -258,19 +263,13 @@ def main(argv=None) -> int:
         g = groups[0]
         ms, t = _timed(convert_group, g, paths.ms / f"{g.timestamp}.ms", flag=False, paths=paths, progress=False)
         report["convert"] = t
-    kwargs = {"datacolumn": args.datacolumn, "imsize": args.imsize, "cell_arcsec": args.cell}
-    for o in args.option:
-        k, _, v = o.partition("=")
-        kwargs[k] = _json_or_str(v)
+    kwargs = {"datacolumn": args.datacolumn, "imsize": args.imsize, "cell_arcsec": args.cell, **_options(args.option)}
     results = {}
     report["imagers"] = {}
     for spec in args.imagers.split(","):
         # IMAGER or IMAGER:KEY=VALUE[;KEY=VALUE]: the same imager with its own options
         imager, _, extra = spec.partition(":")
-        own = dict(kwargs)
-        for o in filter(None, extra.split(";")):
-            k, _, v = o.partition("=")
-            own[k] = _json_or_str(v)
+        own = {**kwargs, **_options(filter(None, extra.split(";")))}
         res, t = run_imager(imager, ms, work / ("images-" + spec.replace(":", "-").replace(";", "-").replace("=", "")),
                             own)
         results[spec] = res
