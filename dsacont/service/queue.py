@@ -74,6 +74,10 @@ log = logging.getLogger(__name__)
 N_SUBBANDS = 16
 STATES = ("collecting", "pending", "in_progress", "completed", "failed", "quarantined")
 TERMINAL = ("completed", "failed", "quarantined")
+#: a pending group whose inner neighbour (within this many seconds, of a higher priority) is still
+#: pending or in progress is claimed after the others (:meth:`IngestQueue.claim`): more than one
+#: group's cadence (~309 s), less than two
+INNER_NEIGHBOUR_S = 450.0
 
 MIGRATIONS = [
     """
@@ -707,7 +711,11 @@ class IngestQueue:
         """Atomically take the oldest claimable pending group of the highest priority, or None.
 
         Claimable: ``state='pending'`` and ``not_before`` unset or past (priority: see
-        :meth:`set_priority`; unassessed counts as 0). The group gets a new
+        :meth:`set_priority`; unassessed counts as 0). A group whose inner neighbour (a group
+        within :data:`INNER_NEIGHBOUR_S` of it with a higher priority: the next one towards a
+        calibrator's transit) is not done yet goes after those whose inner neighbour is done,
+        whatever their priority: its tile would otherwise be imaged without the neighbour's
+        sources in the strip model and be imaged again for them. The group gets a new
         ``claim_token``, the worker's identity and a lease of ``lease_s``.
         """
         now = time.time() if now is None else now
@@ -719,13 +727,18 @@ class IngestQueue:
                 UPDATE groups SET state = 'in_progress', claims = claims + 1, started = ?, finished = NULL,
                        worker = ?, host = ?, pid = ?, pid_start = ?, heartbeat = ?, lease_until = ?,
                        claim_token = ?, not_before = NULL
-                 WHERE id = (SELECT id FROM groups
+                 WHERE id = (SELECT id FROM groups AS g
                               WHERE state = 'pending' AND (not_before IS NULL OR not_before <= ?)
-                              ORDER BY COALESCE(priority, 0) DESC, t_unix LIMIT 1)
+                              ORDER BY EXISTS (SELECT 1 FROM groups AS n
+                                                WHERE n.state IN ('pending', 'in_progress') AND n.id != g.id
+                                                  AND n.t_unix BETWEEN g.t_unix - ? AND g.t_unix + ?
+                                                  AND COALESCE(n.priority, 0) > COALESCE(g.priority, 0)),
+                                       COALESCE(priority, 0) DESC, t_unix LIMIT 1)
                    AND state = 'pending'
                 RETURNING *
                 """,
-                (now, worker.name, worker.host, worker.pid, worker.pid_start, now, now + self.lease_s, token, now),
+                (now, worker.name, worker.host, worker.pid, worker.pid_start, now, now + self.lease_s, token, now,
+                 INNER_NEIGHBOUR_S, INNER_NEIGHBOUR_S),
             ).fetchone()
             if row is None:
                 return None

@@ -228,6 +228,31 @@ def test_a_prioritised_group_is_claimed_first_the_rest_in_time_order(tmp_path):
     assert q.get(todo[2][0].id).priority == 1 and q.get(todo[0][0].id).priority == 0
 
 
+def test_a_group_waits_for_its_inner_neighbour_when_another_can_go(tmp_path):
+    """Priorities 1 2 3 2 1 (a calibrator transits in the middle group). With two workers, a group
+    whose neighbour towards the transit is still being processed goes after one whose neighbour
+    is done, although the time order would take it first: its tile then finds the neighbour's
+    sources in the strip model instead of being imaged twice."""
+    q = _ready_queue(tmp_path / "q.sqlite3", n=5)
+    groups = [g for g, _ in q.unassessed()]
+    for g, p in zip(groups, [1, 2, 3, 2, 1]):
+        q.set_priority(g, p)
+    me = WorkerId.this_process("t")
+    transit = q.claim(me)
+    assert transit.id == groups[2].id
+    west = q.claim(me)  # every other group waits on a neighbour: the highest priority, the oldest
+    assert west.id == groups[1].id
+    assert q.complete(transit, {}) is True
+    east = q.claim(me)
+    assert east.id == groups[3].id
+    assert q.complete(east, {}) is True
+    # the oldest is the westmost, but its neighbour (west) is still in progress: the eastmost goes
+    assert q.claim(me).id == groups[4].id
+    assert q.complete(west, {}) is True
+    assert q.claim(me).id == groups[0].id
+    assert q.claim(me) is None
+
+
 def test_errors_retry_then_fail_and_calibration_waits_do_not_count(tmp_path):
     q = _ready_queue(tmp_path / "q.sqlite3", n=1)
     me = WorkerId.this_process("t")
