@@ -149,3 +149,29 @@ def test_averaging_factors_are_wscleans_rule_and_the_budget_picks_the_most():
                                                                                0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 1.0)
                                                    if k * turn * 10000 / 1000 <= 0.01))
     assert choose_baseline_averaging(lengths, dt, lambda x: 1.0) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("spread_lambda", [3000.0, 3e7])  # a dense grid; a grid far larger than the sample
+def test_briggs_weights_are_the_definition_on_the_cells_of_samples_and_conjugates(spread_lambda):
+    """w' = w / (1 + W f^2), W the natural weight gridded with every sample's Hermitian conjugate,
+    f^2 = (5 x 10^-R)^2 / (sum W^2 / sum w), written out sample by sample; robust +5 is natural."""
+    from dsacont.imaging.qa import briggs_weights
+
+    rng = np.random.default_rng(3)
+    n, cell = 400, 200.0
+    u = np.round(rng.normal(0, spread_lambda, n) / cell) * cell  # on cell centres: no rounding ties
+    v = np.round(rng.normal(0, spread_lambda / 2, n) / cell) * cell
+    u[:20], v[:20] = u[20:40], v[20:40]  # shared cells
+    u[40:50], v[40:50] = -u[50:60], -v[50:60]  # a sample in another's conjugate cell
+    u[60], v[60] = 0.0, 0.0  # the origin is its own conjugate
+    w = rng.integers(1, 4, n).astype(float)
+    cells = np.stack([np.rint(u / cell), np.rint(v / cell)], axis=1)
+    W = np.array([w[(cells == c).all(axis=1)].sum() + w[(cells == -c).all(axis=1)].sum() for c in cells])
+    all_w = np.concatenate([w, w])
+    grid = {}
+    for c, wk in zip(np.concatenate([cells, -cells]), all_w):
+        grid[tuple(c)] = grid.get(tuple(c), 0.0) + wk
+    for robust in (-1.0, 0.0, 0.5):
+        f2 = (5.0 * 10.0 ** (-robust)) ** 2 / (sum(x * x for x in grid.values()) / all_w.sum())
+        np.testing.assert_allclose(briggs_weights(u, v, w, cell, robust), w / (1.0 + W * f2), rtol=1e-12)
+    np.testing.assert_allclose(briggs_weights(u, v, w, cell, 5.0), w, rtol=1e-3)
