@@ -159,7 +159,7 @@ def _sources_in_mosaic(mosaic: dict, products: Products, archive: Path, names=("
 def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_groups: int = N_GROUPS,
              hours: int | None = None, sky: str = "synthetic", scheduler: str | None = None,
              max_inflight: int = 2, fresh: bool = True, pipeline_options: dict | None = None,
-             replay_mode: str = "copy") -> dict:
+             replay_mode: str = "copy", sky_store=None) -> dict:
     """Run the acceptance demo under ``root``; returns (and writes) the summary dict.
 
     ``hours``: instead of ``n_groups`` centred on the transit, ``hours`` x 12 groups from the start
@@ -170,7 +170,11 @@ def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_grou
     ``pipeline_options``: the service's pipeline options (as ``dsacont stream --option KEY=VALUE``,
     e.g. ``{"imaging.imager": "auto"}``). ``replay_mode``: how the archive reaches the incoming
     directory (:func:`dsacont.service.replay.replay`: 'copy', or 'link' to spare the disk a second
-    copy of a full-size hour, ~27 GB).
+    copy of a full-size hour, ~27 GB). ``sky_store``: a strip sky model to start from (the
+    ``sky_model.sqlite3`` of an earlier run over the same sky), copied into the fresh state
+    directory: the strip's second day, where the calibrator is solved with its field from the
+    model and every tile's bright sources are known (on the same archive, each group's own
+    tile of the earlier run is left out of its model, :meth:`dsacont.service.sky.SkyStore.model_near`).
     """
     t_all = time.perf_counter()
     root = Path(root).absolute()
@@ -185,6 +189,8 @@ def run_demo(root="demo-output", *, preset: str = "small", seed: int = 0, n_grou
         for d in (paths.incoming, paths.stage, paths.state):
             shutil.rmtree(d, ignore_errors=True)
     paths.ensure()
+    if sky_store is not None:
+        shutil.copyfile(sky_store, paths.sky_db)
 
     replay_done = threading.Event()
 
