@@ -10,7 +10,7 @@ Group life cycle::
     collecting --(timeout with too few subbands)-----------------> failed      ('incomplete ...')
     failed (incomplete, never claimed) --(a late subband)--------> collecting  (re-opened)
     completed/failed/quarantined --(rebuild: dsacont reprocess)--> pending     (products made again)
-    pending ----(claim: atomic, highest priority, oldest first)--> in_progress
+    pending ----(claim: atomic, highest priority, oldest first)----> in_progress (inner neighbour done first)
     in_progress --(processor returned)----------------------------> completed
     in_progress --(error, attempts left)--------------------------> pending     (not_before = backoff)
     in_progress --(error, no attempts left)-----------------------> failed
@@ -38,8 +38,8 @@ them to the ``unrecorded`` table for ``dsacont status``).
 Safety:
 
 * **Atomic claim**: ``UPDATE groups SET state='in_progress' ... WHERE id = (SELECT ... pending
-  ORDER BY t_unix LIMIT 1) RETURNING ...`` inside ``BEGIN IMMEDIATE``: two processes never
-  claim the same group.
+  ORDER BY ... LIMIT 1) RETURNING ...`` inside ``BEGIN IMMEDIATE``: two processes never
+  claim the same group (the order: :meth:`IngestQueue.claim`).
 * **Leases and fencing**: a claim records the worker (host, pid, process start time), a lease
   (``lease_until``) renewed by heartbeats, and a fresh ``claim_token``. A group whose worker
   process is dead (same host) or whose lease expired is reclaimed to ``pending``. Completion and
