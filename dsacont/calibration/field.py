@@ -59,7 +59,8 @@ from dsacont.calibration.skymodel import SkySource, nvss_catalogue, read_catalog
 from dsacont.calibration.tables import caltable_metrics, read_caltable
 from dsacont.casa import casatasks
 from dsacont.config import get_paths
-from dsacont.io.ms import iter_ddid, move_into_place, table
+from dsacont.io.atomic import move_into_place
+from dsacont.io.ms import iter_ddid, table
 from dsacont.telescope import airy_beam
 
 log = logging.getLogger(__name__)

@@ -53,7 +53,7 @@ from dsacont.calibrators import get_calibrator
 from dsacont.casa import casatasks
 from dsacont.config import get_paths
 from dsacont.errors import BadInputError
-from dsacont.io.ms import move_into_place
+from dsacont.io.atomic import move_into_place
 
 log = logging.getLogger(__name__)
 

@@ -49,16 +49,16 @@ with nsamples == 0 are flagged.
 Execution
 ---------
 One pass over the data. The MS is built in a staging directory and moved into place atomically
-(:func:`dsacont.io.ms.move_into_place`, an ``os.replace``): ``<stage>/tmp`` when it is on the
+(:func:`dsacont.io.atomic.move_into_place`, an ``os.replace``): ``<stage>/tmp`` when it is on the
 output's filesystem (so the move is a rename and every byte reaches the disk once), else tmpfs
 when it has room, else ``<stage>/tmp`` (then the move copies). The *skeleton* (every row, all
 metadata and subtables) is made in a thread while the first blocks are read and computed (at most
-``passes.PREFETCH_BLOCKS`` blocks wait), by :func:`dsacont.io.ms.build_skeleton`:
+``passes.PREFETCH_BLOCKS`` blocks wait), by :func:`dsacont.io.ms_build.build_skeleton`:
 
 - the first group of a layout (array, band, row structure) is built with casatools. Casacore
   zero-fills every tile when it closes the table, so this is done on tmpfs and copied to the
   staging directory without its bulk tile files, which are created sparse there
-  (:meth:`dsacont.io.ms.TileFiles.relocate`). The verified skeleton minus its bulk files (~15 MB)
+  (:meth:`dsacont.io.ms_build.TileFiles.relocate`). The verified skeleton minus its bulk files (~15 MB)
   is kept as a *template* in ``<stage>/tmp/ms-templates/<key>``.
 - every later group of that layout is copied from its template and stamped with its own TIME,
   UVW (written into its tiles) and per-group subtables (FIELD, SOURCE, OBSERVATION, FEED time,
@@ -67,7 +67,7 @@ metadata and subtables) is made in a thread while the first blocks are read and 
   turns this off.
 
 DATA/FLAG/WEIGHT/SIGMA are then written straight into their ``TiledColumnStMan`` tile files
-(:class:`dsacont.io.ms.TileFiles`: the layout and byte/bit order are verified on probe rows
+(:class:`dsacont.io.ms_build.TileFiles`: the layout and byte/bit order are verified on probe rows
 first; any surprise falls back to casatools ``putcol``). Blocks are (``time`` chunk, one
 subband): when the Dataset's data are still the files' (:func:`dsacont.io.uvh5.group_files`, from
 its ``encoding``), each worker thread reads them by their HDF5 chunk tables

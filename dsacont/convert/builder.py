@@ -4,16 +4,16 @@ atomic move.
 - **where**: ``<stage>/tmp`` when it is on the output's filesystem (the move is then a rename and
   every byte reaches the disk once), else tmpfs when it has room, else ``<stage>/tmp`` (the move
   then copies); or the caller's ``tmp_dir``.
-- **skeleton** (every row, all metadata and subtables; :func:`dsacont.io.ms.build_skeleton`),
+- **skeleton** (every row, all metadata and subtables; :func:`dsacont.io.ms_build.build_skeleton`),
   built in a thread while the first blocks are read and computed (casatools releases the GIL).
   With direct writes a fresh skeleton is built on tmpfs (casacore zero-fills every tile when the
   table closes: cheap there, a second write of the whole MS on disk) and copied without its bulk
   tile files, which are created sparse in the staging directory; it is kept as a template in
   ``<stage>/tmp/ms-templates``, from which later groups of the same layout are stamped.
 - **bulk columns** DATA/FLAG/WEIGHT/SIGMA: written straight into their tile files
-  (:class:`dsacont.io.ms.TileFiles`, thread-safe ``pwrite``) when the layout checks out, else
-  with casatools ``putcol`` (:class:`dsacont.io.ms.MSWriter`, one thread).
-- **commit**: close, then :func:`dsacont.io.ms.move_into_place`; on any error the staging MS is
+  (:class:`dsacont.io.ms_build.TileFiles`, thread-safe ``pwrite``) when the layout checks out, else
+  with casatools ``putcol`` (:class:`dsacont.io.ms_build.MSWriter`, one thread).
+- **commit**: close, then :func:`dsacont.io.atomic.move_into_place`; on any error the staging MS is
   removed (nothing half-written is left anywhere).
 """
 from __future__ import annotations
@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dsacont.io import ms as msio
+from dsacont.io import ms_build
+from dsacont.io.atomic import move_into_place
+from dsacont.io.kernels import pack_bits_le
 from dsacont.io.uvh5_backend import scratch_array
 
 __all__ = ["MSBuilder", "TEMPLATE_DIRNAME", "TMPFS"]
@@ -34,7 +36,7 @@ __all__ = ["MSBuilder", "TEMPLATE_DIRNAME", "TMPFS"]
 TMPFS = "/dev/shm"
 # tmpfs is used only when this much more than the MS would stay free
 TMPFS_MARGIN_BYTES = 1 << 30
-# skeleton templates (msio.build_skeleton) live in <stage>/tmp/<this>
+# skeleton templates (ms_build.build_skeleton) live in <stage>/tmp/<this>
 TEMPLATE_DIRNAME = "ms-templates"
 
 
@@ -124,7 +126,7 @@ class MSBuilder:
     # ------------------------------------------------------------------ skeleton
     def _build_skeleton(self):
         try:
-            self._skeleton["tiles"] = msio.build_skeleton(
+            self._skeleton["tiles"] = ms_build.build_skeleton(
                 self.tmp_ms, self.plan.layout, self.plan.rows, direct=self.direct, templates=self.templates,
                 build_in=self.build_in, prof=self.prof)
         except BaseException as exc:  # re-raised by wait() in the caller's thread
@@ -162,7 +164,7 @@ class MSBuilder:
     def use_putcol(self) -> None:
         """Write the bulk columns with casatools from now on (the skeleton has no TileFiles)."""
         if self.writer is None:
-            self.writer = msio.MSWriter(self.tmp_ms)
+            self.writer = ms_build.MSWriter(self.tmp_ms)
 
     # ------------------------------------------------------------------ writes
     def _add_write_time(self, dt: float) -> None:
@@ -174,7 +176,7 @@ class MSBuilder:
         thread. Arrays as :func:`dsacont.convert.blocks.compute_block` returns them."""
         tw = _time.perf_counter()
         packed = scratch_array(scratch, "packed", (t1 - t0, flags[0].size // 8), np.uint8)
-        msio.pack_bits_le(flags.reshape(-1), packed.reshape(-1))
+        pack_bits_le(flags.reshape(-1), packed.reshape(-1))
         for k, t in enumerate(range(t0, t1)):
             tiles.write(self.plan.first_row(t, si), DATA=data[k], FLAG=packed[k], WEIGHT=weight[k], SIGMA=sigma[k])
         self._add_write_time(_time.perf_counter() - tw)
@@ -207,7 +209,7 @@ class MSBuilder:
             self.writer = None
         self.prof["close"] = _time.perf_counter() - tick
         tick = _time.perf_counter()
-        final = msio.move_into_place(self.tmp_ms, self.ms_path, staging_dir=self.paths.tmp)
+        final = move_into_place(self.tmp_ms, self.ms_path, staging_dir=self.paths.tmp)
         self.prof["move"] = _time.perf_counter() - tick
         return final
 

@@ -132,7 +132,7 @@ def convert_group(
         beside the MS). The waterfall's amplitudes are taken from the blocks on their way.
     direct_write : bool
         Write DATA/FLAG/WEIGHT/SIGMA straight into their tile files when the MS layout checks
-        out (:class:`dsacont.io.ms.TileFiles`); False: always casatools ``putcol``.
+        out (:class:`dsacont.io.ms_build.TileFiles`); False: always casatools ``putcol``.
     direct_read : bool
         Read the subband files themselves by their HDF5 chunk tables, in parallel threads, when
         the Dataset's data are still the files' (:func:`dsacont.io.uvh5.group_files`); False, or
@@ -143,7 +143,7 @@ def convert_group(
         ``flag_dataset``). False (or when those conditions fail): flags first, then the blocks.
     use_templates : bool
         With direct writes, stamp the MS skeleton from a template of its layout in
-        ``<stage>/tmp/ms-templates`` (:func:`dsacont.io.ms.build_skeleton`); False: build every
+        ``<stage>/tmp/ms-templates`` (:func:`dsacont.io.ms_build.build_skeleton`); False: build every
         skeleton with casatools.
 
     Returns

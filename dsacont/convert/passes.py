@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from dsacont import flagging
 from dsacont.convert.blocks import compute_block
-from dsacont.io import ms as msio
+from dsacont.io.kernels import pack_bits_le
 from dsacont.io.uvh5_backend import scratch_array
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def fused_pass(source, tiles, plan, computer, strategy, *, progress: bool = True
     Blocks are the baseline ranges :func:`dsacont.flagging.flag_dataset` uses, each with all
     integrations and all channels in ascending order, and the same inputs (|vis| and the files'
     flags), so the RFI flags equal ``flag_dataset``'s. Each block is then rotated per SPW and
-    written into ``tiles`` (:class:`dsacont.io.ms.TileFiles`). Adds ``fused_{read,flag,kernel,
+    written into ``tiles`` (:class:`dsacont.io.ms_build.TileFiles`). Adds ``fused_{read,flag,kernel,
     write}_threads`` (seconds) to ``prof``.
 
     Returns
@@ -183,7 +183,7 @@ def fused_pass(source, tiles, plan, computer, strategy, *, progress: bool = True
             tw0 = _time.perf_counter()
             bits = scratch_array(sc, "bits", (flags[0].size // 8,), np.uint8)
             for t in range(plan.ntime):
-                msio.pack_bits_le(flags[t].reshape(-1), bits)
+                pack_bits_le(flags[t].reshape(-1), bits)
                 tiles.write(plan.first_row(t, si) + b0, DATA=data[t], FLAG=bits, WEIGHT=weight[t], SIGMA=sigma[t])
             tw += _time.perf_counter() - tw0
         td = _time.perf_counter() - tw

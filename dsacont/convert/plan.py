@@ -4,8 +4,8 @@ coordinates and attributes alone (no visibility is read).
 - the spectral windows: one per subband, ascending (:func:`spw_layout`);
 - the phase centre(s) (:func:`phase_centre`) and the per-integration geometry: new UVW and the
   w change the visibilities are rotated by (:func:`geometry`);
-- the MS layout (:class:`dsacont.io.ms.MSLayout`: subtables) and main-table rows
-  (:class:`dsacont.io.ms.MainRows`), which :class:`dsacont.convert.builder.MSBuilder` builds.
+- the MS layout (:class:`dsacont.io.ms_build.MSLayout`: subtables) and main-table rows
+  (:class:`dsacont.io.ms_build.MainRows`), which :class:`dsacont.convert.builder.MSBuilder` builds.
 
 See :mod:`dsacont.convert` for the decisions (16 SPWs, one common phase centre, row order).
 """
@@ -19,6 +19,7 @@ import numpy as np
 from dsacont import __version__
 from dsacont.convert import phasing
 from dsacont.io import ms as msio
+from dsacont.io import ms_build
 from dsacont.telescope import ARRAY_CENTRE_ECEF, DISH_DIAMETER_M, TELESCOPE_NAME
 
 __all__ = ["PHASE_MODES", "ConversionPlan", "plan_conversion", "phase_centre", "geometry", "spw_layout"]
@@ -120,9 +121,9 @@ class ConversionPlan:
         Metres, Dataset convention (the MS stores ``-uvw``).
     dw : ndarray (ntime, nbl) float64
         w_new - w_old, metres.
-    layout : dsacont.io.ms.MSLayout
+    layout : dsacont.io.ms_build.MSLayout
         Subtables and shape of the MS.
-    rows : dsacont.io.ms.MainRows
+    rows : dsacont.io.ms_build.MainRows
         The main table's rows (time, spw, baseline order).
     """
 
@@ -137,8 +138,8 @@ class ConversionPlan:
     centre: dict
     uvw: np.ndarray
     dw: np.ndarray
-    layout: msio.MSLayout
-    rows: msio.MainRows
+    layout: ms_build.MSLayout
+    rows: ms_build.MainRows
 
     @property
     def ntime(self) -> int:
@@ -205,7 +206,7 @@ def plan_conversion(ds, phase: str = "common", *, rfi_flags: bool = False) -> Co
     else:
         field_times = np.array([msio.jd_to_ms_time(centre["jd_mid"])])
     ra0, dec0 = np.degrees(centre["ra"][0]), np.degrees(centre["dec"][0])
-    layout = msio.MSLayout(
+    layout = ms_build.MSLayout(
         antenna_names=[str(n) for n in ds["antenna_name"].values],
         antenna_positions=np.asarray(ds["antenna_position"].values, float) + ARRAY_CENTRE_ECEF,
         dish_diameter=DISH_DIAMETER_M,
@@ -220,7 +221,7 @@ def plan_conversion(ds, phase: str = "common", *, rfi_flags: bool = False) -> Co
         telescope_name=str(ds.attrs.get("telescope_name", TELESCOPE_NAME)),
         nrows=ntime * len(spws) * nbl,
         interval=tint,
-        tile_rows=msio.run_tile_rows(nbl, npol, nchan),
+        tile_rows=ms_build.run_tile_rows(nbl, npol, nchan),
         history=[
             f"dsacont {__version__} convert_group: group {ts}, {len(srcs)} subband files",
             f"phase={phase}: centre RA {ra0:.6f} Dec {dec0:.6f} deg "
@@ -232,7 +233,7 @@ def plan_conversion(ds, phase: str = "common", *, rfi_flags: bool = False) -> Co
     )
     field = centre["field_of_time"].astype(np.int32)
     # MS convention: UVW = x_ant1 - x_ant2 (minus the Dataset's uvw), DATA conjugated
-    rows = msio.MainRows(time=t_ms, field_id=field, scan=field + 1 if phase == "per_integration" else np.ones(ntime, np.int32),
+    rows = ms_build.MainRows(time=t_ms, field_id=field, scan=field + 1 if phase == "per_integration" else np.ones(ntime, np.int32),
                          nspw=len(spws), ant1=a1, ant2=a2, uvw=-geo["uvw"], interval=tint)
     return ConversionPlan(timestamp=ts, phase=phase, spws=spws, times=times, ant1=a1, ant2=a2, freq=freq, npol=npol,
                           centre=centre, uvw=geo["uvw"], dw=geo["dw"], layout=layout, rows=rows)

@@ -44,7 +44,8 @@ from dsacont.imaging.geometry import (
 from dsacont.imaging.qa import psf_fwhm_arcsec, tile_qa
 from dsacont.io.atomic import move_into_place, write_json_atomic
 from dsacont.io.fits import beam_from_header, freq_from_header, read_fits_image, write_like
-from dsacont.io.ms import average_channels, flatten_state, read_ms_info, table
+from dsacont.io.ms import flatten_state, read_ms_info, table
+from dsacont.io.ms_average import average_channels
 from dsacont.jsonio import json_default
 
 log = logging.getLogger(__name__)

@@ -3,9 +3,9 @@
 - :func:`gather_chunks`, :func:`gather_chunks_p1`: rebuild rows of a chunked HDF5 dataset from its
   raw chunk bytes (the UVH5 array backend, :class:`dsacont.io.uvh5_backend.SubbandReader`);
 - :func:`rows_all_equal`: whether rows of such a dataset all hold one value (uniform nsamples/flags);
-- :func:`pack_bits_le`: bools packed as casacore stores Bool (:class:`dsacont.io.ms.TileFiles`);
+- :func:`pack_bits_le`: bools packed as casacore stores Bool (:class:`dsacont.io.ms_build.TileFiles`);
 - :func:`average_channel_bins`: adjacent channels averaged with their flags (the imaging copy,
-  :func:`dsacont.io.ms.average_channels`).
+  :func:`dsacont.io.ms_average.average_channels`).
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from dsacont.errors import BadInputError
 
 
 def _small_ms(path, ntime: int = 2):
-    from dsacont.io import ms as msio
+    from dsacont.io import ms_build as msio
 
     nbl, nchan, nspw = 6, 8, 3
     layout = msio.MSLayout(
@@ -94,10 +94,11 @@ def _main_columns(path):
 
 
 def test_tile_files_write_every_cell_as_putcol_does(tmp_path):
-    """msio.TileFiles: bytes written straight into the tiles read back through casatools getcol
+    """ms_build.TileFiles: bytes written straight into the tiles read back through casatools getcol
     identically to what putcol would have stored, for every cell of DATA/FLAG/WEIGHT/SIGMA, for
     row ranges that start and end inside tiles; and the probe check accepts this layout."""
-    from dsacont.io import ms as msio
+    from dsacont.io import ms_build as msio
+    from dsacont.io.kernels import pack_bits_le
 
     nbl, nchan, npol, nspw, ntime = 6, 8, 2, 3, 2
     layout = msio.MSLayout(
@@ -121,7 +122,7 @@ def test_tile_files_write_every_cell_as_putcol_does(tmp_path):
     wt = rng.random((nrows, npol)).astype(np.float32)
     with tiles:
         for a, b in ((0, 4), (4, 11), (11, nrows)):  # across tile boundaries
-            packed = msio.pack_bits_le(flag[a:b].reshape(-1), np.empty(flag[a:b].size // 8, np.uint8))
+            packed = pack_bits_le(flag[a:b].reshape(-1), np.empty(flag[a:b].size // 8, np.uint8))
             tiles.write(a, DATA=data[a:b], FLAG=packed if a else flag[a:b], WEIGHT=wt[a:b], SIGMA=2 * wt[a:b])
     cols = _main_columns(ms)
     np.testing.assert_array_equal(cols["DATA"].T, data)
@@ -142,7 +143,8 @@ def test_average_channels_is_the_flag_weighted_mean_of_the_chosen_column(tmp_pat
     samples of the column asked for (CORRECTED_DATA here, made unlike DATA), a bin flagged
     throughout stays flagged, frequencies are the bins' centres and widths their spans; the source
     MS is untouched and an existing destination is refused."""
-    from dsacont.io.ms import average_channels, ensure_column, read_ms_info, table
+    from dsacont.io.ms import ensure_column, read_ms_info, table
+    from dsacont.io.ms_average import average_channels
 
     src, dst = tmp_path / "m.ms", tmp_path / "avg.ms"
     layout = _small_ms(src)
