@@ -22,7 +22,18 @@ from dsacont.calibrators import get_calibrator
 from dsacont.casa import casatasks
 from dsacont.config import get_paths
 from dsacont.errors import CalibrationUnavailable
-from dsacont.io.ms import clear_state, ddid_runs, ensure_column, get_runs, iter_ddid, put_runs, run_rows, table
+from dsacont.io.ms import (
+    clear_state,
+    ddid_runs,
+    ensure_column,
+    get_runs,
+    iter_ddid,
+    put_runs,
+    run_rows,
+    table,
+    tile_file,
+)
+from dsacont.io.ms_build import TileFiles
 
 from .apply_kernels import apply_jones, fill_flagged_channels, interp_gains_linear
 
@@ -275,11 +286,18 @@ def _apply_own(ms, info: MSInfo, tables, interps, spwmaps, unsolved) -> dict:
     """dsacont's apply: CORRECTED_DATA = DATA / (J_i conj(J_j)), FLAG |= the solutions' flags
     (:class:`Corrector`), one DATA_DESCRIPTION at a time, its rows read and written as contiguous
     runs (:func:`dsacont.io.ms.ddid_runs`). The check of :func:`check_corrected` is made on the
-    way (the corrected data are in memory), so nothing is read twice; returns its dict."""
+    way (the corrected data are in memory), so nothing is read twice; returns its dict.
+
+    CORRECTED_DATA is written straight into its tiles (:meth:`dsacont.io.ms_build.TileFiles.of_column`)
+    when its layout allows (the column :func:`dsacont.io.ms.ensure_column` adds: casacore
+    allocates every tile when it adds it), the table open read-only meanwhile; FLAG, when a
+    solution flagged data, through casatools afterwards. Otherwise both through casatools.
+    """
     ensure_column(ms, "CORRECTED_DATA")
     correct = Corrector(info, tables, interps=interps, spwmaps=spwmaps, unsolved=unsolved)
+    new_flags = []
 
-    def written(tb):  # (CORRECTED_DATA, FLAG) of each DATA_DESCRIPTION, as written
+    def written(tb, tiles):  # (CORRECTED_DATA, FLAG) of each DATA_DESCRIPTION, as written
         runs_of = ddid_runs(tb)
         cols = {c: np.asarray(tb.getcol(c)) for c in ("TIME", "ANTENNA1", "ANTENNA2")}
         for d in range(len(info.ddid_spw)):
@@ -291,13 +309,37 @@ def _apply_own(ms, info: MSInfo, tables, interps, spwmaps, unsolved) -> dict:
             corrected, flags = correct(d, get_runs(tb, "DATA", runs, _cell_shape(info, d), np.complex64), flag_in,
                                        correct.time_index(cols["TIME"][rows]), cols["ANTENNA1"][rows],
                                        cols["ANTENNA2"][rows])
-            put_runs(tb, "CORRECTED_DATA", corrected, runs)
-            if not np.array_equal(flags, flag_in):  # FLAG is rewritten only where a solution flagged data
-                put_runs(tb, "FLAG", flags, runs)
+            changed = not np.array_equal(flags, flag_in)  # FLAG is rewritten only where a solution flagged data
+            if tiles is None:
+                put_runs(tb, "CORRECTED_DATA", corrected, runs)
+                if changed:
+                    put_runs(tb, "FLAG", flags, runs)
+            else:
+                off = 0
+                for a, n in runs:
+                    tiles.write(a, CORRECTED_DATA=corrected[..., off:off + n].T)
+                    off += n
+                if changed:
+                    new_flags.append((flags, runs))
             yield corrected, flags
 
-    with table(ms, readonly=False) as tb:
-        return _tally_corrected(ms, written(tb))
+    with table(ms) as tb:
+        tf = tile_file(tb, "CORRECTED_DATA")
+        tiles = TileFiles.of_column(tf, "CORRECTED_DATA") \
+            if tf is not None and np.dtype(tf["dtype"]) == np.complex64 else None
+        if tiles is not None:
+            try:
+                tally = _tally_corrected(ms, written(tb, tiles))
+            finally:
+                tiles.close()
+    if tiles is None:
+        with table(ms, readonly=False) as tb:
+            return _tally_corrected(ms, written(tb, None))
+    if new_flags:
+        with table(ms, readonly=False) as tb:
+            for flags, runs in new_flags:
+                put_runs(tb, "FLAG", flags, runs)
+    return tally
 
 
 def _cell_shape(info: MSInfo, ddid: int) -> tuple[int, int]:

@@ -48,7 +48,7 @@ import numpy as np
 
 from dsacont.calibration.kernels import _channel_stats_kernel
 from dsacont.errors import BadInputError
-from dsacont.io.ms import read_ms_info, table
+from dsacont.io.ms import column_reader, read_ms_info, table
 
 log = logging.getLogger(__name__)
 
@@ -191,10 +191,11 @@ def _read_stats(ms, info, chunk_rows):
         dd = tb.getcol("DATA_DESC_ID").astype(np.int64)
         nrow = a1.size
         parts = []
+        read_data, read_flag = column_reader(tb, "DATA"), column_reader(tb, "FLAG")
         for start in range(0, nrow, chunk_rows):
             n = min(chunk_rows, nrow - start)
-            data = tb.getcol("DATA", start, n)
-            flag = tb.getcol("FLAG", start, n)
+            data = read_data(start, n)
+            flag = read_flag(start, n)
             parts.append(_channel_stats_kernel(np.ascontiguousarray(data, dtype=np.complex64),
                                                np.ascontiguousarray(flag, dtype=np.bool_)))
     mean, var, n, nzero = (np.concatenate([p[i] for p in parts]) for i in range(4))

@@ -44,7 +44,7 @@ from dsacont.imaging.geometry import (
 from dsacont.imaging.qa import psf_fwhm_arcsec, tile_qa
 from dsacont.io.atomic import move_into_place, write_json_atomic
 from dsacont.io.fits import beam_from_header, freq_from_header, read_fits_image, write_like
-from dsacont.io.ms import flatten_state, read_ms_info, table
+from dsacont.io.ms import column_reader, flatten_state, read_ms_info, table
 from dsacont.io.ms_average import average_channels
 from dsacont.jsonio import json_default
 
@@ -123,9 +123,10 @@ def inspect_ms(ms_path, *, datacolumn: str = "corrected", uv_channels: int = 64,
         uu, vv, ww, du, dv, ll = [], [], [], [], [], []
         nchan_all = sum(len(f) for f in spw_freqs)
         step_all = max(1, int(round(nchan_all / max(uv_channels, 1))))
+        read_flag = column_reader(tb, "FLAG")
         for start in range(0, nrow, chunk_rows):
             n = min(chunk_rows, nrow - start)
-            flag = np.asarray(tb.getcol("FLAG", start, n))  # (npol, nchan, n) — one DDID shape assumed
+            flag = read_flag(start, n)  # (npol, nchan, n) — one DDID shape assumed
             sl = slice(start, start + n)
             c = cross[sl]
             good = ~flag  # (npol, nchan, n)

@@ -359,10 +359,141 @@ def _fragmented(runs) -> bool:
     return len(runs) > 16 and sum(n for _, n in runs) / len(runs) < MIN_MEAN_RUN
 
 
+#: casatools value types of the columns read straight from their storage files, and their dtypes
+_TILE_DTYPES = {"complex": np.complex64, "boolean": np.bool_, "float": np.float32, "double": np.float64}
+#: rows compared through casatools before a column is read straight from its file
+_CHECK_ROWS = 8
+
+
+def tile_file(tb, column: str) -> dict | None:
+    """Where ``column``'s cells lie in its storage file, when that is a plain byte layout; else None.
+
+    The bulk columns of a dsacont MS (DATA, FLAG, WEIGHT, SIGMA: ``TiledColumnStMan``, written
+    by :class:`dsacont.io.ms_build.TileFiles`) and the columns :func:`ensure_column` adds
+    (``TiledShapeStMan``) keep their cells in one hypercube whose tiles hold whole rows of whole
+    bytes: row ``r`` is ``per_row`` bytes at ``(r // R) * bucket + (r % R) * per_row`` of one file,
+    its cell in Fortran order, i.e. consecutive rows are one C-ordered ``(rows, *reversed(cell))``
+    array (Bool as bits, least significant first). This checks the data manager's description
+    (one hypercube, tile shape = cell + [R], bucket = R rows, the file long enough) and then that
+    :data:`_CHECK_ROWS` rows spread over the table read the same from the file as through casatools.
+    The table's pending writes are flushed first (``tb`` may be open for writing).
+
+    Returns
+    -------
+    dict or None
+        ``file`` (path), ``tile_rows`` R, ``bucket`` (bytes), ``per_row`` (bytes), ``cell`` (list,
+        casacore order), ``dtype`` (numpy), ``nrows``.
+    """
+    try:
+        nrows = int(tb.nrows())
+        if nrows == 0 or column not in tb.colnames():
+            return None
+        if tb.iswritable():
+            tb.flush()
+        dms = [v for v in tb.getdminfo().values() if column in [str(c) for c in v.get("COLUMNS", [])]]
+        if len(dms) != 1 or dms[0].get("TYPE") not in ("TiledColumnStMan", "TiledShapeStMan") \
+                or len(dms[0]["COLUMNS"]) != 1:
+            return None
+        cubes = list(dms[0].get("SPEC", {}).get("HYPERCUBES", {}).values())
+        dtype = _TILE_DTYPES.get(str(tb.getcoldesc(column).get("valueType", "")).lower())
+        if len(cubes) != 1 or dtype is None:
+            return None
+        cube = cubes[0]
+        cell = [int(x) for x in cube["CellShape"]]
+        tshape = [int(x) for x in cube["TileShape"]]
+        if tshape[:-1] != cell or [int(x) for x in cube["CubeShape"]] != cell + [nrows]:
+            return None
+        R, ncell = tshape[-1], int(np.prod(cell))
+        if dtype is np.bool_:
+            if ncell % 8:
+                return None
+            per_row = ncell // 8
+        else:
+            per_row = ncell * np.dtype(dtype).itemsize
+        bucket = int(cube["BucketSize"])
+        if bucket != R * per_row:
+            return None
+        need = -(-nrows // R) * bucket
+        stem = os.path.join(str(tb.name()), f"table.f{int(dms[0]['SEQNR'])}_TSM")
+        check = np.unique(np.linspace(0, nrows - 1, _CHECK_ROWS).astype(np.int64))
+        want = [np.asarray(tb.getcol(column, int(r), 1)) for r in check]
+        for k in range(8):  # a TiledShapeStMan's cube need not be in file 0 (CORRECTED_DATA: 1)
+            found = dict(file=f"{stem}{k}", tile_rows=R, bucket=bucket, per_row=per_row, cell=cell, dtype=dtype,
+                         nrows=nrows)
+            if os.path.exists(found["file"]) and os.path.getsize(found["file"]) >= need and all(
+                    np.array_equal(_read_file_rows(found, int(r), 1), w) for r, w in zip(check, want)):
+                return found
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        log.debug("%s: no direct reading (%s)", column, exc)
+    return None
+
+
+def _read_file_rows(tf: dict, start: int, n: int, out=None, fd: int | None = None) -> np.ndarray:
+    """Rows ``start .. start + n`` of a :func:`tile_file` column, as casatools returns them
+    ((cell..., n), Fortran order), read into ``out`` (such an array) when given; ``fd``: the file,
+    open (else it is opened and closed here)."""
+    cell, dtype = tf["cell"], tf["dtype"]
+    if out is None:
+        out = np.empty((*cell, n), dtype=dtype, order="F")
+    R, per_row = tf["tile_rows"], tf["per_row"]
+    off = (start // R) * tf["bucket"] + (start % R) * per_row  # rows are contiguous: tiles are whole rows
+    nbytes = n * per_row
+    if dtype is np.bool_:
+        raw = np.empty(nbytes, dtype=np.uint8)
+        buf = memoryview(raw)
+    else:
+        raw = out.T  # the rows as one C-ordered block: exactly the file's bytes
+        buf = memoryview(raw).cast("B")
+    own = fd is None
+    fd = os.open(tf["file"], os.O_RDONLY) if own else fd
+    try:
+        done = 0
+        while done < nbytes:
+            got = os.preadv(fd, [buf[done:]], off + done)
+            if got <= 0:
+                raise OSError(f"{tf['file']}: short read at byte {off + done}")
+            done += got
+    finally:
+        if own:
+            os.close(fd)
+    if dtype is np.bool_:
+        out.T[...] = np.unpackbits(raw, bitorder="little").view(np.bool_).reshape(n, *reversed(cell))
+    return out
+
+
+def column_reader(tb, column: str):
+    """A reader of ``column``'s rows: ``read(start, nrow)`` -> (cell..., nrow) array in Fortran
+    order, as ``tb.getcol(column, start, nrow)`` returns it, straight from the column's file when
+    :func:`tile_file` finds its layout (checked once, here), else through ``getcol``. For loops
+    over row blocks; ``tb`` must stay open and unmodified while it is used."""
+    tf = tile_file(tb, column)
+    if tf is None:
+        return lambda start, nrow: np.asarray(tb.getcol(column, int(start), int(nrow)))
+    return lambda start, nrow: _read_file_rows(tf, int(start), int(nrow))
+
+
 def get_runs(tb, column: str, runs, cell_shape, dtype) -> np.ndarray:
     """``column`` over ``runs`` as one (cell shape..., nrow) array in Fortran order (the layout
-    casatools returns), filled run by run (through ``selectrows`` when the runs are short)."""
+    casatools returns), filled run by run (through ``selectrows`` when the runs are short).
+
+    A column with a plain byte layout (:func:`tile_file`: the bulk columns of a dsacont MS and
+    CORRECTED_DATA) is read straight from its file, run by run into the array: casatools'
+    ``getcol`` goes through double precision and its own variant type (a full-size DATA column:
+    4.7 s against 2.6 s, most of the difference copies and page faults).
+    """
     nrow = sum(n for _, n in runs)
+    tf = tile_file(tb, column) if runs else None
+    if tf is not None and tuple(cell_shape) == tuple(tf["cell"]):
+        out = np.empty((*cell_shape, nrow), dtype=tf["dtype"], order="F")
+        fd = os.open(tf["file"], os.O_RDONLY)
+        try:
+            off = 0
+            for a, n in runs:
+                _read_file_rows(tf, a, n, out[..., off:off + n], fd)
+                off += n
+        finally:
+            os.close(fd)
+        return out if out.dtype == np.dtype(dtype) else np.asfortranarray(out, dtype=dtype)
     if _fragmented(runs):
         sub = tb.selectrows(run_rows(runs).tolist())
         try:

@@ -15,7 +15,7 @@ import shutil
 import numpy as np
 
 from dsacont import __version__
-from dsacont.io.ms import CORR_TYPE, MSInfo, _ct, read_ms_info, table
+from dsacont.io.ms import CORR_TYPE, MSInfo, _ct, column_reader, read_ms_info, table
 from dsacont.io.ms_build import MainRows, MSLayout, MSWriter, build_skeleton, run_tile_rows
 
 log = logging.getLogger(__name__)
@@ -150,14 +150,15 @@ def _average_runwise(src: str, dst: str, chanbin: int, datacolumn: str) -> bool:
     ok = False
     try:
         with table(src) as tb:
+            read = {c: column_reader(tb, c) for c in (column, "FLAG", "WEIGHT", "SIGMA")}
             for t in range(len(rows.time)):
                 r0 = rows.run_start(t, 0)
-                data = np.asarray(tb.getcol(column, r0, per_t)).T  # (nrow, nchan, npol)
-                flag = np.asarray(tb.getcol("FLAG", r0, per_t)).T
+                data = read[column](r0, per_t).T  # (nrow, nchan, npol)
+                flag = read["FLAG"](r0, per_t).T
                 out, fout, nmean, smean = average_channel_bins(np.ascontiguousarray(data, np.complex64),
                                                                np.ascontiguousarray(flag, np.bool_), k)
-                weight = np.ascontiguousarray(np.asarray(tb.getcol("WEIGHT", r0, per_t)).T * nmean, np.float32)
-                sigma = np.ascontiguousarray(np.asarray(tb.getcol("SIGMA", r0, per_t)).T * smean, np.float32)
+                weight = np.ascontiguousarray(read["WEIGHT"](r0, per_t).T * nmean, np.float32)
+                sigma = np.ascontiguousarray(read["SIGMA"](r0, per_t).T * smean, np.float32)
                 if tiles is not None:
                     tiles.write(r0, DATA=out, FLAG=fout, WEIGHT=weight, SIGMA=sigma)
                 else:

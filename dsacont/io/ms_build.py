@@ -560,6 +560,19 @@ class TileFiles:
         return self
 
     @classmethod
+    def of_column(cls, tile_file: dict, column: str):
+        """Writer of one existing column whose layout :func:`dsacont.io.ms.tile_file` found (its
+        file holds every tile already, as after ``addcols``): None if the file is not its full
+        length. Nothing else may write the column while it is used, and the casacore table it was
+        found through must not read it again (its cached tiles would be stale)."""
+        tf = tile_file
+        ntiles = -(-int(tf["nrows"]) // int(tf["tile_rows"]))
+        col = dict(file=tf["file"], cell=list(tf["cell"]), tile_rows=int(tf["tile_rows"]), bucket=int(tf["bucket"]),
+                   dtype=np.dtype(tf["dtype"]).str, ntiles=ntiles, probes={})
+        return cls.open({"path": os.path.dirname(tf["file"]), "nrows": int(tf["nrows"]), "columns": {column: col}},
+                        check_probes=False)
+
+    @classmethod
     def relocate(cls, tiles, src_ms, dst_ms):
         """Copy the MS ``src_ms`` (closed, layout verified by ``tiles``) to ``dst_ms`` except the
         bulk tile files, which are created empty (sparse) at their full length instead: every
