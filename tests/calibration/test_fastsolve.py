@@ -100,7 +100,11 @@ def _vs_truth(ms, tables, truth, refant):
         r.append(np.concatenate(per))
     r = np.array(r)  # (nant, nchan, npol)
     iref = ants.index(int(refant) - 1)
-    r = r / (r[iref] / np.abs(r[iref]))[None]
+    # the reference antenna's flagged cells are NaN (4 of its 32 here: the truth RFI mask flags
+    # channels in both tables); numpy's complex division by NaN sets the invalid flag. Those
+    # cells stay NaN and the nan-reductions of the callers leave them out
+    with np.errstate(invalid="ignore"):
+        r = r / (r[iref] / np.abs(r[iref]))[None]
     return np.nanmean(r, axis=1), r
 
 
