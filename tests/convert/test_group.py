@@ -446,7 +446,7 @@ def test_skeleton_template_gives_the_same_ms(sim_small, tmp_path, caplog):
     # a damaged template: a warning, a fresh skeleton (same MS), and the template replaced
     (tpl,) = (paths.tmp / convert.TEMPLATE_DIRNAME).iterdir()
     (tpl / "ms" / "table.dat").write_bytes(b"garbage")
-    with caplog.at_level("WARNING", logger="dsacont.io.ms"):
+    with caplog.at_level("WARNING", logger="dsacont.io.ms_build"):
         again = convert.convert_group(later, tmp_path / "again.ms", flag=False, paths=paths)
     assert "unusable" in caplog.text and "skeleton_from_template" not in again.profile
     d = _every_table(again)

@@ -621,7 +621,7 @@ def test_channel_averaged_copy_is_what_mstransform_writes(tile, tmp_path, caplog
     interval = float(np.median(a["INTERVAL"]))
     assert wsclean_integration_scale(ours, interval) == pytest.approx(1.0, rel=1e-6)
     assert wsclean_integration_scale(casa, interval) < 0.5
-    with caplog.at_level(logging.INFO, logger="dsacont.io.ms"):
+    with caplog.at_level(logging.INFO, logger="dsacont.io.ms_average"):
         average_channels(casa, tmp_path / "again.ms", 2, datacolumn="data")
     assert any("not in dsacont's order" in r.getMessage() for r in caplog.records)
     assert msio.read_ms_info(str(tmp_path / "again.ms")).spw_freqs[0].size * 4 == msio.read_ms_info(ms).spw_freqs[0].size
