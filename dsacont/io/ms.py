@@ -365,61 +365,80 @@ _TILE_DTYPES = {"complex": np.complex64, "boolean": np.bool_, "float": np.float3
 _CHECK_ROWS = 8
 
 
+def tiled_cube(tb, column: str, dminfo: dict | None = None) -> dict | None:
+    """``column``'s storage when it is one hypercube of a ``TiledColumnStMan`` or ``TiledShapeStMan``
+    whose tiles hold whole rows of whole bytes; else None.
+
+    Then row ``r`` is ``per_row`` bytes at ``(r // R) * bucket + (r % R) * per_row`` of one of the
+    manager's files, its cell in Fortran order: consecutive rows are one C-ordered
+    ``(rows, *reversed(cell))`` array (Bool as bits, least significant first). What both the
+    converter's direct tile writes (:meth:`dsacont.io.ms_build.MSWriter.tile_layout`) and the
+    direct reads (:func:`tile_file`) rely on. ``dminfo``: ``tb.getdminfo()``, when the caller has it.
+
+    Returns
+    -------
+    dict or None
+        ``manager`` (the storage manager's TYPE), ``seqnr`` (its files are ``table.f<seqnr>_TSM<k>``),
+        ``cell`` (list, casacore order), ``tile_rows`` R, ``bucket`` and ``per_row`` (bytes),
+        ``dtype`` (numpy), ``nrows``.
+    """
+    nrows = int(tb.nrows())
+    dms = [v for v in (dminfo or tb.getdminfo()).values() if column in [str(c) for c in v.get("COLUMNS", [])]]
+    if len(dms) != 1 or dms[0].get("TYPE") not in ("TiledColumnStMan", "TiledShapeStMan") \
+            or len(dms[0]["COLUMNS"]) != 1:
+        return None
+    cubes = list(dms[0].get("SPEC", {}).get("HYPERCUBES", {}).values())
+    dtype = _TILE_DTYPES.get(str(tb.getcoldesc(column).get("valueType", "")).lower())
+    if len(cubes) != 1 or dtype is None:
+        return None
+    cube = cubes[0]
+    cell = [int(x) for x in cube["CellShape"]]
+    tshape = [int(x) for x in cube["TileShape"]]
+    if tshape[:-1] != cell or [int(x) for x in cube["CubeShape"]] != cell + [nrows]:
+        return None
+    R, ncell = tshape[-1], int(np.prod(cell))
+    if dtype is np.bool_:
+        if ncell % 8:
+            return None
+        per_row = ncell // 8
+    else:
+        per_row = ncell * np.dtype(dtype).itemsize
+    if int(cube["BucketSize"]) != R * per_row:
+        return None
+    return dict(manager=str(dms[0]["TYPE"]), seqnr=int(dms[0]["SEQNR"]), cell=cell, tile_rows=R,
+                bucket=R * per_row, per_row=per_row, dtype=dtype, nrows=nrows)
+
+
 def tile_file(tb, column: str) -> dict | None:
     """Where ``column``'s cells lie in its storage file, when that is a plain byte layout; else None.
 
     The bulk columns of a dsacont MS (DATA, FLAG, WEIGHT, SIGMA: ``TiledColumnStMan``, written
     by :class:`dsacont.io.ms_build.TileFiles`) and the columns :func:`ensure_column` adds
-    (``TiledShapeStMan``) keep their cells in one hypercube whose tiles hold whole rows of whole
-    bytes: row ``r`` is ``per_row`` bytes at ``(r // R) * bucket + (r % R) * per_row`` of one file,
-    its cell in Fortran order, i.e. consecutive rows are one C-ordered ``(rows, *reversed(cell))``
-    array (Bool as bits, least significant first). This checks the data manager's description
-    (one hypercube, tile shape = cell + [R], bucket = R rows, the file long enough) and then that
-    :data:`_CHECK_ROWS` rows spread over the table read the same from the file as through casatools.
-    The table's pending writes are flushed first (``tb`` may be open for writing).
+    (``TiledShapeStMan``) have the plain layout of :func:`tiled_cube`. This finds the manager's
+    file that is long enough and from which :data:`_CHECK_ROWS` rows spread over the table read
+    the same as through casatools. The table's pending writes are flushed first (``tb`` may be
+    open for writing).
 
     Returns
     -------
     dict or None
-        ``file`` (path), ``tile_rows`` R, ``bucket`` (bytes), ``per_row`` (bytes), ``cell`` (list,
-        casacore order), ``dtype`` (numpy), ``nrows``.
+        :func:`tiled_cube`'s dict with ``file`` (path).
     """
     try:
-        nrows = int(tb.nrows())
-        if nrows == 0 or column not in tb.colnames():
+        if int(tb.nrows()) == 0 or column not in tb.colnames():
             return None
         if tb.iswritable():
             tb.flush()
-        dms = [v for v in tb.getdminfo().values() if column in [str(c) for c in v.get("COLUMNS", [])]]
-        if len(dms) != 1 or dms[0].get("TYPE") not in ("TiledColumnStMan", "TiledShapeStMan") \
-                or len(dms[0]["COLUMNS"]) != 1:
+        cube = tiled_cube(tb, column)
+        if cube is None:
             return None
-        cubes = list(dms[0].get("SPEC", {}).get("HYPERCUBES", {}).values())
-        dtype = _TILE_DTYPES.get(str(tb.getcoldesc(column).get("valueType", "")).lower())
-        if len(cubes) != 1 or dtype is None:
-            return None
-        cube = cubes[0]
-        cell = [int(x) for x in cube["CellShape"]]
-        tshape = [int(x) for x in cube["TileShape"]]
-        if tshape[:-1] != cell or [int(x) for x in cube["CubeShape"]] != cell + [nrows]:
-            return None
-        R, ncell = tshape[-1], int(np.prod(cell))
-        if dtype is np.bool_:
-            if ncell % 8:
-                return None
-            per_row = ncell // 8
-        else:
-            per_row = ncell * np.dtype(dtype).itemsize
-        bucket = int(cube["BucketSize"])
-        if bucket != R * per_row:
-            return None
-        need = -(-nrows // R) * bucket
-        stem = os.path.join(str(tb.name()), f"table.f{int(dms[0]['SEQNR'])}_TSM")
+        nrows = cube["nrows"]
+        need = -(-nrows // cube["tile_rows"]) * cube["bucket"]
+        stem = os.path.join(str(tb.name()), f"table.f{cube['seqnr']}_TSM")
         check = np.unique(np.linspace(0, nrows - 1, _CHECK_ROWS).astype(np.int64))
         want = [np.asarray(tb.getcol(column, int(r), 1)) for r in check]
         for k in range(8):  # a TiledShapeStMan's cube need not be in file 0 (CORRECTED_DATA: 1)
-            found = dict(file=f"{stem}{k}", tile_rows=R, bucket=bucket, per_row=per_row, cell=cell, dtype=dtype,
-                         nrows=nrows)
+            found = dict(cube, file=f"{stem}{k}")
             if os.path.exists(found["file"]) and os.path.getsize(found["file"]) >= need and all(
                     np.array_equal(_read_file_rows(found, int(r), 1), w) for r, w in zip(check, want)):
                 return found

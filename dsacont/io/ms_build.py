@@ -81,7 +81,7 @@ import numpy as np
 
 from dsacont import __version__
 from dsacont.io.kernels import pack_bits_le
-from dsacont.io.ms import CORR_PRODUCT, CORR_TYPE, SECONDS_PER_DAY, _ct, jd_to_ms_time, table
+from dsacont.io.ms import CORR_PRODUCT, CORR_TYPE, SECONDS_PER_DAY, _ct, jd_to_ms_time, table, tiled_cube
 
 log = logging.getLogger(__name__)
 
@@ -468,34 +468,11 @@ class MSWriter:
         rng = np.random.default_rng(seed)
         out = {"path": self.path, "nrows": nrows, "columns": {}}
         for col in columns:
-            dm = [v for v in dminfo.values() if col in [str(c) for c in v.get("COLUMNS", [])]]
-            if len(dm) != 1 or dm[0].get("TYPE") != "TiledColumnStMan" or len(dm[0]["COLUMNS"]) != 1:
+            # a TiledColumnStMan (its one file is _TSM0) of whole tiles: every byte is written here
+            cube = tiled_cube(tb, col, dminfo)
+            if cube is None or cube["manager"] != "TiledColumnStMan" or nrows % cube["tile_rows"]:
                 return None
-            spec = dm[0].get("SPEC", {})
-            cubes = list(spec.get("HYPERCUBES", {}).values())
-            if len(cubes) != 1:
-                return None
-            cube = cubes[0]
-            cell = [int(x) for x in cube["CellShape"]]
-            tshape = [int(x) for x in cube["TileShape"]]
-            cshape = [int(x) for x in cube["CubeShape"]]
-            if tshape[:-1] != cell or cshape[:-1] != cell or cshape[-1] != nrows:
-                return None
-            R = tshape[-1]
-            ncell = int(np.prod(cell))
-            vtype = str(tb.getcoldesc(col).get("valueType", "")).lower()
-            dtype = {"complex": np.complex64, "boolean": np.bool_, "float": np.float32,
-                     "double": np.float64}.get(vtype)
-            if dtype is None or nrows % R:
-                return None
-            if dtype is np.bool_:
-                if ncell % 8:
-                    return None
-                bucket = ncell * R // 8
-            else:
-                bucket = ncell * R * np.dtype(dtype).itemsize
-            if int(cube["BucketSize"]) != bucket:
-                return None
+            cell, R, bucket, dtype = cube["cell"], cube["tile_rows"], cube["bucket"], cube["dtype"]
             probes = {}
             if known and col in known:
                 probes = {int(r): np.asarray(v, dtype) for r, v in known[col].items()}
@@ -509,7 +486,7 @@ class MSWriter:
                     v = rng.standard_normal(shape).astype(np.float32)
                 self.put(row, **{col: v[None]})
                 probes[row] = v
-            out["columns"][col] = dict(file=os.path.join(self.path, f"table.f{int(dm[0]['SEQNR'])}_TSM0"),
+            out["columns"][col] = dict(file=os.path.join(self.path, f"table.f{cube['seqnr']}_TSM0"),
                                        cell=cell, tile_rows=R, bucket=bucket, dtype=np.dtype(dtype).str,
                                        ntiles=nrows // R, probes=probes)
         return out
