@@ -100,13 +100,11 @@ def briggs_weights(u_lambda, v_lambda, weights, cell_uv_lambda: float, robust: f
         W = np.bincount(cell, weights=w, minlength=nu * nv)
         W += W[::-1]
         Wc = W[cell]
-        sum_w2 = float(np.dot(W, W))
     else:  # a grid much larger than the sample: the distinct cells of the samples and conjugates
         _, inv = np.unique(np.concatenate([iu * (1 << 32) + iv, -iu * (1 << 32) - iv]), return_inverse=True)
         W = np.bincount(inv, weights=np.concatenate([w, w]))
         Wc = W[inv[: iu.size]]
-        sum_w2 = float(np.dot(W, W))
-    f2 = (5.0 * 10.0 ** (-robust)) ** 2 / (sum_w2 / (2.0 * np.sum(w)))
+    f2 = (5.0 * 10.0 ** (-robust)) ** 2 / (float(np.dot(W, W)) / (2.0 * np.sum(w)))
     return w / (1.0 + Wc * f2)
 
 

@@ -10,7 +10,7 @@ Group life cycle::
     collecting --(timeout with too few subbands)-----------------> failed      ('incomplete ...')
     failed (incomplete, never claimed) --(a late subband)--------> collecting  (re-opened)
     completed/failed/quarantined --(rebuild: dsacont reprocess)--> pending     (products made again)
-    pending ----(claim: atomic, highest priority, oldest first)----> in_progress (inner neighbour done first)
+    pending ----(claim: atomic, highest priority, oldest first)--> in_progress (inner neighbour done first)
     in_progress --(processor returned)----------------------------> completed
     in_progress --(error, attempts left)--------------------------> pending     (not_before = backoff)
     in_progress --(error, no attempts left)-----------------------> failed
