@@ -164,14 +164,20 @@ class SubbandReader:
         top = (r0 // R) * R
         return lo, hi, np.ascontiguousarray((g - lo) // tab["dtype"].itemsize), r0 - top, r1 - top
 
-    def _map(self, lo: int, hi: int):
-        """A read-only mapping of file bytes [lo, hi) and its page-aligned start; (None, 0) when
-        the file cannot be mapped (the caller then reads with preadv)."""
+    def _mapped(self, lo: int, hi: int, kind):
+        """File bytes [lo, hi) as a read-only array of ``kind`` over its own mapping, or None
+        when the file cannot be mapped (the caller then reads with preadv).
+
+        The mapping is never closed by hand: it is unmapped when the array and its last view go
+        (at the caller's return). Closing it explicitly raised BufferError whenever a view was
+        still alive for a moment (a traceback frame, a compiler's argument cache), failing a
+        read whose data had already been copied out."""
         try:
             pa = lo - lo % mmap.ALLOCATIONGRANULARITY
-            return mmap.mmap(self._fd(), hi - pa, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=pa), pa
+            m = mmap.mmap(self._fd(), hi - pa, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=pa)
         except (OSError, ValueError, AttributeError):
-            return None, 0
+            return None
+        return np.frombuffer(m, dtype=kind, count=(hi - lo) // np.dtype(kind).itemsize, offset=lo - pa)
 
     def _fd(self):
         fd = getattr(self, "fd", None)
@@ -210,17 +216,12 @@ class SubbandReader:
             grid = tab.get("grid_rel")
             if grid is None:
                 grid = tab["grid_rel"] = np.ascontiguousarray((tab["grid"] - lo) // isz)
-            m, pa = self._map(lo, hi)
-            if m is not None:
-                try:
-                    src = np.frombuffer(m, dtype=kind, count=(hi - lo) // isz, offset=lo - pa)
-                    dst = out.view(np.uint8) if tab["dtype"].kind == "b" else out
-                    for t in range(ntime):
-                        self._gather(src, grid, R, C, P, t * self.nbls + b0, t * self.nbls + b1,
-                                     ascending and self.flip, dst[t])
-                    del src
-                finally:
-                    m.close()
+            src = self._mapped(lo, hi, kind)
+            if src is not None:
+                dst = out.view(np.uint8) if tab["dtype"].kind == "b" else out
+                for t in range(ntime):
+                    self._gather(src, grid, R, C, P, t * self.nbls + b0, t * self.nbls + b1,
+                                 ascending and self.flip, dst[t])
                 return out
         sub = {} if scratch is None else scratch.setdefault(("blsub", name), {})
         for t in range(ntime):
@@ -247,17 +248,12 @@ class SubbandReader:
         R, C, P = tab["chunk"]
         r0, r1 = t0 * self.nbls, t1 * self.nbls
         lo, hi, grid, a, _ = self._span(tab, r0, r1)
-        m, pa = self._map(lo, hi)
-        if m is None:
+        src = self._mapped(lo, hi, bits)
+        if src is None:
             return None
-        try:
-            src = np.frombuffer(m, dtype=bits, count=(hi - lo) // isz, offset=lo - pa)
-            first = src[grid[0, 0, 0] + a * C * P]
-            same = kernels.rows_all_equal(src, grid, R, C, P, r0, r1, first)
-            value = np.array(first, bits).view(np.uint8 if tab["dtype"].kind == "b" else tab["dtype"])[()]
-            del src
-        finally:
-            m.close()
+        first = src[grid[0, 0, 0] + a * C * P]
+        same = kernels.rows_all_equal(src, grid, R, C, P, r0, r1, first)
+        value = np.array(first, bits).view(np.uint8 if tab["dtype"].kind == "b" else tab["dtype"])[()]
         return value if same else None
 
     def read(self, name, t0, t1, scratch=None, ascending=False):
@@ -289,18 +285,12 @@ class SubbandReader:
         out = scratch_array(scratch, ("out", name), (r1 - r0, self.nf, self.npol), tab["dtype"])
         dst = out.view(np.uint8) if tab["dtype"].kind == "b" else out
         kind = np.uint8 if tab["dtype"].kind == "b" else tab["dtype"]
-        m, pa = None, 0
         if hi - lo >= MMAP_MIN_BYTES:
             # large reads: straight from the page cache through a short-lived mapping (no copy)
-            m, pa = self._map(lo, hi)
-        if m is not None:
-            try:
-                src = np.frombuffer(m, dtype=kind, count=(hi - lo) // isz, offset=lo - pa)
+            src = self._mapped(lo, hi, kind)
+            if src is not None:
                 self._gather(src, grid, R, C, P, a, b, rev, dst)
-                del src
-            finally:
-                m.close()
-            return out
+                return out
         buf = scratch_array(scratch, ("buf", name), ((hi - lo) // isz,), tab["dtype"])
         raw = memoryview(buf.view(np.uint8))
         got = 0

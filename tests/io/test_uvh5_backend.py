@@ -84,3 +84,44 @@ def test_subband_reader_matches_loader(small_ds, mmap_min, monkeypatch):
             np.testing.assert_array_equal(got[:, :, ::-1] if r.flip else got, want)
             got = r.read_baselines(name, 3, min(17, nbl), small_ds.sizes["time"], scratch={}, ascending=True)
             np.testing.assert_array_equal(got, want)
+
+
+def _mappings_of(path):
+    """How many of this process's memory mappings are of ``path`` (Linux /proc/self/maps)."""
+    import os
+
+    real = os.path.realpath(path)
+    with open("/proc/self/maps") as f:
+        return sum(1 for line in f if line.rstrip().endswith(real))
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="needs /proc/self/maps")
+def test_a_mapping_still_viewed_after_a_read_neither_fails_it_nor_stays_mapped(small_ds, monkeypatch):
+    """A full-size hour lost a conversion attempt to ``BufferError: cannot close exported pointers
+    exist``: the reader closed its mapping while a view of it was still alive. A view that
+    outlives the read (held here by the gather, as a traceback frame or a compiler's cache
+    would) must not fail the read, and the file must be unmapped once the view goes."""
+    from dsacont.io import uvh5_backend
+    from dsacont.io.uvh5_backend import SubbandReader as _SubbandReader
+
+    monkeypatch.setattr(uvh5_backend, "MMAP_MIN_BYTES", 0)
+    nbl, nt = small_ds.sizes["baseline"], small_ds.sizes["time"]
+    path = small_ds.attrs["source_files"][3]
+    r = _SubbandReader(path, nbl)
+    held = []
+    gather = r._gather
+
+    def gather_and_hold(src, *args):
+        held.append(src[:8])  # a view of the mapping that outlives the read
+        return gather(src, *args)
+
+    monkeypatch.setattr(r, "_gather", gather_and_hold)
+    before = _mappings_of(path)
+    got = r.read_baselines("visdata", 0, nbl, nt, ascending=True)
+    np.testing.assert_array_equal(got, _h5py_ascending(path, "visdata", 0, nt, nbl))
+    np.testing.assert_array_equal(r.read("visdata", 1, 3, ascending=True),
+                                  _h5py_ascending(path, "visdata", 1, 3, nbl))
+    assert r.uniform("visdata", 0, nt) is None  # the simulator's visibilities differ
+    assert held and _mappings_of(path) > before  # still mapped while viewed
+    held.clear()
+    assert _mappings_of(path) == before
