@@ -20,7 +20,12 @@ Which noise map (Jy/beam) a catalogue is measured against, first found wins:
 4. else BANE's sliding-box rms (``local=False``: Aegean's own estimate);
 
 and by default (``local=True``) the map is raised to BANE's local rms wherever that is higher,
-so that sidelobes and calibration artefacts around bright sources count as noise.
+so that sidelobes and calibration artefacts around bright sources count as noise, and then
+(``near_bright``, as ``local`` by default), within 20 beams of every source of >= 100 sigma, to
+the rms of the negative pixels of 6-beam boxes (:func:`near_bright_rms`): BANE's ~30-beam boxes
+dilute the snapshot's sidelobes and a bright source's residual errors, which lie within a few
+arcminutes of it. On the demo hour's mosaic this took the reliability above 5 sigma from 0.946
+to 0.995 (24 false detections to 2) at the same completeness (``benchmarks/README.md``).
 
 The catalogue is written beside the image as ``<image stem>.sources.fits`` (``x.fits`` ->
 ``x.sources.fits``): a FITS binary table (:func:`dsacont.io.fits.write_table`) with one row per
@@ -93,7 +98,77 @@ def local_rms(image_path) -> np.ndarray:
     return np.asarray(rms, dtype=np.float32)
 
 
-def noise_for_image(image_path, noise=None, *, local: bool = False):
+#: near-bright noise (:func:`near_bright_rms`): seeds at least this many sigma of the map...
+BRIGHT_SNR = 100.0
+#: ... raise the map within this many beams of them ...
+BRIGHT_RADIUS_BEAMS = 20.0
+#: ... to the rms in boxes of this many beams on a side
+BRIGHT_BOX_BEAMS = 6.0
+
+
+def near_bright_rms(image, nmap, beam_px: float, *, bright_snr: float = BRIGHT_SNR,
+                    radius_beams: float = BRIGHT_RADIUS_BEAMS, box_beams: float = BRIGHT_BOX_BEAMS):
+    """The noise map raised near bright sources to the rms of the negative pixels of small boxes.
+
+    A snapshot's PSF sidelobes and the residual calibration and beam-model errors of a bright
+    source lie within a few arcminutes of it, at 0.1-1 % of its peak: tens of sigma for a
+    1 Jy source. BANE's boxes (~30 beams) dilute them with the quiet sky around, so faint
+    "sources" on them pass a 5-sigma cut. Like PyBDSF's ``adaptive_rms_box``, the map is raised,
+    within ``radius_beams`` of every peak of at least ``bright_snr`` sigma, to the rms in boxes of
+    ``box_beams`` on a side. The rms is that of the box's negative pixels: sidelobes and errors
+    swing both ways, the sky's sources only up, so a real source does not raise the noise it is
+    measured against (for noise alone it is the plain rms).
+
+    Parameters
+    ----------
+    image : numpy.ndarray, float, shape (ny, nx)
+        The image (Jy/beam; NaN where not covered).
+    nmap : numpy.ndarray, float, shape (ny, nx)
+        Its noise map (Jy/beam; NaN where unknown).
+    beam_px : float
+        The restoring beam's FWHM (geometric mean of the axes) in pixels.
+    bright_snr, radius_beams, box_beams : float
+        As above (defaults :data:`BRIGHT_SNR`, :data:`BRIGHT_RADIUS_BEAMS`, :data:`BRIGHT_BOX_BEAMS`).
+
+    Returns
+    -------
+    (numpy.ndarray, int)
+        The raised map (float32, shape (ny, nx); ``nmap`` unchanged outside the regions) and the
+        number of bright seeds.
+    """
+    from scipy import ndimage
+
+    img = np.asarray(image, dtype=np.float32)
+    out = np.array(nmap, dtype=np.float32, copy=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        snr = np.where(np.isfinite(img) & (out > 0), img / out, 0.0)
+    seeds = snr >= bright_snr
+    if not seeds.any():
+        return out, 0
+    labels, n = ndimage.label(seeds)
+    peaks = ndimage.maximum_position(snr, labels, index=np.arange(1, n + 1))
+    beam_px = max(float(beam_px), 1.0)
+    r = int(math.ceil(radius_beams * beam_px))
+    box = max(3, int(round(box_beams * beam_px)) | 1)
+    ny, nx = img.shape
+    for (py, px) in peaks:
+        # a cutout one box wider than the region, so every box inside it is whole
+        y0, y1 = max(0, py - r - box), min(ny, py + r + box + 1)
+        x0, x1 = max(0, px - r - box), min(nx, px + r + box + 1)
+        cut = img[y0:y1, x0:x1].astype(np.float64)
+        neg = np.isfinite(cut) & (cut < 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frac = ndimage.uniform_filter(neg.astype(np.float64), box, mode="constant")
+            ms = ndimage.uniform_filter(np.where(neg, cut * cut, 0.0), box, mode="constant") / frac
+            rms = np.where(frac >= 0.1, np.sqrt(ms), np.nan)
+        yy, xx = np.ogrid[y0 - py:y1 - py, x0 - px:x1 - px]
+        inside = (yy * yy + xx * xx <= r * r) & np.isfinite(rms)
+        sub = out[y0:y1, x0:x1]
+        sub[inside] = np.fmax(sub[inside], rms[inside].astype(np.float32))
+    return out, n
+
+
+def noise_for_image(image_path, noise=None, *, local: bool = False, near_bright: bool = False):
     """The noise of ``image_path`` (see the module docstring for the order).
 
     Parameters
@@ -105,6 +180,8 @@ def noise_for_image(image_path, noise=None, *, local: bool = False):
     local : bool
         Raise the map to BANE's local rms (:func:`local_rms`) where that is higher, so that
         artefacts around bright sources count as noise; with no map, BANE's map is the noise.
+    near_bright : bool
+        Then raise it near bright sources to the rms of small boxes (:func:`near_bright_rms`).
 
     Returns
     -------
@@ -113,14 +190,24 @@ def noise_for_image(image_path, noise=None, *, local: bool = False):
         is known (the finder then estimates its own), and a description of where it came from.
     """
     nmap, source = _noise_map(image_path, noise)
-    if not local:
-        return nmap, source
-    rms = local_rms(image_path)
-    if nmap is None:
-        return rms, "BANE local rms"
-    with np.errstate(invalid="ignore"):
-        out = np.where(np.isfinite(rms), np.fmax(nmap, rms), nmap).astype(np.float32)
-    return out, f"max({source}, BANE local rms)"
+    if local:
+        rms = local_rms(image_path)
+        if nmap is None:
+            nmap, source = rms, "BANE local rms"
+        else:
+            with np.errstate(invalid="ignore"):
+                nmap = np.where(np.isfinite(rms), np.fmax(nmap, rms), nmap).astype(np.float32)
+            source = f"max({source}, BANE local rms)"
+    if near_bright and nmap is not None:
+        data, hdr, _ = read_fits_image(image_path)
+        beam = beam_from_header(hdr)
+        cell = abs(float(hdr.get("CDELT2", hdr.get("CDELT1", 0.0)))) * 3600.0
+        if cell > 0:
+            beam_px = math.sqrt(beam["bmaj_arcsec"] * beam["bmin_arcsec"]) / cell
+            nmap, n = near_bright_rms(data, nmap, beam_px)
+            if n:
+                source = f"{source}, raised near {n} bright"
+    return nmap, source
 
 
 def _noise_map(image_path, noise=None):
@@ -242,8 +329,8 @@ def _table(found, hdr):
 
 
 def find_sources(image_path, *, noise=None, nsigma: float = DEFAULT_NSIGMA,
-                 island_nsigma: float = DEFAULT_ISLAND_NSIGMA, local: bool = True, out_path=None,
-                 cores: int = 1) -> dict:
+                 island_nsigma: float = DEFAULT_ISLAND_NSIGMA, local: bool = True, near_bright: bool | None = None,
+                 out_path=None, cores: int = 1) -> dict:
     """Find and fit the sources of a FITS image; write the catalogue beside it.
 
     Parameters
@@ -262,6 +349,10 @@ def find_sources(image_path, *, noise=None, nsigma: float = DEFAULT_NSIGMA,
         Take the noise as the higher of the map and BANE's local rms (:func:`noise_for_image`):
         on the demo hour's mosaic this halves the false detections (artefacts within ~0.5 deg of
         0834+555) at the same completeness; on artefact-free images it changes little.
+    near_bright : bool or None
+        And raise it near sources of >= 100 sigma to the rms of 6-beam boxes
+        (:func:`near_bright_rms`), where a snapshot's sidelobes and residual errors lie. None (the
+        default): as ``local``.
     out_path : str or path-like, optional
         The catalogue (default :func:`catalogue_path`, ``<image stem>.sources.fits``).
     cores : int
@@ -290,7 +381,8 @@ def find_sources(image_path, *, noise=None, nsigma: float = DEFAULT_NSIGMA,
         raise BadInputError(image_path, f"not a FITS image: {exc}") from exc
     if "BMAJ" not in hdr or "BMIN" not in hdr:
         raise BadInputError(image_path, "no restoring beam (BMAJ/BMIN) in the header: the finder needs it")
-    nmap, noise_source = noise_for_image(image_path, noise, local=local)
+    near_bright = local if near_bright is None else near_bright
+    nmap, noise_source = noise_for_image(image_path, noise, local=local, near_bright=near_bright)
     out_path = Path(out_path) if out_path else catalogue_path(image_path)
     with tempfile.TemporaryDirectory(prefix="dsacont-sources-") as tmp:
         rms_path = bkg_path = None
