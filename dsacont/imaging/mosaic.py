@@ -186,6 +186,69 @@ def mosaic_grid(infos: list[dict], *, projection: str = "SIN", cell_deg: float |
 # ------------------------------------------------------------------------------------------------
 # per-tile reprojection (one Dask task each)
 # ------------------------------------------------------------------------------------------------
+#: output pixels between the exact coordinate transforms of :func:`mapped_pixels`
+MAP_STEP_PX = 16
+
+
+def mapped_pixels(out_wcs, in_wcs, xs, ys, step: int = MAP_STEP_PX):
+    """Where the output pixels ``xs`` x ``ys`` fall in the input image: (tx, ty), shape (ny, nx).
+
+    The transforms (output pixel -> sky -> input pixel) are made exactly on a grid every
+    ``step`` output pixels (and at the last row and column) and interpolated bilinearly between:
+    the map between two celestial projections is smooth, and at ``step`` 16 the interpolation
+    errs by < 0.01 pixel over a full-size tile (checked against the exact transforms in the
+    tests), for 1/256 of the WCS calls. NaN where a transform has no answer (within a step of it).
+
+    Parameters
+    ----------
+    out_wcs, in_wcs : astropy.wcs.WCS
+        The output grid's and the input image's celestial WCS.
+    xs, ys : numpy.ndarray of float, 1-D, increasing
+        Output pixel columns and rows (0-based).
+    step : int
+        Output pixels between exact transforms (1: every pixel exactly).
+    """
+    xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+    if step <= 1:
+        gx, gy = np.meshgrid(xs, ys)
+        return in_wcs.world_to_pixel_values(*out_wcs.pixel_to_world_values(gx, gy))
+    ix = np.unique(np.r_[np.arange(0, xs.size, step), xs.size - 1])
+    iy = np.unique(np.r_[np.arange(0, ys.size, step), ys.size - 1])
+    gx, gy = np.meshgrid(xs[ix], ys[iy])
+    cx, cy = (np.asarray(c, np.float64) for c in
+              in_wcs.world_to_pixel_values(*out_wcs.pixel_to_world_values(gx, gy)))
+    if not (np.isfinite(cx).all() and np.isfinite(cy).all()):
+        # a node without an answer would spread NaN through the products below: the NaN
+        # cells, and one step around them, get NaN; the rest as everywhere else
+        bad = ~(np.isfinite(cx) & np.isfinite(cy))
+        cx, cy = np.where(bad, 0.0, cx), np.where(bad, 0.0, cy)
+    else:
+        bad = None
+    # bilinear interpolation is separable: (rows x nodes) @ nodes @ (nodes x columns)
+    wy, wx = _linear_weights(ys.size, iy), _linear_weights(xs.size, ix)
+    tx, ty = wy @ cx @ wx.T, wy @ cy @ wx.T
+    if bad is not None:
+        spread = (wy @ bad.astype(np.float64) @ wx.T) > 0
+        tx[spread] = ty[spread] = np.nan
+    return tx, ty
+
+
+def _linear_weights(n: int, nodes) -> np.ndarray:
+    """(n, len(nodes)) weights of linear interpolation from the values at pixel indices ``nodes``
+    (increasing, the first 0 and the last n - 1) to every pixel 0..n-1."""
+    w = np.zeros((n, len(nodes)), np.float64)
+    if len(nodes) == 1:
+        w[:, 0] = 1.0
+        return w
+    f = np.interp(np.arange(n), nodes, np.arange(len(nodes)))
+    k = np.minimum(np.floor(f).astype(np.int64), len(nodes) - 2)
+    t = f - k
+    rows = np.arange(n)
+    w[rows, k] = 1.0 - t
+    w[rows, k + 1] += t
+    return w
+
+
 def reproject_tile(image_path: str, pb_path: str, noise: float, out_wcs_header: dict, out_shape, pb_cutoff: float):
     """Reproject one tile onto its part of the mosaic grid.
 
@@ -231,9 +294,7 @@ def reproject_tile(image_path: str, pb_path: str, noise: float, out_wcs_header: 
     block = max(1, int(4_000_000 // max(len(xs), 1)))
     for ya in range(y0, y1, block):
         yb = min(ya + block, y1)
-        gx, gy = np.meshgrid(xs, np.arange(ya, yb, dtype=np.float64))
-        ra, dec = out_wcs.pixel_to_world_values(gx, gy)
-        tx, ty = wi.world_to_pixel_values(ra, dec)
+        tx, ty = mapped_pixels(out_wcs, wi, xs, np.arange(ya, yb, dtype=np.float64))
         inside = np.isfinite(tx) & np.isfinite(ty) & (tx >= 0) & (tx <= nx - 1) & (ty >= 0) & (ty <= ny - 1)
         tx = np.where(inside, tx, 0.0)
         ty = np.where(inside, ty, 0.0)
