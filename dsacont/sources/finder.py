@@ -199,12 +199,13 @@ def noise_for_image(image_path, noise=None, *, local: bool = False, near_bright:
                 nmap = np.where(np.isfinite(rms), np.fmax(nmap, rms), nmap).astype(np.float32)
             source = f"max({source}, BANE local rms)"
     if near_bright and nmap is not None:
-        data, hdr, _ = read_fits_image(image_path)
-        beam = beam_from_header(hdr)
-        cell = abs(float(hdr.get("CDELT2", hdr.get("CDELT1", 0.0)))) * 3600.0
-        if cell > 0:
-            beam_px = math.sqrt(beam["bmaj_arcsec"] * beam["bmin_arcsec"]) / cell
-            nmap, n = near_bright_rms(data, nmap, beam_px)
+        from astropy.wcs.utils import proj_plane_pixel_scales
+
+        data, hdr, wcs = read_fits_image(image_path)
+        if "BMAJ" in hdr and "BMIN" in hdr:  # no restoring beam, no beams to count in
+            beam = beam_from_header(hdr)
+            cell = math.sqrt(float(np.prod(proj_plane_pixel_scales(wcs)))) * 3600.0
+            nmap, n = near_bright_rms(data, nmap, math.sqrt(beam["bmaj_arcsec"] * beam["bmin_arcsec"]) / cell)
             if n:
                 source = f"{source}, raised near {n} bright"
     return nmap, source
