@@ -95,6 +95,28 @@ def tile_figures(root) -> list[dict]:
     return rows
 
 
+#: disk a group takes, GB: its MS (kept to the end of the run) and its 16 simulated files
+DISK_PER_GROUP_GB = {"full": {"ms": 2.8, "archive": 2.3}, "small": {"ms": 0.05, "archive": 0.03}}
+
+
+def disk_shortfall(root, preset: str, groups: int) -> str | None:
+    """Why the run would fill the disk (a sentence), or None. A full-size hour keeps ~34 GB of
+    MSs until it ends and needs ~28 GB of simulated files unless ``<root>/archive`` has them."""
+    per = DISK_PER_GROUP_GB[preset]
+    need = groups * per["ms"]
+    if not os.path.isdir(os.path.join(root, "archive")):
+        need += groups * per["archive"]
+    probe = os.path.abspath(root)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    free = shutil.disk_usage(probe).free / 1e9
+    if free < 1.1 * need + 2.0:
+        return (f"{probe} has {free:.1f} GB free; {groups} {preset}-size group(s) need about {need:.1f} GB "
+                f"(MSs {groups * per['ms']:.1f} GB kept to the end of the run, plus the simulated files "
+                f"unless {root}/archive holds them): free some space or choose another --root")
+    return None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="full", choices=["small", "full"])
@@ -110,6 +132,10 @@ def main(argv=None) -> int:
                     "over the same sky, e.g. <root>/state of a --keep run): the strip's second day")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    short = disk_shortfall(args.root, args.preset, args.groups)
+    if short:
+        print(f"e2e: {short}", file=sys.stderr)
+        return 2
     from dsacont.demo import run_demo
 
     pipeline_options = {"imaging.imager": args.imager}
