@@ -27,11 +27,6 @@ dilute the snapshot's sidelobes and a bright source's residual errors, which lie
 arcminutes of it. On the demo hour's mosaic this took the reliability above 5 sigma from 0.946
 to 0.995 (24 false detections to 2) at the same completeness (``benchmarks/README.md``).
 
-After Aegean's fit, a component alone in its island whose centre lies more than half a beam
-from the image peak it sits on, or whose peak is above it (one Gaussian stretched over an
-uncleaned source's dirty lobe), is fitted again at the restoring beam's shape from that peak
-with Aegean's priorized fitting (``refit``; Aegean's flag 64 in ``flags``).
-
 The catalogue is written beside the image as ``<image stem>.sources.fits`` (``x.fits`` ->
 ``x.sources.fits``): a FITS binary table (:func:`dsacont.io.fits.write_table`) with one row per
 Gaussian component, columns (units in ``TUNITn``)::
