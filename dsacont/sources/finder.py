@@ -291,85 +291,6 @@ def _run_aegean(image_path, rms_path, bkg_path, nsigma, island_nsigma, ndim, cor
                                         outerclip=island_nsigma, cores=cores, progress=False, nonegative=True, **kw)
 
 
-def _misfits(found, data, wcs, beam: dict):
-    """Components whose one-Gaussian fit missed their source: alone in their island, and centred
-    more than half the beam's major axis from the image's peak they sit on, or peaking above it.
-
-    A faint source nobody cleaned keeps the snapshot's dirty main lobe and its shoulders along the
-    beam's major axis; on the full-size hour's mosaic Aegean fitted 22 of them as single Gaussians
-    2.3-3x the beam long, centred 33-54" along that axis from the truth, their peaks above the
-    image's (``benchmarks/README.md``, Source finding). The peak a component sits on is found by
-    climbing the image from its centre. Returns [(component, ra, dec, peak)] with that peak's
-    position and value.
-    """
-    from astropy.wcs.utils import proj_plane_pixel_scales
-
-    cell = math.sqrt(float(np.prod(proj_plane_pixel_scales(wcs)))) * 3600.0
-    bmaj = beam["bmaj_arcsec"]
-    steps = max(1, int(math.ceil(1.5 * bmaj / cell)))
-    img = np.where(np.isfinite(data), data, -np.inf)
-    ny, nx = img.shape
-    per_island: dict = {}
-    for c in found:
-        per_island[c.island] = per_island.get(c.island, 0) + 1
-    out = []
-    for c in found:
-        if per_island[c.island] != 1:
-            continue
-        x, y = wcs.world_to_pixel_values(c.ra, c.dec)
-        if not (np.isfinite(x) and np.isfinite(y)):
-            continue
-        xi, yi = int(round(float(x))), int(round(float(y)))
-        if not (0 <= xi < nx and 0 <= yi < ny):
-            continue
-        for _ in range(steps):  # uphill to the local maximum
-            y0, x0 = max(yi - 1, 0), max(xi - 1, 0)
-            win = img[y0:yi + 2, x0:xi + 2]
-            jy, jx = np.unravel_index(np.argmax(win), win.shape)
-            if (y0 + jy, x0 + jx) == (yi, xi):
-                break
-            yi, xi = y0 + jy, x0 + jx
-        top = float(img[yi, xi])
-        if not np.isfinite(top):
-            continue
-        offset = math.hypot(xi - float(x), yi - float(y)) * cell
-        rms = float(c.local_rms) if np.isfinite(c.local_rms) and c.local_rms > 0 else 0.0
-        if offset > 0.5 * bmaj or c.peak_flux > top + 3.0 * rms:
-            ra, dec = wcs.pixel_to_world_values(xi, yi)
-            out.append((c, float(ra), float(dec), top))
-    return out
-
-
-def _refit_misfits(found, image_path, rms_path, bkg_path, beam, island_nsigma, nsigma, ndim, cores):
-    """``found`` with its misfits (:func:`_misfits`) fitted again by Aegean's priorized fitting:
-    position and flux, the shape held at the restoring beam, from the image's peak. Refits below
-    ``nsigma`` are dropped; the others carry Aegean's PRIORIZED flag (64)."""
-    from AegeanTools.models import ComponentSource
-    from AegeanTools.source_finder import SourceFinder
-
-    data, _, wcs = read_fits_image(image_path)
-    bad = _misfits(found, data, wcs, beam)
-    if not bad:
-        return found, 0
-    priors = []
-    for k, (_, ra, dec, top) in enumerate(bad):
-        p = ComponentSource()
-        p.ra, p.dec, p.peak_flux = ra, dec, top
-        p.a, p.b, p.pa = beam["bmaj_arcsec"], beam["bmin_arcsec"], beam["bpa_deg"]
-        p.psf_a, p.psf_b, p.psf_pa = p.a, p.b, p.pa
-        p.island, p.source = k, 0
-        priors.append(p)
-    kw = {"cube_index": 0} if ndim > 2 else {}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module="AegeanTools")
-        refit = SourceFinder().priorized_fit_islands(
-            os.fspath(image_path), priors, rmsin=rms_path, bkgin=bkg_path, stage=2, outerclip=island_nsigma,
-            cores=cores, progress=False, **kw)
-    kept = [r for r in refit if r.local_rms > 0 and r.peak_flux >= nsigma * r.local_rms]
-    drop = {id(c) for c, *_ in bad}
-    return [c for c in found if id(c) not in drop] + kept, len(bad)
-
-
 def _table(found, hdr):
     from astropy.table import Table
 
@@ -410,7 +331,7 @@ def _table(found, hdr):
 
 def find_sources(image_path, *, noise=None, nsigma: float = DEFAULT_NSIGMA,
                  island_nsigma: float = DEFAULT_ISLAND_NSIGMA, local: bool = True, near_bright: bool | None = None,
-                 refit: bool = True, out_path=None, cores: int = 1) -> dict:
+                 out_path=None, cores: int = 1) -> dict:
     """Find and fit the sources of a FITS image; write the catalogue beside it.
 
     Parameters
@@ -433,11 +354,6 @@ def find_sources(image_path, *, noise=None, nsigma: float = DEFAULT_NSIGMA,
         And raise it near sources of >= 100 sigma to the rms of 6-beam boxes
         (:func:`near_bright_rms`), where a snapshot's sidelobes and residual errors lie. None (the
         default): as ``local``.
-    refit : bool
-        Fit again, at the restoring beam's shape from the image's peak (Aegean's priorized
-        fitting, flag 64), the components whose one Gaussian missed its source: centred more than
-        half a beam from the image's peak near it, or peaking above it (:func:`_misfits`; with a
-        noise map only).
     out_path : str or path-like, optional
         The catalogue (default :func:`catalogue_path`, ``<image stem>.sources.fits``).
     cores : int
@@ -476,10 +392,6 @@ def find_sources(image_path, *, noise=None, nsigma: float = DEFAULT_NSIGMA,
             write_like(image_path, rms_path, nmap)
             write_like(image_path, bkg_path, np.where(np.isfinite(nmap), 0.0, np.nan))
         found = _run_aegean(image_path, rms_path, bkg_path, nsigma, island_nsigma, int(hdr["NAXIS"]), cores)
-        refitted = 0
-        if refit and found and rms_path is not None:
-            found, refitted = _refit_misfits(found, image_path, rms_path, bkg_path, beam_from_header(hdr),
-                                             island_nsigma, nsigma, int(hdr["NAXIS"]), cores)
     table = _table(found, hdr)
     beam = beam_from_header(hdr)
     name = os.path.basename(image_path)  # a long name leaves no room for the comment (astropy would warn)
@@ -503,10 +415,10 @@ def find_sources(image_path, *, noise=None, nsigma: float = DEFAULT_NSIGMA,
     # the returned table carries the same cards as the file's (the cross-match reads BMAJ, FREQ, NSIGMA)
     table.meta.update({k: (v[0] if isinstance(v, tuple) else v) for k, v in cards.items()})
     elapsed = time.perf_counter() - t0
-    log.info("%s: %d sources (>= %.1f sigma, noise: %s; %d fitted again at the beam's shape) in %.1f s -> %s",
-             image_path, len(table), nsigma, noise_source, refitted, elapsed, out_path)
+    log.info("%s: %d sources (>= %.1f sigma, noise: %s) in %.1f s -> %s", image_path, len(table), nsigma,
+             noise_source, elapsed, out_path)
     return {"path": str(out_path), "table": table, "image": image_path, "noise_source": noise_source,
-            "n_sources": len(table), "refitted": refitted, "finder": _aegean_version(), "nsigma": float(nsigma),
+            "n_sources": len(table), "finder": _aegean_version(), "nsigma": float(nsigma),
             "island_nsigma": float(island_nsigma), "beam": beam, "freq_hz": freq_from_header(hdr), "mjd": mjd,
             "elapsed_s": round(elapsed, 3)}
 
