@@ -61,7 +61,7 @@ from dsacont.io.ms import FlattenInterrupted
 from dsacont.io.uvh5 import open_group
 from dsacont.options import from_mapping
 from dsacont.service.state import records_from_entries
-from dsacont.sources import catalogue_product, find_sources
+from dsacont.sources import catalogue_product, clean_fit, find_sources
 
 # the function from its module: once dsacont.sources.crossmatch has been imported anywhere in the process, the
 # package's attribute 'crossmatch' is that module, and `from dsacont.sources import crossmatch` would give it
@@ -664,7 +664,7 @@ def stage_catalogue(timestamp, img: dict, paths: Paths, made: dict, options: Pip
     snr = np.asarray(tab["snr"], float)
     err = np.where(np.isfinite(err) & (err > 0), err, np.abs(flux) / np.maximum(snr, 1e-3))
     sidelobe = np.asarray(tab["sidelobe"], bool) if "sidelobe" in tab.colnames else np.zeros(len(tab), bool)
-    keep = ((np.asarray(tab["flags"]) == 0) & ~sidelobe & (snr >= options.model_min_snr) & (flux > 0)
+    keep = (clean_fit(tab["flags"]) & ~sidelobe & (snr >= options.model_min_snr) & (flux > 0)
             & (np.asarray(tab["major_arcsec"], float) <= 1.3 * bmaj))
     chain = ((made.get("ms_update") or {}).get("qa") or {}).get("calibration_chain") or []
     # the calibration applied: this task's, or (a tile imaged after a hand-over, its MS calibrated

@@ -4,7 +4,8 @@ The stage after imaging: it reads tile and mosaic FITS (:mod:`dsacont.io.fits`),
 catalogues through :mod:`dsacont.calibration.skymodel`, and products databases read-only.
 
 - :mod:`~dsacont.sources.finder`: ``find_sources`` (Aegean on an image with dsacont's noise map,
-  the catalogue ``<image stem>.sources.fits`` beside it), ``read_sources``, ``catalogue_product``;
+  the catalogue ``<image stem>.sources.fits`` beside it), ``read_sources``, ``catalogue_product``,
+  ``clean_fit`` (which rows' fit flags mark a good fit);
 - :mod:`~dsacont.sources.crossmatch`: ``crossmatch`` (flux ratio, offsets, completeness against
   NVSS, the VLA calibrators or a catalogue file; the operators' gates), ``reference_sources``,
   ``tile_crossmatch_gates`` (a tile's flux scale or astrometry keeps it out of the mosaic);
@@ -29,6 +30,7 @@ _EXPORTS = {
     "read_sources": "dsacont.sources.finder",
     "catalogue_path": "dsacont.sources.finder",
     "catalogue_product": "dsacont.sources.finder",
+    "clean_fit": "dsacont.sources.finder",
     "noise_for_image": "dsacont.sources.finder",
     "crossmatch": "dsacont.sources.crossmatch",
     "reference_sources": "dsacont.sources.crossmatch",

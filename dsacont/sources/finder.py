@@ -27,6 +27,13 @@ dilute the snapshot's sidelobes and a bright source's residual errors, which lie
 arcminutes of it. On the demo hour's mosaic this took the reliability above 5 sigma from 0.946
 to 0.995 (24 false detections to 2) at the same completeness (``benchmarks/README.md``).
 
+After Aegean's fit, a component alone in its island whose centre lies more than half a beam
+from the image peak it sits on, or whose fitted peak is more than 15 % (and 3 sigma) above it
+(one Gaussian stretched over an uncleaned source's dirty lobe), is fitted again at the restoring
+beam's shape from that peak with Aegean's priorized fitting (``refit``; Aegean's flag 64,
+:data:`REFIT_FLAG`, in ``flags``). Such a fit is a good point-source fit: :func:`clean_fit`
+counts it with the flag-0 ones.
+
 The catalogue is written beside the image as ``<image stem>.sources.fits`` (``x.fits`` ->
 ``x.sources.fits``): a FITS binary table (:func:`dsacont.io.fits.write_table`) with one row per
 Gaussian component, columns (units in ``TUNITn``)::
@@ -36,7 +43,7 @@ Gaussian component, columns (units in ``TUNITn``)::
     peak_flux (Jy/beam), peak_flux_err, int_flux (Jy), int_flux_err
     major_arcsec, minor_arcsec (fitted FWHM), pa_deg (east of north), and their *_err
     local_rms (Jy/beam, the noise map at the source), background (Jy/beam), snr (peak / local_rms)
-    island, component, flags (Aegean's fit flags; 0 = clean fit)
+    island, component, flags (Aegean's fit flags; 0 = clean fit, 64 = fitted again, see above)
     sidelobe        True: faint, on the snapshot PSF's arms near a much brighter detection
                     (:func:`dsacont.sources.sidelobes.sidelobe_candidates`); flagged, not removed
 
@@ -74,6 +81,12 @@ log = logging.getLogger(__name__)
 #: detection threshold (peak / local rms) and island-growing threshold of the default catalogue
 DEFAULT_NSIGMA = 5.0
 DEFAULT_ISLAND_NSIGMA = 3.0
+#: Aegean's PRIORIZED flag: the component was fitted again at the beam's shape (:func:`_refit_misfits`).
+REFIT_FLAG = 64
+#: A one-Gaussian fit whose peak is this much above the image's peak it sits on missed its source.
+#: A good fit of a point source peaks at most a few per cent above its brightest pixel (the
+#: pixel grid samples the top of the beam); the displaced fits measured ~1.3x (22.6 / 17.0 mJy/beam).
+MISFIT_PEAK_RATIO = 1.15
 
 _TILE_SUFFIXES = (".pbcor.fits", ".image.fits")
 
@@ -189,7 +202,8 @@ def noise_for_image(image_path, noise=None, *, local: bool = False, near_bright:
         The noise map (float32, shape (ny, nx), Jy/beam; NaN where unknown), or None when no noise
         is known (the finder then estimates its own), and a description of where it came from.
     """
-    nmap, source = _noise_map(image_path, noise)
+    image = read_fits_image(image_path)
+    nmap, source = _noise_map(image_path, image[0], noise)
     if local:
         rms = local_rms(image_path)
         if nmap is None:
@@ -201,7 +215,7 @@ def noise_for_image(image_path, noise=None, *, local: bool = False, near_bright:
     if near_bright and nmap is not None:
         from astropy.wcs.utils import proj_plane_pixel_scales
 
-        data, hdr, wcs = read_fits_image(image_path)
+        data, hdr, wcs = image
         if "BMAJ" in hdr and "BMIN" in hdr:  # no restoring beam, no beams to count in
             beam = beam_from_header(hdr)
             cell = math.sqrt(float(np.prod(proj_plane_pixel_scales(wcs)))) * 3600.0
@@ -211,9 +225,9 @@ def noise_for_image(image_path, noise=None, *, local: bool = False, near_bright:
     return nmap, source
 
 
-def _noise_map(image_path, noise=None):
+def _noise_map(image_path, data, noise=None):
+    """The noise map of ``image_path`` (its pixels ``data``) before any raise: see the module docstring."""
     image_path = os.fspath(image_path)
-    data, hdr, _ = read_fits_image(image_path)
     if noise is not None and not isinstance(noise, (str, os.PathLike)):
         sigma = float(noise)
         if not math.isfinite(sigma) or sigma <= 0:
@@ -291,6 +305,86 @@ def _run_aegean(image_path, rms_path, bkg_path, nsigma, island_nsigma, ndim, cor
                                         outerclip=island_nsigma, cores=cores, progress=False, nonegative=True, **kw)
 
 
+def _misfits(found, data, wcs, beam: dict):
+    """Components whose one-Gaussian fit missed their source: alone in their island, and centred
+    more than half the beam's major axis from the image's peak they sit on, or peaking more than
+    :data:`MISFIT_PEAK_RATIO` (and 3 sigma) above it.
+
+    A faint source nobody cleaned keeps the snapshot's dirty main lobe and its shoulders along the
+    beam's major axis; on the full-size hour's mosaic Aegean fitted 22 of them as single Gaussians
+    2.3-3x the beam long, centred 33-54" along that axis from the truth, their peaks above the
+    image's (median 22.6 against 17.0 mJy/beam) (``benchmarks/README.md``, Source finding). The peak a component sits on is found by
+    climbing the image from its centre. Returns [(component, ra, dec, peak)] with that peak's
+    position and value.
+    """
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    cell = math.sqrt(float(np.prod(proj_plane_pixel_scales(wcs)))) * 3600.0
+    bmaj = beam["bmaj_arcsec"]
+    steps = max(1, int(math.ceil(1.5 * bmaj / cell)))
+    img = np.where(np.isfinite(data), data, -np.inf)
+    ny, nx = img.shape
+    per_island: dict = {}
+    for c in found:
+        per_island[c.island] = per_island.get(c.island, 0) + 1
+    out = []
+    for c in found:
+        if per_island[c.island] != 1:
+            continue
+        x, y = wcs.world_to_pixel_values(c.ra, c.dec)
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        xi, yi = int(round(float(x))), int(round(float(y)))
+        if not (0 <= xi < nx and 0 <= yi < ny):
+            continue
+        for _ in range(steps):  # uphill to the local maximum
+            y0, x0 = max(yi - 1, 0), max(xi - 1, 0)
+            win = img[y0:yi + 2, x0:xi + 2]
+            jy, jx = np.unravel_index(np.argmax(win), win.shape)
+            if (y0 + jy, x0 + jx) == (yi, xi):
+                break
+            yi, xi = y0 + jy, x0 + jx
+        top = float(img[yi, xi])
+        if not np.isfinite(top):
+            continue
+        offset = math.hypot(xi - float(x), yi - float(y)) * cell
+        rms = float(c.local_rms) if np.isfinite(c.local_rms) and c.local_rms > 0 else 0.0
+        if offset > 0.5 * bmaj or (c.peak_flux > MISFIT_PEAK_RATIO * top and c.peak_flux > top + 3.0 * rms):
+            ra, dec = wcs.pixel_to_world_values(xi, yi)
+            out.append((c, float(ra), float(dec), top))
+    return out
+
+
+def _refit_misfits(found, image_path, rms_path, bkg_path, beam, island_nsigma, nsigma, ndim, cores):
+    """``found`` with its misfits (:func:`_misfits`) fitted again by Aegean's priorized fitting:
+    position and flux, the shape held at the restoring beam, from the image's peak. Refits below
+    ``nsigma`` are dropped; the others carry Aegean's PRIORIZED flag (64)."""
+    from AegeanTools.models import ComponentSource
+    from AegeanTools.source_finder import SourceFinder
+
+    data, _, wcs = read_fits_image(image_path)
+    bad = _misfits(found, data, wcs, beam)
+    if not bad:
+        return found, 0
+    priors = []
+    for k, (_, ra, dec, top) in enumerate(bad):
+        p = ComponentSource()
+        p.ra, p.dec, p.peak_flux = ra, dec, top
+        p.a, p.b, p.pa = beam["bmaj_arcsec"], beam["bmin_arcsec"], beam["bpa_deg"]
+        p.psf_a, p.psf_b, p.psf_pa = p.a, p.b, p.pa
+        p.island, p.source = k, 0
+        priors.append(p)
+    kw = {"cube_index": 0} if ndim > 2 else {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="AegeanTools")
+        refit = SourceFinder().priorized_fit_islands(
+            os.fspath(image_path), priors, rmsin=rms_path, bkgin=bkg_path, stage=2, outerclip=island_nsigma,
+            cores=cores, progress=False, **kw)
+    kept = [r for r in refit if r.local_rms > 0 and r.peak_flux >= nsigma * r.local_rms]
+    drop = {id(c) for c, *_ in bad}
+    return [c for c in found if id(c) not in drop] + kept, len(bad)
+
+
 def _table(found, hdr):
     from astropy.table import Table
 
@@ -331,7 +425,7 @@ def _table(found, hdr):
 
 def find_sources(image_path, *, noise=None, nsigma: float = DEFAULT_NSIGMA,
                  island_nsigma: float = DEFAULT_ISLAND_NSIGMA, local: bool = True, near_bright: bool | None = None,
-                 out_path=None, cores: int = 1) -> dict:
+                 refit: bool = True, out_path=None, cores: int = 1) -> dict:
     """Find and fit the sources of a FITS image; write the catalogue beside it.
 
     Parameters
@@ -354,6 +448,11 @@ def find_sources(image_path, *, noise=None, nsigma: float = DEFAULT_NSIGMA,
         And raise it near sources of >= 100 sigma to the rms of 6-beam boxes
         (:func:`near_bright_rms`), where a snapshot's sidelobes and residual errors lie. None (the
         default): as ``local``.
+    refit : bool
+        Fit again, at the restoring beam's shape from the image's peak (Aegean's priorized
+        fitting, flag 64), the components whose one Gaussian missed its source: centred more than
+        half a beam from the image's peak near it, or peaking > 15 % above it (:func:`_misfits`; with a
+        noise map only).
     out_path : str or path-like, optional
         The catalogue (default :func:`catalogue_path`, ``<image stem>.sources.fits``).
     cores : int
@@ -392,6 +491,10 @@ def find_sources(image_path, *, noise=None, nsigma: float = DEFAULT_NSIGMA,
             write_like(image_path, rms_path, nmap)
             write_like(image_path, bkg_path, np.where(np.isfinite(nmap), 0.0, np.nan))
         found = _run_aegean(image_path, rms_path, bkg_path, nsigma, island_nsigma, int(hdr["NAXIS"]), cores)
+        refitted = 0
+        if refit and found and rms_path is not None:
+            found, refitted = _refit_misfits(found, image_path, rms_path, bkg_path, beam_from_header(hdr),
+                                             island_nsigma, nsigma, int(hdr["NAXIS"]), cores)
     table = _table(found, hdr)
     beam = beam_from_header(hdr)
     name = os.path.basename(image_path)  # a long name leaves no room for the comment (astropy would warn)
@@ -415,12 +518,18 @@ def find_sources(image_path, *, noise=None, nsigma: float = DEFAULT_NSIGMA,
     # the returned table carries the same cards as the file's (the cross-match reads BMAJ, FREQ, NSIGMA)
     table.meta.update({k: (v[0] if isinstance(v, tuple) else v) for k, v in cards.items()})
     elapsed = time.perf_counter() - t0
-    log.info("%s: %d sources (>= %.1f sigma, noise: %s) in %.1f s -> %s", image_path, len(table), nsigma,
-             noise_source, elapsed, out_path)
+    log.info("%s: %d sources (>= %.1f sigma, noise: %s; %d fitted again at the beam's shape) in %.1f s -> %s",
+             image_path, len(table), nsigma, noise_source, refitted, elapsed, out_path)
     return {"path": str(out_path), "table": table, "image": image_path, "noise_source": noise_source,
-            "n_sources": len(table), "finder": _aegean_version(), "nsigma": float(nsigma),
+            "n_sources": len(table), "refitted": refitted, "finder": _aegean_version(), "nsigma": float(nsigma),
             "island_nsigma": float(island_nsigma), "beam": beam, "freq_hz": freq_from_header(hdr), "mjd": mjd,
             "elapsed_s": round(elapsed, 3)}
+
+
+def clean_fit(flags) -> np.ndarray:
+    """True where a catalogue's ``flags`` (array of int) mark a good fit: Aegean's flag 0, or
+    :data:`REFIT_FLAG` alone (fitted again at the beam's shape)."""
+    return (np.asarray(flags, dtype=np.int64) & ~REFIT_FLAG) == 0
 
 
 def read_sources(path):

@@ -230,3 +230,54 @@ def test_the_sidelobes_of_a_bright_source_are_noise_and_the_sky_beyond_is_not(tm
         assert count(res["table"], truth["ra_deg"], truth["dec_deg"]) == 11, "every real source stays"
     nmap, _ = noise_for_image(truth["image"], near_bright=True)
     assert np.median(nmap[:100, :100]) == pytest.approx(sigma, rel=0.05), "unchanged far from it"
+
+
+def test_a_one_gaussian_fit_beside_its_source_is_fitted_again_at_the_beam(tmp_path):
+    """Aegean fitted some faint full-size sources as one Gaussian 2-3 beams long, centred most of
+    a beam from the source along the beam's major axis. Such a fit (made here by moving a good
+    fit 0.7 beam along that axis and stretching it) is found by climbing the image from its centre
+    to the peak it sits on, and fitted again by Aegean's priorized fitting at the beam's shape
+    from that peak; good fits are left alone."""
+    from astropy.wcs import WCS
+
+    from dsacont.io.fits import write_like
+    from dsacont.sources import finder
+
+    sigma = 1e-3
+    truth = sky_image(tmp_path / "f.fits", n_sources=12, npix=512, beam_arcsec=BEAM, noise_jy=sigma,
+                      noise_rise=0.0, snr_range=(15, 60), seed=17, write_noise_map=False)
+    hdr = fits.getheader(truth["image"])
+    beam = {"bmaj_arcsec": BEAM[0], "bmin_arcsec": BEAM[1], "bpa_deg": BEAM[2]}
+    rms, bkg = tmp_path / "rms.fits", tmp_path / "bkg.fits"
+    data = fits.getdata(truth["image"])[0, 0]
+    write_like(truth["image"], rms, np.full(data.shape, sigma, np.float32))
+    write_like(truth["image"], bkg, np.zeros(data.shape, np.float32))
+    found = finder._run_aegean(truth["image"], str(rms), str(bkg), 5.0, 3.0, int(hdr["NAXIS"]), 1)
+    wcs = WCS(hdr).celestial
+    assert finder._misfits(found, data, wcs, beam) == [], "good fits are left alone"
+    alone = [c for c in found if sum(o.island == c.island for o in found) == 1]
+    bad, bright = sorted(alone, key=lambda c: c.peak_flux)[-1:-3:-1]
+    # a good fit of a bright source peaks a few per cent above its brightest pixel: many sigma at
+    # high S/N, and still a good fit (0834+555 must stay in the strip's sky model)
+    bright.peak_flux *= 1.1
+    assert bright.peak_flux - bright.peak_flux / 1.1 > 3 * bright.local_rms
+    assert finder._misfits(found, data, wcs, beam) == [], "a bright source's fit peaking 10 % above its pixel"
+    true_ra, true_dec = bad.ra, bad.dec
+    pa = np.radians(BEAM[2])  # east of north
+    shift = 0.7 * BEAM[0] / 3600.0
+    bad.ra += shift * np.sin(pa) / np.cos(np.radians(bad.dec))
+    bad.dec += shift * np.cos(pa)
+    bad.a, bad.peak_flux = 2.5 * BEAM[0], 1.3 * bad.peak_flux
+    flagged = finder._misfits(found, data, wcs, beam)
+    assert [c for c, *_ in flagged] == [bad]
+    out, n = finder._refit_misfits(found, truth["image"], str(rms), str(bkg), beam, 3.0, 5.0, int(hdr["NAXIS"]), 1)
+    assert n == 1 and len(out) == len(found) and bad not in out
+    new = [c for c in out if c not in found]
+    assert len(new) == 1 and new[0].flags == finder.REFIT_FLAG  # Aegean's PRIORIZED
+    assert finder.clean_fit([0, finder.REFIT_FLAG, 1, finder.REFIT_FLAG | 4]).tolist() == [True, True, False, False]
+    from astropy.coordinates import SkyCoord
+
+    sep = SkyCoord(new[0].ra, new[0].dec, unit="deg").separation(SkyCoord(true_ra, true_dec, unit="deg")).arcsec
+    assert sep < 0.1 * BEAM[0]
+    assert new[0].a == pytest.approx(BEAM[0], rel=0.01)
+    assert new[0].peak_flux == pytest.approx(bad.peak_flux / 1.3, rel=0.1)
