@@ -281,3 +281,26 @@ def test_a_one_gaussian_fit_beside_its_source_is_fitted_again_at_the_beam(tmp_pa
     assert sep < 0.1 * BEAM[0]
     assert new[0].a == pytest.approx(BEAM[0], rel=0.01)
     assert new[0].peak_flux == pytest.approx(bad.peak_flux / 1.3, rel=0.1)
+
+
+def test_bane_on_two_cores_never_waits_for_a_stripe_it_cannot_start(tmp_path):
+    """BANE's stripes wait for each other at a barrier and it rounds their height to whole steps:
+    an image of an odd number of rows, cut in two, came out as three stripes for two processes
+    and hung for ever (the demo mosaic's 1207 rows). ``bane_stripes`` asks for no more than
+    can run at once; the two-core map is the one-core map."""
+    import subprocess
+    import sys
+
+    from dsacont.sources.finder import bane_stripes
+
+    assert bane_stripes(1207, 36, 2) == 1 and bane_stripes(3950, 76, 2) == 2 and bane_stripes(1207, 36, 1) == 1
+    truth = sky_image(tmp_path / "odd.fits", n_sources=5, npix=301, beam_arcsec=BEAM, noise_jy=1e-3,
+                      snr_range=(20, 50), seed=5, write_noise_map=False)
+    code = ("import sys, numpy as np; from dsacont.sources.finder import local_rms; "
+            "a = local_rms(sys.argv[1], cores=1); b = local_rms(sys.argv[1], cores=2); "
+            "ok = np.isfinite(a); print(a.shape[0], float(np.nanmax(np.abs(a[ok] - b[ok]) / a[ok])))")
+    out = subprocess.run([sys.executable, "-c", code, str(truth["image"])], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows, diff = out.stdout.split()[-2:]
+    assert int(rows) == 301 and float(diff) < 1e-3
