@@ -148,5 +148,6 @@ def summarise(group, context) -> dict:
 def on_complete(group, result, context):
     """The on-complete hook (where the pipeline triggers mosaics): records each call in the ledger."""
     with open(Path(context.paths.state) / "hooks.jsonl", "a") as f:
-        f.write(json.dumps({"group": group.timestamp if group else None, "result": result, "pid": os.getpid()}) + "\n")
+        f.write(json.dumps({"group": group.timestamp if group else None, "result": result, "pid": os.getpid(),
+                            "threads": context.threads}) + "\n")
     return {"hook": group.timestamp if group else "startup"}

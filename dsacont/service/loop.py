@@ -346,6 +346,19 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
             hook_queue.append((group, result))
         pump_hooks()
 
+    def hook_threads(group) -> int:
+        """A worker's share of the CPUs, and after a group the shares of the slots no group is
+        using or waiting for (e.g. the hour's last group done: its mosaic's source finding gets
+        every core). At start-up the queue is not read yet: one share."""
+        if group is None:
+            return executor.threads
+        try:
+            pending = int(queue.counts().get("pending", 0))
+        except Exception:  # noqa: BLE001 - the queue unreadable now: assume every slot is wanted
+            pending = o.max_inflight
+        spare = max(0, o.max_inflight - len(inflight) - pending)
+        return min(os.cpu_count() or 1, executor.threads * (1 + spare))
+
     def pump_hooks():
         if hooks or not hook_queue:
             return
@@ -355,7 +368,7 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
         except Exception as exc:  # noqa: BLE001 - the products database unreadable now: a later hook catches up
             log.error("on-complete hook: cannot read the products database: %s", exc)
             known = {}
-        ctx = ServiceContext(**ctx_base, known=known)
+        ctx = ServiceContext(**{**ctx_base, "threads": hook_threads(group)}, known=known)
         key = f"hook-{group.timestamp if group else 'startup'}-{time.time_ns()}"
         hooks.append((group, executor.submit(run_hook_task, hook, group, result, ctx, key=key)))
 

@@ -591,8 +591,9 @@ def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, opti
     return res
 
 
-def _catalogue(image: str, options: PipelineOptions) -> dict | None:
-    """:func:`dsacont.sources.find_sources` on ``image`` and the cross-match with the reference.
+def _catalogue(image: str, options: PipelineOptions, cores: int = 1) -> dict | None:
+    """:func:`dsacont.sources.find_sources` on ``image`` (BANE and Aegean on ``cores`` processes)
+    and the cross-match with the reference.
 
     Returns find_sources's result with ``qa`` (the cross-match, ``catalogue_s``) and ``product``
     (the record for the products database); None when the finder fails (logged: a catalogue is a
@@ -600,7 +601,7 @@ def _catalogue(image: str, options: PipelineOptions) -> dict | None:
     """
     t0 = time.perf_counter()
     try:
-        res = find_sources(image, cores=1)
+        res = find_sources(image, cores=cores)
         qa = crossmatch(res, reference=options.sky_catalogue or "nvss")
     except Exception as exc:  # noqa: BLE001 - a by-product: never fails the group
         log.warning("no source catalogue of %s (%s: %s)", image, type(exc).__name__, exc)
@@ -703,7 +704,7 @@ def _stamp_calibration(res: dict, chain) -> None:
             add_cards(f, cards, history)
 
 
-def maybe_mosaic(paths: Paths, images, options: PipelineOptions | None = None) -> list[dict]:
+def maybe_mosaic(paths: Paths, images, options: PipelineOptions | None = None, cores: int = 1) -> list[dict]:
     """Build every mosaic that a run of ``tiles_per_mosaic`` consecutive new tiles makes possible.
 
     Parameters
@@ -712,6 +713,9 @@ def maybe_mosaic(paths: Paths, images, options: PipelineOptions | None = None) -
         Mosaics go to ``paths.mosaics``.
     images : list of dict
         Products rows of the images not yet in any mosaic (``known["unmosaicked_images"]``).
+    cores : int
+        Processes the mosaic's source finding may use (the service gives the hook the CPUs no
+        group is using: ``context.threads``).
 
     Returns
     -------
@@ -763,7 +767,7 @@ def maybe_mosaic(paths: Paths, images, options: PipelineOptions | None = None) -
         res["rejected_images"] = rejected
         log.info("mosaic of %d tiles from %s -> %s", n, run[0]["start_time"], out)
         if options.catalogue_tiles and files.get("mosaic"):
-            res["catalogue"] = _catalogue(files["mosaic"], options)
+            res["catalogue"] = _catalogue(files["mosaic"], options, cores=cores)
         if options.photometry and files.get("mosaic"):
             ends = [r.get("end_mjd") or r["start_mjd"] for r in kept]
             res["photometry"] = _photometry(files["mosaic"], "mosaic", options,
@@ -888,7 +892,8 @@ def on_group_complete(group, result, context=None) -> dict:
     """
     paths = _paths_of(context).ensure(*WORK_DIRS)
     t = time.perf_counter()
-    made = maybe_mosaic(paths, _known_of(context).get("unmosaicked_images") or [], _options_of(context))
+    made = maybe_mosaic(paths, _known_of(context).get("unmosaicked_images") or [], _options_of(context),
+                        cores=_threads_of(context) or 1)
     return {"mosaics": [m.get("files", {}).get("mosaic") for m in made if m["product"]],
             "mosaic_s": round(time.perf_counter() - t, 2),
             "products": {"mosaics": [m["product"] for m in made if m["product"]],

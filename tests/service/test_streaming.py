@@ -395,6 +395,11 @@ def test_two_groups_in_flight_on_two_workers(sim_files, tmp_path):
     assert ev[:2] == ["claimed", "claimed"]  # two groups ran at once
     q.close()
     assert len({json.loads(Path(r["path"]).read_text())["pid"] for r in rows}) == 2
+    # the on-complete hook gets the CPUs no group uses or waits for: one worker's share at start-up
+    # (the queue not read yet), every core after the last group (the hour's mosaic and its catalogue)
+    hooks = [json.loads(x) for x in (get_paths(root=root).state / "hooks.jsonl").read_text().splitlines()]
+    assert hooks[0]["group"] is None and hooks[0]["threads"] == 1
+    assert hooks[-1]["threads"] == min(os.cpu_count(), 2)
 
 
 def test_hung_group_times_out_and_the_service_goes_on(sim_files, tmp_path):
