@@ -128,11 +128,12 @@ def local_rms(image_path, step_factor: int = BANE_STEP_FACTOR, cores: int = 1) -
     from AegeanTools import BANE
 
     logging.getLogger("AegeanTools").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
-    step = BANE.get_step_size(read_header(image_path))
+    hdr = read_header(image_path)
+    step = BANE.get_step_size(hdr)
     kw = {}
     if step_factor != 1:
         kw = {"step_size": (step[0] * step_factor, step[1] * step_factor), "box_size": (6 * step[0], 6 * step[1])}
-    nslice = bane_stripes(int(read_header(image_path)["NAXIS2"]), kw.get("step_size", step)[1], cores)
+    nslice = bane_stripes(int(hdr["NAXIS2"]), kw.get("step_size", step)[1], cores)
     _, rms = BANE.filter_image(os.fspath(image_path), out_base=None, cores=max(1, int(cores)), nslice=nslice, **kw)
     return np.asarray(rms, dtype=np.float32)
 
@@ -241,16 +242,20 @@ def noise_for_image(image_path, noise=None, *, local: bool = False, near_bright:
                 nmap = np.where(np.isfinite(rms), np.fmax(nmap, rms), nmap).astype(np.float32)
             source = f"max({source}, BANE local rms)"
     if near_bright and nmap is not None:
-        from astropy.wcs.utils import proj_plane_pixel_scales
-
         data, hdr, wcs = image
         if "BMAJ" in hdr and "BMIN" in hdr:  # no restoring beam, no beams to count in
             beam = beam_from_header(hdr)
-            cell = math.sqrt(float(np.prod(proj_plane_pixel_scales(wcs)))) * 3600.0
-            nmap, n = near_bright_rms(data, nmap, math.sqrt(beam["bmaj_arcsec"] * beam["bmin_arcsec"]) / cell)
+            nmap, n = near_bright_rms(data, nmap, math.sqrt(beam["bmaj_arcsec"] * beam["bmin_arcsec"]) / _cell_arcsec(wcs))
             if n:
                 source = f"{source}, raised near {n} bright"
     return nmap, source
+
+
+def _cell_arcsec(wcs) -> float:
+    """The pixel's side (arcsec; the geometric mean of the two axes) of a celestial WCS."""
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    return math.sqrt(float(np.prod(proj_plane_pixel_scales(wcs)))) * 3600.0
 
 
 def _noise_map(image_path, data, noise=None):
@@ -345,9 +350,7 @@ def _misfits(found, data, wcs, beam: dict):
     climbing the image from its centre. Returns [(component, ra, dec, peak)] with that peak's
     position and value.
     """
-    from astropy.wcs.utils import proj_plane_pixel_scales
-
-    cell = math.sqrt(float(np.prod(proj_plane_pixel_scales(wcs)))) * 3600.0
+    cell = _cell_arcsec(wcs)
     bmaj = beam["bmaj_arcsec"]
     steps = max(1, int(math.ceil(1.5 * bmaj / cell)))
     img = np.where(np.isfinite(data), data, -np.inf)
@@ -509,6 +512,7 @@ def find_sources(image_path, *, noise=None, nsigma: float = DEFAULT_NSIGMA,
         raise BadInputError(image_path, f"not a FITS image: {exc}") from exc
     if "BMAJ" not in hdr or "BMIN" not in hdr:
         raise BadInputError(image_path, "no restoring beam (BMAJ/BMIN) in the header: the finder needs it")
+    beam = beam_from_header(hdr)
     near_bright = local if near_bright is None else near_bright
     nmap, noise_source = noise_for_image(image_path, noise, local=local, near_bright=near_bright, cores=cores)
     out_path = Path(out_path) if out_path else catalogue_path(image_path)
@@ -521,10 +525,9 @@ def find_sources(image_path, *, noise=None, nsigma: float = DEFAULT_NSIGMA,
         found = _run_aegean(image_path, rms_path, bkg_path, nsigma, island_nsigma, int(hdr["NAXIS"]), cores)
         refitted = 0
         if refit and found and rms_path is not None:
-            found, refitted = _refit_misfits(found, image_path, rms_path, bkg_path, beam_from_header(hdr),
-                                             island_nsigma, nsigma, int(hdr["NAXIS"]), cores)
+            found, refitted = _refit_misfits(found, image_path, rms_path, bkg_path, beam, island_nsigma, nsigma,
+                                             int(hdr["NAXIS"]), cores)
     table = _table(found, hdr)
-    beam = beam_from_header(hdr)
     name = os.path.basename(image_path)  # a long name leaves no room for the comment (astropy would warn)
     cards = {"IMAGE": (name, "image the catalogue was made from") if len(name) <= 32 else name,
              "FINDER": (_aegean_version(), "source finder"),
