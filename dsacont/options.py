@@ -1,7 +1,7 @@
 """Typed options from one TOML file: a table of the file becomes a dataclass, checked field by field.
 
 Every stage keeps its options in a dataclass whose defaults are the operators' (for example
-:class:`dsacont.service.loop.ServiceOptions`, :class:`dsacont.service.pipeline.PipelineOptions`).
+:class:`dsacont.service.loop.ServiceOptions`, :class:`dsacont.service.options.PipelineOptions`).
 One TOML file can set any of them, a table per dataclass::
 
     # dsacont.toml

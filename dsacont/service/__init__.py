@@ -1,14 +1,17 @@
 """The control plane: the streaming service and what it runs.
 
 The watcher, ingest queue, executor, service loop and status; the per-group pipeline it hands to
-workers; the products database; the sky model kept from earlier tiles; replay of an archive.
+workers, with its options, its mosaic trigger and the catalogues of its images; the products
+database; the sky model kept from earlier tiles; replay of an archive.
 
 Only this package reads and writes the state databases; its workers get what they need with each
 task and return what they made (:mod:`dsacont.service.state`).
 """
 from dsacont.service.executor import Executor, ServiceContext, run_group_task, run_hook_task
 from dsacont.service.loop import DEFAULT_ON_COMPLETE, DEFAULT_PROCESSOR, ServiceOptions, ServiceSummary, run_service
-from dsacont.service.pipeline import PipelineOptions, convert_only, maybe_mosaic, on_group_complete, process_group
+from dsacont.service.mosaics import maybe_mosaic, on_group_complete
+from dsacont.service.options import PipelineOptions
+from dsacont.service.pipeline import convert_only, process_group
 from dsacont.service.products import Products
 from dsacont.service.queue import GroupRecord, IngestQueue, WorkerId
 from dsacont.service.replay import plan, replay

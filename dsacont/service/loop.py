@@ -37,7 +37,7 @@ service process (several may share one queue; see below):
    the group's outcome in the queue. A worker may thus run on a host that cannot see the state
    directory.
 5. **Outcomes**: the returned dict is stored with the ``completed`` group, then the
-   *on-complete hook* runs (default ``dsacont.service.pipeline:on_group_complete`` if it exists: the
+   *on-complete hook* runs (default ``dsacont.service.mosaics:on_group_complete`` if it exists: the
    mosaic trigger; it also runs once at start-up, with ``group=None``, to catch a trigger
    missed by a crash). Hooks run one at a time, in completion order, each given the products
    recorded before it (``known_for_hook``); the products a hook returns are recorded too.
@@ -107,7 +107,7 @@ from dsacont.service.watcher import Watcher
 log = logging.getLogger(__name__)
 
 DEFAULT_PROCESSOR = "dsacont.service.pipeline:process_group"
-DEFAULT_ON_COMPLETE = "dsacont.service.pipeline:on_group_complete"
+DEFAULT_ON_COMPLETE = "dsacont.service.mosaics:on_group_complete"
 DEFAULT_PRIORITY = "dsacont.service.priority:group_priority"
 
 
@@ -137,7 +137,7 @@ class ServiceOptions:
     processor_options : dict
         The processor's options, ``context.options`` (``[pipeline]`` of the config file,
         ``--option KEY=VALUE``); for the default processor the fields of
-        :class:`dsacont.service.pipeline.PipelineOptions`.
+        :class:`dsacont.service.options.PipelineOptions`.
     scheduler : str or None
         Dask scheduler address (``tcp://host:8786``) of an existing cluster; None starts a
         LocalCluster with ``max_inflight`` worker processes; ``"inline"`` runs groups in a thread
@@ -285,7 +285,7 @@ def run_service(paths, options: ServiceOptions | None = None, *, install_signal_
     """
     o = merge(options if options is not None else ServiceOptions(), overrides)
     if DEFAULT_PROCESSOR in (o.processor, o.on_complete):  # fail fast on a wrong pipeline option
-        load_callable("dsacont.service.pipeline:options_from")(o.processor_options)
+        load_callable("dsacont.service.options:options_from")(o.processor_options)
     # what a task is sent follows the pipeline's rules (tables of the strip within its borrowing reach)
     known_kw = {"borrow_days": float(o.processor_options["bandpass_borrow_days"])} \
         if "bandpass_borrow_days" in (o.processor_options or {}) else {}

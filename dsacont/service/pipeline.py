@@ -19,22 +19,18 @@ that is retried after a crash or after waiting for calibration resumes where it 
    streaming service a group that solved a calibrator hands its tables over here (the service
    records them, waking the groups that wait for them, and requeues it for its image);
 3. **image**: WSClean or tclean of CORRECTED_DATA, primary-beam corrected FITS, with QA;
-4. **mosaic**: after each completed group the service runs :func:`on_group_complete` with the
-   images not yet in a mosaic; it builds every mosaic a run of ``tiles_per_mosaic`` (12)
-   consecutive tiles allows (:func:`maybe_mosaic`) and returns them for the service to record.
+4. **mosaic**: after each completed group the service runs the on-complete hook
+   (:func:`dsacont.service.mosaics.on_group_complete`), which builds every hour of 12 consecutive
+   tiles the new images allow.
 
-Mosaic policy (documented for the operators): tiles are taken in time order; a mosaic is a run
-of 12 consecutive tiles (consecutive = start times 250-370 s apart, i.e. no missing group) that
-starts at the earliest tile not yet in a mosaic. The first mosaic after the service starts
-therefore begins with the first tile it images: replaying the 60 minutes around a transit gives
-the mosaic centred on that transit, with no group chosen by hand.
+The options of the chain are :class:`dsacont.service.options.PipelineOptions`; the tile's
+catalogue and photometry are made by :mod:`dsacont.service.catalogues`.
 """
 from __future__ import annotations
 
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,206 +38,37 @@ from astropy.time import Time
 
 from dsacont import calibration
 from dsacont.calibration.field import solve_field_gains
-from dsacont.calibration.select import BORROW_DAYS, DEC_TOLERANCE_DEG, TRANSFER_H, choose_tables, origin_of, same_strip
+from dsacont.calibration.select import choose_tables, origin_of, same_strip
 from dsacont.calibration.skymodel import SkySource, rows_of_sources, sources_from_rows
 from dsacont.calibrators import get_calibrator
-from dsacont.config import Paths, get_paths
+from dsacont.config import Paths
 from dsacont.convert import convert_group
-from dsacont.errors import CalibrationUnavailable, ConfigError
+from dsacont.errors import CalibrationUnavailable
 from dsacont.imaging import image_ms
 from dsacont.imaging.flatten import DEFAULT_MIN_APPARENT_JY as FLATTEN_MIN_APPARENT_JY
 from dsacont.imaging.flatten import bright_among as flatten_bright_among
 from dsacont.imaging.flatten import bright_in_tile
-from dsacont.imaging.mosaic import make_mosaic
-from dsacont.imaging.qa import tile_gates
 from dsacont.imaging.tclean import image_product
 from dsacont.io.fits import add_cards, read_header
 from dsacont.io.groups import Group, cluster_files
 from dsacont.io.ms import FlattenInterrupted
 from dsacont.io.uvh5 import open_group
-from dsacont.options import from_mapping
+from dsacont.service.catalogues import catalogue_of, photometry_of
+from dsacont.service.options import (  # noqa: F401 - PipelineOptions and options_from: also the pipeline's API
+    WORK_DIRS,
+    PipelineOptions,
+    known_of,
+    options_from,
+    options_of,
+    paths_of,
+    takes_handoff,
+    threads_of,
+)
 from dsacont.service.state import records_from_entries
-from dsacont.sources import catalogue_product, clean_fit, find_sources
-
-# the function from its module: once dsacont.sources.crossmatch has been imported anywhere in the process, the
-# package's attribute 'crossmatch' is that module, and `from dsacont.sources import crossmatch` would give it
-from dsacont.sources.crossmatch import TILE_QA_KEYS, crossmatch, tile_crossmatch_gates
-from dsacont.sources.photometry import reference_photometry
+from dsacont.sources import clean_fit
+from dsacont.sources.crossmatch import TILE_QA_KEYS
 
 log = logging.getLogger(__name__)
-
-TILES_PER_MOSAIC = 12
-GROUP_CADENCE_S = 24 * 12.884902
-CAL_MIN_FLUX_JY = 2.0
-CAL_MIN_PB = 0.5
-#: the directories a worker writes (never ``state``)
-WORK_DIRS = ("ms", "caltables", "images", "mosaics", "tmp")
-
-
-@dataclass
-class PipelineOptions:
-    """Knobs of the per-group chain (defaults are the operators').
-
-    Attributes
-    ----------
-    tiles_per_mosaic : int
-        Consecutive tiles (5-minute images) per mosaic; 12 = 60 minutes.
-    calibrator : str or None
-        Solve only on this calibrator's transits; None: any catalogue calibrator bright enough.
-    cal_min_flux_jy : float
-        A transit is used only for a calibrator at least this bright (catalogue 20 cm flux, Jy).
-    cal_min_pb : float
-        ... and with at least this primary-beam power response at transit.
-    field_gains : bool
-        Solve a gain correction on every group that has no calibrator transit, on the field itself
-        against the sky model (:mod:`dsacont.calibration.field`); False: transfer the last
-        calibrator's gains only.
-    sky_catalogue : str or None
-        Catalogue file for the field model (NVSS/FIRST/VLASS-style); None: the shipped NVSS subset.
-    sky_models : str
-        The field solve's sky models, in the order tried (comma separated; the next is tried only
-        when the solve against the one before is rejected): ``strip``, the model dsacont keeps
-        from earlier tiles of the strip (:mod:`dsacont.service.sky`), and ``catalogue``
-        (``sky_catalogue`` or NVSS).
-    calibrator_sky : bool
-        Solve a calibrator transit against the calibrator *and* the field sources around it: the
-        strip model's (``known["sky_model"]``), or, on a strip's first day (no model yet), the
-        transit tile's own sources, found on a first image: the group is then solved, applied,
-        imaged and catalogued a second time. Without them the bandpass and gains absorb the
-        field: on the demo's transit tile (a 1.5 Jy source 0.45 deg from 0834+555, 17 % of it)
-        the calibrator-only solve left 81 false detections >= 5 sigma in the tile and 1.20x the
-        radiometer noise; with the field, 21 and 0.90x (``benchmarks/README.md``).
-    field_image_nsigma : float
-        On a strip's first day (``calibrator_sky``), the calibrator tile's first image, made only
-        to find the field sources of its second solve, is cleaned down to this many sigma (one
-        stage, no mask) instead of the tile's usual depth: the solve models only the sources
-        brighter than 0.25 % of the calibrator in the tile
-        (:func:`dsacont.calibration.model.significant_sky`, ~20 mJy for 0834+555, hundreds of
-        sigma), and this image is on the critical path of every group of the hour (they wait for
-        its tables). Its sources feed the strip model until the tile's final image replaces them.
-    flatten_strip : bool
-        Flatten the drifting-beam modulation (:mod:`dsacont.imaging.flatten`) of the strip
-        model's sources bright in the tile (0.1 Jy apparent or more, :func:`dsacont.imaging.flatten.bright_among`)
-        as well as the catalogue calibrators'; unless ``imaging`` sets ``flatten`` itself. On the
-        full-size tile 12.9 min after the 0834+555 transit the residual noise went from 1.35x to
-        1.14x the radiometer equation (``benchmarks/README.md``, Imaging).
-    flatten_strip_min_jy : float
-        The least apparent flux (Jy, in the tile) of a strip-model source to flatten.
-    catalogue_tiles : bool
-        Find the sources of every tile and mosaic (:func:`dsacont.sources.find_sources`, a
-        ``<tile>.pbcor.sources.fits`` / ``<mosaic>.sources.fits`` beside it, with its NVSS
-        cross-match QA); they are recorded, and the tiles' feed the strip model.
-    photometry : bool
-        Forced photometry of every tile and mosaic at the reference positions inside it
-        (:func:`dsacont.sources.photometry.reference_photometry`), stored in the products
-        database's ``photometry`` table for light curves.
-    photometry_catalogue : str or None
-        Catalogue file of the positions to measure (NVSS/FIRST/VLASS-style); None:
-        ``sky_catalogue`` if given, else the shipped NVSS subset and the VLA calibrators.
-    model_min_snr : float
-        Tile sources enter the strip model from this S/N up (compact, clean Aegean fits only).
-    model_max_noise_ratio : float
-        ... and only from tiles whose noise is at most this many times the radiometer equation's
-        (a tile striped by a bright source outside its field is not a model of the sky).
-    cal_dec_tolerance_deg : float
-        A table is applied only to groups whose pointing declination is within this of its own.
-    cal_transfer_h : float
-        Calibrator gains up to this many hours away are "transferred"; older ones "borrowed".
-    bandpass_borrow_days : float
-        With no calibrator on the strip for this long (days), groups wait for one.
-    imaging : dict
-        Keyword arguments of :func:`dsacont.imaging.image_ms` (e.g. ``niter``, ``fov_deg``).
-    mosaic : dict
-        Keyword arguments of :func:`dsacont.imaging.mosaic.make_mosaic` (e.g. ``pb_cutoff``).
-    """
-
-    tiles_per_mosaic: int = TILES_PER_MOSAIC
-    calibrator: str | None = None
-    cal_min_flux_jy: float = CAL_MIN_FLUX_JY
-    cal_min_pb: float = CAL_MIN_PB
-    field_gains: bool = True
-    calibrator_sky: bool = True
-    field_image_nsigma: float = 10.0
-    sky_catalogue: str | None = None
-    sky_models: str = "strip,catalogue"
-    flatten_strip: bool = True
-    flatten_strip_min_jy: float = FLATTEN_MIN_APPARENT_JY
-    catalogue_tiles: bool = True
-    photometry: bool = True
-    photometry_catalogue: str | None = None
-    model_min_snr: float = 7.0
-    model_max_noise_ratio: float = 5.0
-    cal_dec_tolerance_deg: float = DEC_TOLERANCE_DEG
-    cal_transfer_h: float = TRANSFER_H
-    bandpass_borrow_days: float = BORROW_DAYS
-    imaging: dict = field(default_factory=dict)
-    mosaic: dict = field(default_factory=dict)
-
-
-def _context_value(context, key: str):
-    """``context[key]`` or ``context.key`` (a dict or a ServiceContext); None when it has none."""
-    return context.get(key) if isinstance(context, dict) else getattr(context, key, None)
-
-
-def _paths_of(context) -> Paths:
-    p = _context_value(context, "paths")
-    return p if p is not None else get_paths()
-
-
-def _known_of(context) -> dict:
-    return _context_value(context, "known") or {}
-
-
-def options_from(o) -> PipelineOptions:
-    """Build PipelineOptions from a PipelineOptions or a dict.
-
-    The dict is the ``[pipeline]`` table of the ``--config`` file or ``--option KEY=VALUE``
-    strings; keys ``imaging.X`` / ``mosaic.X`` go to those stages. Raises ValueError on an unknown
-    key or a value of the wrong type.
-    """
-    if isinstance(o, PipelineOptions):
-        return o
-    values: dict = {"imaging": {}, "mosaic": {}}
-    for key, value in (o or {}).items():
-        value = _parse_value(value)
-        stage, dot, sub = key.partition(".")
-        if dot and stage in ("imaging", "mosaic"):
-            values[stage][sub] = value
-        elif key in ("imaging", "mosaic") and isinstance(value, dict):
-            values[key].update(value)
-        else:
-            values[key] = value
-    try:
-        return from_mapping(PipelineOptions, values, where="pipeline options")
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _options_of(context) -> PipelineOptions:
-    return options_from(_context_value(context, "options"))
-
-
-def _threads_of(context) -> int | None:
-    """The worker's thread share (``context.threads``), None when the context does not say."""
-    n = _context_value(context, "threads")
-    return int(n) if n else None
-
-
-def _takes_handoff(context) -> bool:
-    """Whether the caller (the streaming service: ``context.requeue``) takes a hand-over."""
-    return bool(_context_value(context, "requeue"))
-
-
-def _parse_value(v):
-    if not isinstance(v, str):
-        return v
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(v.lower(), v)
-
 
 def _group_of(record):
     """(timestamp, 16 paths) from a queue record, a Group, or a list of paths."""
@@ -591,41 +418,6 @@ def stage_image(timestamp, ms: Path, paths: Paths, known: dict, made: dict, opti
     return res
 
 
-def _catalogue(image: str, options: PipelineOptions, cores: int = 1) -> dict | None:
-    """:func:`dsacont.sources.find_sources` on ``image`` (BANE and Aegean on ``cores`` processes)
-    and the cross-match with the reference.
-
-    Returns find_sources's result with ``qa`` (the cross-match, ``catalogue_s``) and ``product``
-    (the record for the products database); None when the finder fails (logged: a catalogue is a
-    by-product and never fails a group or a mosaic).
-    """
-    t0 = time.perf_counter()
-    try:
-        res = find_sources(image, cores=cores)
-        qa = crossmatch(res, reference=options.sky_catalogue or "nvss")
-    except Exception as exc:  # noqa: BLE001 - a by-product: never fails the group
-        log.warning("no source catalogue of %s (%s: %s)", image, type(exc).__name__, exc)
-        return None
-    res["qa"] = {k: v for k, v in qa.items() if k != "matches"}
-    res["qa"]["catalogue_s"] = round(time.perf_counter() - t0, 2)
-    res["product"] = catalogue_product(res, res["qa"])
-    return res
-
-
-def _photometry(image: str, kind: str, options: PipelineOptions, mjd: float | None = None) -> dict | None:
-    """:func:`dsacont.sources.photometry.reference_photometry` of ``image`` (the record for the
-    products database, with ``photometry_s``); None when it fails (logged: a by-product)."""
-    t0 = time.perf_counter()
-    try:
-        rec = reference_photometry(image, kind, reference=options.photometry_catalogue or options.sky_catalogue,
-                                   mjd=mjd)
-    except Exception as exc:  # noqa: BLE001 - a by-product: never fails the group or the mosaic
-        log.warning("no forced photometry of %s (%s: %s)", image, type(exc).__name__, exc)
-        return None
-    rec["photometry_s"] = round(time.perf_counter() - t0, 2)
-    return rec
-
-
 def stage_catalogue(timestamp, img: dict, paths: Paths, made: dict, options: PipelineOptions) -> dict | None:
     """Find the sources of the new tile, cross-match them with the reference, and hand them back.
 
@@ -646,12 +438,12 @@ def stage_catalogue(timestamp, img: dict, paths: Paths, made: dict, options: Pip
     product = made["images"][-1]
     if options.photometry:
         start, end = product.get("start"), product.get("end")
-        ph = _photometry(image, "tile", options, None if start is None or end is None else 0.5 * (start + end))
+        ph = photometry_of(image, "tile", options, None if start is None or end is None else 0.5 * (start + end))
         if ph is not None:
             made.setdefault("photometry", []).append(ph)
     if not options.catalogue_tiles:
         return None
-    res = _catalogue(image, options)
+    res = catalogue_of(image, options)
     if res is None:
         return None
     qa = res["qa"]
@@ -704,79 +496,6 @@ def _stamp_calibration(res: dict, chain) -> None:
             add_cards(f, cards, history)
 
 
-def maybe_mosaic(paths: Paths, images, options: PipelineOptions | None = None, cores: int = 1) -> list[dict]:
-    """Build every mosaic that a run of ``tiles_per_mosaic`` consecutive new tiles makes possible.
-
-    Parameters
-    ----------
-    paths : Paths
-        Mosaics go to ``paths.mosaics``.
-    images : list of dict
-        Products rows of the images not yet in any mosaic (``known["unmosaicked_images"]``).
-    cores : int
-        Processes the mosaic's source finding may use (the service gives the hook the CPUs no
-        group is using: ``context.threads``).
-
-    Returns
-    -------
-    list of dict
-        ``make_mosaic`` results, each with ``files`` and ``product`` (the products-database row
-        to record: path, input image ids, files, centre, QA with ``mosaic_s`` and
-        ``excluded_tiles``, the tiles :func:`~dsacont.imaging.qa.tile_gates` or the cross-match
-        gates (:func:`~dsacont.sources.crossmatch.tile_crossmatch_gates`, on ``qa["crossmatch"]``)
-        kept out, with the reason), ``rejected_images`` (their status updates), ``catalogue``
-        and ``photometry`` (the mosaic's forced photometry record, with ``options.photometry``).
-        A run whose every tile is kept out gives ``{"files": {}, "product": None,
-        "rejected_images": [...]}``.
-    """
-    options = options or PipelineOptions()
-    n = options.tiles_per_mosaic
-    fresh = sorted(images, key=lambda r: r["start_mjd"] or 0.0)
-    made = []
-    i = 0
-    while i + n <= len(fresh):
-        run = fresh[i:i + n]
-        gaps = np.diff([r["start_mjd"] * 86400 for r in run])
-        bad = np.nonzero((gaps < 0.8 * GROUP_CADENCE_S) | (gaps > 1.2 * GROUP_CADENCE_S))[0]
-        if bad.size:
-            i += int(bad[0]) + 1  # a run must not straddle a gap: start after it
-            continue
-        name = f"mosaic_{run[0]['start_time'][:19]}_{n}tiles"
-        out = paths.mosaics / f"{name}.fits"
-        t0 = time.perf_counter()
-        # image QA gates (imaging.qa.tile_gates) and the cross-match's: a bad tile stays out, its
-        # reason goes with the mosaic
-        excluded = [{"image_id": r["id"], "path": r["path"], "reason": "; ".join(why)}
-                    for r in run if (why := tile_gates(r.get("qa") or {})
-                                     + tile_crossmatch_gates((r.get("qa") or {}).get("crossmatch")))]
-        kept = [r for r in run if r["id"] not in {e["image_id"] for e in excluded}]
-        rejected = [{"path": e["path"], "status": "rejected", "qa": {"rejected": e["reason"]}} for e in excluded]
-        for e in excluded:
-            log.warning("tile %s kept out of the mosaic: %s", e["path"], e["reason"])
-        if not kept:  # nothing to mosaic: the tiles are still recorded as rejected
-            made.append({"files": {}, "product": None, "rejected_images": rejected})
-            i += n
-            continue
-        res = make_mosaic([r["path"] for r in kept], out, **options.mosaic)
-        files = {k: res[k] for k in ("mosaic", "noise", "png", "qa_json") if res.get(k)}
-        res["files"] = files
-        res["product"] = {"path": files.get("mosaic", str(out)), "images": [r["id"] for r in kept], "files": files,
-                          "ra_deg": res.get("ra_deg"), "dec_deg": res.get("dec_deg"),
-                          "qa": {**res.get("qa", {}), "mosaic_s": round(time.perf_counter() - t0, 2),
-                                 "excluded_tiles": excluded}}
-        res["rejected_images"] = rejected
-        log.info("mosaic of %d tiles from %s -> %s", n, run[0]["start_time"], out)
-        if options.catalogue_tiles and files.get("mosaic"):
-            res["catalogue"] = _catalogue(files["mosaic"], options, cores=cores)
-        if options.photometry and files.get("mosaic"):
-            ends = [r.get("end_mjd") or r["start_mjd"] for r in kept]
-            res["photometry"] = _photometry(files["mosaic"], "mosaic", options,
-                                            0.5 * (min(r["start_mjd"] for r in kept) + max(ends)))
-        made.append(res)
-        i += n
-    return made
-
-
 def process_group(record, context=None) -> dict:
     """Take one group through convert, calibrate and image (the streaming service's processor).
 
@@ -804,9 +523,9 @@ def process_group(record, context=None) -> dict:
         No valid calibration covers the group yet: retry later (the MS is kept). Like any
         exception raised here, it carries ``products``: what was made before it.
     """
-    paths = _paths_of(context).ensure(*WORK_DIRS)
-    options = _options_of(context)
-    known = _known_of(context)
+    paths = paths_of(context).ensure(*WORK_DIRS)
+    options = options_of(context)
+    known = known_of(context)
     timestamp, files = _group_of(record)
     timings = {}
     made: dict = {}
@@ -820,12 +539,12 @@ def process_group(record, context=None) -> dict:
         t = time.perf_counter()
         solved = cal.get("solved") or {}
         resolve = bool(options.calibrator_sky and solved and solved.get("field_sources") == 0)
-        handoff = bool(solved) and _takes_handoff(context)
+        handoff = bool(solved) and takes_handoff(context)
         if handoff and not resolve:
             return _handed_over(timestamp, ms, solved, timings, made)
         # a group to be solved again with its tile's sources is imaged again anyway, then with
         # its own bright sources flattened
-        img = stage_image(timestamp, ms, paths, known, made, options, threads=_threads_of(context),
+        img = stage_image(timestamp, ms, paths, known, made, options, threads=threads_of(context),
                           own_bright=not resolve, depth_nsigma=options.field_image_nsigma if resolve else None)
         timings["image"] = round(time.perf_counter() - t, 2)
         t = time.perf_counter()
@@ -850,7 +569,7 @@ def process_group(record, context=None) -> dict:
             t = time.perf_counter()
             own_model = {"sources": rows_of_sources(own)}
             img = stage_image(timestamp, ms, paths, {**known, "sky_model": own_model},
-                              made, options, threads=_threads_of(context))
+                              made, options, threads=threads_of(context))
             stage_catalogue(timestamp, img, paths, made, options)
             timings["image"] = round(timings["image"] + time.perf_counter() - t, 2)
     except Exception as exc:
@@ -884,28 +603,10 @@ def _handed_over(timestamp, ms: Path, solved: dict, timings: dict, made: dict) -
             "products": made, "requeue": why}
 
 
-def on_group_complete(group, result, context=None) -> dict:
-    """Build the mosaics the new images allow (the service's on-complete hook; also at start-up).
-
-    Builds the mosaics that the images of ``context.known["unmosaicked_images"]`` allow; returns
-    ``{"mosaics": [paths], "mosaic_s": s, "products": {"mosaics": [rows to record]}}``.
-    """
-    paths = _paths_of(context).ensure(*WORK_DIRS)
-    t = time.perf_counter()
-    made = maybe_mosaic(paths, _known_of(context).get("unmosaicked_images") or [], _options_of(context),
-                        cores=_threads_of(context) or 1)
-    return {"mosaics": [m.get("files", {}).get("mosaic") for m in made if m["product"]],
-            "mosaic_s": round(time.perf_counter() - t, 2),
-            "products": {"mosaics": [m["product"] for m in made if m["product"]],
-                         "images_update": [u for m in made for u in m.get("rejected_images", [])],
-                         "catalogues": [m["catalogue"]["product"] for m in made if m.get("catalogue")],
-                         "photometry": [m["photometry"] for m in made if m.get("photometry")]}}
-
-
 def convert_only(record, context=None) -> dict:
     """Convert only (the service records the MS): a light processor for tests and quick looks."""
-    paths = _paths_of(context).ensure(*WORK_DIRS)
+    paths = paths_of(context).ensure(*WORK_DIRS)
     timestamp, files = _group_of(record)
     made: dict = {}
-    ms = stage_convert(timestamp, files, paths, _known_of(context), made)
+    ms = stage_convert(timestamp, files, paths, known_of(context), made)
     return {"timestamp": timestamp, "ms": str(ms), "products": made}

@@ -14,7 +14,7 @@ import math
 from astropy.time import Time
 
 from dsacont import calibration
-from dsacont.service.pipeline import GROUP_CADENCE_S, options_from
+from dsacont.service.options import GROUP_CADENCE_S, options_from
 
 #: groups within this many of a calibrator's transit group get a claim priority (the gains' hour)
 PRIORITY_REACH = 12

@@ -31,7 +31,7 @@ from dsacont.service.replay import replay
 from dsacont.simulator import simulate
 
 PROCESSOR = "dsacont.service.pipeline:process_group"
-HOOK = "dsacont.service.pipeline:on_group_complete"
+HOOK = "dsacont.service.mosaics:on_group_complete"
 OFFSETS_H = {"-2h": -2.0, "transit": 0.0, "+1h": 1.0, "+3h": 3.0, "+6h": 6.0}
 MISSING = ("sb03", "sb07", "sb12")
 

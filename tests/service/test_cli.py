@@ -56,7 +56,7 @@ def sim_group_files_dir(request):
 
 
 def test_pipeline_options_are_typed():
-    from dsacont.service.pipeline import PipelineOptions, options_from
+    from dsacont.service.options import PipelineOptions, options_from
 
     o = options_from({"tiles_per_mosaic": "3", "imaging.niter": "10", "mosaic": {"pb_cutoff": 0.3}})
     assert o == PipelineOptions(tiles_per_mosaic=3, imaging={"niter": 10}, mosaic={"pb_cutoff": 0.3})

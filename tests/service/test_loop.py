@@ -77,7 +77,7 @@ def test_worker_without_the_state_directory_products_recorded_once(request, tmp_
         wait_for(lambda: view.exists() and "touch:" in view.read_text(), 60, what="the worker's namespace")
         rc, log = run_service(root, "--once", "--scheduler", address, "--option", "tiles_per_mosaic=1",
                               processor="dsacont.service.pipeline:process_group",
-                              on_complete="dsacont.service.pipeline:on_group_complete", timeout=1000)
+                              on_complete="dsacont.service.mosaics:on_group_complete", timeout=1000)
     finally:
         _stop(worker, sched)
         worker_log.close()

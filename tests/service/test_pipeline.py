@@ -12,7 +12,8 @@ from astropy.wcs import WCS
 
 from dsacont.config import get_paths
 from dsacont.imaging.beam import beam_image
-from dsacont.service.pipeline import GROUP_CADENCE_S, PipelineOptions, maybe_mosaic
+from dsacont.service.mosaics import maybe_mosaic
+from dsacont.service.options import GROUP_CADENCE_S, PipelineOptions
 
 
 def _tile(directory, k, start_mjd):
@@ -139,7 +140,8 @@ def test_crossmatch_gates_keep_tiles_with_a_wrong_flux_scale_or_astrometry_out(t
 def test_tiles_and_mosaics_measured_at_the_reference_positions_and_recorded(tmp_path):
     """stage_catalogue hands back the tile's forced photometry and keeps its cross-match in the tile's QA;
     the mosaic hook hands back the mosaic's; the service stores both in the photometry table."""
-    from dsacont.service.pipeline import on_group_complete, stage_catalogue
+    from dsacont.service.mosaics import on_group_complete
+    from dsacont.service.pipeline import stage_catalogue
     from dsacont.service.products import Products
     from dsacont.service.state import record_products
     from dsacont.sources import light_curve

@@ -19,7 +19,7 @@ from dsacont.service.queue import IngestQueue
 from dsacont.service.replay import replay
 
 PROCESSOR = "dsacont.service.pipeline:process_group"
-HOOK = "dsacont.service.pipeline:on_group_complete"
+HOOK = "dsacont.service.mosaics:on_group_complete"
 
 
 def _kill_when(root, log_name, pattern, what):

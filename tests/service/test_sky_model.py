@@ -126,7 +126,7 @@ def test_the_strip_model_calibrates_where_the_catalogue_cannot(tmp_path):
                           "--option", "imaging.fov_deg=2.0", "--option", "imaging.niter=500",
                           "--option", "imaging.imager=auto",
                           processor="dsacont.service.pipeline:process_group",
-                          on_complete="dsacont.service.pipeline:on_group_complete", timeout=2000)
+                          on_complete="dsacont.service.mosaics:on_group_complete", timeout=2000)
     assert rc == 0, log[-4000:]
     q = IngestQueue(paths.queue_db)
     try:
