@@ -33,27 +33,42 @@ CADENCE_S = 24 * 12.884902
 
 
 class PeakRSS:
-    """Sample the resident memory of this process and all its descendants every ``every_s``."""
+    """Sample the memory of this process and all its descendants every ``every_s``.
+
+    Two sums: RSS (each process's resident pages, so pages that forked processes share, e.g.
+    BANE's workers forked from a Dask worker, are counted once per process) and PSS (each shared
+    page divided among the processes that share it: the memory the tree really holds, Linux
+    ``smaps``). With the peak of each, the time of the PSS peak (s from the start) and the
+    largest processes at that moment (name, GB).
+    """
 
     def __init__(self, every_s: float = 1.0):
         import psutil
 
         self._psutil, self.every_s = psutil, every_s
-        self.peak_total = self.peak_process = 0
+        self.peak_total = self.peak_process = self.peak_pss = 0
+        self.peak_pss_at_s, self.peak_pss_top = None, []
+        self._t0 = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
 
     def _run(self):
         me = self._psutil.Process()
         while not self._stop.is_set():
-            rss = []
+            rss, pss = [], []
             for p in [me, *me.children(recursive=True)]:
                 try:
-                    rss.append(p.memory_info().rss)
+                    full = p.memory_full_info()
+                    rss.append(full.rss)
+                    pss.append((getattr(full, "pss", full.rss), p.name()))
                 except (self._psutil.NoSuchProcess, self._psutil.AccessDenied):
                     pass
             self.peak_total = max(self.peak_total, sum(rss))
             self.peak_process = max(self.peak_process, max(rss, default=0))
+            total_pss = sum(v for v, _ in pss)
+            if total_pss > self.peak_pss:
+                self.peak_pss, self.peak_pss_at_s = total_pss, round(time.perf_counter() - self._t0, 1)
+                self.peak_pss_top = [(n, round(v / 2**30, 2)) for v, n in sorted(pss, reverse=True)[:5]]
             self._stop.wait(self.every_s)
 
     def __enter__(self):
@@ -74,13 +89,15 @@ def tile_figures(root) -> list[dict]:
     products = Products(get_paths(root=root).products_db)
     _, transit = demo_window(1)
     ms_qa = {m["path"]: m.get("qa") or {} for m in products.list_ms()}
+    catalogue_s = {c["image_id"]: (c.get("qa") or {}).get("catalogue_s") for c in products.list_catalogues()
+                   if c.get("image_id") is not None}
     rows = []
     for im in products.list_images():
         qa = im.get("qa") or {}
         row = {"start": (im.get("start_time") or "")[:19], "minutes_from_transit": round(((im.get("mid_mjd") or 0.0)
                - transit.mjd) * 1440.0, 1), "noise_mjy": round(1e3 * qa.get("noise_jy", float("nan")), 4),
                "noise_vs_radiometer": qa.get("noise_ratio"), "image_s": qa.get("image_s"),
-               "imager": qa.get("imager")}
+               "imager": qa.get("imager"), "catalogue_s": catalogue_s.get(im["id"])}
         if qa.get("flattened_own"):  # imaged a second time for bright sources the strip model lacked
             row["imaged_again_for"] = qa["flattened_own"]
             row["first_pass_s"] = qa.get("first_pass_s")
@@ -97,6 +114,22 @@ def tile_figures(root) -> list[dict]:
 
 #: disk a group takes, GB: its MS (kept to the end of the run) and its 16 simulated files
 DISK_PER_GROUP_GB = {"full": {"ms": 2.8, "archive": 2.3}, "small": {"ms": 0.05, "archive": 0.03}}
+
+
+def mosaic_catalogue_s(root) -> float | None:
+    """Seconds the mosaic's source catalogue took (the on-complete hook, after the mosaic), or None."""
+    from dsacont.config import get_paths
+    from dsacont.service.products import Products
+
+    mosaics = {m["path"] for m in Products(get_paths(root=root).products_db).list_mosaics()}
+    for c in Products(get_paths(root=root).products_db).list_catalogues():
+        if c.get("image_id") is None and any(str(c["path"]).startswith(m.removesuffix(".fits")) for m in mosaics):
+            return (c.get("qa") or {}).get("catalogue_s")
+    return None
+
+
+#: the stage times of a tile that occupy a worker slot (the image includes its first pass, if any)
+WORK_KEYS = ("convert_s", "solve_s", "field_solve_s", "apply_s", "field_image_s", "image_s", "catalogue_s")
 
 
 def disk_shortfall(root, preset: str, groups: int) -> str | None:
@@ -154,6 +187,10 @@ def main(argv=None) -> int:
     per_group = {k: v["mean"] for k, v in s.get("stage_wall_s", {}).items() if k != "mosaic"}
     mosaic_s = s.get("stage_wall_s", {}).get("mosaic", {}).get("total", 0.0)
     processing = s["stream_s"]
+    mosaic_cat_s = mosaic_catalogue_s(args.root)
+    # the slot-seconds of work the groups and the hour's mosaic took, against what the slots had:
+    # what is not work is waiting (for calibration, for the next group, for the mosaic's tail)
+    work = sum(float(r.get(k) or 0.0) for r in tiles for k in WORK_KEYS) + mosaic_s + (mosaic_cat_s or 0.0)
     # a 60-minute run: 12 x the per-group stages (convert+flag, apply, image) + the calibration
     # solve once (one calibrator transit per hour) + one 12-tile mosaic (its time scales with
     # the mosaic area; the measured N-tile time is scaled by 12/N), one group in flight
@@ -170,6 +207,9 @@ def main(argv=None) -> int:
         "stream_vs_real_time": processing / (args.groups * CADENCE_S),
         "per_group_stage_mean_s": per_group,
         "mosaic_s": mosaic_s,
+        "mosaic_catalogue_s": mosaic_cat_s,
+        "work_slot_s": round(work, 1),
+        "slots_busy_fraction": round(work / (args.max_inflight * processing), 3) if processing else None,
         "calibration_of_groups": s.get("calibration_of_groups"),
         "field_gain_sky_models": s.get("field_gain_sky_models"),
         "extrapolated_60min_wall_s": est12,
@@ -181,6 +221,9 @@ def main(argv=None) -> int:
         "pipeline_options": pipeline_options,
         "peak_rss_gb_whole_tree": round(rss.peak_total / 2**30, 2),
         "peak_rss_gb_largest_process": round(rss.peak_process / 2**30, 2),
+        "peak_pss_gb_whole_tree": round(rss.peak_pss / 2**30, 2),
+        "peak_pss_at_s": rss.peak_pss_at_s,
+        "peak_pss_largest_processes_gb": rss.peak_pss_top,
         "goal_peak_rss_gb": 8.0,
         "tiles": tiles,
         "tiles_imaged_twice": sum("imaged_again_for" in r for r in tiles),
