@@ -409,6 +409,7 @@ def _refit_misfits(found, image_path, rms_path, bkg_path, beam, island_nsigma, n
     ``nsigma`` are dropped; the others carry Aegean's PRIORIZED flag (64)."""
     from AegeanTools.models import ComponentSource
     from AegeanTools.source_finder import SourceFinder
+    from scipy.linalg import LinAlgWarning
 
     data, _, wcs = read_fits_image(image_path)
     bad = _misfits(found, data, wcs, beam)
@@ -424,6 +425,9 @@ def _refit_misfits(found, image_path, rms_path, bkg_path, beam, island_nsigma, n
         priors.append(p)
     kw = {"cube_index": 0} if ndim > 2 else {}
     with warnings.catch_warnings():
+        # as in _run_aegean: ill-conditioned covariances of faint refits (one warning per fit, each
+        # with its own rcond, so Python's once-per-place rule does not hold them back)
+        warnings.filterwarnings("ignore", category=LinAlgWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning, module="AegeanTools")
         refit = SourceFinder().priorized_fit_islands(
             os.fspath(image_path), priors, rmsin=rms_path, bkgin=bkg_path, stage=2, outerclip=island_nsigma,
