@@ -357,11 +357,12 @@ def flattened(plan: dict, flatten, datacolumn: str):
     flattened instead and left so.
     """
     name, ms_path, timing = plan["name"], plan["ms_path"], plan["timing"]
+    box = (plan["ra0"], plan["dec0"], plan["half_width"])  # sources outside the image: subtracted whole
     rec = None
     if flatten and plan.get("scratch_ms"):
         # a scratch copy (average_for_imaging): flatten its DATA, nothing to restore
         t0 = time.perf_counter()
-        rec = F.flatten_sources(plan["scratch_ms"], flatten, column="DATA")
+        rec = F.flatten_sources(plan["scratch_ms"], flatten, column="DATA", image_box=box)
         timing["flatten_s"] = time.perf_counter() - t0
         yield rec
         return
@@ -370,7 +371,7 @@ def flattened(plan: dict, flatten, datacolumn: str):
                  "correlator's record, is never modified)", name)
     elif flatten:
         t0 = time.perf_counter()
-        rec = F.flatten_sources(ms_path, flatten, column="CORRECTED_DATA")
+        rec = F.flatten_sources(ms_path, flatten, column="CORRECTED_DATA", image_box=box)
         timing["flatten_s"] = time.perf_counter() - t0
     try:
         yield rec

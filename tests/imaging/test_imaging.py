@@ -216,6 +216,34 @@ def test_flatten_fits_the_flux_and_guards_interruptions(tile):
     assert F.flatten_state(ms) is None
 
 
+def test_a_source_outside_the_image_is_subtracted_whole(tile):
+    """A flattened source outside the image being made (20-30 min from the transit 0834+555 lies
+    3 deg from the pointing, beyond a full-size tile's 2.6 deg half-width) is subtracted whole:
+    nothing would deconvolve the constant flattening leaves. Its scale is still fitted; what is
+    left of it in the data fits to nothing."""
+    from dsacont.calibrators import get_calibrator
+    from dsacont.imaging import flatten as F
+
+    _, _, _, ms = tile
+    cal = get_calibrator("0834+555")
+    ra, dec = np.radians(cal.ra_deg), np.radians(cal.dec_deg)
+    east = (ra + np.radians(3.0) / np.cos(dec), dec, np.radians(2.5))  # an image 3 deg east of it
+    assert F.outside_image([cal], east) == {"0834+555"}
+    assert F.outside_image([cal], (ra, dec, np.radians(0.1))) == set()
+    assert F.outside_image([cal], None) == set()
+    try:
+        out = F.flatten_sources(ms, ["0834+555"], image_box=east)
+        rec = out["sources"][0]
+        assert rec["mode"] == "subtract" and rec["mean_apparent_jy"] == 0.0
+        assert rec["scale"] == pytest.approx(1.0, abs=0.01)
+        F.clear_state(ms)  # keep the data as subtracted, and fit the source again
+        left = F.flatten_sources(ms, ["0834+555"])
+        assert left["sources"] == [] and abs(left["skipped"][0]["scale"]) < 0.01, left
+    finally:
+        _corrected_equals_data(ms)  # no gains were simulated: the calibrated data are DATA
+        F.clear_state(ms)
+
+
 def test_flatten_auto_and_the_strip_models_bright_sources(tile):
     """``["auto", ...]`` flattens what 'auto' chooses (0834+555) and the given sources, e.g. the
     strip model's: a source as bright as a calibrator that no calibrator list names (the sky's
