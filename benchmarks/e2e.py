@@ -32,14 +32,19 @@ import time
 CADENCE_S = 24 * 12.884902
 
 
+def _top(sizes, n: int = 5) -> list:
+    """The ``n`` largest (bytes, name) as [name, GB]."""
+    return [(name, round(v / 2**30, 2)) for v, name in sorted(sizes, reverse=True)[:n]]
+
+
 class PeakRSS:
     """Sample the memory of this process and all its descendants every ``every_s``.
 
     Two sums: RSS (each process's resident pages, so pages that forked processes share, e.g.
     BANE's workers forked from a Dask worker, are counted once per process) and PSS (each shared
     page divided among the processes that share it: the memory the tree really holds, Linux
-    ``smaps``). With the peak of each, the time of the PSS peak (s from the start) and the
-    largest processes at that moment (name, GB).
+    ``smaps``). With the peak of each, its time (s from the start) and the largest processes at
+    that moment (name, GB).
     """
 
     def __init__(self, every_s: float = 1.0):
@@ -48,6 +53,7 @@ class PeakRSS:
         self._psutil, self.every_s = psutil, every_s
         self.peak_total = self.peak_process = self.peak_pss = 0
         self.peak_pss_at_s, self.peak_pss_top = None, []
+        self.peak_rss_at_s, self.peak_rss_top = None, []
         self._t0 = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
@@ -59,16 +65,18 @@ class PeakRSS:
             for p in [me, *me.children(recursive=True)]:
                 try:
                     full = p.memory_full_info()
-                    rss.append(full.rss)
+                    rss.append((full.rss, p.name()))
                     pss.append((getattr(full, "pss", full.rss), p.name()))
                 except (self._psutil.NoSuchProcess, self._psutil.AccessDenied):
                     pass
-            self.peak_total = max(self.peak_total, sum(rss))
-            self.peak_process = max(self.peak_process, max(rss, default=0))
+            now = round(time.perf_counter() - self._t0, 1)
+            total_rss = sum(v for v, _ in rss)
+            if total_rss > self.peak_total:
+                self.peak_total, self.peak_rss_at_s, self.peak_rss_top = total_rss, now, _top(rss)
+            self.peak_process = max(self.peak_process, max((v for v, _ in rss), default=0))
             total_pss = sum(v for v, _ in pss)
             if total_pss > self.peak_pss:
-                self.peak_pss, self.peak_pss_at_s = total_pss, round(time.perf_counter() - self._t0, 1)
-                self.peak_pss_top = [(n, round(v / 2**30, 2)) for v, n in sorted(pss, reverse=True)[:5]]
+                self.peak_pss, self.peak_pss_at_s, self.peak_pss_top = total_pss, now, _top(pss)
             self._stop.wait(self.every_s)
 
     def __enter__(self):
@@ -221,6 +229,8 @@ def main(argv=None) -> int:
         "pipeline_options": pipeline_options,
         "peak_rss_gb_whole_tree": round(rss.peak_total / 2**30, 2),
         "peak_rss_gb_largest_process": round(rss.peak_process / 2**30, 2),
+        "peak_rss_at_s": rss.peak_rss_at_s,
+        "peak_rss_largest_processes_gb": rss.peak_rss_top,
         "peak_pss_gb_whole_tree": round(rss.peak_pss / 2**30, 2),
         "peak_pss_at_s": rss.peak_pss_at_s,
         "peak_pss_largest_processes_gb": rss.peak_pss_top,
