@@ -205,14 +205,15 @@ def _predict(info, spw, uvw, tidx, fidx, lmn_sf, amp_list, npol, shapes):
 
 def outside_image(sources, image_box) -> set:
     """Names of the ``sources`` outside the square image ``image_box`` = (ra0, dec0, half_width),
-    radians: the image centre and half its side (one direction cosine, l or m, beyond it)."""
+    radians: the image centre and half its side, ``imsize x cell / 2`` (a SIN image's pixels are
+    steps of the direction cosines: l or m beyond it)."""
     if image_box is None:
         return set()
     ra0, dec0, half = image_box
     out = set()
     for s in sources:
         l, m, n = C.lmn(np.radians(s.ra_deg), np.radians(s.dec_deg), ra0, dec0)
-        if n <= 0 or max(abs(l), abs(m)) > np.sin(half):
+        if n <= 0 or max(abs(l), abs(m)) > half:
             out.add(s.name)
     return out
 
