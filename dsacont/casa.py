@@ -97,11 +97,25 @@ def configure() -> None:
 
 
 def ensure_casa():
-    """Configure CASA for offline use and return the imported ``casatools`` module."""
+    """Configure CASA for offline use and return the imported ``casatools`` module.
+
+    CASA's log keeps the level :func:`casatasks` sets (``CONTIMG_CASA_LOG_LEVEL``, default
+    ``WARN``) from the first call on: casatools alone logs INFO to the console (e.g. four lines of
+    its Simulator each time a convert worker makes an MS template, 103 lines in a full-size hour).
+    """
     configure()
     import casatools
 
+    global _TOOLS_LOG_SET
+    if not _TOOLS_LOG_SET:
+        sink = casatools.logsink()  # the log file of the site config (or the user's)
+        sink.setglobal(True)
+        sink.filter(os.environ.get("CONTIMG_CASA_LOG_LEVEL", "WARN"))
+        _TOOLS_LOG_SET = True
     return casatools
+
+
+_TOOLS_LOG_SET = False
 
 
 def casatasks():

@@ -123,3 +123,31 @@ def test_import_dsacont_makes_users_casatools_work_offline(tmp_path):
     assert res["dec"] == pytest.approx(0.96832, abs=1e-4)
     for bad in ("measurespath", "Traceback"):
         assert bad not in out.stderr, out.stderr
+
+
+def test_casatools_alone_logs_warnings_only(tmp_path):
+    """A process that uses casatools without casatasks (a convert worker making an MS template
+    with CASA's Simulator) prints none of CASA's INFO lines (casatools alone prints them all);
+    with ``CONTIMG_CASA_LOG_LEVEL=INFO`` they go to CASA's log file."""
+    child = textwrap.dedent(
+        """
+        import dsacont.casa as c
+        ct = c.ensure_casa()
+        sm = ct.simulator()
+        sm.open('x.ms')
+        sm.close()
+        sm.done()
+        """
+    )
+    quiet = subprocess.run([sys.executable, "-c", child], env=_fresh_env(tmp_path), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    assert (tmp_path / "x.ms").is_dir()
+    assert "INFO" not in quiet.stderr + quiet.stdout, quiet.stderr
+    log = tmp_path / "cache" / "dsacont" / "casa.log"  # the site config's log file
+    assert "Simulator::reset" not in (log.read_text() if log.exists() else "")
+    shutil.rmtree(tmp_path / "x.ms")
+    loud = subprocess.run([sys.executable, "-c", child], env={**_fresh_env(tmp_path), "CONTIMG_CASA_LOG_LEVEL": "INFO"},
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert loud.returncode == 0, loud.stderr
+    assert "Simulator::reset" in log.read_text()
