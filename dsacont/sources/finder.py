@@ -59,6 +59,7 @@ import os
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -328,12 +329,24 @@ def _aegean_version() -> str:
     return f"aegean {version('aegeantools')}"
 
 
-def _run_aegean(image_path, rms_path, bkg_path, nsigma, island_nsigma, ndim, cores):
-    from AegeanTools.source_finder import SourceFinder
+@contextmanager
+def _aegean_quiet():
+    """Aegean's fitting without its noise: its INFO log of every step (kept to warnings unless we
+    debug), the LinAlgWarning of each ill-conditioned covariance of a faint fit (its errors come out
+    NaN; one per fit, each with its own rcond, so Python's once-per-place rule does not hold them
+    back: 527 in one full-size hour) and numpy's renames."""
     from scipy.linalg import LinAlgWarning
 
-    # AegeanTools logs every step at INFO on its own handler: keep it to warnings unless we debug
     logging.getLogger("AegeanTools").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=LinAlgWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="AegeanTools")
+        yield
+
+
+def _run_aegean(image_path, rms_path, bkg_path, nsigma, island_nsigma, ndim, cores):
+    from AegeanTools.source_finder import SourceFinder
+
     class _Finder(SourceFinder):
         """Aegean's fit, without the covariance on islands larger than COVARIANCE_MAX_PIXELS."""
 
@@ -347,10 +360,7 @@ def _run_aegean(image_path, rms_path, bkg_path, nsigma, island_nsigma, ndim, cor
 
     sf = _Finder()
     kw = {"cube_index": 0} if ndim > 2 else {}
-    with warnings.catch_warnings():
-        # Aegean's own: ill-conditioned covariances of faint fits (their errors come out NaN), numpy renames
-        warnings.filterwarnings("ignore", category=LinAlgWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module="AegeanTools")
+    with _aegean_quiet():
         return sf.find_sources_in_image(os.fspath(image_path), rmsin=rms_path, bkgin=bkg_path, innerclip=nsigma,
                                         outerclip=island_nsigma, cores=cores, progress=False, nonegative=True, **kw)
 
@@ -409,7 +419,6 @@ def _refit_misfits(found, image_path, rms_path, bkg_path, beam, island_nsigma, n
     ``nsigma`` are dropped; the others carry Aegean's PRIORIZED flag (64)."""
     from AegeanTools.models import ComponentSource
     from AegeanTools.source_finder import SourceFinder
-    from scipy.linalg import LinAlgWarning
 
     data, _, wcs = read_fits_image(image_path)
     bad = _misfits(found, data, wcs, beam)
@@ -424,11 +433,7 @@ def _refit_misfits(found, image_path, rms_path, bkg_path, beam, island_nsigma, n
         p.island, p.source = k, 0
         priors.append(p)
     kw = {"cube_index": 0} if ndim > 2 else {}
-    with warnings.catch_warnings():
-        # as in _run_aegean: ill-conditioned covariances of faint refits (one warning per fit, each
-        # with its own rcond, so Python's once-per-place rule does not hold them back)
-        warnings.filterwarnings("ignore", category=LinAlgWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module="AegeanTools")
+    with _aegean_quiet():
         refit = SourceFinder().priorized_fit_islands(
             os.fspath(image_path), priors, rmsin=rms_path, bkgin=bkg_path, stage=2, outerclip=island_nsigma,
             cores=cores, progress=False, **kw)
