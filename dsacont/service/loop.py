@@ -607,20 +607,10 @@ def _mark_mosaics_stale(paths, rec: GroupRecord, tolerance_s: float) -> list[int
         return []
     try:
         products = Products(paths.products_db)
-        images = {r["path"] for r in products.for_group(timestamp).get("images", [])}
-        con = db.connect(paths.products_db, readonly=True)
-        try:
-            lo = rec.t_unix - tolerance_s
-            hi = rec.t_unix + 2 * tolerance_s  # a group spans at most tolerance_s
-            images |= {r[0] for r in con.execute(
-                "SELECT path FROM images WHERE start_mjd BETWEEN ? AND ?",
-                (lo / 86400.0 + 40587.0, hi / 86400.0 + 40587.0))}
-            images = sorted(images)
-            ids = [r[0] for r in con.execute(
-                f"SELECT DISTINCT mosaic_id FROM mosaic_images WHERE image_path IN ({','.join('?' * len(images))}) "
-                "ORDER BY mosaic_id", images)] if images else []
-        finally:
-            con.close()
+        images = [r["path"] for r in products.for_group(timestamp).get("images", [])]
+        lo = rec.t_unix - tolerance_s
+        hi = rec.t_unix + 2 * tolerance_s  # a group spans at most tolerance_s
+        ids = products.mosaics_of_images(images, (lo / 86400.0 + 40587.0, hi / 86400.0 + 40587.0))
         for mid in ids:
             products.set_status("mosaic", mid, "stale", qa={"stale_reason": f"group {timestamp} was rebuilt"})
     except Exception as exc:  # noqa: BLE001 - the group is done; say what could not be marked

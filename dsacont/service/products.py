@@ -578,6 +578,21 @@ class Products:
                     f"SELECT * FROM images WHERE ms_id IN ({q}) OR ms_path IN ({q}) ORDER BY id", ids + paths)]
         return {"ms": ms, "images": images}
 
+    def mosaics_of_images(self, paths=(), start_mjd_between: tuple[float, float] | None = None) -> list[int]:
+        """Ids of the mosaics made of any of the images at ``paths`` or of any image whose start
+        lies in ``start_mjd_between`` = (lo, hi), MJD; ascending."""
+        with self._connect() as con:
+            images = set(map(str, paths))
+            if start_mjd_between is not None:
+                images |= {r[0] for r in con.execute("SELECT path FROM images WHERE start_mjd BETWEEN ? AND ?",
+                                                     tuple(start_mjd_between))}
+            images = sorted(images)
+            if not images:
+                return []
+            return [r[0] for r in con.execute(
+                f"SELECT DISTINCT mosaic_id FROM mosaic_images WHERE image_path IN ({','.join('?' * len(images))}) "
+                "ORDER BY mosaic_id", images)]
+
     def images_not_in_mosaic(self) -> list[dict]:
         """Return the image rows in no mosaic yet (or only in ``stale`` ones), by mid-time (the mosaic
         trigger's candidates); a tile the QA gates kept out of a mosaic (status ``rejected``) is not

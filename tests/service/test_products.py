@@ -84,6 +84,13 @@ def test_images_between_and_mosaic(db, tmp_path):
     assert m["start_mjd"] == pytest.approx(60977.5)
     assert m["end_mjd"] == pytest.approx(60977.5 + 3 * 309.2 / 86400)
     assert db.counts()["images"] == {"imaged": 6}
+    # the mosaics a rebuilt group's images went into: by path, or by the start of any image
+    tile = lambda k: str(tmp_path / "images" / f"tile{k}.fits")  # noqa: E731
+    assert db.mosaics_of_images([tile(1)]) == [mid]
+    assert db.mosaics_of_images([tile(4)]) == []
+    assert db.mosaics_of_images([], (60977.5 + 1.5 * 309.2 / 86400, 60977.5 + 2.5 * 309.2 / 86400)) == [mid]
+    assert db.mosaics_of_images([], (60977.5 + 3.5 * 309.2 / 86400, 60977.6)) == []
+    assert db.mosaics_of_images() == []
 
 
 def test_concurrent_writers(db, tmp_path):
