@@ -64,9 +64,9 @@ class PeakRSS:
             rss, pss = [], []
             for p in [me, *me.children(recursive=True)]:
                 try:
-                    full = p.memory_full_info()
-                    rss.append((full.rss, p.name()))
-                    pss.append((getattr(full, "pss", full.rss), p.name()))
+                    full, name = p.memory_full_info(), p.name()
+                    rss.append((full.rss, name))
+                    pss.append((getattr(full, "pss", full.rss), name))
                 except (self._psutil.NoSuchProcess, self._psutil.AccessDenied):
                     pass
             now = round(time.perf_counter() - self._t0, 1)
@@ -129,8 +129,9 @@ def mosaic_catalogue_s(root) -> float | None:
     from dsacont.config import get_paths
     from dsacont.service.products import Products
 
-    mosaics = {m["path"] for m in Products(get_paths(root=root).products_db).list_mosaics()}
-    for c in Products(get_paths(root=root).products_db).list_catalogues():
+    products = Products(get_paths(root=root).products_db)
+    mosaics = {m["path"] for m in products.list_mosaics()}
+    for c in products.list_catalogues():
         if c.get("image_id") is None and any(str(c["path"]).startswith(m.removesuffix(".fits")) for m in mosaics):
             return (c.get("qa") or {}).get("catalogue_s")
     return None

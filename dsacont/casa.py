@@ -110,12 +110,17 @@ def ensure_casa():
     if not _TOOLS_LOG_SET:
         sink = casatools.logsink()  # the log file of the site config (or the user's)
         sink.setglobal(True)
-        sink.filter(os.environ.get("CONTIMG_CASA_LOG_LEVEL", "WARN"))
+        sink.filter(_log_level())
         _TOOLS_LOG_SET = True
     return casatools
 
 
 _TOOLS_LOG_SET = False
+
+
+def _log_level() -> str:
+    """CASA's log level: ``CONTIMG_CASA_LOG_LEVEL``, default ``WARN``."""
+    return os.environ.get("CONTIMG_CASA_LOG_LEVEL", "WARN")
 
 
 def casatasks():
@@ -129,7 +134,7 @@ def casatasks():
 
     global _LOG_LEVEL_SET
     if not _LOG_LEVEL_SET:
-        ct.casalog.filter(os.environ.get("CONTIMG_CASA_LOG_LEVEL", "WARN"))
+        ct.casalog.filter(_log_level())
         _LOG_LEVEL_SET = True
     return ct
 

@@ -103,11 +103,10 @@ def maybe_mosaic(paths: Paths, images, options: PipelineOptions | None = None, c
         if options.photometry and files.get("mosaic"):
             ends = [r.get("end_mjd") or r["start_mjd"] for r in kept]
             res["photometry"] = photometry_of(files["mosaic"], "mosaic", options,
-                                            0.5 * (min(r["start_mjd"] for r in kept) + max(ends)))
+                                              0.5 * (min(r["start_mjd"] for r in kept) + max(ends)))
         made.append(res)
         i += n
     return made
-
 
 
 def on_group_complete(group, result, context=None) -> dict:
